@@ -1,0 +1,243 @@
+//! 3x3 convolution (padding 1, stride 1, no bias) on the CPU, as im2col + `gemm`.
+//!
+//! Layouts: input `(N, H, W, Cin)`, weight `(Cout, 3, 3, Cin)`, output `(N, H, W, Cout)`.
+//! With im2col rows `(N*H*W, 9*Cin)` ordered `(ky, kx, ci)`:
+//! - forward:      out  = col  x W^T   (rows x Cout)
+//! - grad weight:  dW  += dOut^T x col  (Cout x 9*Cin)
+//! - grad input:   dcol = dOut x W, then col2im (scatter-add)
+//!
+//! The batch is cut into chunks of whole samples whose im2col block stays cache sized; each
+//! chunk runs one single-threaded gemm, and rayon spreads chunks over the threads. Weight
+//! gradients are summed per thread, then over threads in a fixed order, so results depend only
+//! on the thread count, never on scheduling.
+
+use super::{ranges, with_scratch};
+use crate::backend::ConvShape;
+use rayon::prelude::*;
+
+/// Target size of one im2col block, in floats (1 MiB).
+const COL_BLOCK_FLOATS: usize = 1 << 18;
+/// Fewer rows than this make gemm's micro-kernels run mostly on edges.
+const MIN_ROWS: usize = 128;
+
+fn samples_per_chunk(s: &ConvShape) -> usize {
+    let pixels = s.h * s.w;
+    let k = 9 * s.c_in;
+    let rows = (COL_BLOCK_FLOATS / k).max(MIN_ROWS);
+    (rows / pixels).clamp(1, s.n.max(1))
+}
+
+/// col (samples*H*W, 9*Cin) from x (samples, H, W, Cin).
+fn im2col(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usize) {
+    let k = 9 * c;
+    for sample in 0..samples {
+        let image = &x[sample * h * w * c..(sample + 1) * h * w * c];
+        for oy in 0..h {
+            for ox in 0..w {
+                let row = &mut col[((sample * h + oy) * w + ox) * k..][..k];
+                for ky in 0..3 {
+                    let iy = oy as isize + ky as isize - 1;
+                    for kx in 0..3 {
+                        let ix = ox as isize + kx as isize - 1;
+                        let dst = &mut row[(ky * 3 + kx) * c..][..c];
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let src = (iy as usize * w + ix as usize) * c;
+                            dst.copy_from_slice(&image[src..src + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dx (samples, H, W, Cin) = col2im(dcol); assigns.
+fn col2im(dx: &mut [f32], dcol: &[f32], samples: usize, h: usize, w: usize, c: usize) {
+    let k = 9 * c;
+    dx.fill(0.0);
+    for sample in 0..samples {
+        let image = &mut dx[sample * h * w * c..(sample + 1) * h * w * c];
+        for oy in 0..h {
+            for ox in 0..w {
+                let row = &dcol[((sample * h + oy) * w + ox) * k..][..k];
+                for ky in 0..3 {
+                    let iy = oy as isize + ky as isize - 1;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..3 {
+                        let ix = ox as isize + kx as isize - 1;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let dst = (iy as usize * w + ix as usize) * c;
+                        let src = &row[(ky * 3 + kx) * c..][..c];
+                        for (d, v) in image[dst..dst + c].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dst (m x n, row-major, leading dim `dst_ld`) = [dst +] lhs (m x k) * rhs (k x n), with
+/// explicit element strides for lhs and rhs (column stride, row stride).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: &[f32],
+    rhs_cs: isize,
+    rhs_rs: isize,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the callers size every slice for the (m, n, k) and strides they pass; dst is
+    // exclusively borrowed and never aliases lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+pub fn forward(out: &mut [f32], input: &[f32], weight: &[f32], s: ConvShape) {
+    let pixels = s.h * s.w;
+    let k = 9 * s.c_in;
+    let chunk = samples_per_chunk(&s);
+    out.par_chunks_mut(chunk * pixels * s.c_out)
+        .zip(input.par_chunks(chunk * pixels * s.c_in))
+        .for_each(|(out, x)| {
+            let samples = x.len() / (pixels * s.c_in);
+            let rows = samples * pixels;
+            with_scratch(0, rows * k, |col| {
+                im2col(col, x, samples, s.h, s.w, s.c_in);
+                // rhs = W^T: element (kk, co) sits at weight[co * k + kk].
+                matmul(
+                    rows, s.c_out, k, out, false, col, 1, k as isize, weight, k as isize, 1,
+                );
+            });
+        });
+}
+
+pub fn backward(
+    grad_input: Option<&mut [f32]>,
+    grad_weight: &mut [f32],
+    grad_out: &[f32],
+    input: &[f32],
+    weight: &[f32],
+    s: ConvShape,
+    threads: usize,
+) {
+    let pixels = s.h * s.w;
+    let k = 9 * s.c_in;
+    let chunk = samples_per_chunk(&s);
+    let parts = ranges(s.n, threads);
+    let mut partials: Vec<Vec<f32>> = parts.iter().map(|_| vec![0.0; s.c_out * k]).collect();
+
+    let mut grad_input_parts: Vec<Option<&mut [f32]>> = match grad_input {
+        Some(gi) => {
+            let mut rest = gi;
+            parts
+                .iter()
+                .map(|r| {
+                    let (head, tail) =
+                        std::mem::take(&mut rest).split_at_mut(r.len() * pixels * s.c_in);
+                    rest = tail;
+                    Some(head)
+                })
+                .collect()
+        }
+        None => parts.iter().map(|_| None).collect(),
+    };
+
+    partials
+        .par_iter_mut()
+        .zip(grad_input_parts.par_iter_mut())
+        .zip(parts.par_iter())
+        .for_each(|((partial, gi), range)| {
+            let mut first = range.start;
+            while first < range.end {
+                let samples = chunk.min(range.end - first);
+                let rows = samples * pixels;
+                let x = &input[first * pixels * s.c_in..][..rows * s.c_in];
+                let dy = &grad_out[first * pixels * s.c_out..][..rows * s.c_out];
+                with_scratch(0, rows * k, |col| {
+                    im2col(col, x, samples, s.h, s.w, s.c_in);
+                    // dW (Cout x k) += dy^T (Cout x rows) * col (rows x k)
+                    matmul(
+                        s.c_out,
+                        k,
+                        rows,
+                        partial,
+                        true,
+                        dy,
+                        s.c_out as isize,
+                        1,
+                        col,
+                        1,
+                        k as isize,
+                    );
+                    if let Some(gi) = gi.as_deref_mut() {
+                        // dcol (rows x k) = dy (rows x Cout) * W (Cout x k); reuse col.
+                        matmul(
+                            rows,
+                            k,
+                            s.c_out,
+                            col,
+                            false,
+                            dy,
+                            1,
+                            s.c_out as isize,
+                            weight,
+                            1,
+                            k as isize,
+                        );
+                        let offset = (first - range.start) * pixels * s.c_in;
+                        col2im(
+                            &mut gi[offset..offset + rows * s.c_in],
+                            col,
+                            samples,
+                            s.h,
+                            s.w,
+                            s.c_in,
+                        );
+                    }
+                });
+                first += samples;
+            }
+        });
+
+    for partial in &partials {
+        for (g, p) in grad_weight.iter_mut().zip(partial) {
+            *g += p;
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The cheap kernels on the CPU: label embedding, ReLU, 2x2 max-pool, goodness, the FF losses
+//! and Adam. Each is one or two passes over memory, parallel over fixed chunks.
+
+use crate::backend::{AdamParams, EmbedShape, FfLoss, PoolShape, SampleShape};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+pub fn embed_forward(
+    out: &mut [f32],
+    images: &[f32],
+    table: &[f32],
+    labels: &[u32],
+    s: EmbedShape,
+) {
+    let c = s.channels;
+    out.par_chunks_mut(s.pixels * (c + 1))
+        .zip(images.par_chunks(s.pixels * c))
+        .zip(labels.par_iter())
+        .for_each(|((o, x), &label)| {
+            let plane = &table[label as usize * s.pixels..][..s.pixels];
+            for p in 0..s.pixels {
+                o[p * (c + 1)..p * (c + 1) + c].copy_from_slice(&x[p * c..(p + 1) * c]);
+                o[p * (c + 1) + c] = plane[p];
+            }
+        });
+}
+
+pub fn embed_backward(grad_table: &mut [f32], grad_input: &[f32], labels: &[u32], s: EmbedShape) {
+    let c = s.channels;
+    for (n, &label) in labels.iter().enumerate() {
+        let row = &mut grad_table[label as usize * s.pixels..][..s.pixels];
+        let g = &grad_input[n * s.pixels * (c + 1)..][..s.pixels * (c + 1)];
+        for p in 0..s.pixels {
+            row[p] += g[p * (c + 1) + c];
+        }
+    }
+}
+
+pub fn relu_forward(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK).for_each(|x| {
+        for v in x {
+            *v = v.max(0.0);
+        }
+    });
+}
+
+pub fn relu_backward(grad: &mut [f32], activation: &[f32]) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(activation.par_chunks(CHUNK))
+        .for_each(|(g, a)| {
+            for (g, a) in g.iter_mut().zip(a) {
+                if *a <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        });
+}
+
+pub fn maxpool2_forward(out: &mut [f32], input: &[f32], s: PoolShape) {
+    let (oh, ow, c) = (s.h / 2, s.w / 2, s.c);
+    out.par_chunks_mut(oh * ow * c)
+        .zip(input.par_chunks(s.h * s.w * c))
+        .for_each(|(o, x)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let dst = &mut o[(oy * ow + ox) * c..][..c];
+                    let at =
+                        |dy: usize, dx: usize| &x[((2 * oy + dy) * s.w + 2 * ox + dx) * c..][..c];
+                    let (a, b, e, f) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                    for ch in 0..c {
+                        dst[ch] = a[ch].max(b[ch]).max(e[ch]).max(f[ch]);
+                    }
+                }
+            }
+        });
+}
+
+pub fn relu_maxpool2_backward(
+    grad_input: &mut [f32],
+    grad_out: &[f32],
+    activation: &[f32],
+    s: PoolShape,
+) {
+    let (oh, ow, c) = (s.h / 2, s.w / 2, s.c);
+    grad_input
+        .par_chunks_mut(s.h * s.w * c)
+        .zip(grad_out.par_chunks(oh * ow * c))
+        .zip(activation.par_chunks(s.h * s.w * c))
+        .for_each(|((gi, go), x)| {
+            gi.fill(0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = &go[(oy * ow + ox) * c..][..c];
+                    let offsets = [
+                        ((2 * oy) * s.w + 2 * ox) * c,
+                        ((2 * oy) * s.w + 2 * ox + 1) * c,
+                        ((2 * oy + 1) * s.w + 2 * ox) * c,
+                        ((2 * oy + 1) * s.w + 2 * ox + 1) * c,
+                    ];
+                    for ch in 0..c {
+                        let mut best = offsets[0] + ch;
+                        for off in &offsets[1..] {
+                            if x[off + ch] > x[best] {
+                                best = off + ch;
+                            }
+                        }
+                        if x[best] > 0.0 {
+                            gi[best] = g[ch];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+pub fn goodness_forward(goodness: &mut [f32], input: &[f32], s: SampleShape) {
+    goodness
+        .par_iter_mut()
+        .zip(input.par_chunks(s.features))
+        .for_each(|(g, x)| {
+            let sum: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+            *g = (sum / s.features as f64) as f32;
+        });
+}
+
+pub fn goodness_backward(
+    grad_input: &mut [f32],
+    grad_goodness: &[f32],
+    input: &[f32],
+    s: SampleShape,
+) {
+    let scale = 2.0 / s.features as f32;
+    grad_input
+        .par_chunks_mut(s.features)
+        .zip(input.par_chunks(s.features))
+        .zip(grad_goodness.par_iter())
+        .for_each(|((dx, x), dg)| {
+            let k = dg * scale;
+            for (d, v) in dx.iter_mut().zip(x) {
+                *d = k * v;
+            }
+        });
+}
+
+/// log(1 + exp(x)), stable for any x.
+pub fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn ff_loss(
+    loss: &mut [f32],
+    grad_goodness: &mut [f32],
+    goodness: &[f32],
+    pairs: usize,
+    kind: FfLoss,
+) {
+    let (positive, negative) = goodness.split_at(pairs);
+    let (grad_positive, grad_negative) = grad_goodness.split_at_mut(pairs);
+    let mut total = 0.0f64;
+    match kind {
+        FfLoss::Symba { alpha } => {
+            let alpha = alpha as f64;
+            for i in 0..pairs {
+                let delta = positive[i] as f64 - negative[i] as f64;
+                total += softplus(-alpha * delta);
+                let d = -alpha * sigmoid(-alpha * delta) / pairs as f64;
+                grad_positive[i] = d as f32;
+                grad_negative[i] = -d as f32;
+            }
+            loss[0] = (total / pairs as f64) as f32;
+        }
+        FfLoss::Threshold { tau } => {
+            let tau = tau as f64;
+            let terms = 2.0 * pairs as f64;
+            for i in 0..pairs {
+                let (p, n) = (positive[i] as f64, negative[i] as f64);
+                total += softplus(tau - p) + softplus(n - tau);
+                grad_positive[i] = (-sigmoid(tau - p) / terms) as f32;
+                grad_negative[i] = (sigmoid(n - tau) / terms) as f32;
+            }
+            loss[0] = (total / terms) as f32;
+        }
+    }
+}
+
+pub fn adam_step(
+    param: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad: &[f32],
+    step: u64,
+    hp: AdamParams,
+) {
+    let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
+    let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
+    let step_size = (hp.lr as f64 / bias1) as f32;
+    let bias2_sqrt = bias2.sqrt() as f32;
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(grad.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
+                v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
+                let denom = v[i].sqrt() / bias2_sqrt + hp.eps;
+                p[i] -= step_size * m[i] / denom;
+            }
+        });
+}

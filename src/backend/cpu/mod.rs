@@ -1,0 +1,447 @@
+//! The CPU backend: `gemm` for the convolutions, `rayon` for everything that can run in
+//! parallel, on a thread pool of its own so that the thread count is the user's choice and
+//! results depend on nothing else.
+
+mod conv;
+mod elementwise;
+mod norm;
+
+pub use elementwise::softplus;
+
+use super::{
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+};
+use crate::error::{Error, Result};
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// The CPU device.
+pub struct Cpu {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl Cpu {
+    /// A CPU backend with `threads` worker threads (0 = one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Device {
+                device: "cpu".into(),
+                msg: e.to_string(),
+            })?;
+        Ok(Cpu { pool, threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+/// `n` items cut into at most `parts` contiguous, nearly equal ranges (never empty).
+pub(crate) fn ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let size = n.div_ceil(parts);
+    (0..parts)
+        .map(|i| (i * size).min(n)..((i + 1) * size).min(n))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer number `slot`, grown to `len` floats. The content
+/// on entry is whatever the last user left there.
+pub(crate) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() <= slot {
+            s.resize_with(slot + 1, Vec::new);
+        }
+        std::mem::take(&mut s[slot])
+    });
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.with(|s| s.borrow_mut()[slot] = buf);
+    out
+}
+
+fn check(op: &'static str, buf: &[f32], len: usize) -> Result<()> {
+    if buf.len() == len {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            op,
+            expected: vec![len],
+            got: vec![buf.len()],
+        })
+    }
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn len(buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) -> Result<()> {
+        buf.fill(value);
+        Ok(())
+    }
+    fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
+        check("write", data, dst.len())?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn embed_forward(
+        &self,
+        out: &mut Vec<f32>,
+        images: &Vec<f32>,
+        table: &Vec<f32>,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()> {
+        check("embed_forward.out", out, s.n * s.pixels * (s.channels + 1))?;
+        check("embed_forward.images", images, s.n * s.pixels * s.channels)?;
+        check("embed_forward.labels", &vec![0.0; labels.len()], s.n)?;
+        let classes = table.len() / s.pixels.max(1);
+        if let Some(bad) = labels.iter().find(|l| **l as usize >= classes) {
+            return Err(Error::Config(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
+        }
+        self.pool
+            .install(|| elementwise::embed_forward(out, images, table, labels, s));
+        Ok(())
+    }
+    fn embed_backward(
+        &self,
+        grad_table: &mut Vec<f32>,
+        grad_input: &Vec<f32>,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()> {
+        check(
+            "embed_backward.grad_input",
+            grad_input,
+            s.n * s.pixels * (s.channels + 1),
+        )?;
+        elementwise::embed_backward(grad_table, grad_input, labels, s);
+        Ok(())
+    }
+
+    fn conv3x3_forward(
+        &self,
+        out: &mut Vec<f32>,
+        input: &Vec<f32>,
+        weight: &Vec<f32>,
+        s: ConvShape,
+    ) -> Result<()> {
+        check("conv3x3_forward.input", input, s.n * s.h * s.w * s.c_in)?;
+        check("conv3x3_forward.weight", weight, s.c_out * 9 * s.c_in)?;
+        check("conv3x3_forward.out", out, s.n * s.h * s.w * s.c_out)?;
+        self.pool.install(|| conv::forward(out, input, weight, s));
+        Ok(())
+    }
+    fn conv3x3_backward(
+        &self,
+        grad_input: Option<&mut Vec<f32>>,
+        grad_weight: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        input: &Vec<f32>,
+        weight: &Vec<f32>,
+        s: ConvShape,
+    ) -> Result<()> {
+        check(
+            "conv3x3_backward.grad_out",
+            grad_out,
+            s.n * s.h * s.w * s.c_out,
+        )?;
+        check("conv3x3_backward.input", input, s.n * s.h * s.w * s.c_in)?;
+        check(
+            "conv3x3_backward.grad_weight",
+            grad_weight,
+            s.c_out * 9 * s.c_in,
+        )?;
+        if let Some(gi) = &grad_input {
+            check("conv3x3_backward.grad_input", gi, s.n * s.h * s.w * s.c_in)?;
+        }
+        let threads = self.threads;
+        self.pool.install(|| {
+            conv::backward(
+                grad_input.map(|g| g.as_mut_slice()),
+                grad_weight,
+                grad_out,
+                input,
+                weight,
+                s,
+                threads,
+            )
+        });
+        Ok(())
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        running_mean: &mut Vec<f32>,
+        running_var: &mut Vec<f32>,
+        input: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        s: ChannelShape,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        check("batchnorm_forward_train.input", input, s.rows * s.channels)?;
+        check("batchnorm_forward_train.out", out, s.rows * s.channels)?;
+        check("batchnorm_forward_train.gamma", gamma, s.channels)?;
+        let threads = self.threads;
+        self.pool.install(|| {
+            norm::batchnorm_forward_train(
+                out,
+                mean,
+                rstd,
+                running_mean,
+                running_var,
+                input,
+                gamma,
+                beta,
+                s,
+                eps,
+                momentum,
+                threads,
+            )
+        });
+        Ok(())
+    }
+    fn batchnorm_forward_eval(
+        &self,
+        out: &mut Vec<f32>,
+        input: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        running_mean: &Vec<f32>,
+        running_var: &Vec<f32>,
+        s: ChannelShape,
+        eps: f32,
+    ) -> Result<()> {
+        check("batchnorm_forward_eval.input", input, s.rows * s.channels)?;
+        check("batchnorm_forward_eval.out", out, s.rows * s.channels)?;
+        self.pool.install(|| {
+            norm::batchnorm_forward_eval(out, input, gamma, beta, running_mean, running_var, s, eps)
+        });
+        Ok(())
+    }
+    fn batchnorm_backward(
+        &self,
+        grad_input: Option<&mut Vec<f32>>,
+        grad_gamma: &mut Vec<f32>,
+        grad_beta: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        input: &Vec<f32>,
+        gamma: &Vec<f32>,
+        s: ChannelShape,
+    ) -> Result<()> {
+        check("batchnorm_backward.grad_out", grad_out, s.rows * s.channels)?;
+        check("batchnorm_backward.input", input, s.rows * s.channels)?;
+        let threads = self.threads;
+        self.pool.install(|| {
+            norm::batchnorm_backward(
+                grad_input.map(|g| g.as_mut_slice()),
+                grad_gamma,
+                grad_beta,
+                grad_out,
+                mean,
+                rstd,
+                input,
+                gamma,
+                s,
+                threads,
+            )
+        });
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        input: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        s: SampleShape,
+        eps: f32,
+    ) -> Result<()> {
+        check("layernorm_forward.input", input, s.n * s.features)?;
+        check("layernorm_forward.out", out, s.n * s.features)?;
+        check("layernorm_forward.gamma", gamma, s.features)?;
+        check("layernorm_forward.mean", mean, s.n)?;
+        self.pool
+            .install(|| norm::layernorm_forward(out, mean, rstd, input, gamma, beta, s, eps));
+        Ok(())
+    }
+    fn layernorm_backward(
+        &self,
+        grad_input: Option<&mut Vec<f32>>,
+        grad_gamma: &mut Vec<f32>,
+        grad_beta: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        input: &Vec<f32>,
+        gamma: &Vec<f32>,
+        s: SampleShape,
+    ) -> Result<()> {
+        check("layernorm_backward.grad_out", grad_out, s.n * s.features)?;
+        check("layernorm_backward.input", input, s.n * s.features)?;
+        let threads = self.threads;
+        self.pool.install(|| {
+            norm::layernorm_backward(
+                grad_input.map(|g| g.as_mut_slice()),
+                grad_gamma,
+                grad_beta,
+                grad_out,
+                mean,
+                rstd,
+                input,
+                gamma,
+                s,
+                threads,
+            )
+        });
+        Ok(())
+    }
+
+    fn relu_forward(&self, x: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| elementwise::relu_forward(x));
+        Ok(())
+    }
+    fn relu_backward(&self, grad: &mut Vec<f32>, activation: &Vec<f32>) -> Result<()> {
+        check("relu_backward.activation", activation, grad.len())?;
+        self.pool
+            .install(|| elementwise::relu_backward(grad, activation));
+        Ok(())
+    }
+    fn maxpool2_forward(&self, out: &mut Vec<f32>, input: &Vec<f32>, s: PoolShape) -> Result<()> {
+        check("maxpool2_forward.input", input, s.n * s.h * s.w * s.c)?;
+        check(
+            "maxpool2_forward.out",
+            out,
+            s.n * (s.h / 2) * (s.w / 2) * s.c,
+        )?;
+        self.pool
+            .install(|| elementwise::maxpool2_forward(out, input, s));
+        Ok(())
+    }
+    fn relu_maxpool2_backward(
+        &self,
+        grad_input: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        activation: &Vec<f32>,
+        s: PoolShape,
+    ) -> Result<()> {
+        check(
+            "relu_maxpool2_backward.grad_input",
+            grad_input,
+            s.n * s.h * s.w * s.c,
+        )?;
+        check(
+            "relu_maxpool2_backward.activation",
+            activation,
+            s.n * s.h * s.w * s.c,
+        )?;
+        check(
+            "relu_maxpool2_backward.grad_out",
+            grad_out,
+            s.n * (s.h / 2) * (s.w / 2) * s.c,
+        )?;
+        self.pool
+            .install(|| elementwise::relu_maxpool2_backward(grad_input, grad_out, activation, s));
+        Ok(())
+    }
+
+    fn goodness_forward(
+        &self,
+        goodness: &mut Vec<f32>,
+        input: &Vec<f32>,
+        s: SampleShape,
+    ) -> Result<()> {
+        check("goodness_forward.input", input, s.n * s.features)?;
+        check("goodness_forward.goodness", goodness, s.n)?;
+        self.pool
+            .install(|| elementwise::goodness_forward(goodness, input, s));
+        Ok(())
+    }
+    fn goodness_backward(
+        &self,
+        grad_input: &mut Vec<f32>,
+        grad_goodness: &Vec<f32>,
+        input: &Vec<f32>,
+        s: SampleShape,
+    ) -> Result<()> {
+        check("goodness_backward.input", input, s.n * s.features)?;
+        check("goodness_backward.grad_input", grad_input, s.n * s.features)?;
+        self.pool
+            .install(|| elementwise::goodness_backward(grad_input, grad_goodness, input, s));
+        Ok(())
+    }
+    fn ff_loss(
+        &self,
+        loss: &mut Vec<f32>,
+        grad_goodness: &mut Vec<f32>,
+        goodness: &Vec<f32>,
+        pairs: usize,
+        kind: FfLoss,
+    ) -> Result<()> {
+        check("ff_loss.goodness", goodness, 2 * pairs)?;
+        check("ff_loss.grad_goodness", grad_goodness, 2 * pairs)?;
+        elementwise::ff_loss(loss, grad_goodness, goodness, pairs, kind);
+        Ok(())
+    }
+
+    fn adam_step(
+        &self,
+        param: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        step: u64,
+        hp: AdamParams,
+    ) -> Result<()> {
+        check("adam_step.grad", grad, param.len())?;
+        check("adam_step.m", m, param.len())?;
+        self.pool
+            .install(|| elementwise::adam_step(param, m, v, grad, step, hp));
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! The backend seam: every numeric kernel the engine needs, as one trait.
+//!
+//! Layout conventions, shared by every backend:
+//! - activations are NHWC, f32, contiguous: `(N, H, W, C)`;
+//! - convolution weights are OHWI: `(C_out, 3, 3, C_in)` (cuDNN's KRSC);
+//! - LayerNorm affine parameters follow the activation layout: `(H, W, C)`.
+//!
+//! The gradient rule, written once: backward kernels ACCUMULATE (`+=`) into parameter
+//! gradients and ASSIGN (`=`) activation gradients. An activation gradient that nobody needs
+//! is passed as `None` and never computed.
+//!
+//! This module must not know about Forward-Forward: it is plain tensor arithmetic. A new
+//! backend (CUDA) implements [`Backend`] and nothing in `layers/` or `ff/` changes.
+
+pub mod cpu;
+
+use crate::error::Result;
+
+/// Shape of a 3x3, stride 1, padding 1, bias-free convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+}
+
+impl ConvShape {
+    /// Multiply-adds times two, for one forward pass over the whole batch.
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * (self.n * self.h * self.w * self.c_out * self.c_in * 9) as f64
+    }
+}
+
+/// Shape of a per-channel (BatchNorm) reduction: `rows` = N*H*W, `channels` = C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelShape {
+    pub rows: usize,
+    pub channels: usize,
+}
+
+/// Shape of a per-sample reduction (LayerNorm, goodness): `n` samples of `features` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleShape {
+    pub n: usize,
+    pub features: usize,
+}
+
+/// Shape of a 2x2, stride 2 max-pool input (output is `h/2 x w/2`, floored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+/// Shape of the label-embedding concatenation: `n` images of `pixels` pixels and
+/// `channels` image channels; the label plane is appended as channel `channels`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedShape {
+    pub n: usize,
+    pub pixels: usize,
+    pub channels: usize,
+}
+
+/// The Forward-Forward losses on goodness. `goodness` holds `pairs` positives, then `pairs`
+/// negatives (negative i is positive i with a wrong label).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FfLoss {
+    /// `mean_i softplus(-alpha * (g_pos_i - g_neg_i))`.
+    Symba { alpha: f32 },
+    /// `mean over all 2B terms of [softplus(tau - g_pos), softplus(g_neg - tau)]`.
+    Threshold { tau: f32 },
+}
+
+/// Adam hyper-parameters (PyTorch semantics, no weight decay).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+impl Default for AdamParams {
+    fn default() -> Self {
+        AdamParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Every kernel of the engine. Buffers are flat f32 arrays on the backend's device; the
+/// shape structs say how to read them. Arguments come in llm.c order: outputs, then saved
+/// values, then inputs, then sizes.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A flat f32 buffer on this backend's device.
+    type Buf: Send + Sync;
+
+    /// A human-readable device name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+
+    // ---- memory ----
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn len(buf: &Self::Buf) -> usize;
+    fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
+    /// Overwrite `dst` with host data of the same length.
+    fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
+
+    // ---- label embedding ----
+    /// out (N, P, C+1) = concat(images (N, P, C), table[labels[n]] (P)).
+    fn embed_forward(
+        &self,
+        out: &mut Self::Buf,
+        images: &Self::Buf,
+        table: &Self::Buf,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()>;
+    /// grad_table[labels[n]] += grad_input[n, :, C].
+    fn embed_backward(
+        &self,
+        grad_table: &mut Self::Buf,
+        grad_input: &Self::Buf,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()>;
+
+    // ---- convolution 3x3, padding 1, no bias ----
+    fn conv3x3_forward(
+        &self,
+        out: &mut Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+    ) -> Result<()>;
+    fn conv3x3_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_weight: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+    ) -> Result<()>;
+
+    // ---- BatchNorm over (N, H, W) per channel ----
+    /// Training mode: normalise with batch statistics, save mean and 1/std, and update the
+    /// running statistics (unbiased variance) with `momentum`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_train(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        running_mean: &mut Self::Buf,
+        running_var: &mut Self::Buf,
+        input: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        s: ChannelShape,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_eval(
+        &self,
+        out: &mut Self::Buf,
+        input: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        running_mean: &Self::Buf,
+        running_var: &Self::Buf,
+        s: ChannelShape,
+        eps: f32,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_gamma: &mut Self::Buf,
+        grad_beta: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        input: &Self::Buf,
+        gamma: &Self::Buf,
+        s: ChannelShape,
+    ) -> Result<()>;
+
+    // ---- LayerNorm over all features of a sample ----
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        input: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        s: SampleShape,
+        eps: f32,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_gamma: &mut Self::Buf,
+        grad_beta: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        input: &Self::Buf,
+        gamma: &Self::Buf,
+        s: SampleShape,
+    ) -> Result<()>;
+
+    // ---- ReLU and max-pool ----
+    fn relu_forward(&self, x: &mut Self::Buf) -> Result<()>;
+    /// grad (in place) *= (activation > 0), where `activation` is the ReLU output.
+    fn relu_backward(&self, grad: &mut Self::Buf, activation: &Self::Buf) -> Result<()>;
+    fn maxpool2_forward(&self, out: &mut Self::Buf, input: &Self::Buf, s: PoolShape) -> Result<()>;
+    /// Routes each output gradient to the first maximum of its window (PyTorch's choice) and
+    /// applies the ReLU mask of `activation` (the pool's input, a ReLU output) in the same pass.
+    fn relu_maxpool2_backward(
+        &self,
+        grad_input: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        activation: &Self::Buf,
+        s: PoolShape,
+    ) -> Result<()>;
+
+    // ---- goodness and the FF losses ----
+    /// goodness (N) = mean of squares of each sample.
+    fn goodness_forward(
+        &self,
+        goodness: &mut Self::Buf,
+        input: &Self::Buf,
+        s: SampleShape,
+    ) -> Result<()>;
+    fn goodness_backward(
+        &self,
+        grad_input: &mut Self::Buf,
+        grad_goodness: &Self::Buf,
+        input: &Self::Buf,
+        s: SampleShape,
+    ) -> Result<()>;
+    /// loss (1) and grad_goodness (2 * pairs) from goodness (2 * pairs).
+    fn ff_loss(
+        &self,
+        loss: &mut Self::Buf,
+        grad_goodness: &mut Self::Buf,
+        goodness: &Self::Buf,
+        pairs: usize,
+        kind: FfLoss,
+    ) -> Result<()>;
+
+    // ---- optimiser ----
+    /// One Adam step; `step` is the 1-based step count of this state.
+    fn adam_step(
+        &self,
+        param: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        grad: &Self::Buf,
+        step: u64,
+        hp: AdamParams,
+    ) -> Result<()>;
+}

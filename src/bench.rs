@@ -1,0 +1,237 @@
+//! `trifecta bench`: times the FF training step on synthetic data and sets it against the
+//! machine's own sgemm speed, measured in the same run.
+//!
+//! Default workload (the one the engine issue measured against PyTorch): `small` at width 1,
+//! 32x32 images with 3+1 channels, 32 positives + 32 negatives, SymBa, BatchNorm, no APL (every
+//! block local). The FLOP count is that of the convolutions the step actually runs: forward,
+//! weight gradient and input gradient (the input gradient of the conv is always needed, since
+//! the norm before it learns; the norm's own input gradient is skipped when detached).
+
+use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
+use crate::error::Result;
+use crate::ff::{Arch, FfConfig, FfNet, ImageShape};
+use crate::layers::norm::NormKind;
+use crate::rng::Rng;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub arch: Arch,
+    pub width: f64,
+    pub image: ImageShape,
+    pub batch: usize,
+    pub apl: bool,
+    pub norm: NormKind,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Size of the square sgemm reference.
+    pub sgemm_size: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            arch: Arch::Small,
+            width: 1.0,
+            image: ImageShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            batch: 32,
+            apl: false,
+            norm: NormKind::Batch,
+            warmup: 2,
+            steps: 10,
+            sgemm_size: 2048,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub device: String,
+    /// Median seconds per training step.
+    pub step_seconds: f64,
+    pub step_seconds_all: Vec<f64>,
+    /// Positives per second (each also runs as a negative).
+    pub samples_per_second: f64,
+    /// Convolution FLOPs of one step.
+    pub step_flops: f64,
+    pub step_gflops: f64,
+    pub sgemm_gflops: f64,
+}
+
+impl BenchReport {
+    pub fn render(&self, config: &BenchConfig) -> String {
+        format!(
+            "device: {}\nworkload: {:?} x{} width, {}x{}x{}+1 input, batch {} positives + {} negatives, apl {}, norm {:?}\n\
+             step: median {:.1} ms over {} steps (min {:.1}, max {:.1})\n\
+             throughput: {:.1} samples/s ({:.1} images/s counting negatives)\n\
+             convolutions: {:.2} GFLOP per step, {:.1} GFLOP/s\n\
+             sgemm {n}x{n}x{n}: {:.1} GFLOP/s; step/sgemm ratio {:.2}",
+            self.device,
+            config.arch,
+            config.width,
+            config.image.channels,
+            config.image.height,
+            config.image.width,
+            config.batch,
+            config.batch,
+            config.apl,
+            config.norm,
+            self.step_seconds * 1e3,
+            self.step_seconds_all.len(),
+            self.step_seconds_all
+                .iter()
+                .cloned()
+                .fold(f64::MAX, f64::min)
+                * 1e3,
+            self.step_seconds_all.iter().cloned().fold(0.0, f64::max) * 1e3,
+            self.samples_per_second,
+            2.0 * self.samples_per_second,
+            self.step_flops / 1e9,
+            self.step_gflops,
+            self.sgemm_gflops,
+            self.step_gflops / self.sgemm_gflops,
+            n = config.sgemm_size,
+        )
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        0.5 * (v[mid - 1] + v[mid])
+    }
+}
+
+/// Convolution FLOPs of one training step: forward for every block; weight and conv-input
+/// gradients for each block that updates (and for the previous block when its output is
+/// attached). Averaged over two iterations so that APL's alternation is counted fairly.
+pub fn step_flops(config: &FfConfig, batch: usize) -> Result<f64> {
+    let specs = config.block_specs()?;
+    let mut total = 0.0;
+    for t in 0..2u64 {
+        for (i, spec) in specs.iter().enumerate() {
+            let conv = crate::backend::ConvShape {
+                n: 2 * batch,
+                h: spec.h,
+                w: spec.w,
+                c_in: spec.c_in,
+                c_out: spec.c_out,
+            };
+            let forward = conv.forward_flops();
+            total += forward;
+            if config.updates(i, t) {
+                total += 2.0 * forward;
+                if i > 0 && !config.updates(i - 1, t) {
+                    let previous = crate::backend::ConvShape {
+                        h: specs[i - 1].h,
+                        w: specs[i - 1].w,
+                        c_in: specs[i - 1].c_in,
+                        c_out: specs[i - 1].c_out,
+                        n: 2 * batch,
+                    };
+                    total += 2.0 * previous.forward_flops();
+                }
+            }
+        }
+    }
+    Ok(total / 2.0)
+}
+
+/// Median GFLOP/s of an n x n x n sgemm on all of the backend's threads.
+pub fn sgemm_gflops(n: usize, threads: usize, reps: usize) -> f64 {
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        // SAFETY: a, b and c are n x n row-major and c does not alias a or b.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / median(&times) / 1e9
+}
+
+/// Runs the benchmark on the CPU backend.
+pub fn run_cpu(config: &BenchConfig, threads: usize) -> Result<BenchReport> {
+    let backend = Cpu::new(threads)?;
+    let threads = backend.threads();
+    let report = run(&backend, config)?;
+    let sgemm = sgemm_gflops(config.sgemm_size, threads, 5);
+    Ok(BenchReport {
+        sgemm_gflops: sgemm,
+        ..report
+    })
+}
+
+/// Times the training step on `backend` (sgemm left at NaN: it is the CPU's reference).
+pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport> {
+    let mut ff = FfConfig::trifecta(config.arch, config.width, config.image, 10)?;
+    ff.apl = config.apl;
+    ff.norm = config.norm;
+    let mut net = FfNet::new(backend, ff.clone(), 0)?;
+    let mut rng = Rng::new(1);
+    let images: Vec<f32> = (0..config.batch * config.image.numel())
+        .map(|_| rng.normal())
+        .collect();
+    let positive: Vec<u32> = (0..config.batch).map(|_| rng.below(10)).collect();
+    let negative = crate::data::wrong_labels(&positive, 10, &mut rng);
+    for _ in 0..config.warmup {
+        net.train_step(backend, &images, &positive, &negative)?;
+    }
+    let mut times = Vec::with_capacity(config.steps);
+    for _ in 0..config.steps {
+        let start = Instant::now();
+        net.train_step(backend, &images, &positive, &negative)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let step_seconds = median(&times);
+    let flops = step_flops(&ff, config.batch)?;
+    Ok(BenchReport {
+        device: backend.name(),
+        step_seconds,
+        step_seconds_all: times,
+        samples_per_second: config.batch as f64 / step_seconds,
+        step_flops: flops,
+        step_gflops: flops / step_seconds / 1e9,
+        sgemm_gflops: f64::NAN,
+    })
+}

@@ -1,0 +1,120 @@
+//! FF evaluation: run each image once per candidate label; the label with the highest goodness
+//! wins, per layer or for an ensemble (mean goodness over a chosen set of layers).
+
+use super::net::FfNet;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+/// Predictions and accuracies of one evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Accuracy of each layer on its own, in [0, 1].
+    pub layer_accuracy: Vec<f64>,
+    /// Accuracy of the ensemble.
+    pub ensemble_accuracy: f64,
+    /// The layers the ensemble averages.
+    pub ensemble_layers: Vec<usize>,
+    pub samples: usize,
+}
+
+/// argmax over labels of `goodness[label][layer][sample]` summed over `layers`; ties go to the
+/// lowest label, like `torch.argmax`.
+pub fn predict(
+    goodness: &[f32],
+    classes: usize,
+    layers: usize,
+    n: usize,
+    pick: &[usize],
+) -> Vec<u32> {
+    (0..n)
+        .map(|i| {
+            let score = |label: usize| -> f32 {
+                pick.iter()
+                    .map(|l| goodness[(label * layers + l) * n + i])
+                    .sum::<f32>()
+            };
+            let mut best = 0;
+            let mut best_score = score(0);
+            for label in 1..classes {
+                let s = score(label);
+                if s > best_score {
+                    best = label;
+                    best_score = s;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// Accumulates predictions batch by batch.
+pub struct Evaluator {
+    correct_per_layer: Vec<usize>,
+    correct_ensemble: usize,
+    samples: usize,
+    ensemble_layers: Vec<usize>,
+}
+
+impl Evaluator {
+    pub fn new(layers: usize, ensemble_layers: &[usize]) -> Result<Self> {
+        if ensemble_layers.is_empty() {
+            return Err(Error::Config(
+                "the ensemble needs at least one layer".into(),
+            ));
+        }
+        if let Some(bad) = ensemble_layers.iter().find(|l| **l >= layers) {
+            return Err(Error::Config(format!(
+                "ensemble layer {bad} does not exist: the network has {layers} layers (0-{})",
+                layers - 1
+            )));
+        }
+        Ok(Evaluator {
+            correct_per_layer: vec![0; layers],
+            correct_ensemble: 0,
+            samples: 0,
+            ensemble_layers: ensemble_layers.to_vec(),
+        })
+    }
+
+    /// Evaluates one batch of `images` `(n, H, W, C)` with their true `labels`.
+    pub fn add_batch<B: Backend>(
+        &mut self,
+        net: &mut FfNet<B>,
+        backend: &B,
+        images: &[f32],
+        labels: &[u32],
+    ) -> Result<()> {
+        let goodness = net.goodness_per_label(backend, images)?;
+        let (classes, layers, n) = (net.config.classes, net.blocks.len(), labels.len());
+        for layer in 0..layers {
+            let predictions = predict(&goodness, classes, layers, n, &[layer]);
+            self.correct_per_layer[layer] += predictions
+                .iter()
+                .zip(labels)
+                .filter(|(p, y)| p == y)
+                .count();
+        }
+        let predictions = predict(&goodness, classes, layers, n, &self.ensemble_layers);
+        self.correct_ensemble += predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, y)| p == y)
+            .count();
+        self.samples += n;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Evaluation {
+        let total = self.samples.max(1) as f64;
+        Evaluation {
+            layer_accuracy: self
+                .correct_per_layer
+                .iter()
+                .map(|c| *c as f64 / total)
+                .collect(),
+            ensemble_accuracy: self.correct_ensemble as f64 / total,
+            ensemble_layers: self.ensemble_layers,
+            samples: self.samples,
+        }
+    }
+}

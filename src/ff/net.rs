@@ -1,0 +1,371 @@
+//! The FF network and its training step, exactly as `TRIFECTA.md` specifies.
+//!
+//! One step on B images: the input is [positives; negatives] = the same images twice, with the
+//! true labels and then the wrong ones, each with its label plane appended. Blocks run in order.
+//! A block that updates at this iteration (see [`FfConfig::updates`]) computes its loss on the
+//! goodness of its output, backpropagates it through itself and, if its input is still attached,
+//! through the block before it (or into the label embedding, for block 0), then takes one Adam
+//! step over the previous block's parameters and its own. Its output then counts as detached. A
+//! block that does not update passes its output on attached.
+//!
+//! Each block `i` owns one optimiser over two groups: the previous block's parameters (the
+//! embedding, for block 0) and its own. So every parameter sits in two optimisers, each with its
+//! own moments and step count, as in the reference code. A group whose parameters got no
+//! gradient (a detached input) is skipped, as PyTorch's Adam skips parameters whose `.grad` is
+//! `None`.
+
+use super::config::FfConfig;
+use crate::backend::{Backend, EmbedShape};
+use crate::error::{Error, Result};
+use crate::layers::Param;
+use crate::layers::block::Block;
+use crate::layers::embedding::LabelEmbedding;
+use crate::optim::AdamGroup;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// Training metrics of one block at one step (only for blocks that updated).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockMetrics {
+    pub loss: f32,
+    /// Mean goodness of the positives.
+    pub positive: f32,
+    /// Mean goodness of the negatives.
+    pub negative: f32,
+}
+
+impl BlockMetrics {
+    /// delta = positive - negative goodness.
+    pub fn delta(&self) -> f32 {
+        self.positive - self.negative
+    }
+}
+
+/// Per-block metrics of one step; `None` for blocks that did not update.
+pub type StepMetrics = Vec<Option<BlockMetrics>>;
+
+struct BlockOptimizer<B: Backend> {
+    previous: AdamGroup<B>,
+    own: AdamGroup<B>,
+}
+
+pub struct FfNet<B: Backend> {
+    pub config: FfConfig,
+    pub embedding: LabelEmbedding<B>,
+    pub blocks: Vec<Block<B>>,
+    optimizers: Vec<BlockOptimizer<B>>,
+    /// Training iterations done so far; decides the APL schedule.
+    pub iteration: u64,
+    /// (N, H, W, C): the images of the current batch, twice for a training step.
+    images: Tensor<B>,
+    /// (N, H, W, C+1): images with their label planes.
+    input: Tensor<B>,
+    /// Gradient w.r.t. a block's output (scratch).
+    grad_output: Tensor<B>,
+    /// Gradient w.r.t. a block's input, i.e. the previous block's output (scratch).
+    grad_input: Tensor<B>,
+    /// (2B) and (1).
+    grad_goodness: Tensor<B>,
+    loss: Tensor<B>,
+}
+
+fn sizes<B: Backend>(params: &[&Param<B>]) -> Vec<usize> {
+    params.iter().map(|p| p.numel()).collect()
+}
+
+impl<B: Backend> FfNet<B> {
+    /// A freshly initialised network (PyTorch's default initialisers, seeded).
+    pub fn new(backend: &B, config: FfConfig, seed: u64) -> Result<Self> {
+        if config.classes < 2 {
+            return Err(Error::Config(format!(
+                "FF needs at least 2 classes, got {}",
+                config.classes
+            )));
+        }
+        let specs = config.block_specs()?;
+        let mut rng = Rng::stream(seed, 1);
+        let embedding =
+            LabelEmbedding::new(backend, config.classes, config.image.pixels(), &mut rng)?;
+        let blocks = specs
+            .iter()
+            .map(|spec| Block::new(backend, *spec, config.norm, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
+        let mut optimizers = Vec::with_capacity(blocks.len());
+        for i in 0..blocks.len() {
+            let previous = if i == 0 {
+                vec![embedding.table.numel()]
+            } else {
+                sizes(&blocks[i - 1].params())
+            };
+            optimizers.push(BlockOptimizer {
+                previous: AdamGroup::new(backend, &previous)?,
+                own: AdamGroup::new(backend, &sizes(&blocks[i].params()))?,
+            });
+        }
+        Ok(FfNet {
+            config,
+            embedding,
+            blocks,
+            optimizers,
+            iteration: 0,
+            images: Tensor::zeros(backend, &[0])?,
+            input: Tensor::zeros(backend, &[0])?,
+            grad_output: Tensor::zeros(backend, &[0])?,
+            grad_input: Tensor::zeros(backend, &[0])?,
+            grad_goodness: Tensor::zeros(backend, &[0])?,
+            loss: Tensor::zeros(backend, &[1])?,
+        })
+    }
+
+    /// The network input of the last step or evaluation batch: `(N, H, W, C+1)`.
+    pub fn input(&self) -> &Tensor<B> {
+        &self.input
+    }
+
+    fn embed_shape(&self, n: usize) -> EmbedShape {
+        EmbedShape {
+            n,
+            pixels: self.config.image.pixels(),
+            channels: self.config.image.channels,
+        }
+    }
+
+    /// Uploads `images` `(n, H, W, C)` and builds the network input with `labels`.
+    fn prepare_input(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<()> {
+        let image = self.config.image;
+        let n = labels.len();
+        if images.len() != n * image.numel() {
+            return Err(Error::Shape {
+                op: "FfNet input",
+                expected: vec![n, image.height, image.width, image.channels],
+                got: vec![images.len()],
+            });
+        }
+        self.images
+            .resize(backend, &[n, image.height, image.width, image.channels])?;
+        backend.write(&mut self.images.buf, images)?;
+        self.input
+            .resize(backend, &[n, image.height, image.width, image.channels + 1])?;
+        let s = self.embed_shape(n);
+        self.embedding
+            .forward(backend, &mut self.input.buf, &self.images.buf, labels, s)
+    }
+
+    /// Runs every block on the prepared input (`n` samples), in training or eval mode.
+    fn forward_all(&mut self, backend: &B, n: usize, train: bool) -> Result<()> {
+        for i in 0..self.blocks.len() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let input = before.last().map_or(&self.input.buf, |b| b.output());
+            rest[0].forward(backend, input, n, train)?;
+        }
+        Ok(())
+    }
+
+    /// One FF training step on `images` `(B, H, W, C)` with true labels `positive` and wrong
+    /// labels `negative` (B each).
+    pub fn train_step(
+        &mut self,
+        backend: &B,
+        images: &[f32],
+        positive: &[u32],
+        negative: &[u32],
+    ) -> Result<StepMetrics> {
+        self.train_step_observed(backend, images, positive, negative, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::train_step`], calling `observe(block, net)` right after each block is done
+    /// (after its update, if it updated). Gradients are intact at that point; the next
+    /// block's update may zero some of them. Tests use this to read intermediate values.
+    pub fn train_step_observed(
+        &mut self,
+        backend: &B,
+        images: &[f32],
+        positive: &[u32],
+        negative: &[u32],
+        observe: &mut dyn FnMut(usize, &Self) -> Result<()>,
+    ) -> Result<StepMetrics> {
+        let pairs = positive.len();
+        if negative.len() != pairs || pairs == 0 {
+            return Err(Error::Shape {
+                op: "train_step labels",
+                expected: vec![pairs],
+                got: vec![negative.len()],
+            });
+        }
+        let both: Vec<f32> = [images, images].concat();
+        let labels: Vec<u32> = [positive, negative].concat();
+        self.prepare_input(backend, &both, &labels)?;
+        let n = 2 * pairs;
+        let t = self.iteration;
+        let mut metrics = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.blocks.len() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let input = before.last().map_or(&self.input.buf, |b| b.output());
+            rest[0].forward(backend, input, n, true)?;
+            if self.config.updates(i, t) {
+                metrics.push(Some(self.update_block(backend, i, pairs, &labels)?));
+            } else {
+                metrics.push(None);
+            }
+            observe(i, self)?;
+        }
+        self.iteration += 1;
+        Ok(metrics)
+    }
+
+    /// Loss, backward and Adam step of block `i`, right after its forward.
+    fn update_block(
+        &mut self,
+        backend: &B,
+        i: usize,
+        pairs: usize,
+        labels: &[u32],
+    ) -> Result<BlockMetrics> {
+        let n = 2 * pairs;
+        let attached = i == 0 || !self.config.updates(i - 1, self.iteration);
+        self.grad_goodness.resize(backend, &[n])?;
+        let block = &self.blocks[i];
+        backend.ff_loss(
+            &mut self.loss.buf,
+            &mut self.grad_goodness.buf,
+            &block.goodness.buf,
+            pairs,
+            self.config.ff_loss(),
+        )?;
+        let goodness = block.goodness.to_host(backend)?;
+        let metrics = BlockMetrics {
+            loss: self.loss.to_host(backend)?[0],
+            positive: goodness[..pairs].iter().sum::<f32>() / pairs as f32,
+            negative: goodness[pairs..].iter().sum::<f32>() / pairs as f32,
+        };
+
+        // zero_grad over both groups of optimiser i.
+        for p in self.blocks[i].params_mut() {
+            p.zero_grad(backend)?;
+        }
+        if i == 0 {
+            self.embedding.table.zero_grad(backend)?;
+        } else {
+            for p in self.blocks[i - 1].params_mut() {
+                p.zero_grad(backend)?;
+            }
+        }
+
+        let spec = self.blocks[i].spec;
+        self.grad_output
+            .resize(backend, &[n, spec.out_features()])?;
+        self.blocks[i].goodness_backward(
+            backend,
+            &mut self.grad_output.buf,
+            &self.grad_goodness.buf,
+        )?;
+        if attached {
+            self.grad_input
+                .resize(backend, &[n, spec.h * spec.w * spec.c_in])?;
+        }
+        {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let input = before.last().map_or(&self.input.buf, |b| b.output());
+            rest[0].backward(
+                backend,
+                attached.then_some(&mut self.grad_input.buf),
+                &mut self.grad_output.buf,
+                input,
+            )?;
+        }
+        if attached {
+            if i == 0 {
+                let s = self.embed_shape(n);
+                self.embedding
+                    .backward(backend, &self.grad_input.buf, labels, s)?;
+            } else {
+                // Through the previous block; its own input is detached (it updated) or not
+                // in this optimiser (the embedding, for block 0), so no input gradient.
+                let (before, rest) = self.blocks.split_at_mut(i - 1);
+                let input = before.last().map_or(&self.input.buf, |b| b.output());
+                rest[0].backward(backend, None, &mut self.grad_input.buf, input)?;
+            }
+        }
+
+        let hp = self.config.adam;
+        let (before, rest) = self.blocks.split_at_mut(i);
+        let optimizer = &mut self.optimizers[i];
+        optimizer.own.step(backend, &mut rest[0].params_mut(), hp)?;
+        if attached {
+            match before.last_mut() {
+                Some(previous) => {
+                    optimizer
+                        .previous
+                        .step(backend, &mut previous.params_mut(), hp)?
+                }
+                None => optimizer
+                    .previous
+                    .step(backend, &mut [&mut self.embedding.table], hp)?,
+            }
+        }
+        Ok(metrics)
+    }
+
+    /// Goodness of every (label, layer, image) for `images` `(n, H, W, C)`, in eval mode:
+    /// returns `[classes][layers][n]`, flattened.
+    pub fn goodness_per_label(&mut self, backend: &B, images: &[f32]) -> Result<Vec<f32>> {
+        let n = images.len() / self.config.image.numel().max(1);
+        let layers = self.blocks.len();
+        let mut out = vec![0.0; self.config.classes * layers * n];
+        for label in 0..self.config.classes {
+            let labels = vec![label as u32; n];
+            self.prepare_input(backend, images, &labels)?;
+            self.forward_all(backend, n, false)?;
+            for (layer, block) in self.blocks.iter().enumerate() {
+                let goodness = block.goodness.to_host(backend)?;
+                out[(label * layers + layer) * n..][..n].copy_from_slice(&goodness);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every parameter with its PyTorch name, in registration order.
+    pub fn named_params(&self) -> Vec<(String, &Param<B>)> {
+        let mut out = vec![("embedding.weight".to_string(), &self.embedding.table)];
+        for (i, block) in self.blocks.iter().enumerate() {
+            for p in block.params() {
+                let layer = if p.torch_shape.len() == 4 {
+                    "conv"
+                } else {
+                    "norm"
+                };
+                out.push((format!("block{i}.{layer}.{}", p.name), p));
+            }
+        }
+        out
+    }
+
+    pub fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
+        let mut out = vec![("embedding.weight".to_string(), &mut self.embedding.table)];
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for p in block.params_mut() {
+                let layer = if p.torch_shape.len() == 4 {
+                    "conv"
+                } else {
+                    "norm"
+                };
+                out.push((format!("block{i}.{layer}.{}", p.name), p));
+            }
+        }
+        out
+    }
+
+    /// BatchNorm running statistics with their PyTorch names.
+    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let norm = &mut block.norm;
+            if let (Some(mean), Some(var)) = (norm.running_mean.as_mut(), norm.running_var.as_mut())
+            {
+                out.push((format!("block{i}.norm.running_mean"), mean));
+                out.push((format!("block{i}.norm.running_var"), var));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,110 @@
+//! Epoch loops: shuffled mini-batches with freshly drawn negatives, per-layer training
+//! statistics, and batched evaluation.
+
+use super::eval::{Evaluation, Evaluator};
+use super::net::{FfNet, StepMetrics};
+use crate::backend::Backend;
+use crate::data::{Dataset, wrong_labels};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use std::time::Instant;
+
+/// Mean training statistics of one layer over an epoch (over the steps where it updated).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LayerStats {
+    pub loss: f64,
+    pub positive: f64,
+    pub negative: f64,
+    pub updates: usize,
+}
+
+impl LayerStats {
+    pub fn delta(&self) -> f64 {
+        self.positive - self.negative
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EpochStats {
+    pub layers: Vec<LayerStats>,
+    pub seconds: f64,
+    /// Positive samples seen.
+    pub samples: usize,
+}
+
+impl EpochStats {
+    fn add(&mut self, step: &StepMetrics) {
+        for (stats, metrics) in self.layers.iter_mut().zip(step) {
+            if let Some(m) = metrics {
+                stats.loss += m.loss as f64;
+                stats.positive += m.positive as f64;
+                stats.negative += m.negative as f64;
+                stats.updates += 1;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        for s in &mut self.layers {
+            let k = s.updates.max(1) as f64;
+            s.loss /= k;
+            s.positive /= k;
+            s.negative /= k;
+        }
+    }
+}
+
+/// One pass over `data` in shuffled batches of `batch_size` positives (the last may be
+/// smaller). `on_step(step, steps, metrics)` is called after each step.
+pub fn train_epoch<B: Backend>(
+    net: &mut FfNet<B>,
+    backend: &B,
+    data: &Dataset,
+    batch_size: usize,
+    rng: &mut Rng,
+    mut on_step: impl FnMut(usize, usize, &StepMetrics),
+) -> Result<EpochStats> {
+    if batch_size == 0 {
+        return Err(Error::Config("batch size must be at least 1".into()));
+    }
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    rng.shuffle(&mut order);
+    let steps = data.len().div_ceil(batch_size);
+    let mut stats = EpochStats {
+        layers: vec![LayerStats::default(); net.blocks.len()],
+        seconds: 0.0,
+        samples: 0,
+    };
+    for (step, indices) in order.chunks(batch_size).enumerate() {
+        let (images, labels) = data.gather(indices);
+        let negatives = wrong_labels(&labels, data.classes, rng);
+        let metrics = net.train_step(backend, &images, &labels, &negatives)?;
+        stats.add(&metrics);
+        stats.samples += indices.len();
+        on_step(step, steps, &metrics);
+    }
+    stats.finish();
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Accuracy of every layer and of the ensemble over `ensemble_layers`.
+pub fn evaluate<B: Backend>(
+    net: &mut FfNet<B>,
+    backend: &B,
+    data: &Dataset,
+    batch_size: usize,
+    ensemble_layers: &[usize],
+) -> Result<Evaluation> {
+    let mut evaluator = Evaluator::new(net.blocks.len(), ensemble_layers)?;
+    let size = data.shape.numel();
+    for (images, labels) in data
+        .images
+        .chunks(batch_size.max(1) * size)
+        .zip(data.labels.chunks(batch_size.max(1)))
+    {
+        evaluator.add_batch(net, backend, images, labels)?;
+    }
+    Ok(evaluator.finish())
+}

@@ -1,0 +1,196 @@
+//! The FF block: `norm -> conv 3x3 -> ReLU -> optional 2x2 max-pool`, and its goodness.
+//!
+//! Shapes for a batch of N: input `(N, H, W, Cin)`, normed `(N, H, W, Cin)`, activation
+//! `(N, H, W, Cout)` (after ReLU), output `(N, H/2, W/2, Cout)` with pool, else the activation.
+//! Goodness of a sample = mean over all its output units of the squared value.
+
+use super::Param;
+use super::conv::Conv3x3;
+use super::norm::{Norm, NormKind};
+use crate::backend::{Backend, ConvShape, PoolShape, SampleShape};
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// Geometry of one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    pub pool: bool,
+}
+
+impl BlockSpec {
+    pub fn out_hw(&self) -> (usize, usize) {
+        if self.pool {
+            (self.h / 2, self.w / 2)
+        } else {
+            (self.h, self.w)
+        }
+    }
+
+    /// Units per sample in the block's output.
+    pub fn out_features(&self) -> usize {
+        let (h, w) = self.out_hw();
+        h * w * self.c_out
+    }
+}
+
+pub struct Block<B: Backend> {
+    pub spec: BlockSpec,
+    pub norm: Norm<B>,
+    pub conv: Conv3x3<B>,
+    /// Batch size of the last forward.
+    n: usize,
+    /// (N, H, W, Cin)
+    normed: Tensor<B>,
+    /// (N, H, W, Cout), after ReLU
+    activation: Tensor<B>,
+    /// (N, H/2, W/2, Cout), only with pool
+    pooled: Tensor<B>,
+    /// (N)
+    pub goodness: Tensor<B>,
+    /// backward scratch: (N, H, W, Cout) and (N, H, W, Cin)
+    grad_activation: Tensor<B>,
+    grad_normed: Tensor<B>,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn new(backend: &B, spec: BlockSpec, norm: NormKind, rng: &mut Rng) -> Result<Self> {
+        Ok(Block {
+            spec,
+            norm: Norm::new(backend, norm, spec.c_in, spec.h, spec.w)?,
+            conv: Conv3x3::new(backend, spec.c_in, spec.c_out, rng)?,
+            n: 0,
+            normed: Tensor::zeros(backend, &[0])?,
+            activation: Tensor::zeros(backend, &[0])?,
+            pooled: Tensor::zeros(backend, &[0])?,
+            goodness: Tensor::zeros(backend, &[0])?,
+            grad_activation: Tensor::zeros(backend, &[0])?,
+            grad_normed: Tensor::zeros(backend, &[0])?,
+        })
+    }
+
+    fn conv_shape(&self) -> ConvShape {
+        self.conv.shape(self.n, self.spec.h, self.spec.w)
+    }
+
+    fn pool_shape(&self) -> PoolShape {
+        PoolShape {
+            n: self.n,
+            h: self.spec.h,
+            w: self.spec.w,
+            c: self.spec.c_out,
+        }
+    }
+
+    fn out_shape(&self) -> SampleShape {
+        SampleShape {
+            n: self.n,
+            features: self.spec.out_features(),
+        }
+    }
+
+    /// Parameters in PyTorch's registration order: norm weight, norm bias, conv weight.
+    pub fn params(&self) -> [&Param<B>; 3] {
+        [&self.norm.weight, &self.norm.bias, &self.conv.weight]
+    }
+
+    pub fn params_mut(&mut self) -> [&mut Param<B>; 3] {
+        [
+            &mut self.norm.weight,
+            &mut self.norm.bias,
+            &mut self.conv.weight,
+        ]
+    }
+
+    /// The block's output after the last forward: `(N, H', W', Cout)`.
+    pub fn output(&self) -> &B::Buf {
+        if self.spec.pool {
+            &self.pooled.buf
+        } else {
+            &self.activation.buf
+        }
+    }
+
+    /// Runs the block on `n` samples and computes their goodness.
+    pub fn forward(&mut self, backend: &B, input: &B::Buf, n: usize, train: bool) -> Result<()> {
+        let s = self.spec;
+        self.n = n;
+        self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
+        self.activation.resize(backend, &[n, s.h, s.w, s.c_out])?;
+        self.goodness.resize(backend, &[n])?;
+        self.norm
+            .forward(backend, &mut self.normed.buf, input, n, train)?;
+        let cs = self.conv_shape();
+        self.conv
+            .forward(backend, &mut self.activation.buf, &self.normed.buf, cs)?;
+        backend.relu_forward(&mut self.activation.buf)?;
+        if s.pool {
+            let (oh, ow) = s.out_hw();
+            self.pooled.resize(backend, &[n, oh, ow, s.c_out])?;
+            let ps = self.pool_shape();
+            backend.maxpool2_forward(&mut self.pooled.buf, &self.activation.buf, ps)?;
+        }
+        let os = self.out_shape();
+        let output = if s.pool {
+            &self.pooled.buf
+        } else {
+            &self.activation.buf
+        };
+        backend.goodness_forward(&mut self.goodness.buf, output, os)
+    }
+
+    /// d(output) from d(goodness), written into `grad_output` `(N, H', W', Cout)`.
+    pub fn goodness_backward(
+        &self,
+        backend: &B,
+        grad_output: &mut B::Buf,
+        grad_goodness: &B::Buf,
+    ) -> Result<()> {
+        backend.goodness_backward(grad_output, grad_goodness, self.output(), self.out_shape())
+    }
+
+    /// Backward from d(output). Accumulates into the norm and conv parameter gradients;
+    /// assigns `grad_input` `(N, H, W, Cin)` when asked for. `input` is the one given to the
+    /// last (training-mode) forward. `grad_output` is used as scratch when there is no pool.
+    pub fn backward(
+        &mut self,
+        backend: &B,
+        grad_input: Option<&mut B::Buf>,
+        grad_output: &mut B::Buf,
+        input: &B::Buf,
+    ) -> Result<()> {
+        let s = self.spec;
+        let n = self.n;
+        let cs = self.conv_shape();
+        let ps = self.pool_shape();
+        let grad_activation: &B::Buf = if s.pool {
+            self.grad_activation
+                .resize(backend, &[n, s.h, s.w, s.c_out])?;
+            backend.relu_maxpool2_backward(
+                &mut self.grad_activation.buf,
+                grad_output,
+                &self.activation.buf,
+                ps,
+            )?;
+            &self.grad_activation.buf
+        } else {
+            backend.relu_backward(grad_output, &self.activation.buf)?;
+            grad_output
+        };
+        // The conv's input gradient is always needed: the norm's weight and bias learn from it.
+        self.grad_normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
+        self.conv.backward(
+            backend,
+            Some(&mut self.grad_normed.buf),
+            grad_activation,
+            &self.normed.buf,
+            cs,
+        )?;
+        self.norm
+            .backward(backend, grad_input, &self.grad_normed.buf, input, n)
+    }
+}

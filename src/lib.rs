@@ -1,0 +1,27 @@
+//! trifecta: Forward-Forward training with the Trifecta (SymBa loss, alternating pairwise
+//! updates, BatchNorm), after T. Dooms, "The Trifecta" (arXiv 2311.18130).
+//!
+//! Map of the crate, bottom to top:
+//! - [`backend`]: the `Backend` trait (every kernel, NHWC f32) and the CPU backend (`gemm` +
+//!   `rayon`). A device backend plugs in here and nowhere else.
+//! - [`tensor`]: a shape plus a buffer on a backend.
+//! - [`layers`]: parameters, saved activations, forward and backward of the label embedding,
+//!   conv 3x3, BatchNorm/LayerNorm and the FF block.
+//! - [`optim`]: Adam.
+//! - [`ff`]: the FF algorithm: config, training step with APL, evaluation.
+//! - [`data`]: datasets and batching.
+//! - [`bench`]: the training-step benchmark behind `trifecta bench`.
+//! - [`cli`]: the subcommands of the `trifecta` binary.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod ff;
+pub mod layers;
+pub mod optim;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,46 @@
+//! Adam (PyTorch semantics, no weight decay) over a group of parameters that share one step
+//! count. m and v are fp32, one pair per parameter:
+//!   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//!   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+use crate::backend::{AdamParams, Backend};
+use crate::error::Result;
+use crate::layers::Param;
+
+pub struct AdamGroup<B: Backend> {
+    /// First and second moments, one per parameter, in the group's order.
+    pub m: Vec<B::Buf>,
+    pub v: Vec<B::Buf>,
+    /// Steps taken so far.
+    pub step: u64,
+}
+
+impl<B: Backend> AdamGroup<B> {
+    pub fn new(backend: &B, sizes: &[usize]) -> Result<Self> {
+        Ok(AdamGroup {
+            m: sizes
+                .iter()
+                .map(|n| backend.zeros(*n))
+                .collect::<Result<_>>()?,
+            v: sizes
+                .iter()
+                .map(|n| backend.zeros(*n))
+                .collect::<Result<_>>()?,
+            step: 0,
+        })
+    }
+
+    /// One step over `params`, which must be the group's parameters in its order.
+    pub fn step(
+        &mut self,
+        backend: &B,
+        params: &mut [&mut Param<B>],
+        hp: AdamParams,
+    ) -> Result<()> {
+        self.step += 1;
+        for ((param, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            backend.adam_step(&mut param.value.buf, m, v, &param.grad.buf, self.step, hp)?;
+        }
+        Ok(())
+    }
+}
