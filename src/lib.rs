@@ -7,7 +7,7 @@
 //! - [`tensor`]: a shape plus a buffer on a backend.
 //! - [`layers`]: parameters, saved activations, forward and backward of the label embedding,
 //!   conv 3x3, BatchNorm/LayerNorm and the FF block.
-//! - [`optim`]: Adam.
+//! - [`optim`]: the Adam optimiser.
 //! - [`ff`]: the FF algorithm: config, training step with APL, evaluation.
 //! - [`data`]: datasets and batching.
 //! - [`bench`]: the training-step benchmark behind `trifecta bench`.

@@ -153,6 +153,6 @@ impl FfConfig {
     /// Whether block `block` computes its loss and updates at `iteration`: always without APL;
     /// with APL, odd blocks on even iterations and even blocks on odd ones.
     pub fn updates(&self, block: usize, iteration: u64) -> bool {
-        !self.apl || ((block % 2 == 0) ^ (iteration % 2 == 0))
+        !self.apl || (block.is_multiple_of(2) ^ iteration.is_multiple_of(2))
     }
 }
