@@ -2,9 +2,14 @@
 //! parallel, on a thread pool of its own so that the thread count is the user's choice and
 //! results depend on nothing else.
 
-mod conv;
+pub mod conv;
 mod elementwise;
 mod norm;
+pub mod winograd;
+
+/// Below this many input channels the Winograd gemms are too thin to pay for the transforms,
+/// and im2col is used instead.
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 pub use elementwise::softplus;
 
@@ -19,6 +24,9 @@ use std::ops::Range;
 pub struct Cpu {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Weight-sized scratch kept between calls: fresh multi-megabyte allocations cost page
+    /// faults on every step. Index 0 is the transformed weight, then one per thread range.
+    weight_scratch: std::sync::Mutex<Vec<Vec<f32>>>,
 }
 
 impl Cpu {
@@ -36,11 +44,26 @@ impl Cpu {
                 device: "cpu".into(),
                 msg: e.to_string(),
             })?;
-        Ok(Cpu { pool, threads })
+        Ok(Cpu {
+            pool,
+            threads,
+            weight_scratch: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Runs `f` with the transformed-weight buffer (`len` floats) and one buffer per thread.
+    fn with_weight_scratch<R>(&self, len: usize, f: impl FnOnce(&mut [f32], &mut [Vec<f32>]) -> R) -> R {
+        let mut guard = self.weight_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        guard.resize_with(self.threads + 1, Vec::new);
+        let (u, partials) = guard.split_first_mut().expect("resized above");
+        if u.len() < len {
+            u.resize(len, 0.0);
+        }
+        f(&mut u[..len], partials)
     }
 }
 
@@ -164,7 +187,15 @@ impl Backend for Cpu {
         check("conv3x3_forward.input", input, s.n * s.h * s.w * s.c_in)?;
         check("conv3x3_forward.weight", weight, s.c_out * 9 * s.c_in)?;
         check("conv3x3_forward.out", out, s.n * s.h * s.w * s.c_out)?;
-        self.pool.install(|| conv::forward(out, input, weight, s));
+        self.pool.install(|| {
+            if s.c_in >= WINOGRAD_MIN_CHANNELS {
+                self.with_weight_scratch(16 * s.c_in * s.c_out, |u, _| {
+                    winograd::forward(out, u, input, weight, s)
+                })
+            } else {
+                conv::forward(out, input, weight, s)
+            }
+        });
         Ok(())
     }
     fn conv3x3_backward(
@@ -191,16 +222,25 @@ impl Backend for Cpu {
             check("conv3x3_backward.grad_input", gi, s.n * s.h * s.w * s.c_in)?;
         }
         let threads = self.threads;
+        let grad_input = grad_input.map(|g| g.as_mut_slice());
         self.pool.install(|| {
-            conv::backward(
-                grad_input.map(|g| g.as_mut_slice()),
-                grad_weight,
-                grad_out,
-                input,
-                weight,
-                s,
-                threads,
-            )
+            if s.c_in >= WINOGRAD_MIN_CHANNELS {
+                self.with_weight_scratch(16 * s.c_in * s.c_out, |u, partials| {
+                    winograd::backward(
+                        grad_input,
+                        grad_weight,
+                        u,
+                        partials,
+                        grad_out,
+                        input,
+                        weight,
+                        s,
+                        threads,
+                    )
+                })
+            } else {
+                conv::backward(grad_input, grad_weight, grad_out, input, weight, s, threads)
+            }
         });
         Ok(())
     }

@@ -13,33 +13,30 @@ use super::ranges;
 use crate::backend::{ChannelShape, SampleShape};
 use rayon::prelude::*;
 
-/// Per-channel sums over rows, reduced in a fixed order: returns (sum of f, sum of g).
-fn channel_sums(
+/// Per-column sums of `f(row)` over the rows of a row-major `(rows, cols)` layout, per thread
+/// range and then in a fixed order. `f(r, a, b)` adds row `r`'s contributions into `a` and `b`.
+fn column_sums(
     rows: usize,
-    channels: usize,
+    cols: usize,
     threads: usize,
-    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+    f: impl Fn(usize, &mut [f64], &mut [f64]) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     let parts = ranges(rows, threads);
     let partials: Vec<(Vec<f64>, Vec<f64>)> = parts
         .par_iter()
         .map(|range| {
-            let mut a = vec![0.0f64; channels];
-            let mut b = vec![0.0f64; channels];
+            let mut a = vec![0.0f64; cols];
+            let mut b = vec![0.0f64; cols];
             for r in range.clone() {
-                for c in 0..channels {
-                    let (x, y) = f(r, c);
-                    a[c] += x;
-                    b[c] += y;
-                }
+                f(r, &mut a, &mut b);
             }
             (a, b)
         })
         .collect();
-    let mut a = vec![0.0f64; channels];
-    let mut b = vec![0.0f64; channels];
+    let mut a = vec![0.0f64; cols];
+    let mut b = vec![0.0f64; cols];
     for (pa, pb) in partials {
-        for c in 0..channels {
+        for c in 0..cols {
             a[c] += pa[c];
             b[c] += pb[c];
         }
@@ -63,13 +60,19 @@ pub fn batchnorm_forward_train(
     threads: usize,
 ) {
     let (rows, channels) = (s.rows, s.channels);
-    let (sum, _) = channel_sums(rows, channels, threads, |r, c| {
-        (input[r * channels + c] as f64, 0.0)
+    let (sum, _) = column_sums(rows, channels, threads, |r, sum, _| {
+        for (s, x) in sum.iter_mut().zip(&input[r * channels..(r + 1) * channels]) {
+            *s += *x as f64;
+        }
     });
     let mean64: Vec<f64> = sum.iter().map(|v| v / rows as f64).collect();
-    let (sq, _) = channel_sums(rows, channels, threads, |r, c| {
-        let d = input[r * channels + c] as f64 - mean64[c];
-        (d * d, 0.0)
+    // Two passes: the variance of activations with a large mean stays exact.
+    let (sq, _) = column_sums(rows, channels, threads, |r, sq, _| {
+        let row = &input[r * channels..(r + 1) * channels];
+        for c in 0..channels {
+            let d = row[c] as f64 - mean64[c];
+            sq[c] += d * d;
+        }
     });
     for c in 0..channels {
         let var = sq[c] / rows as f64;
@@ -140,12 +143,18 @@ pub fn batchnorm_backward(
     threads: usize,
 ) {
     let (rows, channels) = (s.rows, s.channels);
-    // sum(dy) and sum(dy * xhat) per channel.
-    let (sum_dy, sum_dy_xhat) = channel_sums(rows, channels, threads, |r, c| {
-        let i = r * channels + c;
-        let xhat = (input[i] - mean[c]) * rstd[c];
-        (grad_out[i] as f64, (grad_out[i] * xhat) as f64)
+    // sum(dy) and sum(dy * x) per channel; sum(dy * xhat) = rstd * (sum(dy x) - mean sum(dy)).
+    let (sum_dy, sum_dy_x) = column_sums(rows, channels, threads, |r, a, b| {
+        let dy = &grad_out[r * channels..(r + 1) * channels];
+        let x = &input[r * channels..(r + 1) * channels];
+        for c in 0..channels {
+            a[c] += dy[c] as f64;
+            b[c] += dy[c] as f64 * x[c] as f64;
+        }
     });
+    let sum_dy_xhat: Vec<f64> = (0..channels)
+        .map(|c| rstd[c] as f64 * (sum_dy_x[c] - mean[c] as f64 * sum_dy[c]))
+        .collect();
     for c in 0..channels {
         grad_beta[c] += sum_dy[c] as f32;
         grad_gamma[c] += sum_dy_xhat[c] as f32;
@@ -153,20 +162,29 @@ pub fn batchnorm_backward(
     let Some(grad_input) = grad_input else {
         return;
     };
-    let inv_rows = 1.0 / rows as f32;
-    // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
-    let mean_dy: Vec<f32> = sum_dy.iter().map(|v| *v as f32 * inv_rows).collect();
-    let mean_dy_xhat: Vec<f32> = sum_dy_xhat.iter().map(|v| *v as f32 * inv_rows).collect();
+    // dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = gamma rstd, written as
+    // dx = k dy + slope x + offset with per-channel coefficients.
+    let mut k = vec![0.0f32; channels];
+    let mut slope = vec![0.0f32; channels];
+    let mut offset = vec![0.0f32; channels];
+    for c in 0..channels {
+        let mean_dy = sum_dy[c] / rows as f64;
+        let mean_dy_xhat = sum_dy_xhat[c] / rows as f64;
+        let kc = gamma[c] as f64 * rstd[c] as f64;
+        let r = rstd[c] as f64;
+        k[c] = kc as f32;
+        slope[c] = (-kc * r * mean_dy_xhat) as f32;
+        offset[c] = (kc * (r * mean_dy_xhat * mean[c] as f64 - mean_dy)) as f32;
+    }
     grad_input
         .par_chunks_mut(channels * 64)
-        .enumerate()
-        .for_each(|(block, dx)| {
-            let base = block * channels * 64;
-            for (j, d) in dx.iter_mut().enumerate() {
-                let i = base + j;
-                let c = i % channels;
-                let xhat = (input[i] - mean[c]) * rstd[c];
-                *d = gamma[c] * rstd[c] * (grad_out[i] - mean_dy[c] - xhat * mean_dy_xhat[c]);
+        .zip(grad_out.par_chunks(channels * 64))
+        .zip(input.par_chunks(channels * 64))
+        .for_each(|((dx, dy), x)| {
+            for ((dx, dy), x) in dx.chunks_mut(channels).zip(dy.chunks(channels)).zip(x.chunks(channels)) {
+                for c in 0..channels {
+                    dx[c] = k[c] * dy[c] + slope[c] * x[c] + offset[c];
+                }
             }
         });
 }
@@ -212,10 +230,14 @@ pub fn layernorm_backward(
 ) {
     let f = s.features;
     // Parameter gradients: the per-sample rows are the reduction axis.
-    let (dgamma, dbeta) = channel_sums(s.n, f, threads, |n, i| {
-        let j = n * f + i;
-        let xhat = (input[j] - mean[n]) * rstd[n];
-        ((grad_out[j] * xhat) as f64, grad_out[j] as f64)
+    let (dgamma, dbeta) = column_sums(s.n, f, threads, |n, dgamma, dbeta| {
+        let x = &input[n * f..(n + 1) * f];
+        let dy = &grad_out[n * f..(n + 1) * f];
+        for i in 0..f {
+            let xhat = (x[i] - mean[n]) * rstd[n];
+            dgamma[i] += (dy[i] * xhat) as f64;
+            dbeta[i] += dy[i] as f64;
+        }
     });
     for i in 0..f {
         grad_gamma[i] += dgamma[i] as f32;

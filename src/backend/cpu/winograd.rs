@@ -1,0 +1,478 @@
+//! 3x3 convolution (padding 1) by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+//! 2016): 16 multiplies per 2x2 output tile and channel pair instead of 36.
+//!
+//! Per 2x2 output tile, with d the 4x4 input patch starting at (2ty-1, 2tx-1) and g a 3x3 filter:
+//!   V = Bt d B,   U = G g Gt,   M = V (.) U summed over input channels,   Y = At M A
+//! The 16 positions xi of the 4x4 transform domain are independent matrix products:
+//!   M_xi (tiles x Cout) = V_xi (tiles x Cin) * U_xi (Cin x Cout)          (forward)
+//!   dV_xi = dM_xi * U_xi^T,   dU_xi += V_xi^T * dM_xi                     (backward)
+//! with dM = A dY At, dd = B dV Bt (scatter-added over overlapping patches) and
+//! dg = Gt dU G: the exact adjoints of the forward transforms.
+//!
+//! Layouts: input `(N, H, W, Cin)`, weight `(Cout, 3, 3, Cin)`. Transformed tiles are stored
+//! tile-major, `(tiles, 16, C)`, so that each tile's transform writes one contiguous block and
+//! the gemms read it with a row stride of 16*C. U and dU are `(Cin, 16, Cout)`.
+
+use super::{ranges, with_scratch};
+use crate::backend::ConvShape;
+use rayon::prelude::*;
+
+/// Target floats of transformed data (V and M) per chunk: 4 MiB.
+const CHUNK_FLOATS: usize = 1 << 20;
+
+fn tiles_per_sample(s: &ConvShape) -> usize {
+    s.h.div_ceil(2) * s.w.div_ceil(2)
+}
+
+fn samples_per_chunk(s: &ConvShape) -> usize {
+    let per_sample = tiles_per_sample(s) * 16 * (s.c_in + s.c_out);
+    (CHUNK_FLOATS / per_sample).clamp(1, s.n.max(1))
+}
+
+/// u (Cin, 16, Cout) = G g Gt for every filter of `weight` (Cout, 3, 3, Cin); parallel over
+/// input channels, each writing one contiguous block.
+pub fn transform_weight(u: &mut [f32], weight: &[f32], c_in: usize, c_out: usize) {
+    u.par_chunks_mut(16 * c_out).enumerate().for_each(|(i, block)| {
+        for o in 0..c_out {
+            let g = |ky: usize, kx: usize| weight[(o * 9 + ky * 3 + kx) * c_in + i];
+            // q = G g (4x3)
+            let mut q = [[0.0f32; 3]; 4];
+            for k in 0..3 {
+                let (g0, g1, g2) = (g(0, k), g(1, k), g(2, k));
+                q[0][k] = g0;
+                q[1][k] = 0.5 * (g0 + g1 + g2);
+                q[2][k] = 0.5 * (g0 - g1 + g2);
+                q[3][k] = g2;
+            }
+            for (r, row) in q.iter().enumerate() {
+                let out = [
+                    row[0],
+                    0.5 * (row[0] + row[1] + row[2]),
+                    0.5 * (row[0] - row[1] + row[2]),
+                    row[2],
+                ];
+                for (col, v) in out.iter().enumerate() {
+                    block[(r * 4 + col) * c_out + o] = *v;
+                }
+            }
+        }
+    });
+}
+
+/// grad_weight (Cout, 3, 3, Cin) += Gt dU G, with dU laid out (Cin, 16, Cout).
+fn accumulate_weight_grad(grad_weight: &mut [f32], du: &[f32], c_in: usize, c_out: usize) {
+    for o in 0..c_out {
+        for i in 0..c_in {
+            let d = |r: usize, c: usize| du[(i * 16 + r * 4 + c) * c_out + o];
+            // dq = dU G (4x3)
+            let mut dq = [[0.0f32; 3]; 4];
+            for (r, row) in dq.iter_mut().enumerate() {
+                let (u0, u1, u2, u3) = (d(r, 0), d(r, 1), d(r, 2), d(r, 3));
+                *row = [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3];
+            }
+            for k in 0..3 {
+                let (q0, q1, q2, q3) = (dq[0][k], dq[1][k], dq[2][k], dq[3][k]);
+                let dg = [q0 + 0.5 * (q1 + q2), 0.5 * (q1 - q2), 0.5 * (q1 + q2) + q3];
+                for (ky, v) in dg.iter().enumerate() {
+                    grad_weight[(o * 9 + ky * 3 + k) * c_in + i] += v;
+                }
+            }
+        }
+    }
+}
+
+/// The 16 pixel vectors of a tile's 4x4 patch (zeros outside the image).
+fn patch<'a>(image: &'a [f32], zeros: &'a [f32], ty: usize, tx: usize, h: usize, w: usize, c: usize) -> [&'a [f32]; 16] {
+    std::array::from_fn(|k| {
+        let iy = (2 * ty + k / 4) as isize - 1;
+        let ix = (2 * tx + k % 4) as isize - 1;
+        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+            zeros
+        } else {
+            &image[(iy as usize * w + ix as usize) * c..][..c]
+        }
+    })
+}
+
+/// Eight channels at once: the transforms are written on `Lanes` so that every add is one
+/// AVX instruction, whatever the channel count (the tail is zero-padded).
+#[derive(Clone, Copy, Default)]
+struct Lanes([f32; 8]);
+
+impl Lanes {
+    #[inline(always)]
+    fn load(src: &[f32], base: usize, width: usize) -> Lanes {
+        if width == 8 {
+            // A fixed-size copy: one vector load, where a variable one would call memmove.
+            return Lanes(src[base..base + 8].try_into().expect("8 lanes"));
+        }
+        let mut out = [0.0f32; 8];
+        for (o, v) in out.iter_mut().zip(&src[base..base + width]) {
+            *o = *v;
+        }
+        Lanes(out)
+    }
+    #[inline(always)]
+    fn store(self, dst: &mut [f32], base: usize, width: usize) {
+        if width == 8 {
+            let d: &mut [f32; 8] = (&mut dst[base..base + 8]).try_into().expect("8 lanes");
+            *d = self.0;
+            return;
+        }
+        for (d, v) in dst[base..base + width].iter_mut().zip(&self.0) {
+            *d = *v;
+        }
+    }
+    #[inline(always)]
+    fn add_to(self, dst: &mut [f32], base: usize, width: usize) {
+        for (d, v) in dst[base..base + width].iter_mut().zip(&self.0) {
+            *d += v;
+        }
+    }
+}
+
+impl std::ops::Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(self, o: Lanes) -> Lanes {
+        Lanes(std::array::from_fn(|i| self.0[i] + o.0[i]))
+    }
+}
+
+impl std::ops::Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(self, o: Lanes) -> Lanes {
+        Lanes(std::array::from_fn(|i| self.0[i] - o.0[i]))
+    }
+}
+
+impl std::ops::Neg for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn neg(self) -> Lanes {
+        Lanes(std::array::from_fn(|i| -self.0[i]))
+    }
+}
+
+/// Channel blocks of at most 8: (base, width).
+fn lane_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..c).step_by(8).map(move |base| (base, (c - base).min(8)))
+}
+
+/// v (16, C) = Bt d B for one tile.
+fn input_transform(v: &mut [f32], d: &[&[f32]; 16], c: usize) {
+    for (base, width) in lane_blocks(c) {
+        let x: [Lanes; 16] = std::array::from_fn(|k| Lanes::load(d[k], base, width));
+        // t = Bt d, row by row; then v = t B.
+        let mut t = [Lanes::default(); 16];
+        for j in 0..4 {
+            t[j] = x[j] - x[8 + j];
+            t[4 + j] = x[4 + j] + x[8 + j];
+            t[8 + j] = x[8 + j] - x[4 + j];
+            t[12 + j] = x[4 + j] - x[12 + j];
+        }
+        for r in 0..4 {
+            let (t0, t1, t2, t3) = (t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]);
+            (t0 - t2).store(v, (4 * r) * c + base, width);
+            (t1 + t2).store(v, (4 * r + 1) * c + base, width);
+            (t2 - t1).store(v, (4 * r + 2) * c + base, width);
+            (t1 - t3).store(v, (4 * r + 3) * c + base, width);
+        }
+    }
+}
+
+/// The 2x2 output y = At m A of one tile, for channels (base, width): y[2*i + j].
+#[inline(always)]
+fn output_transform(m: &[f32], c: usize, base: usize, width: usize) -> [Lanes; 4] {
+    let x: [Lanes; 16] = std::array::from_fn(|k| Lanes::load(m, k * c + base, width));
+    let mut s = [Lanes::default(); 8];
+    for j in 0..4 {
+        s[j] = x[j] + x[4 + j] + x[8 + j];
+        s[4 + j] = x[4 + j] - x[8 + j] - x[12 + j];
+    }
+    let mut y = [Lanes::default(); 4];
+    for r in 0..2 {
+        let (s0, s1, s2, s3) = (s[4 * r], s[4 * r + 1], s[4 * r + 2], s[4 * r + 3]);
+        y[2 * r] = s0 + s1 + s2;
+        y[2 * r + 1] = s1 - s2 - s3;
+    }
+    y
+}
+
+/// dm (16, C) = A dy At for one tile, for channels (base, width); `dy[2*i + j]`.
+#[inline(always)]
+fn output_transform_adjoint(dm: &mut [f32], c: usize, base: usize, width: usize, dy: [Lanes; 4]) {
+    let mut ds = [Lanes::default(); 8];
+    for r in 0..2 {
+        let (y0, y1) = (dy[2 * r], dy[2 * r + 1]);
+        ds[4 * r] = y0;
+        ds[4 * r + 1] = y0 + y1;
+        ds[4 * r + 2] = y0 - y1;
+        ds[4 * r + 3] = -y1;
+    }
+    for j in 0..4 {
+        let (s0, s1) = (ds[j], ds[4 + j]);
+        s0.store(dm, j * c + base, width);
+        (s0 + s1).store(dm, (4 + j) * c + base, width);
+        (s0 - s1).store(dm, (8 + j) * c + base, width);
+        (-s1).store(dm, (12 + j) * c + base, width);
+    }
+}
+
+/// Scatter-adds dd = B dv Bt of one tile into the image gradient `dx` (H, W, C).
+fn input_transform_adjoint(dx: &mut [f32], dv: &[f32], ty: usize, tx: usize, h: usize, w: usize, c: usize) {
+    for (base, width) in lane_blocks(c) {
+        let x: [Lanes; 16] = std::array::from_fn(|k| Lanes::load(dv, k * c + base, width));
+        let mut dt = [Lanes::default(); 16];
+        for r in 0..4 {
+            let (v0, v1, v2, v3) = (x[4 * r], x[4 * r + 1], x[4 * r + 2], x[4 * r + 3]);
+            dt[4 * r] = v0;
+            dt[4 * r + 1] = v1 - v2 + v3;
+            dt[4 * r + 2] = v1 + v2 - v0;
+            dt[4 * r + 3] = -v3;
+        }
+        for j in 0..4 {
+            let (t0, t1, t2, t3) = (dt[j], dt[4 + j], dt[8 + j], dt[12 + j]);
+            let dd = [t0, t1 - t2 + t3, t1 + t2 - t0, -t3];
+            for (i, value) in dd.iter().enumerate() {
+                let iy = (2 * ty + i) as isize - 1;
+                let ix = (2 * tx + j) as isize - 1;
+                if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                    value.add_to(dx, (iy as usize * w + ix as usize) * c + base, width);
+                }
+            }
+        }
+    }
+}
+
+/// V (tiles, 16, Cin) for `samples` images.
+fn transform_inputs(v: &mut [f32], x: &[f32], samples: usize, s: &ConvShape) {
+    let (th, tw, c) = (s.h.div_ceil(2), s.w.div_ceil(2), s.c_in);
+    let zeros = vec![0.0f32; c];
+    for sample in 0..samples {
+        let image = &x[sample * s.h * s.w * c..][..s.h * s.w * c];
+        for ty in 0..th {
+            for tx in 0..tw {
+                let tile = (sample * th + ty) * tw + tx;
+                let d = patch(image, &zeros, ty, tx, s.h, s.w, c);
+                input_transform(&mut v[tile * 16 * c..][..16 * c], &d, c);
+            }
+        }
+    }
+}
+
+/// The 16 products dst_xi = lhs_xi * rhs_xi, where lhs_xi / dst_xi are rows of tile-major
+/// `(tiles, 16, k)` / `(tiles, 16, n)` data and rhs_xi is given by (offset, col stride, row
+/// stride) into `rhs`.
+#[allow(clippy::too_many_arguments)]
+fn batched_tiles_matmul(
+    tiles: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    rhs: &[f32],
+    rhs_layout: impl Fn(usize) -> (usize, isize, isize),
+) {
+    for xi in 0..16 {
+        let (offset, rhs_cs, rhs_rs) = rhs_layout(xi);
+        // SAFETY: dst holds tiles*16*n floats and lhs tiles*16*k; row xi of tile t sits at
+        // (t*16 + xi)*n (resp. k), so every access stays in bounds; rhs_layout addresses a k x n
+        // matrix inside rhs; dst does not alias lhs or rhs.
+        unsafe {
+            gemm::gemm(
+                tiles,
+                n,
+                k,
+                dst.as_mut_ptr().add(xi * n),
+                1,
+                (16 * n) as isize,
+                accumulate,
+                lhs.as_ptr().add(xi * k),
+                1,
+                (16 * k) as isize,
+                rhs.as_ptr().add(offset),
+                rhs_cs,
+                rhs_rs,
+                if accumulate { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// `u` is scratch of 16*Cin*Cout floats.
+pub fn forward(out: &mut [f32], u: &mut [f32], input: &[f32], weight: &[f32], s: ConvShape) {
+    transform_weight(u, weight, s.c_in, s.c_out);
+    let u: &[f32] = u;
+    let chunk = samples_per_chunk(&s);
+    let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    let pixels = s.h * s.w;
+    out.par_chunks_mut(chunk * pixels * s.c_out)
+        .zip(input.par_chunks(chunk * pixels * s.c_in))
+        .for_each(|(out, x)| {
+            let samples = x.len() / (pixels * s.c_in);
+            let tiles = samples * th * tw;
+            with_scratch(0, tiles * 16 * s.c_in, |v| {
+                with_scratch(1, tiles * 16 * s.c_out, |m| {
+                    transform_inputs(v, x, samples, &s);
+                    // U_xi (Cin x Cout): element (ci, co) at (ci*16 + xi)*Cout + co.
+                    batched_tiles_matmul(tiles, s.c_in, s.c_out, m, false, v, u, |xi| {
+                        (xi * s.c_out, 1, (16 * s.c_out) as isize)
+                    });
+                    for tile in 0..tiles {
+                        let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
+                        let image = &mut out[sample * pixels * s.c_out..][..pixels * s.c_out];
+                        let m = &m[tile * 16 * s.c_out..][..16 * s.c_out];
+                        for (base, width) in lane_blocks(s.c_out) {
+                            let y = output_transform(m, s.c_out, base, width);
+                            for (k, value) in y.iter().enumerate() {
+                                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                                if oy < s.h && ox < s.w {
+                                    value.store(image, (oy * s.w + ox) * s.c_out + base, width);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+        });
+}
+
+/// `u` and each of `partials` (one per thread range) are scratch of 16*Cin*Cout floats.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    grad_input: Option<&mut [f32]>,
+    grad_weight: &mut [f32],
+    u: &mut [f32],
+    partials: &mut [Vec<f32>],
+    grad_out: &[f32],
+    input: &[f32],
+    weight: &[f32],
+    s: ConvShape,
+    threads: usize,
+) {
+    transform_weight(u, weight, s.c_in, s.c_out);
+    let u: &[f32] = u;
+    let chunk = samples_per_chunk(&s);
+    let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    let pixels = s.h * s.w;
+    let parts = ranges(s.n, threads);
+    let partials = &mut partials[..parts.len()];
+    for p in partials.iter_mut() {
+        p.clear();
+        p.resize(16 * s.c_in * s.c_out, 0.0);
+    }
+    let mut grad_input_parts: Vec<Option<&mut [f32]>> = match grad_input {
+        Some(gi) => {
+            let mut rest = gi;
+            parts
+                .iter()
+                .map(|r| {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * pixels * s.c_in);
+                    rest = tail;
+                    Some(head)
+                })
+                .collect()
+        }
+        None => parts.iter().map(|_| None).collect(),
+    };
+    partials
+        .par_iter_mut()
+        .zip(grad_input_parts.par_iter_mut())
+        .zip(parts.par_iter())
+        .for_each(|((du, gi), range)| {
+            let mut first = range.start;
+            while first < range.end {
+                let samples = chunk.min(range.end - first);
+                let tiles = samples * th * tw;
+                let x = &input[first * pixels * s.c_in..][..samples * pixels * s.c_in];
+                let dy = &grad_out[first * pixels * s.c_out..][..samples * pixels * s.c_out];
+                with_scratch(0, tiles * 16 * s.c_in, |v| {
+                    with_scratch(1, tiles * 16 * s.c_out, |dm| {
+                        transform_inputs(v, x, samples, &s);
+                        for tile in 0..tiles {
+                            let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
+                            let image = &dy[sample * pixels * s.c_out..][..pixels * s.c_out];
+                            let dm = &mut dm[tile * 16 * s.c_out..][..16 * s.c_out];
+                            for (base, width) in lane_blocks(s.c_out) {
+                                let dy: [Lanes; 4] = std::array::from_fn(|k| {
+                                    let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                                    if oy < s.h && ox < s.w {
+                                        Lanes::load(image, (oy * s.w + ox) * s.c_out + base, width)
+                                    } else {
+                                        Lanes::default()
+                                    }
+                                });
+                                output_transform_adjoint(dm, s.c_out, base, width, dy);
+                            }
+                        }
+                        // dU_xi (Cin x Cout) += V_xi^T (Cin x tiles) * dM_xi (tiles x Cout)
+                        for xi in 0..16 {
+                            // SAFETY: V and dM hold tiles*16*C floats, tile-major; du holds
+                            // 16*Cin*Cout; the strides below stay inside them; no aliasing.
+                            unsafe {
+                                gemm::gemm(
+                                    s.c_in,
+                                    s.c_out,
+                                    tiles,
+                                    du.as_mut_ptr().add(xi * s.c_out),
+                                    1,
+                                    (16 * s.c_out) as isize,
+                                    true,
+                                    v.as_ptr().add(xi * s.c_in),
+                                    (16 * s.c_in) as isize,
+                                    1,
+                                    dm.as_ptr().add(xi * s.c_out),
+                                    1,
+                                    (16 * s.c_out) as isize,
+                                    1.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
+                        }
+                        if let Some(gi) = gi.as_deref_mut() {
+                            // dV_xi (tiles x Cin) = dM_xi * U_xi^T; U_xi^T element (co, ci)
+                            // sits at (ci*16 + xi)*Cout + co. Overwrites V.
+                            batched_tiles_matmul(tiles, s.c_out, s.c_in, v, false, dm, u, |xi| {
+                                (xi * s.c_out, (16 * s.c_out) as isize, 1)
+                            });
+                            let offset = (first - range.start) * pixels * s.c_in;
+                            let dx = &mut gi[offset..offset + samples * pixels * s.c_in];
+                            dx.fill(0.0);
+                            for tile in 0..tiles {
+                                let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
+                                input_transform_adjoint(
+                                    &mut dx[sample * pixels * s.c_in..][..pixels * s.c_in],
+                                    &v[tile * 16 * s.c_in..][..16 * s.c_in],
+                                    ty,
+                                    tx,
+                                    s.h,
+                                    s.w,
+                                    s.c_in,
+                                );
+                            }
+                        }
+                    })
+                });
+                first += samples;
+            }
+        });
+    let (du, rest) = partials.split_first_mut().expect("at least one range");
+    for partial in rest.iter() {
+        for (d, p) in du.iter_mut().zip(partial) {
+            *d += p;
+        }
+    }
+    accumulate_weight_grad(grad_weight, du, s.c_in, s.c_out);
+}
