@@ -27,6 +27,8 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Size of the square sgemm reference.
     pub sgemm_size: usize,
+    /// Also time every kernel (timed steps only).
+    pub profile: bool,
 }
 
 impl Default for BenchConfig {
@@ -45,6 +47,7 @@ impl Default for BenchConfig {
             warmup: 2,
             steps: 10,
             sgemm_size: 2048,
+            profile: false,
         }
     }
 }
@@ -61,11 +64,13 @@ pub struct BenchReport {
     pub step_flops: f64,
     pub step_gflops: f64,
     pub sgemm_gflops: f64,
+    /// (kernel, seconds per step, calls per step) when profiled.
+    pub kernels: Vec<(&'static str, f64, f64)>,
 }
 
 impl BenchReport {
     pub fn render(&self, config: &BenchConfig) -> String {
-        format!(
+        let mut text = format!(
             "device: {}\nworkload: {:?} x{} width, {}x{}x{}+1 input, batch {} positives + {} negatives, apl {}, norm {:?}\n\
              step: median {:.1} ms over {} steps (min {:.1}, max {:.1})\n\
              throughput: {:.1} samples/s ({:.1} images/s counting negatives)\n\
@@ -96,7 +101,18 @@ impl BenchReport {
             self.sgemm_gflops,
             self.step_gflops / self.sgemm_gflops,
             n = config.sgemm_size,
-        )
+        );
+        if !self.kernels.is_empty() {
+            text.push_str("\nper step, by kernel:");
+            for (op, seconds, calls) in &self.kernels {
+                text.push_str(&format!(
+                    "\n  {op:<30} {:8.2} ms  {:5.1}%  ({calls:.0} calls)",
+                    seconds * 1e3,
+                    100.0 * seconds / self.step_seconds
+                ));
+            }
+        }
+        text
     }
 }
 
@@ -194,16 +210,28 @@ pub fn sgemm_gflops(n: usize, threads: usize, reps: usize) -> f64 {
 pub fn run_cpu(config: &BenchConfig, threads: usize) -> Result<BenchReport> {
     let backend = Cpu::new(threads)?;
     let threads = backend.threads();
-    let report = run(&backend, config)?;
+    let report = run(&backend, config, &|| backend.enable_profile())?;
     let sgemm = sgemm_gflops(config.sgemm_size, threads, 5);
+    let steps = config.steps as f64;
+    let kernels = backend
+        .profile()
+        .into_iter()
+        .map(|(op, time, calls)| (op, time.as_secs_f64() / steps, calls as f64 / steps))
+        .collect();
     Ok(BenchReport {
         sgemm_gflops: sgemm,
+        kernels,
         ..report
     })
 }
 
 /// Times the training step on `backend` (sgemm left at NaN: it is the CPU's reference).
-pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport> {
+/// `start_profile` is called after the warm-up when `config.profile` is set.
+pub fn run<B: Backend>(
+    backend: &B,
+    config: &BenchConfig,
+    start_profile: &dyn Fn(),
+) -> Result<BenchReport> {
     let mut ff = FfConfig::trifecta(config.arch, config.width, config.image, 10)?;
     ff.apl = config.apl;
     ff.norm = config.norm;
@@ -216,6 +244,9 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
     let negative = crate::data::wrong_labels(&positive, 10, &mut rng);
     for _ in 0..config.warmup {
         net.train_step(backend, &images, &positive, &negative)?;
+    }
+    if config.profile {
+        start_profile();
     }
     let mut times = Vec::with_capacity(config.steps);
     for _ in 0..config.steps {
@@ -233,5 +264,6 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         step_flops: flops,
         step_gflops: flops / step_seconds / 1e9,
         sgemm_gflops: f64::NAN,
+        kernels: Vec::new(),
     })
 }

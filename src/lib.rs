@@ -21,6 +21,7 @@ pub mod error;
 pub mod ff;
 pub mod layers;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 

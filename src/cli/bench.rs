@@ -35,6 +35,9 @@ pub struct BenchArgs {
     pub threads: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Also print the time per step of every kernel.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -52,6 +55,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         norm: args.norm.into(),
         warmup: args.warmup as usize,
         steps: args.steps as usize,
+        profile: args.profile,
         ..BenchConfig::default()
     };
     let report = run_cpu(&config, args.threads)?;

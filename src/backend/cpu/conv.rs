@@ -4,7 +4,8 @@
 //! With im2col rows `(N*H*W, 9*Cin)` ordered `(ky, kx, ci)`:
 //! - forward:      out  = col  x W^T   (rows x Cout)
 //! - grad weight:  dW  += dOut^T x col  (Cout x 9*Cin)
-//! - grad input:   dcol = dOut x W, then col2im (scatter-add)
+//!
+//! The input gradient is a forward convolution of dOut with [`flip_weight`]'s filters.
 //!
 //! The batch is cut into chunks of whole samples whose im2col block stays cache sized; each
 //! chunk runs one single-threaded gemm, and rayon spreads chunks over the threads. Weight
@@ -27,6 +28,20 @@ fn samples_per_chunk(s: &ConvShape) -> usize {
     (rows / pixels).clamp(1, s.n.max(1))
 }
 
+/// The weight of the convolution that maps output gradients to input gradients: (Cin, 3, 3,
+/// Cout) with flipped[i, ky, kx, o] = weight[o, 2-ky, 2-kx, i].
+pub fn flip_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
+    let mut flipped = vec![0.0f32; weight.len()];
+    for o in 0..c_out {
+        for k in 0..9 {
+            for i in 0..c_in {
+                flipped[(i * 9 + 8 - k) * c_out + o] = weight[(o * 9 + k) * c_in + i];
+            }
+        }
+    }
+    flipped
+}
+
 /// col (samples*H*W, 9*Cin) from x (samples, H, W, Cin).
 fn im2col(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usize) {
     let k = 9 * c;
@@ -45,37 +60,6 @@ fn im2col(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usi
                         } else {
                             let src = (iy as usize * w + ix as usize) * c;
                             dst.copy_from_slice(&image[src..src + c]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// dx (samples, H, W, Cin) = col2im(dcol); assigns.
-fn col2im(dx: &mut [f32], dcol: &[f32], samples: usize, h: usize, w: usize, c: usize) {
-    let k = 9 * c;
-    dx.fill(0.0);
-    for sample in 0..samples {
-        let image = &mut dx[sample * h * w * c..(sample + 1) * h * w * c];
-        for oy in 0..h {
-            for ox in 0..w {
-                let row = &dcol[((sample * h + oy) * w + ox) * k..][..k];
-                for ky in 0..3 {
-                    let iy = oy as isize + ky as isize - 1;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..3 {
-                        let ix = ox as isize + kx as isize - 1;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let dst = (iy as usize * w + ix as usize) * c;
-                        let src = &row[(ky * 3 + kx) * c..][..c];
-                        for (d, v) in image[dst..dst + c].iter_mut().zip(src) {
-                            *d += v;
                         }
                     }
                 }
@@ -147,12 +131,11 @@ pub fn forward(out: &mut [f32], input: &[f32], weight: &[f32], s: ConvShape) {
         });
 }
 
-pub fn backward(
-    grad_input: Option<&mut [f32]>,
+/// grad_weight (Cout, 3, 3, Cin) += dOut^T x col, summed per thread range, then in order.
+pub fn weight_grad(
     grad_weight: &mut [f32],
     grad_out: &[f32],
     input: &[f32],
-    weight: &[f32],
     s: ConvShape,
     threads: usize,
 ) {
@@ -161,28 +144,10 @@ pub fn backward(
     let chunk = samples_per_chunk(&s);
     let parts = ranges(s.n, threads);
     let mut partials: Vec<Vec<f32>> = parts.iter().map(|_| vec![0.0; s.c_out * k]).collect();
-
-    let mut grad_input_parts: Vec<Option<&mut [f32]>> = match grad_input {
-        Some(gi) => {
-            let mut rest = gi;
-            parts
-                .iter()
-                .map(|r| {
-                    let (head, tail) =
-                        std::mem::take(&mut rest).split_at_mut(r.len() * pixels * s.c_in);
-                    rest = tail;
-                    Some(head)
-                })
-                .collect()
-        }
-        None => parts.iter().map(|_| None).collect(),
-    };
-
     partials
         .par_iter_mut()
-        .zip(grad_input_parts.par_iter_mut())
         .zip(parts.par_iter())
-        .for_each(|((partial, gi), range)| {
+        .for_each(|(partial, range)| {
             let mut first = range.start;
             while first < range.end {
                 let samples = chunk.min(range.end - first);
@@ -205,36 +170,10 @@ pub fn backward(
                         1,
                         k as isize,
                     );
-                    if let Some(gi) = gi.as_deref_mut() {
-                        // dcol (rows x k) = dy (rows x Cout) * W (Cout x k); reuse col.
-                        matmul(
-                            rows,
-                            k,
-                            s.c_out,
-                            col,
-                            false,
-                            dy,
-                            1,
-                            s.c_out as isize,
-                            weight,
-                            1,
-                            k as isize,
-                        );
-                        let offset = (first - range.start) * pixels * s.c_in;
-                        col2im(
-                            &mut gi[offset..offset + rows * s.c_in],
-                            col,
-                            samples,
-                            s.h,
-                            s.w,
-                            s.c_in,
-                        );
-                    }
                 });
                 first += samples;
             }
         });
-
     for partial in &partials {
         for (g, p) in grad_weight.iter_mut().zip(partial) {
             *g += p;

@@ -181,7 +181,11 @@ pub fn batchnorm_backward(
         .zip(grad_out.par_chunks(channels * 64))
         .zip(input.par_chunks(channels * 64))
         .for_each(|((dx, dy), x)| {
-            for ((dx, dy), x) in dx.chunks_mut(channels).zip(dy.chunks(channels)).zip(x.chunks(channels)) {
+            for ((dx, dy), x) in dx
+                .chunks_mut(channels)
+                .zip(dy.chunks(channels))
+                .zip(x.chunks(channels))
+            {
                 for c in 0..channels {
                     dx[c] = k[c] * dy[c] + slope[c] * x[c] + offset[c];
                 }

@@ -5,9 +5,9 @@
 //!   V = Bt d B,   U = G g Gt,   M = V (.) U summed over input channels,   Y = At M A
 //! The 16 positions xi of the 4x4 transform domain are independent matrix products:
 //!   M_xi (tiles x Cout) = V_xi (tiles x Cin) * U_xi (Cin x Cout)          (forward)
-//!   dV_xi = dM_xi * U_xi^T,   dU_xi += V_xi^T * dM_xi                     (backward)
-//! with dM = A dY At, dd = B dV Bt (scatter-added over overlapping patches) and
-//! dg = Gt dU G: the exact adjoints of the forward transforms.
+//!   dU_xi += V_xi^T * dM_xi                                              (weight gradient)
+//! with dM = A dY At and dg = Gt dU G: the exact adjoints of the forward transforms. The input
+//! gradient is a forward convolution with flipped filters (see `conv::flip_weight`).
 //!
 //! Layouts: input `(N, H, W, Cin)`, weight `(Cout, 3, 3, Cin)`. Transformed tiles are stored
 //! tile-major, `(tiles, 16, C)`, so that each tile's transform writes one contiguous block and
@@ -31,32 +31,35 @@ fn samples_per_chunk(s: &ConvShape) -> usize {
 
 /// u (Cin, 16, Cout) = G g Gt for every filter of `weight` (Cout, 3, 3, Cin); parallel over
 /// input channels, each writing one contiguous block.
+#[allow(clippy::needless_range_loop)] // the index names the filter tap
 pub fn transform_weight(u: &mut [f32], weight: &[f32], c_in: usize, c_out: usize) {
-    u.par_chunks_mut(16 * c_out).enumerate().for_each(|(i, block)| {
-        for o in 0..c_out {
-            let g = |ky: usize, kx: usize| weight[(o * 9 + ky * 3 + kx) * c_in + i];
-            // q = G g (4x3)
-            let mut q = [[0.0f32; 3]; 4];
-            for k in 0..3 {
-                let (g0, g1, g2) = (g(0, k), g(1, k), g(2, k));
-                q[0][k] = g0;
-                q[1][k] = 0.5 * (g0 + g1 + g2);
-                q[2][k] = 0.5 * (g0 - g1 + g2);
-                q[3][k] = g2;
-            }
-            for (r, row) in q.iter().enumerate() {
-                let out = [
-                    row[0],
-                    0.5 * (row[0] + row[1] + row[2]),
-                    0.5 * (row[0] - row[1] + row[2]),
-                    row[2],
-                ];
-                for (col, v) in out.iter().enumerate() {
-                    block[(r * 4 + col) * c_out + o] = *v;
+    u.par_chunks_mut(16 * c_out)
+        .enumerate()
+        .for_each(|(i, block)| {
+            for o in 0..c_out {
+                let g = |ky: usize, kx: usize| weight[(o * 9 + ky * 3 + kx) * c_in + i];
+                // q = G g (4x3)
+                let mut q = [[0.0f32; 3]; 4];
+                for k in 0..3 {
+                    let (g0, g1, g2) = (g(0, k), g(1, k), g(2, k));
+                    q[0][k] = g0;
+                    q[1][k] = 0.5 * (g0 + g1 + g2);
+                    q[2][k] = 0.5 * (g0 - g1 + g2);
+                    q[3][k] = g2;
+                }
+                for (r, row) in q.iter().enumerate() {
+                    let out = [
+                        row[0],
+                        0.5 * (row[0] + row[1] + row[2]),
+                        0.5 * (row[0] - row[1] + row[2]),
+                        row[2],
+                    ];
+                    for (col, v) in out.iter().enumerate() {
+                        block[(r * 4 + col) * c_out + o] = *v;
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// grad_weight (Cout, 3, 3, Cin) += Gt dU G, with dU laid out (Cin, 16, Cout).
@@ -82,7 +85,15 @@ fn accumulate_weight_grad(grad_weight: &mut [f32], du: &[f32], c_in: usize, c_ou
 }
 
 /// The 16 pixel vectors of a tile's 4x4 patch (zeros outside the image).
-fn patch<'a>(image: &'a [f32], zeros: &'a [f32], ty: usize, tx: usize, h: usize, w: usize, c: usize) -> [&'a [f32]; 16] {
+fn patch<'a>(
+    image: &'a [f32],
+    zeros: &'a [f32],
+    ty: usize,
+    tx: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> [&'a [f32]; 16] {
     std::array::from_fn(|k| {
         let iy = (2 * ty + k / 4) as isize - 1;
         let ix = (2 * tx + k % 4) as isize - 1;
@@ -121,12 +132,6 @@ impl Lanes {
         }
         for (d, v) in dst[base..base + width].iter_mut().zip(&self.0) {
             *d = *v;
-        }
-    }
-    #[inline(always)]
-    fn add_to(self, dst: &mut [f32], base: usize, width: usize) {
-        for (d, v) in dst[base..base + width].iter_mut().zip(&self.0) {
-            *d += v;
         }
     }
 }
@@ -217,32 +222,6 @@ fn output_transform_adjoint(dm: &mut [f32], c: usize, base: usize, width: usize,
         (s0 + s1).store(dm, (4 + j) * c + base, width);
         (s0 - s1).store(dm, (8 + j) * c + base, width);
         (-s1).store(dm, (12 + j) * c + base, width);
-    }
-}
-
-/// Scatter-adds dd = B dv Bt of one tile into the image gradient `dx` (H, W, C).
-fn input_transform_adjoint(dx: &mut [f32], dv: &[f32], ty: usize, tx: usize, h: usize, w: usize, c: usize) {
-    for (base, width) in lane_blocks(c) {
-        let x: [Lanes; 16] = std::array::from_fn(|k| Lanes::load(dv, k * c + base, width));
-        let mut dt = [Lanes::default(); 16];
-        for r in 0..4 {
-            let (v0, v1, v2, v3) = (x[4 * r], x[4 * r + 1], x[4 * r + 2], x[4 * r + 3]);
-            dt[4 * r] = v0;
-            dt[4 * r + 1] = v1 - v2 + v3;
-            dt[4 * r + 2] = v1 + v2 - v0;
-            dt[4 * r + 3] = -v3;
-        }
-        for j in 0..4 {
-            let (t0, t1, t2, t3) = (dt[j], dt[4 + j], dt[8 + j], dt[12 + j]);
-            let dd = [t0, t1 - t2 + t3, t1 + t2 - t0, -t3];
-            for (i, value) in dd.iter().enumerate() {
-                let iy = (2 * ty + i) as isize - 1;
-                let ix = (2 * tx + j) as isize - 1;
-                if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
-                    value.add_to(dx, (iy as usize * w + ix as usize) * c + base, width);
-                }
-            }
-        }
     }
 }
 
@@ -345,21 +324,16 @@ pub fn forward(out: &mut [f32], u: &mut [f32], input: &[f32], weight: &[f32], s:
         });
 }
 
-/// `u` and each of `partials` (one per thread range) are scratch of 16*Cin*Cout floats.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    grad_input: Option<&mut [f32]>,
+/// grad_weight += Gt dU G with dU = sum over tiles of V^T dM. Each of `partials` (one per
+/// thread range) is scratch of 16*Cin*Cout floats.
+pub fn weight_grad(
     grad_weight: &mut [f32],
-    u: &mut [f32],
     partials: &mut [Vec<f32>],
     grad_out: &[f32],
     input: &[f32],
-    weight: &[f32],
     s: ConvShape,
     threads: usize,
 ) {
-    transform_weight(u, weight, s.c_in, s.c_out);
-    let u: &[f32] = u;
     let chunk = samples_per_chunk(&s);
     let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
     let pixels = s.h * s.w;
@@ -369,25 +343,10 @@ pub fn backward(
         p.clear();
         p.resize(16 * s.c_in * s.c_out, 0.0);
     }
-    let mut grad_input_parts: Vec<Option<&mut [f32]>> = match grad_input {
-        Some(gi) => {
-            let mut rest = gi;
-            parts
-                .iter()
-                .map(|r| {
-                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * pixels * s.c_in);
-                    rest = tail;
-                    Some(head)
-                })
-                .collect()
-        }
-        None => parts.iter().map(|_| None).collect(),
-    };
     partials
         .par_iter_mut()
-        .zip(grad_input_parts.par_iter_mut())
         .zip(parts.par_iter())
-        .for_each(|((du, gi), range)| {
+        .for_each(|(du, range)| {
             let mut first = range.start;
             while first < range.end {
                 let samples = chunk.min(range.end - first);
@@ -416,7 +375,7 @@ pub fn backward(
                         // dU_xi (Cin x Cout) += V_xi^T (Cin x tiles) * dM_xi (tiles x Cout)
                         for xi in 0..16 {
                             // SAFETY: V and dM hold tiles*16*C floats, tile-major; du holds
-                            // 16*Cin*Cout; the strides below stay inside them; no aliasing.
+                            // Cin*16*Cout; the strides below stay inside them; no aliasing.
                             unsafe {
                                 gemm::gemm(
                                     s.c_in,
@@ -438,28 +397,6 @@ pub fn backward(
                                     false,
                                     false,
                                     gemm::Parallelism::None,
-                                );
-                            }
-                        }
-                        if let Some(gi) = gi.as_deref_mut() {
-                            // dV_xi (tiles x Cin) = dM_xi * U_xi^T; U_xi^T element (co, ci)
-                            // sits at (ci*16 + xi)*Cout + co. Overwrites V.
-                            batched_tiles_matmul(tiles, s.c_out, s.c_in, v, false, dm, u, |xi| {
-                                (xi * s.c_out, (16 * s.c_out) as isize, 1)
-                            });
-                            let offset = (first - range.start) * pixels * s.c_in;
-                            let dx = &mut gi[offset..offset + samples * pixels * s.c_in];
-                            dx.fill(0.0);
-                            for tile in 0..tiles {
-                                let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
-                                input_transform_adjoint(
-                                    &mut dx[sample * pixels * s.c_in..][..pixels * s.c_in],
-                                    &v[tile * 16 * s.c_in..][..16 * s.c_in],
-                                    ty,
-                                    tx,
-                                    s.h,
-                                    s.w,
-                                    s.c_in,
                                 );
                             }
                         }

@@ -1,0 +1,175 @@
+//! Engine behaviour beyond the golden values: architecture widths, the APL schedule, layout
+//! round trips, reproducibility, negatives, evaluation, and IDX parsing errors.
+
+use trifecta::backend::cpu::Cpu;
+use trifecta::data::{idx, wrong_labels};
+use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
+use trifecta::layers::ParamLayout;
+use trifecta::rng::Rng;
+
+const MNIST_LIKE: ImageShape = ImageShape {
+    channels: 1,
+    height: 12,
+    width: 12,
+};
+
+#[test]
+fn width_scales_every_block() {
+    let c = FfConfig::trifecta(Arch::Small, 0.25, MNIST_LIKE, 10).unwrap();
+    let widths: Vec<usize> = c.layers.iter().map(|l| l.0).collect();
+    assert_eq!(widths, vec![32, 32, 64, 64, 64, 128]);
+    let large = FfConfig::trifecta(Arch::Large, 1.0, MNIST_LIKE, 10).unwrap();
+    assert_eq!(large.layers.len(), 12);
+    assert!(FfConfig::trifecta(Arch::Small, 0.0, MNIST_LIKE, 10).is_err());
+    assert!(FfConfig::trifecta(Arch::Small, f64::NAN, MNIST_LIKE, 10).is_err());
+}
+
+#[test]
+fn too_many_pools_is_a_config_error() {
+    let tiny = ImageShape {
+        channels: 1,
+        height: 4,
+        width: 4,
+    };
+    let err = FfConfig::trifecta(Arch::Small, 0.25, tiny, 10)
+        .unwrap()
+        .block_specs()
+        .unwrap_err();
+    assert!(err.to_string().contains("pooled down to nothing"), "{err}");
+}
+
+#[test]
+fn apl_alternates_and_off_updates_everything() {
+    let mut c = FfConfig::trifecta(Arch::Small, 0.25, MNIST_LIKE, 10).unwrap();
+    let even: Vec<bool> = (0..6).map(|i| c.updates(i, 0)).collect();
+    let odd: Vec<bool> = (0..6).map(|i| c.updates(i, 1)).collect();
+    assert_eq!(even, vec![false, true, false, true, false, true]);
+    assert_eq!(odd, vec![true, false, true, false, true, false]);
+    c.apl = false;
+    assert!((0..6).all(|i| c.updates(i, 0) && c.updates(i, 7)));
+}
+
+#[test]
+fn param_layouts_round_trip() {
+    let data: Vec<f32> = (0..2 * 3 * 9).map(|v| v as f32).collect();
+    let conv = ParamLayout::ConvOihw { c_out: 2, c_in: 3 };
+    assert_eq!(conv.to_torch(&conv.from_torch(&data)), data);
+    // OIHW element (o=1, i=2, ky=0, kx=1) lands at OHWI (1, 0, 1, 2).
+    assert_eq!(
+        conv.from_torch(&data)[(9 + 1) * 3 + 2],
+        data[(3 + 2) * 9 + 1]
+    );
+    let chw = ParamLayout::Chw { c: 3, h: 2, w: 3 };
+    let data: Vec<f32> = (0..18).map(|v| v as f32).collect();
+    assert_eq!(chw.to_torch(&chw.from_torch(&data)), data);
+}
+
+fn train_a_few(seed: u64, threads: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let backend = Cpu::new(threads).unwrap();
+    let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
+    config.layers.truncate(3);
+    let mut net = FfNet::new(&backend, config, seed).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
+        let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
+        let negatives = wrong_labels(&labels, 10, &mut rng);
+        let metrics = net
+            .train_step(&backend, &images, &labels, &negatives)
+            .unwrap();
+        losses.extend(metrics.iter().flatten().map(|m| m.loss));
+    }
+    let params = net
+        .named_params()
+        .iter()
+        .map(|(_, p)| p.to_torch(&backend).unwrap())
+        .collect();
+    (params, losses)
+}
+
+#[test]
+fn same_seed_and_threads_reproduce_exactly() {
+    let (a, la) = train_a_few(3, 2);
+    let (b, lb) = train_a_few(3, 2);
+    assert_eq!(a, b);
+    assert_eq!(la, lb);
+    let (c, _) = train_a_few(4, 2);
+    assert_ne!(a, c, "a different seed must give a different run");
+}
+
+#[test]
+fn negatives_are_always_wrong_and_cover_every_other_label() {
+    let mut rng = Rng::new(9);
+    let labels: Vec<u32> = (0..5000).map(|i| (i % 10) as u32).collect();
+    let negatives = wrong_labels(&labels, 10, &mut rng);
+    assert!(
+        labels
+            .iter()
+            .zip(&negatives)
+            .all(|(y, n)| y != n && *n < 10)
+    );
+    let mut seen = [[false; 10]; 10];
+    for (y, n) in labels.iter().zip(&negatives) {
+        seen[*y as usize][*n as usize] = true;
+    }
+    for (y, row) in seen.iter().enumerate() {
+        assert_eq!(row.iter().filter(|s| **s).count(), 9, "label {y}");
+    }
+}
+
+#[test]
+fn ensemble_must_name_existing_layers() {
+    assert!(trifecta::ff::Evaluator::new(6, &[6]).is_err());
+    assert!(trifecta::ff::Evaluator::new(6, &[]).is_err());
+    assert!(trifecta::ff::Evaluator::new(6, &[3, 5]).is_ok());
+}
+
+#[test]
+fn prediction_is_argmax_of_summed_goodness() {
+    // goodness[label][layer][sample] with 3 labels, 2 layers, 2 samples.
+    let goodness = vec![
+        1.0, 0.0, 0.0, 5.0, // label 0
+        2.0, 1.0, 0.0, 1.0, // label 1
+        0.0, 3.0, 2.0, 0.0, // label 2
+    ];
+    assert_eq!(
+        trifecta::ff::eval::predict(&goodness, 3, 2, 2, &[0]),
+        vec![1, 2]
+    );
+    assert_eq!(
+        trifecta::ff::eval::predict(&goodness, 3, 2, 2, &[1]),
+        vec![2, 0]
+    );
+    // Sample 0 ties labels 1 and 2 at 2.0: the lowest label wins, like torch.argmax.
+    assert_eq!(
+        trifecta::ff::eval::predict(&goodness, 3, 2, 2, &[0, 1]),
+        vec![1, 0]
+    );
+}
+
+#[test]
+fn idx_errors_name_the_file_and_the_problem() {
+    let path = std::path::Path::new("some/train-images-idx3-ubyte");
+    let mut good = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+    good.extend([1u8; 8]);
+    let array = idx::parse(path, &good).unwrap();
+    assert_eq!(array.dims, vec![2, 2, 2]);
+    let err = idx::parse(path, &good[..good.len() - 1])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
+    let mut bad_magic = good.clone();
+    bad_magic[2] = 0x0d;
+    let err = idx::parse(path, &bad_magic).unwrap_err().to_string();
+    assert!(err.contains("magic"), "{err}");
+    assert!(
+        idx::parse(path, &[0, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated")
+    );
+}
