@@ -83,31 +83,40 @@ pub fn relu_maxpool2_backward(
     s: PoolShape,
 ) {
     let (oh, ow, c) = (s.h / 2, s.w / 2, s.c);
+    let row = s.w * c;
     grad_input
         .par_chunks_mut(s.h * s.w * c)
         .zip(grad_out.par_chunks(oh * ow * c))
         .zip(activation.par_chunks(s.h * s.w * c))
         .for_each(|((gi, go), x)| {
-            gi.fill(0.0);
+            if s.h % 2 == 1 || s.w % 2 == 1 {
+                // The last row or column is in no window.
+                gi.fill(0.0);
+            }
             for oy in 0..oh {
+                let (top, bottom) = gi[2 * oy * row..(2 * oy + 2) * row].split_at_mut(row);
                 for ox in 0..ow {
+                    let at = 2 * ox * c;
+                    let (ga, gb) = top[at..at + 2 * c].split_at_mut(c);
+                    let (gc, gd) = bottom[at..at + 2 * c].split_at_mut(c);
+                    let xa = &x[2 * oy * row + at..][..c];
+                    let xb = &x[2 * oy * row + at + c..][..c];
+                    let xc = &x[(2 * oy + 1) * row + at..][..c];
+                    let xd = &x[(2 * oy + 1) * row + at + c..][..c];
                     let g = &go[(oy * ow + ox) * c..][..c];
-                    let offsets = [
-                        ((2 * oy) * s.w + 2 * ox) * c,
-                        ((2 * oy) * s.w + 2 * ox + 1) * c,
-                        ((2 * oy + 1) * s.w + 2 * ox) * c,
-                        ((2 * oy + 1) * s.w + 2 * ox + 1) * c,
-                    ];
                     for ch in 0..c {
-                        let mut best = offsets[0] + ch;
-                        for off in &offsets[1..] {
-                            if x[off + ch] > x[best] {
-                                best = off + ch;
-                            }
-                        }
-                        if x[best] > 0.0 {
-                            gi[best] = g[ch];
-                        }
+                        let (a, b, cc, d) = (xa[ch], xb[ch], xc[ch], xd[ch]);
+                        // The first maximum in window order wins, as in PyTorch; a maximum
+                        // of 0 is a dead ReLU and passes nothing.
+                        let pick_a = a >= b && a >= cc && a >= d;
+                        let pick_b = !pick_a && b >= cc && b >= d;
+                        let pick_c = !pick_a && !pick_b && cc >= d;
+                        let pick_d = !pick_a && !pick_b && !pick_c;
+                        let live = a.max(b).max(cc).max(d) > 0.0;
+                        ga[ch] = if pick_a && live { g[ch] } else { 0.0 };
+                        gb[ch] = if pick_b && live { g[ch] } else { 0.0 };
+                        gc[ch] = if pick_c && live { g[ch] } else { 0.0 };
+                        gd[ch] = if pick_d && live { g[ch] } else { 0.0 };
                     }
                 }
             }
