@@ -23,6 +23,7 @@ pub mod layers;
 pub mod optim;
 pub mod profile;
 pub mod rng;
+pub mod run;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! `trifecta bench`: the training-step benchmark (see `crate::bench`).
 
-use super::{ArchArg, DeviceArg, NormArg, positive_f64};
+use super::train::{ArchArg, NormArg};
+use super::{DeviceArg, device_arg, positive_f64};
 use crate::bench::{BenchConfig, run_cpu};
 use crate::error::Result;
 use crate::ff::ImageShape;
@@ -33,17 +34,21 @@ pub struct BenchArgs {
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceArg,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = device_arg)]
+    pub device: String,
     /// Also print the time per step of every kernel.
     #[arg(long)]
     pub profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    args.device.require_cpu()?;
+    DeviceArg::parse(&args.device)?.require_cpu()?;
     let config = BenchConfig {
-        arch: args.arch.into(),
+        arch: match args.arch {
+            ArchArg::Small => crate::ff::Arch::Small,
+            ArchArg::Large => crate::ff::Arch::Large,
+        },
         width: args.width,
         image: ImageShape {
             channels: args.channels as usize,
@@ -52,7 +57,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
         batch: args.batch_size as usize,
         apl: args.apl,
-        norm: args.norm.into(),
+        norm: match args.norm {
+            NormArg::Batch => crate::layers::norm::NormKind::Batch,
+            NormArg::Layer => crate::layers::norm::NormKind::Layer,
+        },
         warmup: args.warmup as usize,
         steps: args.steps as usize,
         profile: args.profile,

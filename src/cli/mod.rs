@@ -2,16 +2,18 @@
 //! turns its flags into library calls and prints what a user needs to read.
 
 pub mod bench;
+pub mod data;
+pub mod eval;
 pub mod train;
 
 use crate::error::{Error, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "trifecta",
     version,
-    about = "Forward-Forward training with the Trifecta"
+    about = "Forward-Forward training with the Trifecta (SymBa, APL, BatchNorm)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -20,10 +22,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train an FF network and report per-layer test accuracy.
+    /// Train an FF network; with no flags, a one-minute run on the built-in MNIST sample.
     Train(train::TrainArgs),
+    /// Evaluate a checkpoint: per-layer and ensemble test accuracy.
+    Eval(eval::EvalArgs),
     /// Time the FF training step on synthetic data.
     Bench(bench::BenchArgs),
+    /// Download and verify datasets.
+    Data(data::DataArgs),
 }
 
 /// `--device cpu|cuda[:N]`.
@@ -33,23 +39,20 @@ pub enum DeviceArg {
     Cuda(usize),
 }
 
-impl std::str::FromStr for DeviceArg {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+impl DeviceArg {
+    pub fn parse(s: &str) -> Result<DeviceArg> {
         match s {
             "cpu" => Ok(DeviceArg::Cpu),
             "cuda" => Ok(DeviceArg::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
-                _ => Err(format!(
+                _ => Err(Error::Config(format!(
                     "unknown device '{s}': expected cpu, cuda or cuda:N"
-                )),
+                ))),
             },
         }
     }
-}
 
-impl DeviceArg {
     /// Fails with a typed error for devices this build cannot use.
     pub fn require_cpu(&self) -> Result<()> {
         match self {
@@ -62,37 +65,14 @@ impl DeviceArg {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ArchArg {
-    Small,
-    Large,
+/// A `--device` flag value.
+pub fn device_arg(s: &str) -> std::result::Result<String, String> {
+    DeviceArg::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
-impl From<ArchArg> for crate::ff::Arch {
-    fn from(a: ArchArg) -> Self {
-        match a {
-            ArchArg::Small => crate::ff::Arch::Small,
-            ArchArg::Large => crate::ff::Arch::Large,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum NormArg {
-    Batch,
-    Layer,
-}
-
-impl From<NormArg> for crate::layers::norm::NormKind {
-    fn from(n: NormArg) -> Self {
-        match n {
-            NormArg::Batch => crate::layers::norm::NormKind::Batch,
-            NormArg::Layer => crate::layers::norm::NormKind::Layer,
-        }
-    }
-}
-
-/// A positive real number flag (`--width`).
+/// A positive real number flag (`--width`, `--lr`).
 pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -103,6 +83,8 @@ pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Data(args) => data::run(args),
     }
 }

@@ -1,142 +1,213 @@
-//! `trifecta train`: train an FF network on a dataset and print per-layer test accuracy after
-//! every epoch.
+//! `trifecta train`: every knob as a flag, or a TOML config (`--config`) that flags override.
+//! `--resume RUN_DIR` continues an interrupted run.
 
-use super::{ArchArg, DeviceArg, NormArg, positive_f64};
-use crate::backend::Backend;
-use crate::backend::cpu::Cpu;
-use crate::data::{DatasetKind, load_idx_split};
+use super::{device_arg, positive_f64};
+use crate::data::DatasetKind;
 use crate::error::{Error, Result};
-use crate::ff::train::{evaluate, train_epoch};
-use crate::ff::{FfConfig, FfNet, LossKind};
-use crate::rng::Rng;
-use clap::{Args, ValueEnum};
+use crate::ff::{Arch, LossKind};
+use crate::layers::norm::NormKind;
+use crate::run::config::{PartialConfig, parse_schedule};
+use clap::Args;
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DatasetArg {
-    Mnist,
-    FashionMnist,
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// TOML file with any of the knobs below (snake_case keys); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetKind>,
+    /// Folder with the dataset's files (default: $TRIFECTA_DATA/<dataset>, else the user cache
+    /// folder, downloading on first use).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+    /// Channel multiplier: 0.25 gives 32/32/64/64/64/128 for `small` [default: 1, or 0.25
+    /// for the built-in sample].
+    #[arg(long, value_parser = positive_f64)]
+    pub width: Option<f64>,
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    /// SymBa's alpha [default: 4].
+    #[arg(long, value_parser = positive_f64)]
+    pub alpha: Option<f64>,
+    /// The threshold loss' tau [default: 2].
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Alternating pairwise updates [default: on].
+    #[arg(long, conflicts_with = "no_apl")]
+    pub apl: bool,
+    /// Every block purely local.
+    #[arg(long)]
+    pub no_apl: bool,
+    #[arg(long, value_enum)]
+    pub norm: Option<NormArg>,
+    /// [default: 100, or 5 for the built-in sample]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Positives per step; as many negatives are added [default: 512, or 128 for the sample].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: Option<u64>,
+    /// [default: 0.001]
+    #[arg(long, value_parser = positive_f64)]
+    pub lr: Option<f64>,
+    /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4.
+    #[arg(long, value_parser = schedule_arg)]
+    pub lr_schedule: Option<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// CPU threads (0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, value_parser = device_arg)]
+    pub device: Option<String>,
+    /// Run folder [default: runs/<dataset>-seed<seed>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Training augmentation (random crop, rotation) [default: on, off for the sample].
+    #[arg(long, conflicts_with = "no_augment")]
+    pub augment: bool,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Layers whose goodness the ensemble averages, e.g. 3,4,5 [default: the last].
+    #[arg(long, value_delimiter = ',')]
+    pub ensemble: Option<Vec<usize>>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_batch_size: Option<u64>,
+    /// Train on the first N images only.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Test on the first N images only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchArg {
+    Small,
+    Large,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LossArg {
     Symba,
     Threshold,
 }
 
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    #[arg(long, value_enum, default_value = "mnist")]
-    pub dataset: DatasetArg,
-    /// Folder holding the dataset's files (default: $TRIFECTA_DATA).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "small")]
-    pub arch: ArchArg,
-    /// Channel multiplier, e.g. 0.25 gives 32/32/64/64/64/128 for `small`.
-    #[arg(long, default_value = "1", value_parser = positive_f64)]
-    pub width: f64,
-    #[arg(long, value_enum, default_value = "symba")]
-    pub loss: LossArg,
-    /// Alternating pairwise updates (on by default).
-    #[arg(long, overrides_with = "no_apl")]
-    pub apl: bool,
-    /// Every block purely local.
-    #[arg(long)]
-    pub no_apl: bool,
-    #[arg(long, value_enum, default_value = "batch")]
-    pub norm: NormArg,
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub epochs: u64,
-    /// Positives per step (as many negatives are added).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    #[arg(long, default_value = "0.001", value_parser = positive_f64)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// Layers whose goodness the ensemble averages, e.g. `3,4,5` (default: the last).
-    #[arg(long, value_delimiter = ',')]
-    pub ensemble: Vec<usize>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NormArg {
+    Batch,
+    Layer,
+}
+
+fn schedule_arg(s: &str) -> std::result::Result<String, String> {
+    parse_schedule(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn flag(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+impl TrainArgs {
+    /// The knobs these flags set.
+    pub fn partial(&self) -> PartialConfig {
+        PartialConfig {
+            dataset: self.dataset,
+            data_dir: self.data_dir.clone(),
+            arch: self.arch.map(|a| match a {
+                ArchArg::Small => Arch::Small,
+                ArchArg::Large => Arch::Large,
+            }),
+            width: self.width,
+            loss: self.loss.map(|l| match l {
+                LossArg::Symba => LossKind::Symba,
+                LossArg::Threshold => LossKind::Threshold,
+            }),
+            alpha: self.alpha.map(|a| a as f32),
+            tau: self.tau.map(|t| t as f32),
+            apl: flag(self.apl, self.no_apl),
+            norm: self.norm.map(|n| match n {
+                NormArg::Batch => NormKind::Batch,
+                NormArg::Layer => NormKind::Layer,
+            }),
+            epochs: self.epochs,
+            batch_size: self.batch_size.map(|b| b as usize),
+            lr: self.lr,
+            lr_schedule: self.lr_schedule.clone(),
+            seed: self.seed,
+            threads: self.threads,
+            device: self.device.clone(),
+            out: self.out.clone(),
+            augment: flag(self.augment, self.no_augment),
+            ensemble: self.ensemble.clone(),
+            eval_batch_size: self.eval_batch_size.map(|b| b as usize),
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+        }
+    }
+}
+
+/// Knobs that may change when a run is resumed.
+fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
+    let allowed = PartialConfig {
+        epochs: p.epochs,
+        threads: p.threads,
+        device: p.device.clone(),
+        data_dir: p.data_dir.clone(),
+        eval_batch_size: p.eval_batch_size,
+        ..PartialConfig::default()
+    };
+    let rest = PartialConfig {
+        epochs: None,
+        threads: None,
+        device: None,
+        data_dir: None,
+        eval_batch_size: None,
+        ..p.clone()
+    };
+    if rest != PartialConfig::default() {
+        let set = toml::to_string(&rest)
+            .unwrap_or_default()
+            .replace('\n', " ");
+        return Err(Error::Config(format!(
+            "a resumed run keeps its configuration; only --epochs, --threads, --device, --data-dir and --eval-batch-size may change (got {})",
+            set.trim()
+        )));
+    }
+    Ok(allowed)
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    args.device.require_cpu()?;
-    let backend = Cpu::new(args.threads)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| std::env::var_os("TRIFECTA_DATA").map(PathBuf::from))
-        .ok_or_else(|| {
-            Error::Config("no dataset folder: pass --data-dir or set TRIFECTA_DATA".into())
-        })?;
-    let kind = match args.dataset {
-        DatasetArg::Mnist => DatasetKind::Mnist,
-        DatasetArg::FashionMnist => DatasetKind::FashionMnist,
+    let file = match &args.config {
+        Some(path) => PartialConfig::from_file(path)?,
+        None => PartialConfig::default(),
     };
-    let train = load_idx_split(&data_dir, kind, true)?;
-    let test = load_idx_split(&data_dir, kind, false)?;
-
-    let mut config = FfConfig::trifecta(args.arch.into(), args.width, train.shape, train.classes)?;
-    config.loss = match args.loss {
-        LossArg::Symba => LossKind::Symba,
-        LossArg::Threshold => LossKind::Threshold,
-    };
-    config.apl = !args.no_apl;
-    config.norm = args.norm.into();
-    config.adam.lr = args.lr as f32;
-    let layers = config.layers.len();
-    let ensemble = if args.ensemble.is_empty() {
-        vec![layers - 1]
-    } else {
-        args.ensemble.clone()
-    };
-    let mut net = FfNet::new(&backend, config.clone(), args.seed)?;
-    let mut rng = Rng::stream(args.seed, 2);
-    println!(
-        "training on {} ({} train, {} test), {}: layers {:?}, loss {:?}, apl {}, norm {:?}, batch {}",
-        data_dir.display(),
-        train.len(),
-        test.len(),
-        backend.name(),
-        config.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
-        config.loss,
-        config.apl,
-        config.norm,
-        args.batch_size
-    );
-    for epoch in 1..=args.epochs {
-        let stats = train_epoch(
-            &mut net,
-            &backend,
-            &train,
-            args.batch_size as usize,
-            &mut rng,
-            |_, _, _| {},
-        )?;
-        let eval = evaluate(&mut net, &backend, &test, 1000, &ensemble)?;
-        println!(
-            "epoch {epoch}: {:.1} s train ({:.0} samples/s), ensemble {:?} test accuracy {:.2}%",
-            stats.seconds,
-            stats.samples as f64 / stats.seconds,
-            eval.ensemble_layers,
-            100.0 * eval.ensemble_accuracy
-        );
-        for (i, (layer, accuracy)) in stats.layers.iter().zip(&eval.layer_accuracy).enumerate() {
-            println!(
-                "  layer {i}: loss {:.4}  pos {:.4}  neg {:.4}  delta {:+.4}  test accuracy {:.2}%",
-                layer.loss,
-                layer.positive,
-                layer.negative,
-                layer.delta(),
-                100.0 * accuracy
-            );
-        }
+    let flags = args.partial();
+    if let Some(dir) = &args.resume {
+        let changes = resumable_only(&file.overlay(&flags))?;
+        let saved = crate::run::read_config(dir)?;
+        let mut config = saved.clone();
+        config.out = dir.clone();
+        config.epochs = changes.epochs.unwrap_or(saved.epochs);
+        config.threads = changes.threads.unwrap_or(saved.threads);
+        config.device = changes.device.unwrap_or(saved.device);
+        config.data_dir = changes.data_dir.or(saved.data_dir);
+        config.eval_batch_size = changes.eval_batch_size.unwrap_or(saved.eval_batch_size);
+        crate::run::train(&config, true)?;
+        return Ok(());
     }
+    let config = file.overlay(&flags).resolve()?;
+    crate::run::train(&config, false)?;
     Ok(())
 }

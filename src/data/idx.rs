@@ -1,7 +1,9 @@
 //! The IDX format of MNIST and Fashion-MNIST, raw or gzipped: a big-endian header (magic
 //! 0x0000_08_0D: unsigned bytes, D dimensions; then D u32 sizes) followed by the bytes.
 
+use super::{Dataset, Split, check_labels};
 use crate::error::{Error, Result};
+use crate::ff::ImageShape;
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::Path;
@@ -78,4 +80,67 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<IdxArray> {
 
 pub fn read(path: &Path) -> Result<IdxArray> {
     parse(path, &read_maybe_gz(path)?)
+}
+
+/// Finds `stem` or `stem.gz` in `dir`.
+fn find(dir: &Path, stem: &str) -> Result<std::path::PathBuf> {
+    let gz = dir.join(format!("{stem}.gz"));
+    let plain = dir.join(stem);
+    if gz.exists() {
+        Ok(gz)
+    } else if plain.exists() {
+        Ok(plain)
+    } else {
+        Err(Error::data(&gz, "file not found (nor without .gz)"))
+    }
+}
+
+/// The IDX file names of a split: (images, labels).
+pub fn file_names(split: Split) -> (&'static str, &'static str) {
+    match split {
+        Split::Train => ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        Split::Test => ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
+}
+
+/// Images and labels from two parsed IDX arrays.
+pub fn dataset(
+    images_path: &Path,
+    images: IdxArray,
+    labels_path: &Path,
+    labels: IdxArray,
+) -> Result<Dataset> {
+    if images.dims.len() != 3 {
+        return Err(Error::data(
+            images_path,
+            format!("expected 3 dimensions (N, H, W), got {:?}", images.dims),
+        ));
+    }
+    if labels.dims.len() != 1 || labels.dims[0] != images.dims[0] {
+        return Err(Error::data(
+            labels_path,
+            format!(
+                "expected {} labels to match the images, got dimensions {:?}",
+                images.dims[0], labels.dims
+            ),
+        ));
+    }
+    let labels: Vec<u32> = labels.data.iter().map(|&v| v as u32).collect();
+    check_labels(labels_path, &labels, 10)?;
+    let shape = ImageShape {
+        channels: 1,
+        height: images.dims[1],
+        width: images.dims[2],
+    };
+    Ok(Dataset::new(shape, 10, images.data, labels))
+}
+
+/// One split of MNIST or Fashion-MNIST from the official IDX files (optionally `.gz`) in `dir`.
+pub fn load_split(dir: &Path, split: Split) -> Result<Dataset> {
+    let (images_name, labels_name) = file_names(split);
+    let images_path = find(dir, images_name)?;
+    let labels_path = find(dir, labels_name)?;
+    let images = read(&images_path)?;
+    let labels = read(&labels_path)?;
+    dataset(&images_path, images, &labels_path, labels)
 }

@@ -355,6 +355,47 @@ impl<B: Backend> FfNet<B> {
         out
     }
 
+    /// Every optimiser moment buffer, named `optimizer.block{i}.{previous|own}.{k}.{exp_avg|exp_avg_sq}`
+    /// (PyTorch's names for Adam's m and v), with its length.
+    pub fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        let mut out = Vec::new();
+        for (i, optimizer) in self.optimizers.iter_mut().enumerate() {
+            for (group, state) in [
+                ("previous", &mut optimizer.previous),
+                ("own", &mut optimizer.own),
+            ] {
+                for (k, (m, v)) in state.m.iter_mut().zip(state.v.iter_mut()).enumerate() {
+                    out.push((format!("optimizer.block{i}.{group}.{k}.exp_avg"), m));
+                    out.push((format!("optimizer.block{i}.{group}.{k}.exp_avg_sq"), v));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adam step counts per block: [previous group, own group].
+    pub fn optimizer_steps(&self) -> Vec<[u64; 2]> {
+        self.optimizers
+            .iter()
+            .map(|o| [o.previous.step, o.own.step])
+            .collect()
+    }
+
+    pub fn set_optimizer_steps(&mut self, steps: &[[u64; 2]]) -> Result<()> {
+        if steps.len() != self.optimizers.len() {
+            return Err(Error::Config(format!(
+                "{} optimiser step counts for {} blocks",
+                steps.len(),
+                self.optimizers.len()
+            )));
+        }
+        for (o, s) in self.optimizers.iter_mut().zip(steps) {
+            o.previous.step = s[0];
+            o.own.step = s[1];
+        }
+        Ok(())
+    }
+
     /// BatchNorm running statistics with their PyTorch names.
     pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
         let mut out = Vec::new();

@@ -1,12 +1,13 @@
-//! Epoch loops: shuffled mini-batches with freshly drawn negatives, per-layer training
-//! statistics, and batched evaluation.
+//! Epoch loops: shuffled mini-batches with freshly drawn negatives (prepared ahead on another
+//! thread), per-layer training statistics, and batched evaluation.
 
 use super::eval::{Evaluation, Evaluator};
 use super::net::{FfNet, StepMetrics};
 use crate::backend::Backend;
-use crate::data::{Dataset, wrong_labels};
+use crate::data::Dataset;
+use crate::data::augment::Augment;
+use crate::data::loader::with_epoch_batches;
 use crate::error::{Error, Result};
-use crate::rng::Rng;
 use std::time::Instant;
 
 /// Mean training statistics of one layer over an epoch (over the steps where it updated).
@@ -54,36 +55,46 @@ impl EpochStats {
     }
 }
 
-/// One pass over `data` in shuffled batches of `batch_size` positives (the last may be
-/// smaller). `on_step(step, steps, metrics)` is called after each step.
+/// Epoch `epoch` (1-based) of a run seeded with `seed`: one pass over `data` in shuffled
+/// batches of `batch_size` positives (the last may be smaller), prepared on another thread.
+/// `on_step(step, steps, metrics)` is called after each step.
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch<B: Backend>(
     net: &mut FfNet<B>,
     backend: &B,
     data: &Dataset,
     batch_size: usize,
-    rng: &mut Rng,
+    seed: u64,
+    epoch: u64,
+    augment: Option<Augment>,
     mut on_step: impl FnMut(usize, usize, &StepMetrics),
 ) -> Result<EpochStats> {
     if batch_size == 0 {
         return Err(Error::Config("batch size must be at least 1".into()));
     }
     let start = Instant::now();
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    rng.shuffle(&mut order);
-    let steps = data.len().div_ceil(batch_size);
     let mut stats = EpochStats {
         layers: vec![LayerStats::default(); net.blocks.len()],
         seconds: 0.0,
         samples: 0,
     };
-    for (step, indices) in order.chunks(batch_size).enumerate() {
-        let (images, labels) = data.gather(indices);
-        let negatives = wrong_labels(&labels, data.classes, rng);
-        let metrics = net.train_step(backend, &images, &labels, &negatives)?;
-        stats.add(&metrics);
-        stats.samples += indices.len();
-        on_step(step, steps, &metrics);
-    }
+    with_epoch_batches(
+        data,
+        batch_size,
+        seed,
+        epoch,
+        augment,
+        |steps, batches| -> Result<()> {
+            for (step, batch) in batches.enumerate() {
+                let metrics =
+                    net.train_step(backend, &batch.images, &batch.positive, &batch.negative)?;
+                stats.add(&metrics);
+                stats.samples += batch.positive.len();
+                on_step(step, steps, &metrics);
+            }
+            Ok(())
+        },
+    )?;
     stats.finish();
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
@@ -98,13 +109,10 @@ pub fn evaluate<B: Backend>(
     ensemble_layers: &[usize],
 ) -> Result<Evaluation> {
     let mut evaluator = Evaluator::new(net.blocks.len(), ensemble_layers)?;
-    let size = data.shape.numel();
-    for (images, labels) in data
-        .images
-        .chunks(batch_size.max(1) * size)
-        .zip(data.labels.chunks(batch_size.max(1)))
-    {
-        evaluator.add_batch(net, backend, images, labels)?;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (images, labels) = data.batch(chunk, None);
+        evaluator.add_batch(net, backend, &images, &labels)?;
     }
     Ok(evaluator.finish())
 }

@@ -131,3 +131,110 @@ pub fn assert_close_masked(
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
     assert_close_masked(what, got, want, rel, abs, &|_| false);
 }
+
+/// A fresh temporary folder, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "trifecta-test-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A MATLAB v5 file (uncompressed) holding numeric arrays: (name, dims, class, little-endian
+/// data). Classes: 9 = uint8 (data type 2), 6 = double (data type 9).
+pub fn write_mat(path: &std::path::Path, arrays: &[(&str, Vec<usize>, u8, Vec<u8>)]) {
+    fn element(out: &mut Vec<u8>, data_type: u32, data: &[u8]) {
+        out.extend_from_slice(&data_type.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+    }
+    let mut file = vec![b' '; 116];
+    file[..20].copy_from_slice(b"MATLAB 5.0 MAT-file,");
+    file.extend_from_slice(&[0u8; 8]);
+    file.extend_from_slice(&0x0100u16.to_le_bytes());
+    file.extend_from_slice(b"IM");
+    for (name, dims, class, data) in arrays {
+        let mut body = Vec::new();
+        let flags: Vec<u8> = [*class as u32, 0u32]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        element(&mut body, 6, &flags);
+        let dims: Vec<u8> = dims
+            .iter()
+            .flat_map(|d| (*d as i32).to_le_bytes())
+            .collect();
+        element(&mut body, 5, &dims);
+        element(&mut body, 1, name.as_bytes());
+        element(&mut body, if *class == 9 { 2 } else { 9 }, data);
+        file.extend_from_slice(&14u32.to_le_bytes());
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend_from_slice(&body);
+    }
+    std::fs::write(path, file).unwrap();
+}
+
+/// A one-shot-per-connection HTTP server on 127.0.0.1 serving `routes` (path -> (declared
+/// length, body)) for `connections` requests, then stopping. Returns its base URL.
+pub fn serve(routes: Vec<(String, Option<usize>, Vec<u8>)>, connections: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            match routes.iter().find(|(p, _, _)| *p == path) {
+                Some((_, declared, body)) => {
+                    let length = declared.unwrap_or(body.len());
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(body);
+                }
+                None => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
+            }
+        }
+    });
+    base
+}

@@ -89,7 +89,7 @@ pub fn relu_maxpool2_backward(
         .zip(grad_out.par_chunks(oh * ow * c))
         .zip(activation.par_chunks(s.h * s.w * c))
         .for_each(|((gi, go), x)| {
-            if s.h % 2 == 1 || s.w % 2 == 1 {
+            if !s.h.is_multiple_of(2) || !s.w.is_multiple_of(2) {
                 // The last row or column is in no window.
                 gi.fill(0.0);
             }

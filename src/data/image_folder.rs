@@ -1,0 +1,195 @@
+//! Image-folder datasets: `<split>/<class>/*.{png,jpg,jpeg}`, from a folder or a `.tar.gz`
+//! holding one (possibly under a top-level folder). Classes are the sorted folder names of the
+//! training split; label = index in that order. Every image must have the size of the first.
+
+use super::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::ff::ImageShape;
+use flate2::read::GzDecoder;
+use rayon::prelude::*;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// One image file: where it came from, its class folder, and its encoded bytes.
+struct Entry {
+    path: PathBuf,
+    class: String,
+    bytes: Vec<u8>,
+}
+
+fn is_image(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".png") || lower.ends_with(".jpg") || lower.ends_with(".jpeg")
+}
+
+/// Reads `split/<class>/<file>` entries from a folder; returns (train classes, entries).
+fn from_folder(root: &Path, split: Split) -> Result<(Vec<String>, Vec<Entry>)> {
+    let class_names = |split: Split| -> Result<Vec<String>> {
+        let dir = root.join(split.name());
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let item = item.map_err(|e| Error::io(&dir, e))?;
+            if item.path().is_dir() {
+                names.push(item.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    };
+    let classes = class_names(Split::Train)?;
+    let mut entries = Vec::new();
+    for class in class_names(split)? {
+        let dir = root.join(split.name()).join(&class);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|f| f.ok().map(|f| f.path()))
+            .filter(|p| p.is_file() && is_image(&p.to_string_lossy()))
+            .collect();
+        files.sort();
+        for path in files {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            entries.push(Entry {
+                path,
+                class: class.clone(),
+                bytes,
+            });
+        }
+    }
+    Ok((classes, entries))
+}
+
+/// Reads the same from a `.tar.gz`, in one pass.
+fn from_archive(archive: &Path, split: Split) -> Result<(Vec<String>, Vec<Entry>)> {
+    let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut tar = tar::Archive::new(GzDecoder::new(file));
+    let mut classes = std::collections::BTreeSet::new();
+    let mut entries = Vec::new();
+    let items = tar
+        .entries()
+        .map_err(|e| Error::data(archive, format!("not a tar.gz archive: {e}")))?;
+    for item in items {
+        let mut item = item.map_err(|e| Error::data(archive, format!("corrupt archive: {e}")))?;
+        let path = item
+            .path()
+            .map_err(|e| Error::data(archive, format!("bad entry name: {e}")))?
+            .into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        // .../<split>/<class>/<file>
+        if parts.len() < 3 || !is_image(&parts[parts.len() - 1]) {
+            continue;
+        }
+        let (entry_split, class) = (&parts[parts.len() - 3], &parts[parts.len() - 2]);
+        if entry_split == Split::Train.name() {
+            classes.insert(class.clone());
+        }
+        if entry_split == split.name() {
+            let mut bytes = Vec::new();
+            item.read_to_end(&mut bytes).map_err(|e| {
+                Error::data(archive, format!("corrupt entry {}: {e}", path.display()))
+            })?;
+            entries.push(Entry {
+                path: archive.join(&path),
+                class: class.clone(),
+                bytes,
+            });
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((classes.into_iter().collect(), entries))
+}
+
+/// The archive to read when `dir` is one, or holds exactly one `.tar.gz`.
+fn archive_in(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.is_file() {
+        return Ok(Some(dir.to_path_buf()));
+    }
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .collect();
+    archives.sort();
+    match archives.len() {
+        0 => Ok(None),
+        1 => Ok(archives.pop()),
+        _ => Err(Error::data(
+            dir,
+            "more than one .tar.gz here: point --data-dir at the one to use",
+        )),
+    }
+}
+
+pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
+    let (classes, entries) = if dir.join(Split::Train.name()).is_dir() {
+        from_folder(dir, split)?
+    } else if let Some(archive) = archive_in(dir)? {
+        from_archive(&archive, split)?
+    } else {
+        return Err(Error::data(
+            dir,
+            "no image folder here: expected train/<class>/ and test/<class>/ folders or a .tar.gz of them",
+        ));
+    };
+    let first = entries.first().ok_or_else(|| {
+        Error::data(
+            dir,
+            format!("no .png or .jpg images under {}/<class>/", split.name()),
+        )
+    })?;
+    let probe = image::load_from_memory(&first.bytes)
+        .map_err(|e| Error::data(&first.path, format!("cannot decode image: {e}")))?;
+    let (width, height) = (probe.width() as usize, probe.height() as usize);
+    let channels = if probe.color().has_color() { 3 } else { 1 };
+    let decoded: Vec<Vec<u8>> = entries
+        .par_iter()
+        .map(|entry| {
+            let img = image::load_from_memory(&entry.bytes)
+                .map_err(|e| Error::data(&entry.path, format!("cannot decode image: {e}")))?;
+            if (img.width() as usize, img.height() as usize) != (width, height) {
+                return Err(Error::data(
+                    &entry.path,
+                    format!(
+                        "image is {}x{}, expected {width}x{height} like {}",
+                        img.width(),
+                        img.height(),
+                        first.path.display()
+                    ),
+                ));
+            }
+            Ok(if channels == 3 {
+                img.into_rgb8().into_raw()
+            } else {
+                img.into_luma8().into_raw()
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut labels = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let label = classes
+            .iter()
+            .position(|c| *c == entry.class)
+            .ok_or_else(|| {
+                Error::data(
+                    &entry.path,
+                    format!(
+                        "class folder '{}' does not exist in the training split",
+                        entry.class
+                    ),
+                )
+            })?;
+        labels.push(label as u32);
+    }
+    let shape = ImageShape {
+        channels,
+        height,
+        width,
+    };
+    let mut data = Dataset::new(shape, classes.len(), decoded.concat(), labels);
+    let (mean, std) = data.measure_mean_std();
+    data.mean = mean;
+    data.std = std;
+    Ok(data)
+}

@@ -1,0 +1,70 @@
+//! The batches of one training epoch, prepared on a thread of their own while the current step
+//! trains. Shuffling, negatives and augmentation all draw from one stream seeded by (run seed,
+//! epoch), in order, so an epoch is the same whether or not the run was interrupted before it.
+
+use super::Dataset;
+use super::augment::Augment;
+use crate::rng::Rng;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+/// One training step's input.
+pub struct Batch {
+    /// Normalised `(B, H, W, C)` images.
+    pub images: Vec<f32>,
+    pub positive: Vec<u32>,
+    pub negative: Vec<u32>,
+}
+
+/// The random stream of epoch `epoch` (1-based) of a run seeded with `seed`.
+pub fn epoch_rng(seed: u64, epoch: u64) -> Rng {
+    Rng::stream(seed, 1_000_000 + epoch)
+}
+
+/// Runs `consume` on the batches of one epoch while a producer thread prepares the next ones
+/// (at most two ahead). Returns what `consume` returns.
+pub fn with_epoch_batches<R>(
+    data: &Dataset,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    augment: Option<Augment>,
+    consume: impl FnOnce(usize, &mut dyn Iterator<Item = Batch>) -> R,
+) -> R {
+    let steps = data.len().div_ceil(batch_size.max(1));
+    std::thread::scope(|scope| {
+        let (sender, receiver) = sync_channel::<Batch>(2);
+        scope.spawn(move || {
+            let mut rng = epoch_rng(seed, epoch);
+            let mut order: Vec<usize> = (0..data.len()).collect();
+            rng.shuffle(&mut order);
+            for indices in order.chunks(batch_size.max(1)) {
+                let (images, positive) = match augment.as_ref() {
+                    Some(a) => data.batch(indices, Some((a, &mut rng))),
+                    None => data.batch(indices, None),
+                };
+                let negative = super::wrong_labels(&positive, data.classes, &mut rng);
+                if sender
+                    .send(Batch {
+                        images,
+                        positive,
+                        negative,
+                    })
+                    .is_err()
+                {
+                    return; // the consumer stopped early (an error): nothing left to do
+                }
+            }
+        });
+        let mut batches = ReceiverIter(receiver);
+        consume(steps, &mut batches)
+    })
+}
+
+struct ReceiverIter(Receiver<Batch>);
+
+impl Iterator for ReceiverIter {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.0.recv().ok()
+    }
+}

@@ -1,0 +1,167 @@
+//! Checkpoints: one safetensors file with every parameter (PyTorch names and layouts, so that
+//! PyTorch can read them), the BatchNorm running statistics and the Adam moments, plus a JSON
+//! header in its metadata (format, epoch, iteration, Adam step counts, the run's config). A
+//! copy of the header is written beside it as `checkpoint.json` for people. Files are written
+//! to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+
+use super::config::TrainConfig;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::ff::FfNet;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "trifecta-checkpoint-1";
+const HEADER_KEY: &str = "trifecta";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Training iterations completed (decides the APL phase).
+    pub iteration: u64,
+    /// Adam step counts per block: [previous group, own group].
+    pub adam_steps: Vec<[u64; 2]>,
+    pub config: TrainConfig,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Saves `net` to `path` (and the header to `path` with extension `.json`).
+pub fn save<B: Backend>(
+    path: &Path,
+    net: &mut FfNet<B>,
+    backend: &B,
+    header: &Header,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, param) in net.named_params() {
+        tensors.push((
+            name,
+            param.torch_shape.clone(),
+            to_bytes(&param.to_torch(backend)?),
+        ));
+    }
+    for (name, buffer) in net.named_buffers_mut() {
+        tensors.push((
+            name,
+            buffer.shape.clone(),
+            to_bytes(&buffer.to_host(backend)?),
+        ));
+    }
+    for (name, buffer) in net.named_optimizer_buffers_mut() {
+        let values = backend.download(buffer)?;
+        tensors.push((name, vec![values.len()], to_bytes(&values)));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape and byte count agree");
+            (name.clone(), view)
+        })
+        .collect();
+    let json = serde_json::to_string(header).expect("a header always serialises");
+    let metadata = HashMap::from([(HEADER_KEY.to_string(), json)]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)?;
+    let pretty = serde_json::to_string_pretty(header).expect("a header always serialises");
+    write_atomic(&path.with_extension("json"), pretty.as_bytes())
+}
+
+/// Reads only the header of a checkpoint.
+pub fn read_header(path: &Path) -> Result<Header> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    header_of(path, &bytes)
+}
+
+fn header_of(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let bad = |msg: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(HEADER_KEY))
+        .ok_or_else(|| bad("no trifecta header: not a trifecta checkpoint".into()))?;
+    let header: Header =
+        serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(bad(format!("format {} is not {FORMAT}", header.format)));
+    }
+    Ok(header)
+}
+
+/// Loads every tensor of the checkpoint at `path` into `net`, which must have the same
+/// architecture; returns the header.
+pub fn load<B: Backend>(path: &Path, net: &mut FfNet<B>, backend: &B) -> Result<Header> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let header = header_of(path, &bytes)?;
+    let bad = |msg: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let view = file.tensor(name).map_err(|_| {
+            bad(format!(
+                "has no tensor {name}: it was saved from a different architecture"
+            ))
+        })?;
+        if view.shape() != shape || view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!(
+                "{name} has shape {:?} ({:?}), the model expects {shape:?} (F32): a different architecture",
+                view.shape(),
+                view.dtype()
+            )));
+        }
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect())
+    };
+    let expected = net.named_params().len()
+        + net.named_buffers_mut().len()
+        + net.named_optimizer_buffers_mut().len();
+    if file.len() != expected {
+        return Err(bad(format!(
+            "holds {} tensors, the model has {expected}: a different architecture",
+            file.len()
+        )));
+    }
+    for (name, param) in net.named_params_mut() {
+        let values = read(&name, &param.torch_shape.clone())?;
+        param.load_torch(backend, &values)?;
+    }
+    for (name, buffer) in net.named_buffers_mut() {
+        let values = read(&name, &buffer.shape.clone())?;
+        backend.write(&mut buffer.buf, &values)?;
+    }
+    for (name, buffer) in net.named_optimizer_buffers_mut() {
+        let values = read(&name, &[B::len(buffer)])?;
+        backend.write(buffer, &values)?;
+    }
+    net.set_optimizer_steps(&header.adam_steps)?;
+    net.iteration = header.iteration;
+    Ok(header)
+}

@@ -1,0 +1,245 @@
+//! The training configuration: every knob of a run, from defaults, a TOML file and flags, in
+//! that order of precedence. The resolved configuration is written into the run folder.
+
+use crate::data::DatasetKind;
+use crate::error::{Error, Result};
+use crate::ff::{Arch, LossKind};
+use crate::layers::norm::NormKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything a run needs, fully resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub dataset: DatasetKind,
+    /// Dataset folder; absent = the cache folder, with download on first use.
+    pub data_dir: Option<PathBuf>,
+    pub arch: Arch,
+    pub width: f64,
+    pub loss: LossKind,
+    pub alpha: f32,
+    pub tau: f32,
+    pub apl: bool,
+    pub norm: NormKind,
+    pub epochs: u64,
+    pub batch_size: usize,
+    /// Learning rate of epochs not covered by `lr_schedule`.
+    pub lr: f64,
+    /// Epoch segments `EPOCHS:LR,...`, e.g. the thesis' `200:1e-3,200:5e-4,100:1e-4`.
+    pub lr_schedule: String,
+    pub seed: u64,
+    /// CPU threads, 0 = one per core.
+    pub threads: usize,
+    pub device: String,
+    pub out: PathBuf,
+    pub augment: bool,
+    /// Layers averaged by the ensemble; empty = the last layer.
+    pub ensemble: Vec<usize>,
+    pub eval_batch_size: usize,
+    /// Use only the first N training / test images (0 = all).
+    pub train_limit: usize,
+    pub test_limit: usize,
+}
+
+/// A configuration with every knob optional: what a TOML file or the flags set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialConfig {
+    pub dataset: Option<DatasetKind>,
+    pub data_dir: Option<PathBuf>,
+    pub arch: Option<Arch>,
+    pub width: Option<f64>,
+    pub loss: Option<LossKind>,
+    pub alpha: Option<f32>,
+    pub tau: Option<f32>,
+    pub apl: Option<bool>,
+    pub norm: Option<NormKind>,
+    pub epochs: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub lr_schedule: Option<String>,
+    pub seed: Option<u64>,
+    pub threads: Option<usize>,
+    pub device: Option<String>,
+    pub out: Option<PathBuf>,
+    pub augment: Option<bool>,
+    pub ensemble: Option<Vec<usize>>,
+    pub eval_batch_size: Option<usize>,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+macro_rules! overlay {
+    ($base:expr, $top:expr, $($field:ident),*) => {
+        $( if $top.$field.is_some() { $base.$field = $top.$field.clone(); } )*
+    };
+}
+
+impl PartialConfig {
+    /// Reads a TOML file; unknown keys and bad values are errors naming the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Data {
+            path: path.to_path_buf(),
+            msg: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })
+    }
+
+    /// `self` with every knob that `top` sets replaced.
+    pub fn overlay(mut self, top: &PartialConfig) -> Self {
+        overlay!(
+            self,
+            top,
+            dataset,
+            data_dir,
+            arch,
+            width,
+            loss,
+            alpha,
+            tau,
+            apl,
+            norm,
+            epochs,
+            batch_size,
+            lr,
+            lr_schedule,
+            seed,
+            threads,
+            device,
+            out,
+            augment,
+            ensemble,
+            eval_batch_size,
+            train_limit,
+            test_limit
+        );
+        self
+    }
+
+    /// Fills in defaults and checks every value. Without a dataset the run is the quick start:
+    /// the built-in MNIST sample at width 0.25 for 5 epochs; otherwise the thesis' settings
+    /// (width 1, batch 512, 100 epochs, augmentation).
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let dataset = self.dataset.unwrap_or(DatasetKind::MnistSample);
+        let quick = dataset == DatasetKind::MnistSample;
+        let config = TrainConfig {
+            dataset,
+            data_dir: self.data_dir.clone(),
+            arch: self.arch.unwrap_or(Arch::Small),
+            width: self.width.unwrap_or(if quick { 0.25 } else { 1.0 }),
+            loss: self.loss.unwrap_or(LossKind::Symba),
+            alpha: self.alpha.unwrap_or(4.0),
+            tau: self.tau.unwrap_or(2.0),
+            apl: self.apl.unwrap_or(true),
+            norm: self.norm.unwrap_or(NormKind::Batch),
+            epochs: self.epochs.unwrap_or(if quick { 5 } else { 100 }),
+            batch_size: self.batch_size.unwrap_or(if quick { 128 } else { 512 }),
+            lr: self.lr.unwrap_or(1e-3),
+            lr_schedule: self.lr_schedule.clone().unwrap_or_default(),
+            seed: self.seed.unwrap_or(0),
+            threads: self.threads.unwrap_or(0),
+            device: self.device.clone().unwrap_or_else(|| "cpu".into()),
+            out: self
+                .out
+                .clone()
+                .unwrap_or_else(|| default_out(dataset, self.seed.unwrap_or(0))),
+            augment: self.augment.unwrap_or(!quick),
+            ensemble: self.ensemble.clone().unwrap_or_default(),
+            eval_batch_size: self.eval_batch_size.unwrap_or(1000),
+            train_limit: self.train_limit.unwrap_or(0),
+            test_limit: self.test_limit.unwrap_or(0),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `runs/<dataset>-seed<seed>`, or the first `-2`, `-3`... that does not exist yet.
+fn default_out(dataset: DatasetKind, seed: u64) -> PathBuf {
+    let base = format!("runs/{}-seed{seed}", dataset.name());
+    let mut path = PathBuf::from(&base);
+    let mut k = 2;
+    while path.exists() {
+        path = PathBuf::from(format!("{base}-{k}"));
+        k += 1;
+    }
+    path
+}
+
+/// One segment of a learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrSegment {
+    pub epochs: u64,
+    pub lr: f64,
+}
+
+/// Parses `EPOCHS:LR,EPOCHS:LR,...` (empty = no schedule).
+pub fn parse_schedule(text: &str) -> Result<Vec<LrSegment>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|part| {
+            let bad = || {
+                Error::Config(format!(
+                    "lr schedule segment '{part}' is not EPOCHS:LR (e.g. 200:1e-3)"
+                ))
+            };
+            let (epochs, lr) = part.trim().split_once(':').ok_or_else(bad)?;
+            let epochs: u64 = epochs.trim().parse().map_err(|_| bad())?;
+            let lr: f64 = lr.trim().parse().map_err(|_| bad())?;
+            if epochs == 0 || !(lr.is_finite() && lr > 0.0) {
+                return Err(bad());
+            }
+            Ok(LrSegment { epochs, lr })
+        })
+        .collect()
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{name} must be a positive number, got {v}"
+                )))
+            }
+        };
+        positive("width", self.width)?;
+        positive("lr", self.lr)?;
+        positive("alpha", self.alpha as f64)?;
+        if self.epochs == 0 {
+            return Err(Error::Config("epochs must be at least 1".into()));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return Err(Error::Config("batch sizes must be at least 1".into()));
+        }
+        parse_schedule(&self.lr_schedule)?;
+        if self.device != "cpu" {
+            crate::cli::DeviceArg::parse(&self.device)?.require_cpu()?;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of epoch `epoch` (1-based).
+    pub fn lr_at(&self, epoch: u64) -> f64 {
+        let mut start = 0;
+        for segment in parse_schedule(&self.lr_schedule).unwrap_or_default() {
+            if epoch <= start + segment.epochs {
+                return segment.lr;
+            }
+            start += segment.epochs;
+        }
+        self.lr
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+}

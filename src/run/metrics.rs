@@ -1,0 +1,66 @@
+//! The metrics log of a run: `metrics.jsonl`, one JSON object per epoch.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub layer: usize,
+    /// Mean training loss over the steps where the layer updated.
+    pub loss: f64,
+    /// Mean goodness of positives and negatives, and their difference.
+    pub positive: f64,
+    pub negative: f64,
+    pub delta: f64,
+    pub test_accuracy: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub lr: f64,
+    pub layers: Vec<LayerRecord>,
+    pub ensemble_layers: Vec<usize>,
+    pub ensemble_accuracy: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    /// Training samples (positives) per second.
+    pub samples_per_second: f64,
+}
+
+pub fn append(path: &Path, record: &EpochRecord) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let line = serde_json::to_string(record).expect("a record always serialises");
+    writeln!(file, "{line}").map_err(|e| Error::io(path, e))
+}
+
+pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Keeps only the records of epochs up to `epoch` (after a resume), rewriting atomically.
+pub fn truncate_after(path: &Path, epoch: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let kept: Vec<String> = read(path)?
+        .iter()
+        .filter(|r| r.epoch <= epoch)
+        .map(|r| serde_json::to_string(r).expect("a record always serialises") + "\n")
+        .collect();
+    super::checkpoint::write_atomic(path, kept.concat().as_bytes())
+}
