@@ -14,12 +14,12 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. (The io error is part of the message, not a
+    /// `source`, so that reports chaining sources do not print it twice.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A data file is readable but its content is wrong (bad magic, truncated, bad label...).
     #[error("{}: {msg}", path.display())]
@@ -36,10 +36,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -28,15 +28,15 @@ pub struct TrainArgs {
     pub arch: Option<ArchArg>,
     /// Channel multiplier: 0.25 gives 32/32/64/64/64/128 for `small` [default: 1, or 0.25
     /// for the built-in sample].
-    #[arg(long, value_parser = positive_f64)]
+    #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub width: Option<f64>,
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
     /// SymBa's alpha [default: 4].
-    #[arg(long, value_parser = positive_f64)]
+    #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// The threshold loss' tau [default: 2].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tau: Option<f64>,
     /// Alternating pairwise updates [default: on].
     #[arg(long, conflicts_with = "no_apl")]
@@ -53,7 +53,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
     /// [default: 0.001]
-    #[arg(long, value_parser = positive_f64)]
+    #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4.
     #[arg(long, value_parser = schedule_arg)]

@@ -80,12 +80,16 @@ impl PartialConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            msg: e.message().to_string()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default(),
+        toml::from_str(&text).map_err(|e| {
+            let place = e.span().map(|span| {
+                let line = text[..span.start].matches('\n').count();
+                let content = text.lines().nth(line).unwrap_or("").trim();
+                format!("line {}: `{content}`: ", line + 1)
+            });
+            Error::data(
+                path,
+                format!("{}{}", place.unwrap_or_default(), e.message()),
+            )
         })
     }
 

@@ -1,0 +1,403 @@
+//! The `trifecta` binary end to end: run folders, exact resume, downloads from a local mirror,
+//! and every bad input of the product issue, each ending in a one-line error that names the
+//! file and the problem, a non-zero exit, and nothing already written touched.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn trifecta(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trifecta"))
+        .args(args)
+        .env_remove("TRIFECTA_DATA")
+        .env_remove("TRIFECTA_MIRROR")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failure with exactly one line on stderr that contains every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success; stderr: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "'{needle}' missing from: {err}");
+    }
+}
+
+/// A quick run on the built-in sample: 600 training and 100 test images at width 0.125.
+fn quick_args(out: &Path, epochs: u64) -> Vec<String> {
+    [
+        "train",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "100",
+        "--train-limit",
+        "600",
+        "--test-limit",
+        "100",
+        "--threads",
+        "2",
+        "--seed",
+        "7",
+        "--epochs",
+        &epochs.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_quick(out: &Path, epochs: u64) -> Output {
+    let args = quick_args(out, epochs);
+    trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_writes_config_metrics_and_checkpoint() {
+    let tmp = TempDir::new("run");
+    let run = tmp.path().join("run");
+    let out = run_quick(&run, 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("layer 5:") && stdout.contains("test accuracy"),
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("dataset = \"mnist-sample\"") && config.contains("width = 0.125"),
+        "{config}"
+    );
+    let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].layers.len(), 6);
+    assert!(records[0].samples_per_second > 0.0 && records[0].ensemble_accuracy > 0.0);
+    let header =
+        trifecta::run::checkpoint::read_header(&run.join("checkpoint.safetensors")).unwrap();
+    assert_eq!((header.epoch, header.iteration), (1, 6));
+    assert!(run.join("checkpoint.json").exists());
+    // PyTorch names and layouts: the conv weight of block 0 is (out, in, 3, 3).
+    let bytes = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        file.tensor("block0.conv.weight").unwrap().shape(),
+        &[16, 2, 3, 3]
+    );
+
+    let eval = trifecta(&["eval", run.to_str().unwrap()]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let text = String::from_utf8_lossy(&eval.stdout);
+    let expected = format!("accuracy {:.2}%", 100.0 * records[0].ensemble_accuracy);
+    assert!(
+        text.contains(&expected),
+        "eval must reproduce the run's accuracy ({expected}): {text}"
+    );
+}
+
+#[test]
+fn resume_matches_an_uninterrupted_run_bit_for_bit() {
+    let tmp = TempDir::new("resume");
+    let whole = tmp.path().join("whole");
+    let split = tmp.path().join("split");
+    assert!(run_quick(&whole, 3).status.success());
+    assert!(run_quick(&split, 1).status.success());
+    let out = trifecta(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--epochs",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 1"));
+    assert_eq!(
+        tensors(&whole.join("checkpoint.safetensors")),
+        tensors(&split.join("checkpoint.safetensors")),
+        "weights, running statistics and Adam moments must be identical"
+    );
+    let accuracies = |dir: &PathBuf| -> Vec<f64> {
+        trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| r.ensemble_accuracy)
+            .collect()
+    };
+    assert_eq!(accuracies(&whole), accuracies(&split));
+    let changed = trifecta(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--width",
+        "0.5",
+    ]);
+    assert_one_line_error(&changed, &["resumed run keeps its configuration", "width"]);
+}
+
+#[test]
+fn data_download_from_a_mirror_verifies_the_real_files() {
+    let shared = shared_dir().join("datasets/mnist");
+    let routes = trifecta::data::download::remotes(trifecta::data::DatasetKind::Mnist)
+        .iter()
+        .map(|r| {
+            (
+                format!("/{}", r.file),
+                None,
+                std::fs::read(shared.join(r.file)).unwrap(),
+            )
+        })
+        .collect();
+    let base = serve(routes, 4);
+    let tmp = TempDir::new("mirror");
+    let out = Command::new(env!("CARGO_BIN_EXE_trifecta"))
+        .args([
+            "data",
+            "download",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+        ])
+        .env("TRIFECTA_MIRROR", &base)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("ok"))
+            .count(),
+        4
+    );
+
+    // A corrupted file on disk fails verification with its name.
+    let victim = tmp.path().join("t10k-labels-idx1-ubyte.gz");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 12;
+    bytes[last] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = trifecta(&[
+        "data",
+        "verify",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["t10k-labels-idx1-ubyte.gz"]);
+}
+
+/// Copies the real MNIST test files into a fresh folder, then lets `damage` spoil one.
+fn mnist_copy(tag: &str) -> TempDir {
+    let tmp = TempDir::new(tag);
+    let src = shared_dir().join("datasets/mnist");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+fn train_on(kind: &str, dir: &Path, out: &Path) -> Output {
+    trifecta(&[
+        "train",
+        "--dataset",
+        kind,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+    ])
+}
+
+#[test]
+fn bad_idx_files() {
+    let tmp = mnist_copy("idx-bad");
+    let file = tmp.path().join("t10k-images-idx3-ubyte.gz");
+    let raw = trifecta::data::idx::read_maybe_gz(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let plain = tmp.path().join("t10k-images-idx3-ubyte");
+    std::fs::write(&plain, &raw[..raw.len() / 2]).unwrap();
+    let out = train_on("mnist", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["t10k-images-idx3-ubyte", "truncated"]);
+    assert!(
+        !tmp.path().join("run").exists(),
+        "no run folder for a run that never started"
+    );
+
+    let mut wrong = raw.clone();
+    wrong[2] = 0x0b;
+    std::fs::write(&plain, &wrong).unwrap();
+    let out = train_on("mnist", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["t10k-images-idx3-ubyte", "magic"]);
+}
+
+#[test]
+fn bad_label_in_idx() {
+    let tmp = mnist_copy("idx-label");
+    let file = tmp.path().join("train-labels-idx1-ubyte.gz");
+    let mut raw = trifecta::data::idx::read_maybe_gz(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    raw[8 + 5] = 12;
+    std::fs::write(tmp.path().join("train-labels-idx1-ubyte"), &raw).unwrap();
+    let out = train_on("mnist", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(
+        &out,
+        &[
+            "train-labels-idx1-ubyte",
+            "label 12 at index 5 is out of range",
+        ],
+    );
+}
+
+#[test]
+fn bad_cifar_record_file() {
+    let tmp = TempDir::new("cifar-cli");
+    let batches = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batches).unwrap();
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        std::fs::write(batches.join(name), vec![1u8; 3073]).unwrap();
+    }
+    std::fs::write(batches.join("data_batch_3.bin"), vec![1u8; 3073 + 7]).unwrap();
+    let out = train_on("cifar10", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["data_batch_3.bin", "3073"]);
+}
+
+#[test]
+fn mat_file_without_x_or_y() {
+    let tmp = TempDir::new("mat-cli");
+    write_mat(
+        &tmp.path().join("train_32x32.mat"),
+        &[("y", vec![1, 1], 6, 1.0f64.to_le_bytes().to_vec())],
+    );
+    let out = train_on("svhn", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["train_32x32.mat", "no variable X"]);
+    write_mat(
+        &tmp.path().join("train_32x32.mat"),
+        &[("X", vec![2, 2, 3, 1], 9, vec![0u8; 12])],
+    );
+    let out = train_on("svhn", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["train_32x32.mat", "no variable y"]);
+}
+
+#[test]
+fn image_of_the_wrong_size() {
+    let tmp = TempDir::new("folder-cli");
+    for (split, class, name, w) in [
+        ("train", "a", "1.png", 8),
+        ("train", "b", "2.png", 8),
+        ("test", "a", "3.png", 8),
+        ("test", "b", "4.png", 9),
+    ] {
+        let path = tmp.path().join(split).join(class).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::GrayImage::new(w, 8).save(&path).unwrap();
+    }
+    let out = train_on("folder", tmp.path(), &tmp.path().join("run"));
+    assert_one_line_error(&out, &["4.png", "9x8", "expected 8x8"]);
+}
+
+#[test]
+fn bad_flag_values_and_config_keys() {
+    let out = trifecta(&["train", "--width", "-1"]);
+    assert_one_line_error(&out, &["--width", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = trifecta(&["train", "--lr-schedule", "200:fast"]);
+    assert_one_line_error(&out, &["--lr-schedule", "200:fast"]);
+    let out = trifecta(&["train", "--device", "tpu"]);
+    assert_one_line_error(&out, &["tpu"]);
+
+    let tmp = TempDir::new("config");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "dataset = \"mnist-sample\"\nwidht = 0.5\n").unwrap();
+    let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
+    assert_one_line_error(&out, &["run.toml", "widht"]);
+    std::fs::write(&config, "width = \"wide\"\n").unwrap();
+    let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
+    assert_one_line_error(&out, &["run.toml", "width"]);
+    std::fs::write(&config, "width = -2.0\n").unwrap();
+    let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
+    assert_one_line_error(&out, &["width must be a positive number"]);
+}
+
+#[test]
+fn checkpoint_of_another_architecture() {
+    let tmp = TempDir::new("arch");
+    let run = tmp.path().join("run");
+    assert!(run_quick(&run, 1).status.success());
+    let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let out = trifecta(&["eval", run.to_str().unwrap(), "--width", "0.25"]);
+    assert_one_line_error(&out, &["checkpoint.safetensors", "different architecture"]);
+    let out = trifecta(&["eval", run.to_str().unwrap(), "--arch", "large"]);
+    assert_one_line_error(&out, &["checkpoint.safetensors", "different architecture"]);
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn unusable_output_folders_and_existing_runs() {
+    let tmp = TempDir::new("out");
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, b"keep me").unwrap();
+    let out = run_quick(&blocker.join("run"), 1);
+    assert_one_line_error(&out, &["a-file"]);
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me");
+
+    let run = tmp.path().join("run");
+    assert!(run_quick(&run, 1).status.success());
+    let before: Vec<Vec<u8>> = ["config.toml", "metrics.jsonl", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    let out = run_quick(&run, 1);
+    assert_one_line_error(&out, &["already holds a run", "--resume"]);
+    let after: Vec<Vec<u8>> = ["config.toml", "metrics.jsonl", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after, "an existing run is never overwritten");
+}
