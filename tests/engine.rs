@@ -173,3 +173,32 @@ fn idx_errors_name_the_file_and_the_problem() {
             .contains("truncated")
     );
 }
+
+#[test]
+fn subsets_are_seeded_ordered_and_not_the_first_images() {
+    let shape = ImageShape {
+        channels: 1,
+        height: 1,
+        width: 1,
+    };
+    let labels: Vec<u32> = (0..100).map(|i| i / 10).collect();
+    let pixels: Vec<u8> = (0..100).collect();
+    let data = trifecta::data::Dataset::new(shape, 10, pixels, labels);
+    let mut a = data.clone();
+    a.subsample(20, &mut Rng::new(5));
+    let mut b = data.clone();
+    b.subsample(20, &mut Rng::new(5));
+    assert_eq!(a.pixels, b.pixels);
+    assert_eq!(a.len(), 20);
+    assert!(
+        a.pixels.windows(2).all(|w| w[0] < w[1]),
+        "original order is kept"
+    );
+    assert!(
+        a.labels.iter().any(|l| *l >= 5),
+        "not just the first classes"
+    );
+    for (p, l) in a.pixels.iter().zip(&a.labels) {
+        assert_eq!(*l as u8, p / 10, "labels travel with their images");
+    }
+}

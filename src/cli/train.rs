@@ -79,10 +79,10 @@ pub struct TrainArgs {
     pub ensemble: Option<Vec<usize>>,
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_batch_size: Option<u64>,
-    /// Train on the first N images only.
+    /// Train on N images only (a random subset drawn with the seed).
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Test on the first N images only.
+    /// Test on N images only (a random subset drawn with the seed).
     #[arg(long)]
     pub test_limit: Option<usize>,
 }

@@ -147,11 +147,23 @@ impl Dataset {
         &self.pixels[i * size..(i + 1) * size]
     }
 
-    /// The first `n` samples (all if fewer).
-    pub fn truncate(&mut self, n: usize) {
-        let n = n.min(self.len());
-        self.labels.truncate(n);
-        self.pixels.truncate(n * self.shape.numel());
+    /// Keeps `n` samples (all if fewer), drawn uniformly without replacement and kept in
+    /// their original order. Files are often sorted by class, so the first `n` would not do.
+    pub fn subsample(&mut self, n: usize, rng: &mut Rng) {
+        if n >= self.len() {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        rng.shuffle(&mut order);
+        let mut keep = order[..n].to_vec();
+        keep.sort_unstable();
+        let size = self.shape.numel();
+        let mut pixels = Vec::with_capacity(n * size);
+        for &i in &keep {
+            pixels.extend_from_slice(self.image(i));
+        }
+        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
+        self.pixels = pixels;
     }
 
     /// Per-channel mean and std of the pixels on the [0, 1] scale.

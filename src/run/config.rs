@@ -37,7 +37,7 @@ pub struct TrainConfig {
     /// Layers averaged by the ensemble; empty = the last layer.
     pub ensemble: Vec<usize>,
     pub eval_batch_size: usize,
-    /// Use only the first N training / test images (0 = all).
+    /// Use only N training / test images, a subset drawn with the run's seed (0 = all).
     pub train_limit: usize,
     pub test_limit: usize,
 }

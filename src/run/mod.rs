@@ -40,10 +40,16 @@ pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
         ));
     }
     if config.train_limit > 0 {
-        train.truncate(config.train_limit);
+        train.subsample(
+            config.train_limit,
+            &mut crate::rng::Rng::stream(config.seed, 3),
+        );
     }
     if config.test_limit > 0 {
-        test.truncate(config.test_limit);
+        test.subsample(
+            config.test_limit,
+            &mut crate::rng::Rng::stream(config.seed, 4),
+        );
     }
     test.mean = train.mean.clone();
     test.std = train.std.clone();
