@@ -14,6 +14,7 @@
 //! - [`cli`]: the subcommands of the `trifecta` binary.
 
 pub mod backend;
+pub mod baselines;
 pub mod bench;
 pub mod cli;
 pub mod data;

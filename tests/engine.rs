@@ -202,3 +202,17 @@ fn subsets_are_seeded_ordered_and_not_the_first_images() {
         assert_eq!(*l as u8, p / 10, "labels travel with their images");
     }
 }
+
+#[test]
+fn flags_override_the_config_file_knob_by_knob() {
+    use trifecta::run::config::PartialConfig;
+    let file: PartialConfig = toml::from_str("model = \"bp\"\nwidth = 0.5\nepochs = 7\n").unwrap();
+    let flags = PartialConfig {
+        epochs: Some(2),
+        seed: Some(9),
+        ..PartialConfig::default()
+    };
+    let config = file.overlay(&flags).resolve().unwrap();
+    assert_eq!(config.model, trifecta::baselines::Model::Bp);
+    assert_eq!((config.width, config.epochs, config.seed), (0.5, 2, 9));
+}

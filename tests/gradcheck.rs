@@ -556,3 +556,140 @@ fn embedding_rejects_out_of_range_labels() {
         .unwrap_err();
     assert!(err.to_string().contains("label 2 out of range"), "{err}");
 }
+
+#[test]
+fn avgpool_gradients() {
+    let b = Cpu::new(2).unwrap();
+    for (n, pixels, c, seed) in [(1, 9, 3, 80), (4, 2, 5, 81)] {
+        let mut rng = Rng::new(seed);
+        let s = ChannelShape {
+            rows: n * pixels,
+            channels: c,
+        };
+        let x = random(&mut rng, n * pixels * c);
+        let r = random(&mut rng, n * c);
+        let forward = |x: &[f32]| -> f64 {
+            let mut out = b.zeros(n * c).unwrap();
+            b.avgpool_forward(&mut out, &b.upload(x).unwrap(), s, n)
+                .unwrap();
+            dot(&b.download(&out).unwrap(), &r)
+        };
+        let mut gx = b.zeros(x.len()).unwrap();
+        b.avgpool_backward(&mut gx, &b.upload(&r).unwrap(), s, n)
+            .unwrap();
+        check(
+            &format!("avgpool n{n}"),
+            &x,
+            &b.download(&gx).unwrap(),
+            &forward,
+            &mut rng,
+        );
+    }
+}
+
+#[test]
+fn linear_gradients() {
+    let b = Cpu::new(2).unwrap();
+    for (n, inputs, outputs, seed) in [(1, 7, 3, 90), (5, 16, 10, 91)] {
+        let mut rng = Rng::new(seed);
+        let x = random(&mut rng, n * inputs);
+        let w = random(&mut rng, outputs * inputs);
+        let bias = random(&mut rng, outputs);
+        let r = random(&mut rng, n * outputs);
+        let forward = |x: &[f32], w: &[f32], bias: &[f32]| -> f64 {
+            let mut out = b.zeros(n * outputs).unwrap();
+            b.linear_forward(
+                &mut out,
+                &b.upload(x).unwrap(),
+                &b.upload(w).unwrap(),
+                &b.upload(bias).unwrap(),
+                n,
+                inputs,
+                outputs,
+            )
+            .unwrap();
+            dot(&b.download(&out).unwrap(), &r)
+        };
+        let mut gx = b.zeros(x.len()).unwrap();
+        let (mut gw, mut gb) = (b.zeros(w.len()).unwrap(), b.zeros(outputs).unwrap());
+        b.linear_backward(
+            Some(&mut gx),
+            &mut gw,
+            &mut gb,
+            &b.upload(&r).unwrap(),
+            &b.upload(&x).unwrap(),
+            &b.upload(&w).unwrap(),
+            n,
+            inputs,
+            outputs,
+        )
+        .unwrap();
+        let what = format!("linear n{n} {inputs}->{outputs}");
+        check(
+            &format!("{what} input"),
+            &x,
+            &b.download(&gx).unwrap(),
+            &|x| forward(x, &w, &bias),
+            &mut rng,
+        );
+        check(
+            &format!("{what} weight"),
+            &w,
+            &b.download(&gw).unwrap(),
+            &|w| forward(&x, w, &bias),
+            &mut rng,
+        );
+        check(
+            &format!("{what} bias"),
+            &bias,
+            &b.download(&gb).unwrap(),
+            &|bi| forward(&x, &w, bi),
+            &mut rng,
+        );
+    }
+}
+
+#[test]
+fn cross_entropy_gradients() {
+    let b = Cpu::new(2).unwrap();
+    for (n, classes, seed) in [(1, 10, 100), (6, 4, 101)] {
+        let mut rng = Rng::new(seed);
+        let logits: Vec<f32> = (0..n * classes).map(|_| 3.0 * rng.normal()).collect();
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u32)).collect();
+        let forward = |z: &[f32]| -> f64 {
+            let (mut loss, mut g) = (b.zeros(1).unwrap(), b.zeros(n * classes).unwrap());
+            b.cross_entropy(&mut loss, &mut g, &b.upload(z).unwrap(), &labels, classes)
+                .unwrap();
+            b.download(&loss).unwrap()[0] as f64
+        };
+        let (mut loss, mut g) = (b.zeros(1).unwrap(), b.zeros(n * classes).unwrap());
+        b.cross_entropy(
+            &mut loss,
+            &mut g,
+            &b.upload(&logits).unwrap(),
+            &labels,
+            classes,
+        )
+        .unwrap();
+        check(
+            &format!("cross entropy n{n}"),
+            &logits,
+            &b.download(&g).unwrap(),
+            &forward,
+            &mut rng,
+        );
+        // Against the closed form -log softmax, computed here in f64.
+        let mut want = 0.0f64;
+        for i in 0..n {
+            let z = &logits[i * classes..(i + 1) * classes];
+            let sum: f64 = z.iter().map(|v| (*v as f64).exp()).sum();
+            want += sum.ln() - z[labels[i] as usize] as f64;
+        }
+        let got = b.download(&loss).unwrap()[0] as f64;
+        assert!(
+            (got - want / n as f64).abs() < 1e-5 * (1.0 + got.abs()),
+            "{got} vs {}",
+            want / n as f64
+        );
+    }
+}

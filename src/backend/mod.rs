@@ -262,6 +262,59 @@ pub trait Backend: Send + Sync + Sized + 'static {
         kind: FfLoss,
     ) -> Result<()>;
 
+    // ---- classifier heads (the backprop and local-classifier baselines) ----
+    /// out (N, C) = mean over the `pixels` positions of input (N, pixels, C).
+    fn avgpool_forward(
+        &self,
+        out: &mut Self::Buf,
+        input: &Self::Buf,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()>;
+    /// grad_input (N, pixels, C) = grad_out (N, C) / pixels, broadcast.
+    fn avgpool_backward(
+        &self,
+        grad_input: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()>;
+    /// out (N, out) = input (N, in) W^T + b, with W (out, in) and b (out).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_forward(
+        &self,
+        out: &mut Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        bias: &Self::Buf,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_weight: &mut Self::Buf,
+        grad_bias: &mut Self::Buf,
+        grad_out: &Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()>;
+    /// Mean softmax cross-entropy of logits (N, classes) against `labels`: loss (1) and
+    /// grad_logits (N, classes) = (softmax - onehot) / N.
+    fn cross_entropy(
+        &self,
+        loss: &mut Self::Buf,
+        grad_logits: &mut Self::Buf,
+        logits: &Self::Buf,
+        labels: &[u32],
+        classes: usize,
+    ) -> Result<()>;
+
     // ---- optimiser ----
     /// One Adam step; `step` is the 1-based step count of this state.
     fn adam_step(

@@ -2,6 +2,7 @@
 //! `--resume RUN_DIR` continues an interrupted run.
 
 use super::{device_arg, positive_f64};
+use crate::baselines::Model;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::ff::{Arch, LossKind};
@@ -18,6 +19,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// ff (Forward-Forward), bp (backprop baseline) or lcp (local classifier proxies).
+    #[arg(long, value_enum)]
+    pub model: Option<Model>,
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetKind>,
     /// Folder with the dataset's files (default: $TRIFECTA_DATA/<dataset>, else the user cache
@@ -123,6 +127,7 @@ impl TrainArgs {
     /// The knobs these flags set.
     pub fn partial(&self) -> PartialConfig {
         PartialConfig {
+            model: self.model,
             dataset: self.dataset,
             data_dir: self.data_dir.clone(),
             arch: self.arch.map(|a| match a {

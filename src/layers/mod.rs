@@ -8,6 +8,8 @@
 pub mod block;
 pub mod conv;
 pub mod embedding;
+pub mod head;
+pub mod linear;
 pub mod norm;
 
 use crate::backend::Backend;

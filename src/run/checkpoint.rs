@@ -38,6 +38,53 @@ fn to_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Serialises named f32 tensors with a metadata map.
+fn serialize(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape and byte count agree");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Saves a baseline's parameters (PyTorch names and layouts) with the epoch and config in the
+/// metadata. Baselines keep no optimiser state: their runs are not resumable.
+pub fn save_weights<B: Backend>(
+    path: &Path,
+    net: &mut crate::baselines::ClassifierNet<B>,
+    backend: &B,
+    epoch: u64,
+    config: &TrainConfig,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (name, param) in net.named_params_mut() {
+        tensors.push((
+            name,
+            param.torch_shape.clone(),
+            to_bytes(&param.to_torch(backend)?),
+        ));
+    }
+    let json = serde_json::json!({ "epoch": epoch, "config": config }).to_string();
+    let bytes = serialize(
+        path,
+        &tensors,
+        HashMap::from([(HEADER_KEY.to_string(), json)]),
+    )?;
+    write_atomic(path, &bytes)
+}
+
 /// Saves `net` to `path` (and the header to `path` with extension `.json`).
 pub fn save<B: Backend>(
     path: &Path,

@@ -1,6 +1,7 @@
 //! The training configuration: every knob of a run, from defaults, a TOML file and flags, in
 //! that order of precedence. The resolved configuration is written into the run folder.
 
+use crate::baselines::Model;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::ff::{Arch, LossKind};
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// `ff` (Forward-Forward), or the `bp` / `lcp` baselines.
+    pub model: Model,
     pub dataset: DatasetKind,
     /// Dataset folder; absent = the cache folder, with download on first use.
     pub data_dir: Option<PathBuf>,
@@ -46,6 +49,7 @@ pub struct TrainConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartialConfig {
+    pub model: Option<Model>,
     pub dataset: Option<DatasetKind>,
     pub data_dir: Option<PathBuf>,
     pub arch: Option<Arch>,
@@ -70,12 +74,6 @@ pub struct PartialConfig {
     pub test_limit: Option<usize>,
 }
 
-macro_rules! overlay {
-    ($base:expr, $top:expr, $($field:ident),*) => {
-        $( if $top.$field.is_some() { $base.$field = $top.$field.clone(); } )*
-    };
-}
-
 impl PartialConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -93,11 +91,11 @@ impl PartialConfig {
         })
     }
 
-    /// `self` with every knob that `top` sets replaced.
-    pub fn overlay(mut self, top: &PartialConfig) -> Self {
-        overlay!(
-            self,
-            top,
+    /// `self` with every knob that `top` sets replaced. The destructuring is exhaustive, so a
+    /// new knob cannot be forgotten here.
+    pub fn overlay(self, top: &PartialConfig) -> Self {
+        let PartialConfig {
+            model,
             dataset,
             data_dir,
             arch,
@@ -119,9 +117,33 @@ impl PartialConfig {
             ensemble,
             eval_batch_size,
             train_limit,
-            test_limit
-        );
-        self
+            test_limit,
+        } = top.clone();
+        PartialConfig {
+            model: model.or(self.model),
+            dataset: dataset.or(self.dataset),
+            data_dir: data_dir.or(self.data_dir),
+            arch: arch.or(self.arch),
+            width: width.or(self.width),
+            loss: loss.or(self.loss),
+            alpha: alpha.or(self.alpha),
+            tau: tau.or(self.tau),
+            apl: apl.or(self.apl),
+            norm: norm.or(self.norm),
+            epochs: epochs.or(self.epochs),
+            batch_size: batch_size.or(self.batch_size),
+            lr: lr.or(self.lr),
+            lr_schedule: lr_schedule.or(self.lr_schedule),
+            seed: seed.or(self.seed),
+            threads: threads.or(self.threads),
+            device: device.or(self.device),
+            out: out.or(self.out),
+            augment: augment.or(self.augment),
+            ensemble: ensemble.or(self.ensemble),
+            eval_batch_size: eval_batch_size.or(self.eval_batch_size),
+            train_limit: train_limit.or(self.train_limit),
+            test_limit: test_limit.or(self.test_limit),
+        }
     }
 
     /// Fills in defaults and checks every value. Without a dataset the run is the quick start:
@@ -131,6 +153,7 @@ impl PartialConfig {
         let dataset = self.dataset.unwrap_or(DatasetKind::MnistSample);
         let quick = dataset == DatasetKind::MnistSample;
         let config = TrainConfig {
+            model: self.model.unwrap_or(Model::Ff),
             dataset,
             data_dir: self.data_dir.clone(),
             arch: self.arch.unwrap_or(Arch::Small),

@@ -10,10 +10,10 @@ pub struct LayerRecord {
     pub layer: usize,
     /// Mean training loss over the steps where the layer updated.
     pub loss: f64,
-    /// Mean goodness of positives and negatives, and their difference.
-    pub positive: f64,
-    pub negative: f64,
-    pub delta: f64,
+    /// Mean goodness of positives and negatives, and their difference (FF only).
+    pub positive: Option<f64>,
+    pub negative: Option<f64>,
+    pub delta: Option<f64>,
     pub test_accuracy: f64,
 }
 

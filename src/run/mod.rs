@@ -10,6 +10,7 @@ pub mod metrics;
 
 use crate::backend::Backend;
 use crate::backend::cpu::Cpu;
+use crate::baselines::{ClassifierNet, Model};
 use crate::data::augment::Augment;
 use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ use std::time::Instant;
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The trained parameters of a baseline run.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
 /// The training and test splits of a config's dataset, with the training split's
 /// normalisation applied to both.
@@ -62,6 +65,12 @@ pub fn build_net<B: Backend>(
     config: &TrainConfig,
     data: &Dataset,
 ) -> Result<FfNet<B>> {
+    FfNet::new(backend, ff_config(config, data)?, config.seed)
+}
+
+/// The FF configuration (architecture, rule, Adam) of a run, for images of `data`'s shape;
+/// the baselines take their trunk from it too.
+pub fn ff_config(config: &TrainConfig, data: &Dataset) -> Result<FfConfig> {
     let mut ff = FfConfig::trifecta(config.arch, config.width, data.shape, data.classes)?;
     ff.loss = config.loss;
     ff.alpha = config.alpha;
@@ -69,7 +78,7 @@ pub fn build_net<B: Backend>(
     ff.apl = config.apl;
     ff.norm = config.norm;
     ff.adam.lr = config.lr as f32;
-    FfNet::new(backend, ff, config.seed)
+    Ok(ff)
 }
 
 fn ensemble_layers(config: &TrainConfig, layers: usize) -> Vec<usize> {
@@ -124,6 +133,9 @@ fn progress_bar(epoch: u64, epochs: u64, steps: usize) -> indicatif::ProgressBar
 /// `config.out` from its checkpoint. Prints one block per epoch; returns every epoch's record.
 pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
     config.validate()?;
+    if config.model != Model::Ff {
+        return train_baseline(config, resume);
+    }
     let dir = config.out.clone();
     let backend = Cpu::new(config.threads)?;
     let (train, test) = load_data(config)?;
@@ -223,9 +235,9 @@ fn epoch_record(
             .map(|(layer, (s, accuracy))| LayerRecord {
                 layer,
                 loss: s.loss,
-                positive: s.positive,
-                negative: s.negative,
-                delta: s.delta(),
+                positive: Some(s.positive),
+                negative: Some(s.negative),
+                delta: Some(s.delta()),
                 test_accuracy: *accuracy,
             })
             .collect(),
@@ -249,13 +261,14 @@ fn print_epoch(r: &EpochRecord, epochs: u64) {
         100.0 * r.ensemble_accuracy
     );
     for l in &r.layers {
+        let goodness = match (l.positive, l.negative, l.delta) {
+            (Some(p), Some(n), Some(d)) => format!("  pos {p:.4}  neg {n:.4}  delta {d:+.4}"),
+            _ => String::new(),
+        };
         println!(
-            "  layer {}: loss {:.4}  pos {:.4}  neg {:.4}  delta {:+.4}  test accuracy {:.2}%",
+            "  layer {}: loss {:.4}{goodness}  test accuracy {:.2}%",
             l.layer,
             l.loss,
-            l.positive,
-            l.negative,
-            l.delta,
             100.0 * l.test_accuracy
         );
     }
@@ -281,4 +294,119 @@ pub fn evaluate_checkpoint(
     let ensemble = ensemble_layers(&config, net.blocks.len());
     let eval = evaluate(&mut net, &backend, &test, config.eval_batch_size, &ensemble)?;
     Ok((config, eval))
+}
+
+/// Trains a baseline (`bp` or `lcp`) on the same data pipeline: a run folder with the config,
+/// the metrics (one record per head: its loss and test accuracy) and the trained parameters in
+/// `weights.safetensors`. Baseline runs cannot be resumed.
+fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
+    if resume {
+        return Err(Error::Config(format!(
+            "{}: only FF runs can be resumed; this is a {:?} run",
+            config.out.display(),
+            config.model
+        )));
+    }
+    let dir = config.out.clone();
+    let backend = Cpu::new(config.threads)?;
+    let (train, test) = load_data(config)?;
+    let mut net = ClassifierNet::new(
+        &backend,
+        ff_config(config, &train)?,
+        config.model,
+        config.seed,
+    )?;
+    create_run_dir(&dir, config)?;
+    let layers = net.head_layers();
+    println!(
+        "run {}: {:?} baseline on {} ({} train / {} test images), {}, widths {:?}, norm {:?}, batch {}",
+        dir.display(),
+        config.model,
+        config.dataset.name(),
+        train.len(),
+        test.len(),
+        backend.name(),
+        net.config.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+        config.norm,
+        config.batch_size
+    );
+    let augment = config.augment.then(Augment::default);
+    let mut records = Vec::new();
+    for epoch in 1..=config.epochs {
+        let lr = config.lr_at(epoch);
+        net.config.adam.lr = lr as f32;
+        let steps = train.len().div_ceil(config.batch_size);
+        let bar = progress_bar(epoch, config.epochs, steps);
+        let started = Instant::now();
+        let mut loss_sums = vec![0.0f64; layers.len()];
+        let mut seen = 0usize;
+        data::loader::with_epoch_batches(
+            &train,
+            config.batch_size,
+            config.seed,
+            epoch,
+            augment,
+            |_, batches| -> Result<()> {
+                for batch in batches {
+                    let losses = net.train_step(&backend, &batch.images, &batch.positive)?;
+                    for (sum, l) in loss_sums.iter_mut().zip(&losses) {
+                        *sum += *l as f64;
+                    }
+                    seen += batch.positive.len();
+                    let rate = seen as f64 / started.elapsed().as_secs_f64();
+                    bar.set_message(format!(
+                        "loss {:.4} {rate:.0} samples/s",
+                        losses.last().copied().unwrap_or(f32::NAN)
+                    ));
+                    bar.inc(1);
+                }
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        let train_seconds = started.elapsed().as_secs_f64();
+        let eval_start = Instant::now();
+        let mut correct = vec![0usize; layers.len()];
+        let indices: Vec<usize> = (0..test.len()).collect();
+        for chunk in indices.chunks(config.eval_batch_size) {
+            let (images, labels) = test.batch(chunk, None);
+            for (c, predictions) in correct.iter_mut().zip(net.predict(&backend, &images)?) {
+                *c += predictions
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(p, y)| p == y)
+                    .count();
+            }
+        }
+        let accuracy: Vec<f64> = correct
+            .iter()
+            .map(|c| *c as f64 / test.len().max(1) as f64)
+            .collect();
+        let record = EpochRecord {
+            epoch,
+            lr,
+            layers: layers
+                .iter()
+                .enumerate()
+                .map(|(k, &layer)| LayerRecord {
+                    layer,
+                    loss: loss_sums[k] / steps.max(1) as f64,
+                    positive: None,
+                    negative: None,
+                    delta: None,
+                    test_accuracy: accuracy[k],
+                })
+                .collect(),
+            ensemble_layers: vec![*layers.last().expect("at least one head")],
+            ensemble_accuracy: *accuracy.last().expect("at least one head"),
+            train_seconds,
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+            samples_per_second: train.len() as f64 / train_seconds,
+        };
+        print_epoch(&record, config.epochs);
+        metrics::append(&dir.join(METRICS_FILE), &record)?;
+        checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, &backend, epoch, config)?;
+        records.push(record);
+    }
+    Ok(records)
 }

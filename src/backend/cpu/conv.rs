@@ -68,10 +68,10 @@ fn im2col(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usi
     }
 }
 
-/// dst (m x n, row-major, leading dim `dst_ld`) = [dst +] lhs (m x k) * rhs (k x n), with
-/// explicit element strides for lhs and rhs (column stride, row stride).
+/// dst (m x n, row-major) = [dst +] lhs (m x k) * rhs (k x n), with explicit element strides
+/// for lhs and rhs (column stride, row stride).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

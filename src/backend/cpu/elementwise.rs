@@ -223,3 +223,58 @@ pub fn adam_step(
             }
         });
 }
+
+/// out (N, C) = mean over rows of each sample's (pixels, C) block.
+pub fn avgpool_forward(out: &mut [f32], input: &[f32], pixels: usize, c: usize) {
+    out.par_chunks_mut(c)
+        .zip(input.par_chunks(pixels * c))
+        .for_each(|(o, x)| {
+            o.fill(0.0);
+            for px in x.chunks(c) {
+                for (a, v) in o.iter_mut().zip(px) {
+                    *a += v;
+                }
+            }
+            let scale = 1.0 / pixels as f32;
+            for a in o.iter_mut() {
+                *a *= scale;
+            }
+        });
+}
+
+pub fn avgpool_backward(grad_input: &mut [f32], grad_out: &[f32], pixels: usize, c: usize) {
+    let scale = 1.0 / pixels as f32;
+    grad_input
+        .par_chunks_mut(pixels * c)
+        .zip(grad_out.par_chunks(c))
+        .for_each(|(gi, g)| {
+            for px in gi.chunks_mut(c) {
+                for (d, v) in px.iter_mut().zip(g) {
+                    *d = v * scale;
+                }
+            }
+        });
+}
+
+pub fn cross_entropy(
+    loss: &mut [f32],
+    grad_logits: &mut [f32],
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+) {
+    let n = labels.len();
+    let mut total = 0.0f64;
+    for (i, &label) in labels.iter().enumerate() {
+        let z = &logits[i * classes..(i + 1) * classes];
+        let g = &mut grad_logits[i * classes..(i + 1) * classes];
+        let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = z.iter().map(|v| (*v as f64 - max).exp()).sum();
+        total += sum.ln() + max - z[label as usize] as f64;
+        for (k, (gk, zk)) in g.iter_mut().zip(z).enumerate() {
+            let p = (*zk as f64 - max).exp() / sum;
+            *gk = ((p - if k == label as usize { 1.0 } else { 0.0 }) / n as f64) as f32;
+        }
+    }
+    loss[0] = (total / n as f64) as f32;
+}

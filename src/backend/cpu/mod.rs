@@ -533,6 +533,152 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn avgpool_forward(
+        &self,
+        out: &mut Vec<f32>,
+        input: &Vec<f32>,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()> {
+        check("avgpool_forward.input", input, s.rows * s.channels)?;
+        check("avgpool_forward.out", out, n * s.channels)?;
+        let pixels = s.rows / n.max(1);
+        self.run("avgpool_forward", || {
+            elementwise::avgpool_forward(out, input, pixels, s.channels)
+        });
+        Ok(())
+    }
+    fn avgpool_backward(
+        &self,
+        grad_input: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()> {
+        check(
+            "avgpool_backward.grad_input",
+            grad_input,
+            s.rows * s.channels,
+        )?;
+        check("avgpool_backward.grad_out", grad_out, n * s.channels)?;
+        let pixels = s.rows / n.max(1);
+        self.run("avgpool_backward", || {
+            elementwise::avgpool_backward(grad_input, grad_out, pixels, s.channels)
+        });
+        Ok(())
+    }
+    fn linear_forward(
+        &self,
+        out: &mut Vec<f32>,
+        input: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()> {
+        check("linear_forward.input", input, n * inputs)?;
+        check("linear_forward.weight", weight, outputs * inputs)?;
+        check("linear_forward.bias", bias, outputs)?;
+        check("linear_forward.out", out, n * outputs)?;
+        self.run("linear_forward", || {
+            for row in out.chunks_mut(outputs) {
+                row.copy_from_slice(bias);
+            }
+            // out (n x outputs) += input (n x inputs) * W^T, W^T element (k, o) at o*inputs + k.
+            conv::matmul(
+                n,
+                outputs,
+                inputs,
+                out,
+                true,
+                input,
+                1,
+                inputs as isize,
+                weight,
+                inputs as isize,
+                1,
+            );
+        });
+        Ok(())
+    }
+    fn linear_backward(
+        &self,
+        grad_input: Option<&mut Vec<f32>>,
+        grad_weight: &mut Vec<f32>,
+        grad_bias: &mut Vec<f32>,
+        grad_out: &Vec<f32>,
+        input: &Vec<f32>,
+        weight: &Vec<f32>,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()> {
+        check("linear_backward.grad_out", grad_out, n * outputs)?;
+        check("linear_backward.input", input, n * inputs)?;
+        check("linear_backward.grad_weight", grad_weight, outputs * inputs)?;
+        self.run("linear_backward", || {
+            for row in grad_out.chunks(outputs) {
+                for (b, g) in grad_bias.iter_mut().zip(row) {
+                    *b += g;
+                }
+            }
+            // dW (outputs x inputs) += dY^T (outputs x n) * X (n x inputs)
+            conv::matmul(
+                outputs,
+                inputs,
+                n,
+                grad_weight,
+                true,
+                grad_out,
+                outputs as isize,
+                1,
+                input,
+                1,
+                inputs as isize,
+            );
+            if let Some(gi) = grad_input {
+                // dX (n x inputs) = dY (n x outputs) * W (outputs x inputs)
+                conv::matmul(
+                    n,
+                    inputs,
+                    outputs,
+                    gi,
+                    false,
+                    grad_out,
+                    1,
+                    outputs as isize,
+                    weight,
+                    1,
+                    inputs as isize,
+                );
+            }
+        });
+        Ok(())
+    }
+    fn cross_entropy(
+        &self,
+        loss: &mut Vec<f32>,
+        grad_logits: &mut Vec<f32>,
+        logits: &Vec<f32>,
+        labels: &[u32],
+        classes: usize,
+    ) -> Result<()> {
+        check("cross_entropy.logits", logits, labels.len() * classes)?;
+        check(
+            "cross_entropy.grad_logits",
+            grad_logits,
+            labels.len() * classes,
+        )?;
+        if let Some(bad) = labels.iter().find(|l| **l as usize >= classes) {
+            return Err(Error::Config(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
+        }
+        elementwise::cross_entropy(loss, grad_logits, logits, labels, classes);
+        Ok(())
+    }
+
     fn adam_step(
         &self,
         param: &mut Vec<f32>,
