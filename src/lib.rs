@@ -9,7 +9,11 @@
 //!   conv 3x3, BatchNorm/LayerNorm and the FF block.
 //! - [`optim`]: the Adam optimiser.
 //! - [`ff`]: the FF algorithm: config, training step with APL, evaluation.
-//! - [`data`]: datasets and batching.
+//! - [`baselines`]: backprop and local-classifier-proxy networks on the same trunk.
+//! - [`data`]: dataset formats, downloads, augmentation and the batch loader.
+//! - [`run`]: run folders: config, metrics, checkpoints, resume.
+//! - [`experiments`]: the thesis' experiments as grids of runs.
+//! - [`report`]: Markdown reports with figures.
 //! - [`bench`]: the training-step benchmark behind `trifecta bench`.
 //! - [`cli`]: the subcommands of the `trifecta` binary.
 
@@ -19,10 +23,12 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod experiments;
 pub mod ff;
 pub mod layers;
 pub mod optim;
 pub mod profile;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod tensor;

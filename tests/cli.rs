@@ -401,3 +401,76 @@ fn unusable_output_folders_and_existing_runs() {
         .collect();
     assert_eq!(before, after, "an existing run is never overwritten");
 }
+
+#[test]
+fn reproduce_and_report_write_tables_and_figures() {
+    let tmp = TempDir::new("reproduce");
+    let out = tmp.path().join("lcp");
+    let args = [
+        "reproduce",
+        "lcp",
+        "--dataset",
+        "mnist-sample",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "100",
+        "--train-limit",
+        "300",
+        "--test-limit",
+        "100",
+        "--epochs",
+        "2",
+        "--threads",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = trifecta(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let table = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        table.contains("| ff |") && table.contains("| lcp |") && table.contains("layer 5"),
+        "{table}"
+    );
+    // A second call reuses the finished runs.
+    let again = trifecta(&args);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
+
+    let report = tmp.path().join("report");
+    let out_report = trifecta(&[
+        "report",
+        out.join("ff").to_str().unwrap(),
+        out.join("lcp").to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out_report.status.success(), "{}", stderr(&out_report));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for figure in [
+        "layers",
+        "accuracy-ff",
+        "accuracy-lcp",
+        "delta-ff",
+        "goodness-ff",
+    ] {
+        assert!(
+            md.contains(&format!("({figure}.png)")),
+            "{figure} missing from the report"
+        );
+        for ext in ["png", "svg"] {
+            let path = report.join(format!("{figure}.{ext}"));
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            assert!(size > 1000, "{} is missing or empty", path.display());
+        }
+    }
+    assert!(
+        !md.contains("(delta-lcp.png)"),
+        "the LCP baseline has no goodness, hence no delta figure"
+    );
+    let png = image::open(report.join("goodness-ff.png")).unwrap();
+    assert!(png.width() >= 800);
+
+    let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
+    assert_one_line_error(&missing, &["nothing", "config.toml"]);
+}

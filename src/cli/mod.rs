@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod report;
+pub mod reproduce;
 pub mod train;
 
 use crate::error::{Error, Result};
@@ -30,6 +32,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Download and verify datasets.
     Data(data::DataArgs),
+    /// Run one of the thesis' experiments and write its result table.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Write a Markdown report with figures from run folders.
+    Report(report::ReportArgs),
 }
 
 /// `--device cpu|cuda[:N]`.
@@ -86,5 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

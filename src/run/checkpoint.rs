@@ -212,3 +212,38 @@ pub fn load<B: Backend>(path: &Path, net: &mut FfNet<B>, backend: &B) -> Result<
     net.iteration = header.iteration;
     Ok(header)
 }
+
+/// Writes named f32 vectors (no metadata), atomically.
+pub fn save_vectors(path: &Path, vectors: &[(String, Vec<f32>)]) -> Result<()> {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vectors
+        .iter()
+        .map(|(name, v)| (name.clone(), vec![v.len()], to_bytes(v)))
+        .collect();
+    let bytes = serialize(path, &tensors, HashMap::new())?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads named f32 tensors (flattened) from a safetensors file.
+pub fn load_vectors(path: &Path) -> Result<Vec<(String, Vec<f32>)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("not a safetensors file: {e}"),
+    })?;
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+        .map(|(name, v)| {
+            (
+                name,
+                v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

@@ -25,6 +25,8 @@ use std::time::Instant;
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// Goodness samples of positives and negatives per layer, after the last epoch (FF runs).
+pub const GOODNESS_FILE: &str = "goodness.safetensors";
 /// The trained parameters of a baseline run.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
@@ -214,7 +216,38 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
         checkpoint::save(&checkpoint_path, &mut net, &backend, &header)?;
         records.push(record);
     }
+    if !records.is_empty() {
+        save_goodness_samples(&dir.join(GOODNESS_FILE), &mut net, &backend, &test, config)?;
+    }
     Ok(records)
+}
+
+/// Goodness of every layer for up to 1,000 test images, once with the true label and once with
+/// a uniformly drawn wrong one (the thesis' "data separation" histograms): tensors
+/// `layer{i}.positive` and `layer{i}.negative`.
+fn save_goodness_samples<B: Backend>(
+    path: &Path,
+    net: &mut FfNet<B>,
+    backend: &B,
+    test: &Dataset,
+    config: &TrainConfig,
+) -> Result<()> {
+    let mut rng = crate::rng::Rng::stream(config.seed, 5);
+    let m = test.len().min(1000);
+    let indices: Vec<usize> = (0..m).collect();
+    let (images, labels) = test.batch(&indices, None);
+    let wrong = data::wrong_labels(&labels, test.classes, &mut rng);
+    let goodness = net.goodness_per_label(backend, &images)?;
+    let layers = net.blocks.len();
+    let mut tensors = Vec::new();
+    for layer in 0..layers {
+        let at = |label: u32, i: usize| goodness[(label as usize * layers + layer) * m + i];
+        let positive: Vec<f32> = (0..m).map(|i| at(labels[i], i)).collect();
+        let negative: Vec<f32> = (0..m).map(|i| at(wrong[i], i)).collect();
+        tensors.push((format!("layer{layer}.positive"), positive));
+        tensors.push((format!("layer{layer}.negative"), negative));
+    }
+    checkpoint::save_vectors(path, &tensors)
 }
 
 fn epoch_record(

@@ -1,0 +1,37 @@
+//! `trifecta reproduce <experiment>`: one of the thesis' experiments as one command.
+
+use super::train::TrainArgs;
+use crate::error::{Error, Result};
+use crate::experiments::{self, Experiment};
+use crate::run::config::PartialConfig;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// ablation, datasets, convergence or lcp.
+    #[arg(value_enum)]
+    pub experiment: Experiment,
+    /// Any `train` flag (epochs, device, data dir, width...); the grid's own knobs win. With
+    /// `datasets`, --data-dir is a folder holding mnist/, fashion-mnist/, svhn/ and cifar10/.
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+pub fn run(args: ReproduceArgs) -> Result<()> {
+    if args.train.resume.is_some() {
+        return Err(Error::Config(
+            "reproduce resumes its unfinished runs by itself: run the same command again instead of --resume".into(),
+        ));
+    }
+    let flags = match &args.train.config {
+        Some(path) => PartialConfig::from_file(path)?.overlay(&args.train.partial()),
+        None => args.train.partial(),
+    };
+    let out = flags.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())
+    });
+    let path = experiments::run(args.experiment, &flags, &out)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

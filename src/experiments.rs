@@ -1,0 +1,237 @@
+//! The thesis' experiments as grids of runs, with the thesis' numbers to set beside ours.
+//!
+//! - `ablation`: vanilla FF (threshold loss, LayerNorm, no APL), SymBa, SymBa + APL,
+//!   SymBa + BN and the Trifecta, on one dataset;
+//! - `datasets`: FF and backprop on MNIST, Fashion-MNIST, SVHN and CIFAR-10;
+//! - `convergence`: the large network with the 200/200/100 learning-rate schedule;
+//! - `lcp`: FF against local classifier proxies, layer by layer.
+
+use crate::baselines::Model;
+use crate::data::DatasetKind;
+use crate::error::{Error, Result};
+use crate::ff::{Arch, LossKind};
+use crate::layers::norm::NormKind;
+use crate::run::config::PartialConfig;
+use crate::run::metrics::EpochRecord;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Experiment {
+    Ablation,
+    Datasets,
+    Convergence,
+    Lcp,
+}
+
+/// One run of a grid.
+pub struct Variant {
+    pub name: String,
+    /// Knobs the grid fixes; they win over the user's flags.
+    pub fixed: PartialConfig,
+    /// The thesis' test accuracy (percent) and what it refers to.
+    pub thesis: Option<(f64, &'static str)>,
+}
+
+fn ff(loss: LossKind, norm: NormKind, apl: bool) -> PartialConfig {
+    PartialConfig {
+        model: Some(Model::Ff),
+        loss: Some(loss),
+        norm: Some(norm),
+        apl: Some(apl),
+        ..PartialConfig::default()
+    }
+}
+
+const CIFAR_100: &str = "CIFAR-10, 100 epochs";
+
+/// The runs of `experiment`; `dataset` is the one the user chose (ablation, lcp).
+pub fn variants(experiment: Experiment, dataset: DatasetKind) -> Vec<Variant> {
+    let v = |name: &str, fixed: PartialConfig, thesis: Option<(f64, &'static str)>| Variant {
+        name: name.into(),
+        fixed,
+        thesis,
+    };
+    match experiment {
+        Experiment::Ablation => vec![
+            v(
+                "vanilla",
+                ff(LossKind::Threshold, NormKind::Layer, false),
+                Some((34.3, CIFAR_100)),
+            ),
+            v(
+                "symba",
+                ff(LossKind::Symba, NormKind::Layer, false),
+                Some((55.7, CIFAR_100)),
+            ),
+            v(
+                "symba-apl",
+                ff(LossKind::Symba, NormKind::Layer, true),
+                Some((61.4, CIFAR_100)),
+            ),
+            v(
+                "symba-bn",
+                ff(LossKind::Symba, NormKind::Batch, false),
+                Some((64.7, CIFAR_100)),
+            ),
+            v(
+                "trifecta",
+                ff(LossKind::Symba, NormKind::Batch, true),
+                Some((74.0, CIFAR_100)),
+            ),
+        ],
+        Experiment::Datasets => {
+            let table = [
+                (DatasetKind::Mnist, 98.3, 99.1),
+                (DatasetKind::FashionMnist, 85.0, 93.6),
+                (DatasetKind::Svhn, 91.8, 94.1),
+                (DatasetKind::Cifar10, 74.0, 88.9),
+            ];
+            let mut out = Vec::new();
+            for (kind, ff_thesis, bp_thesis) in table {
+                for (model, thesis) in [(Model::Ff, ff_thesis), (Model::Bp, bp_thesis)] {
+                    let fixed = PartialConfig {
+                        model: Some(model),
+                        dataset: Some(kind),
+                        ..PartialConfig::default()
+                    };
+                    let name = format!("{}-{}", format!("{model:?}").to_lowercase(), kind.name());
+                    out.push(v(&name, fixed, Some((thesis, "100 epochs"))));
+                }
+            }
+            out
+        }
+        Experiment::Convergence => vec![v(
+            "trifecta-large",
+            PartialConfig {
+                arch: Some(Arch::Large),
+                lr_schedule: Some("200:1e-3,200:5e-4,100:1e-4".into()),
+                epochs: Some(500),
+                ..ff(LossKind::Symba, NormKind::Batch, true)
+            },
+            (dataset == DatasetKind::Cifar10).then_some((84.3, "CIFAR-10, 500 epochs, large")),
+        )],
+        Experiment::Lcp => vec![
+            v("ff", ff(LossKind::Symba, NormKind::Batch, true), None),
+            v(
+                "lcp",
+                PartialConfig {
+                    model: Some(Model::Lcp),
+                    ..PartialConfig::default()
+                },
+                None,
+            ),
+        ],
+    }
+}
+
+/// Runs every variant of `experiment` under `out` (`out/<variant>`), on top of the user's
+/// `flags`, then writes `out/results.md`. Finished runs are reused; FF runs that stopped early
+/// are resumed. Returns the table's path.
+pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<PathBuf> {
+    let dataset = flags.dataset.unwrap_or(DatasetKind::Cifar10);
+    let mut rows = Vec::new();
+    for variant in variants(experiment, dataset) {
+        let dir = out.join(&variant.name);
+        let mut partial = flags.clone().overlay(&variant.fixed);
+        partial.dataset = variant.fixed.dataset.or(Some(dataset));
+        partial.out = Some(dir.clone());
+        if experiment == Experiment::Datasets {
+            // --data-dir is a root holding one folder per dataset.
+            let kind = partial.dataset.expect("set above");
+            partial.data_dir = flags.data_dir.as_ref().map(|root| root.join(kind.name()));
+        }
+        if experiment == Experiment::Convergence && flags.epochs.is_some() {
+            partial.epochs = flags.epochs;
+        }
+        let config = partial.resolve()?;
+        let records = if dir.join(crate::run::CONFIG_FILE).exists() {
+            let done =
+                crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
+            if done.last().is_some_and(|r| r.epoch >= config.epochs) {
+                println!("{}: already finished, reusing its results", dir.display());
+                done
+            } else if config.model == Model::Ff {
+                let mut records = done
+                    .into_iter()
+                    .filter(|r| {
+                        crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
+                            .is_ok_and(|h| r.epoch <= h.epoch)
+                    })
+                    .collect::<Vec<_>>();
+                records.extend(crate::run::train(&config, true)?);
+                records
+            } else {
+                return Err(Error::Config(format!(
+                    "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
+                    dir.display(),
+                    config.model
+                )));
+            }
+        } else {
+            crate::run::train(&config, false)?
+        };
+        rows.push((variant, config, records));
+    }
+    let table = results_table(experiment, &rows);
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join("results.md");
+    crate::run::checkpoint::write_atomic(&path, table.as_bytes())?;
+    println!("\n{table}");
+    Ok(path)
+}
+
+fn results_table(
+    experiment: Experiment,
+    rows: &[(Variant, crate::run::config::TrainConfig, Vec<EpochRecord>)],
+) -> String {
+    let mut md = format!("# {experiment:?}\n\n");
+    let layers = rows
+        .iter()
+        .filter_map(|r| r.2.last())
+        .map(|e| e.layers.iter().map(|l| l.layer + 1).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let mut header =
+        String::from("| run | dataset | epochs | thesis | ours (reported layer) | best layer |");
+    let mut rule = String::from("|---|---|---|---|---|---|");
+    for l in 0..layers {
+        let _ = write!(header, " layer {l} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for (variant, config, records) in rows {
+        let Some(last) = records.last() else { continue };
+        let thesis = variant
+            .thesis
+            .map_or("n/a".to_string(), |(v, what)| format!("{v:.1}% ({what})"));
+        let best = last
+            .layers
+            .iter()
+            .max_by(|a, b| a.test_accuracy.total_cmp(&b.test_accuracy))
+            .map_or(String::new(), |l| {
+                format!("{:.2}% (layer {})", 100.0 * l.test_accuracy, l.layer)
+            });
+        let mut row = format!(
+            "| {} | {} | {} | {thesis} | {:.2}% |  {best} |",
+            variant.name,
+            config.dataset.name(),
+            last.epoch,
+            100.0 * last.ensemble_accuracy
+        );
+        for l in 0..layers {
+            match last.layers.iter().find(|x| x.layer == l) {
+                Some(x) => {
+                    let _ = write!(row, " {:.2}% |", 100.0 * x.test_accuracy);
+                }
+                None => row.push_str(" |"),
+            }
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(
+        md,
+        "\nThe thesis column is the thesis' own figure for that setting where it has one; ours come from the runs in this folder (same seed, epochs and width as given on the command line), so they are comparable only when those match the thesis' settings."
+    );
+    md
+}
