@@ -202,14 +202,7 @@ impl<B: Backend> ClassifierNet<B> {
     pub fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
         let mut out = Vec::new();
         for (i, block) in self.blocks.iter_mut().enumerate() {
-            for p in block.params_mut() {
-                let layer = if p.torch_shape.len() == 4 {
-                    "conv"
-                } else {
-                    "norm"
-                };
-                out.push((format!("block{i}.{layer}.{}", p.name), p));
-            }
+            out.extend(block.named_params_mut(i));
         }
         for (k, head) in self.heads.iter_mut().enumerate() {
             for p in head.params_mut() {

@@ -328,14 +328,7 @@ impl<B: Backend> FfNet<B> {
     pub fn named_params(&self) -> Vec<(String, &Param<B>)> {
         let mut out = vec![("embedding.weight".to_string(), &self.embedding.table)];
         for (i, block) in self.blocks.iter().enumerate() {
-            for p in block.params() {
-                let layer = if p.torch_shape.len() == 4 {
-                    "conv"
-                } else {
-                    "norm"
-                };
-                out.push((format!("block{i}.{layer}.{}", p.name), p));
-            }
+            out.extend(block.named_params(i));
         }
         out
     }
@@ -343,14 +336,7 @@ impl<B: Backend> FfNet<B> {
     pub fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
         let mut out = vec![("embedding.weight".to_string(), &mut self.embedding.table)];
         for (i, block) in self.blocks.iter_mut().enumerate() {
-            for p in block.params_mut() {
-                let layer = if p.torch_shape.len() == 4 {
-                    "conv"
-                } else {
-                    "norm"
-                };
-                out.push((format!("block{i}.{layer}.{}", p.name), p));
-            }
+            out.extend(block.named_params_mut(i));
         }
         out
     }

@@ -106,6 +106,23 @@ impl<B: Backend> Block<B> {
         ]
     }
 
+    /// Parameters with their PyTorch names, for the block at position `index`.
+    pub fn named_params(&self, index: usize) -> [(String, &Param<B>); 3] {
+        [
+            (format!("block{index}.norm.weight"), &self.norm.weight),
+            (format!("block{index}.norm.bias"), &self.norm.bias),
+            (format!("block{index}.conv.weight"), &self.conv.weight),
+        ]
+    }
+
+    pub fn named_params_mut(&mut self, index: usize) -> [(String, &mut Param<B>); 3] {
+        [
+            (format!("block{index}.norm.weight"), &mut self.norm.weight),
+            (format!("block{index}.norm.bias"), &mut self.norm.bias),
+            (format!("block{index}.conv.weight"), &mut self.conv.weight),
+        ]
+    }
+
     /// The block's output after the last forward: `(N, H', W', Cout)`.
     pub fn output(&self) -> &B::Buf {
         if self.spec.pool {
