@@ -115,20 +115,70 @@ pub fn read_config(dir: &Path) -> Result<TrainConfig> {
     Ok(config)
 }
 
-/// How a run reports progress: a bar on a terminal, plain lines otherwise.
-fn progress_bar(epoch: u64, epochs: u64, steps: usize) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// How a run reports progress within an epoch: a bar on a terminal; otherwise a plain log
+/// line at every tenth of the epoch.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Plain {
+        epoch: u64,
+        epochs: u64,
+        steps: usize,
+        done: usize,
+    },
+}
+
+impl Progress {
+    fn new(epoch: u64, epochs: u64, steps: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Progress::Plain {
+                epoch,
+                epochs,
+                steps,
+                done: 0,
+            };
+        }
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} {bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        Progress::Bar(bar)
     }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "epoch {prefix} {bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix(format!("{epoch}/{epochs}"));
-    bar
+
+    /// One more step done; `loss` and `rate` (samples/s) describe it.
+    fn step(&mut self, loss: Option<f32>, rate: f64) {
+        let message = match loss {
+            Some(l) => format!("loss {l:.4} {rate:.0} samples/s"),
+            None => format!("{rate:.0} samples/s"),
+        };
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_message(message);
+                bar.inc(1);
+            }
+            Progress::Plain {
+                epoch,
+                epochs,
+                steps,
+                done,
+            } => {
+                *done += 1;
+                let tenth = (*steps / 10).max(1);
+                if *done % tenth == 0 && *done < *steps {
+                    eprintln!("epoch {epoch}/{epochs} step {done}/{steps} {message}");
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Trains `config` from scratch into `config.out`, or, with `resume`, continues the run in
@@ -180,7 +230,7 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
         let steps = train.len().div_ceil(config.batch_size);
-        let bar = progress_bar(epoch, config.epochs, steps);
+        let mut progress = Progress::new(epoch, config.epochs, steps);
         let started = Instant::now();
         let stats = train_epoch(
             &mut net,
@@ -194,13 +244,10 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
                 let last = metrics.iter().rev().flatten().next();
                 let rate =
                     ((step + 1) * config.batch_size) as f64 / started.elapsed().as_secs_f64();
-                if let Some(m) = last {
-                    bar.set_message(format!("loss {:.4} {:.0} samples/s", m.loss, rate));
-                }
-                bar.inc(1);
+                progress.step(last.map(|m| m.loss), rate);
             },
         )?;
-        bar.finish_and_clear();
+        progress.finish();
         let eval_start = Instant::now();
         let eval = evaluate(&mut net, &backend, &test, config.eval_batch_size, &ensemble)?;
         let record = epoch_record(epoch, lr, &stats, &eval, eval_start.elapsed().as_secs_f64());
@@ -369,7 +416,7 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
         let steps = train.len().div_ceil(config.batch_size);
-        let bar = progress_bar(epoch, config.epochs, steps);
+        let mut progress = Progress::new(epoch, config.epochs, steps);
         let started = Instant::now();
         let mut loss_sums = vec![0.0f64; layers.len()];
         let mut seen = 0usize;
@@ -387,16 +434,12 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
                     }
                     seen += batch.positive.len();
                     let rate = seen as f64 / started.elapsed().as_secs_f64();
-                    bar.set_message(format!(
-                        "loss {:.4} {rate:.0} samples/s",
-                        losses.last().copied().unwrap_or(f32::NAN)
-                    ));
-                    bar.inc(1);
+                    progress.step(losses.last().copied(), rate);
                 }
                 Ok(())
             },
         )?;
-        bar.finish_and_clear();
+        progress.finish();
         let train_seconds = started.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let mut correct = vec![0usize; layers.len()];
