@@ -111,21 +111,12 @@ pub fn save<B: Backend>(
         let values = backend.download(buffer)?;
         tensors.push((name, vec![values.len()], to_bytes(&values)));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape and byte count agree");
-            (name.clone(), view)
-        })
-        .collect();
     let json = serde_json::to_string(header).expect("a header always serialises");
-    let metadata = HashMap::from([(HEADER_KEY.to_string(), json)]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let bytes = serialize(
+        path,
+        &tensors,
+        HashMap::from([(HEADER_KEY.to_string(), json)]),
+    )?;
     write_atomic(path, &bytes)?;
     let pretty = serde_json::to_string_pretty(header).expect("a header always serialises");
     write_atomic(&path.with_extension("json"), pretty.as_bytes())

@@ -84,9 +84,49 @@ pub(crate) fn matmul(
     rhs_cs: isize,
     rhs_rs: isize,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: the callers size every slice for the (m, n, k) and strides they pass; dst is
-    // exclusively borrowed and never aliases lhs or rhs.
+    matmul_strided(
+        m, n, k, dst, n, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+    );
+}
+
+/// [`matmul`] with rows of dst `dst_rs` floats apart (columns contiguous). Every gemm of the
+/// CPU backend goes through here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: &[f32],
+    rhs_cs: isize,
+    rhs_rs: isize,
+) {
+    let reach = |rows: usize, cols: usize, cs: isize, rs: isize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
+        }
+    };
+    assert!(
+        dst.len() >= reach(m, n, 1, dst_rs as isize),
+        "matmul: dst too small"
+    );
+    assert!(
+        lhs.len() >= reach(m, k, lhs_cs, lhs_rs),
+        "matmul: lhs too small"
+    );
+    assert!(
+        rhs.len() >= reach(k, n, rhs_cs, rhs_rs),
+        "matmul: rhs too small"
+    );
+    // SAFETY: the asserts above keep every access of the three matrices inside their slices
+    // (all strides are positive); dst is exclusively borrowed and never aliases lhs or rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -94,7 +134,7 @@ pub(crate) fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs,

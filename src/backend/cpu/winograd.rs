@@ -13,6 +13,7 @@
 //! tile-major, `(tiles, 16, C)`, so that each tile's transform writes one contiguous block and
 //! the gemms read it with a row stride of 16*C. U and dU are `(Cin, 16, Cout)`.
 
+use super::conv::matmul_strided;
 use super::{ranges, with_scratch};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
@@ -257,32 +258,21 @@ fn batched_tiles_matmul(
 ) {
     for xi in 0..16 {
         let (offset, rhs_cs, rhs_rs) = rhs_layout(xi);
-        // SAFETY: dst holds tiles*16*n floats and lhs tiles*16*k; row xi of tile t sits at
-        // (t*16 + xi)*n (resp. k), so every access stays in bounds; rhs_layout addresses a k x n
-        // matrix inside rhs; dst does not alias lhs or rhs.
-        unsafe {
-            gemm::gemm(
-                tiles,
-                n,
-                k,
-                dst.as_mut_ptr().add(xi * n),
-                1,
-                (16 * n) as isize,
-                accumulate,
-                lhs.as_ptr().add(xi * k),
-                1,
-                (16 * k) as isize,
-                rhs.as_ptr().add(offset),
-                rhs_cs,
-                rhs_rs,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // Row xi of tile t sits at (t*16 + xi)*n in dst and (t*16 + xi)*k in lhs.
+        matmul_strided(
+            tiles,
+            n,
+            k,
+            &mut dst[xi * n..],
+            16 * n,
+            accumulate,
+            &lhs[xi * k..],
+            1,
+            (16 * k) as isize,
+            &rhs[offset..],
+            rhs_cs,
+            rhs_rs,
+        );
     }
 }
 
@@ -374,31 +364,20 @@ pub fn weight_grad(
                         }
                         // dU_xi (Cin x Cout) += V_xi^T (Cin x tiles) * dM_xi (tiles x Cout)
                         for xi in 0..16 {
-                            // SAFETY: V and dM hold tiles*16*C floats, tile-major; du holds
-                            // Cin*16*Cout; the strides below stay inside them; no aliasing.
-                            unsafe {
-                                gemm::gemm(
-                                    s.c_in,
-                                    s.c_out,
-                                    tiles,
-                                    du.as_mut_ptr().add(xi * s.c_out),
-                                    1,
-                                    (16 * s.c_out) as isize,
-                                    true,
-                                    v.as_ptr().add(xi * s.c_in),
-                                    (16 * s.c_in) as isize,
-                                    1,
-                                    dm.as_ptr().add(xi * s.c_out),
-                                    1,
-                                    (16 * s.c_out) as isize,
-                                    1.0,
-                                    1.0,
-                                    false,
-                                    false,
-                                    false,
-                                    gemm::Parallelism::None,
-                                );
-                            }
+                            matmul_strided(
+                                s.c_in,
+                                s.c_out,
+                                tiles,
+                                &mut du[xi * s.c_out..],
+                                16 * s.c_out,
+                                true,
+                                &v[xi * s.c_in..],
+                                (16 * s.c_in) as isize,
+                                1,
+                                &dm[xi * s.c_out..],
+                                1,
+                                (16 * s.c_out) as isize,
+                            );
                         }
                     })
                 });
