@@ -471,6 +471,9 @@ fn reproduce_and_report_write_tables_and_figures() {
     let png = image::open(report.join("goodness-ff.png")).unwrap();
     assert!(png.width() >= 800);
 
+    let baseline = trifecta(&["eval", out.join("lcp").to_str().unwrap()]);
+    assert_one_line_error(&baseline, &["lcp", "baseline"]);
+
     let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
     assert_one_line_error(&missing, &["nothing", "config.toml"]);
 }

@@ -365,6 +365,12 @@ pub fn evaluate_checkpoint(
     } else {
         path.to_path_buf()
     };
+    if !file.exists() && path.join(WEIGHTS_FILE).exists() {
+        return Err(Error::Config(format!(
+            "{} is a baseline (bp/lcp) run: its test accuracy per epoch is in {METRICS_FILE}; eval reads FF checkpoints",
+            path.display()
+        )));
+    }
     let header = checkpoint::read_header(&file)?;
     let config = config.unwrap_or(header.config);
     let backend = Cpu::new(config.threads)?;
