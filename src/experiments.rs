@@ -152,13 +152,11 @@ pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<
                 println!("{}: already finished, reusing its results", dir.display());
                 done
             } else if config.model == Model::Ff {
-                let mut records = done
-                    .into_iter()
-                    .filter(|r| {
-                        crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
-                            .is_ok_and(|h| r.epoch <= h.epoch)
-                    })
-                    .collect::<Vec<_>>();
+                // Records past the last checkpoint are retrained (and dropped from the log).
+                let saved =
+                    crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
+                        .map_or(0, |h| h.epoch);
+                let mut records: Vec<_> = done.into_iter().filter(|r| r.epoch <= saved).collect();
                 records.extend(crate::run::train(&config, true)?);
                 records
             } else {

@@ -169,6 +169,23 @@ fn check(op: &'static str, buf: &[f32], len: usize) -> Result<()> {
     }
 }
 
+/// Checks that there are `n` labels, each below `classes`.
+fn check_labels(op: &'static str, labels: &[u32], n: usize, classes: usize) -> Result<()> {
+    if labels.len() != n {
+        return Err(Error::Shape {
+            op,
+            expected: vec![n],
+            got: vec![labels.len()],
+        });
+    }
+    match labels.iter().find(|l| **l as usize >= classes) {
+        Some(bad) => Err(Error::Config(format!(
+            "label {bad} out of range for {classes} classes"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
@@ -208,13 +225,12 @@ impl Backend for Cpu {
     ) -> Result<()> {
         check("embed_forward.out", out, s.n * s.pixels * (s.channels + 1))?;
         check("embed_forward.images", images, s.n * s.pixels * s.channels)?;
-        check("embed_forward.labels", &vec![0.0; labels.len()], s.n)?;
-        let classes = table.len() / s.pixels.max(1);
-        if let Some(bad) = labels.iter().find(|l| **l as usize >= classes) {
-            return Err(Error::Config(format!(
-                "label {bad} out of range for {classes} classes"
-            )));
-        }
+        check_labels(
+            "embed_forward.labels",
+            labels,
+            s.n,
+            table.len() / s.pixels.max(1),
+        )?;
         self.run("embed_forward", || {
             elementwise::embed_forward(out, images, table, labels, s)
         });
@@ -670,11 +686,7 @@ impl Backend for Cpu {
             grad_logits,
             labels.len() * classes,
         )?;
-        if let Some(bad) = labels.iter().find(|l| **l as usize >= classes) {
-            return Err(Error::Config(format!(
-                "label {bad} out of range for {classes} classes"
-            )));
-        }
+        check_labels("cross_entropy.labels", labels, labels.len(), classes)?;
         elementwise::cross_entropy(loss, grad_logits, logits, labels, classes);
         Ok(())
     }
