@@ -13,11 +13,48 @@
 //! backend (CUDA) implements [`Backend`] and nothing in `layers/` or `ff/` changes.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Checks that a buffer of `got` elements holds the `len` that a shape asks for.
+pub(crate) fn check_len(op: &'static str, got: usize, len: usize) -> Result<()> {
+    if got == len {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            op,
+            expected: vec![len],
+            got: vec![got],
+        })
+    }
+}
+
+/// Checks that there are `n` labels, each below `classes`.
+pub(crate) fn check_labels(
+    op: &'static str,
+    labels: &[u32],
+    n: usize,
+    classes: usize,
+) -> Result<()> {
+    if labels.len() != n {
+        return Err(Error::Shape {
+            op,
+            expected: vec![n],
+            got: vec![labels.len()],
+        });
+    }
+    match labels.iter().find(|l| **l as usize >= classes) {
+        Some(bad) => Err(Error::Config(format!(
+            "label {bad} out of range for {classes} classes"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// Shape of a 3x3, stride 1, padding 1, bias-free convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub n: usize,
     pub h: usize,

@@ -1,11 +1,17 @@
 //! Shared test helpers: locating `../shared`, reading safetensors, comparing with tolerances.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::path::PathBuf;
 
-/// `../shared` beside the project root. Missing is a hard failure: tests never skip.
+/// `../shared` beside the project root, or `$TRIFECTA_SHARED` (for a test binary run on
+/// another machine). Missing is a hard failure: tests never skip.
 pub fn shared_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let dir = match std::env::var_os("TRIFECTA_SHARED") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    };
     assert!(
         dir.join("golden/manifest.json").exists(),
         "../shared/golden is missing at {}: lay the shared folder beside the project root",

@@ -15,6 +15,7 @@ pub use elementwise::softplus;
 
 use super::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+    check_labels,
 };
 use crate::error::{Error, Result};
 use std::cell::RefCell;
@@ -158,32 +159,7 @@ pub(crate) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]
 }
 
 fn check(op: &'static str, buf: &[f32], len: usize) -> Result<()> {
-    if buf.len() == len {
-        Ok(())
-    } else {
-        Err(Error::Shape {
-            op,
-            expected: vec![len],
-            got: vec![buf.len()],
-        })
-    }
-}
-
-/// Checks that there are `n` labels, each below `classes`.
-fn check_labels(op: &'static str, labels: &[u32], n: usize, classes: usize) -> Result<()> {
-    if labels.len() != n {
-        return Err(Error::Shape {
-            op,
-            expected: vec![n],
-            got: vec![labels.len()],
-        });
-    }
-    match labels.iter().find(|l| **l as usize >= classes) {
-        Some(bad) => Err(Error::Config(format!(
-            "label {bad} out of range for {classes} classes"
-        ))),
-        None => Ok(()),
-    }
+    super::check_len(op, buf.len(), len)
 }
 
 impl Backend for Cpu {

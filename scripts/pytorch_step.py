@@ -1,0 +1,192 @@
+"""Times the same FF training step in PyTorch, for a same-machine comparison with `trifecta bench`.
+
+Not part of the build or the tests. It restates the reference semantics (TRIFECTA.md): blocks of
+Norm -> Conv3x3 (no bias) -> ReLU -> optional MaxPool2, goodness = mean of squares after the pool,
+SymBa (alpha 4) or threshold loss, APL with one Adam per block over the previous block's parameters
+plus its own, a learned label-embedding plane, and BatchNorm statistics over positives + negatives.
+
+    python scripts/pytorch_step.py                      # trifecta bench's default workload
+    python scripts/pytorch_step.py --width 0.25 --image-size 28 --channels 1 --batch-size 128 --apl
+    python scripts/pytorch_step.py --width 0.25 --batch-size 128 --apl --mnist ../shared/datasets/mnist --epochs 2
+
+Prints the median step time, positives/s and positives+negatives/s. With --mnist, trains on real
+MNIST instead (no augmentation) and prints each epoch's training time and per-layer test accuracy.
+"""
+
+import argparse
+import gzip
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SMALL = [(128, True), (128, False), (256, True), (256, False), (256, False), (512, True)]
+
+
+class Block(nn.Module):
+    def __init__(self, c_in, c_out, pool, hw, batchnorm):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(c_in) if batchnorm else nn.LayerNorm([c_in, hw, hw])
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = pool
+
+    def forward(self, x):
+        x = F.relu(self.conv(self.norm(x)))
+        return F.max_pool2d(x, 2) if self.pool else x
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--apl", action="store_true")
+    p.add_argument("--layernorm", action="store_true")
+    p.add_argument("--threshold", action="store_true")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--mnist", type=Path, help="train on the IDX files in this folder")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    if a.mnist:
+        a.image_size, a.channels = 28, 1
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+
+    hw, c_in, blocks = a.image_size, a.channels + 1, []
+    for c, pool in SMALL:
+        c_out = max(1, round(c * a.width))
+        blocks.append(Block(c_in, c_out, pool, hw, not a.layernorm))
+        c_in, hw = c_out, hw // 2 if pool else hw
+    blocks = nn.ModuleList(blocks)
+    embedding = nn.Embedding(10, a.image_size * a.image_size)
+    opts = []
+    for i, b in enumerate(blocks):
+        prev = embedding.parameters() if i == 0 else blocks[i - 1].parameters()
+        opts.append(torch.optim.Adam([{"params": list(b.parameters())}, {"params": list(prev)}], lr=1e-3))
+
+    b, s = a.batch_size, a.image_size
+    images = torch.randn(b, a.channels, s, s)
+    pos = torch.randint(0, 10, (b,))
+    neg = (pos + torch.randint(1, 10, (b,))) % 10
+
+    def step(t):
+        x = torch.cat([images, images])
+        labels = torch.cat([pos, neg])
+        return step_on(t, x, labels)
+
+    def step_on(t, x, labels):
+        b = x.shape[0] // 2
+        x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
+        for i, blk in enumerate(blocks):
+            x = blk(x)
+            if not a.apl or i % 2 != t % 2:
+                continue
+            g = x.pow(2).flatten(1).mean(1)
+            gp, gn = g[:b], g[b:]
+            if a.threshold:
+                loss = torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
+            else:
+                loss = F.softplus(-4 * (gp - gn)).mean()
+            opts[i].zero_grad()
+            loss.backward()
+            opts[i].step()
+            x = x.detach()
+
+    def step_local(t):
+        x = torch.cat([images, images])
+        labels = torch.cat([pos, neg])
+        return step_local_on(t, x, labels)
+
+    def step_local_on(t, x, labels):
+        b = x.shape[0] // 2
+        x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
+        for i, blk in enumerate(blocks):
+            x = blk(x.detach())
+            g = x.pow(2).flatten(1).mean(1)
+            gp, gn = g[:b], g[b:]
+            if a.threshold:
+                loss = torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
+            else:
+                loss = F.softplus(-4 * (gp - gn)).mean()
+            opts[i].zero_grad()
+            loss.backward()
+            opts[i].step()
+
+    run = step if a.apl else step_local
+    if a.mnist:
+        return train_mnist(a, blocks, embedding, step_on if a.apl else step_local_on)
+    times = []
+    for t in range(a.warmup + a.steps):
+        start = time.perf_counter()
+        run(t)
+        if t >= a.warmup:
+            times.append(time.perf_counter() - start)
+    med = statistics.median(times)
+    print(
+        f"pytorch {torch.__version__} threads {torch.get_num_threads()}: step median {med * 1e3:.1f} ms, "
+        f"{b / med:.1f} samples/s ({2 * b / med:.1f} counting negatives)"
+    )
+
+
+def read_idx(path):
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return torch.frombuffer(bytearray(raw[4 + 4 * dims :]), dtype=torch.uint8).view(shape)
+
+
+def load_mnist(folder, split):
+    def one(stem):
+        for name in (stem, stem + ".gz"):
+            if (folder / name).exists():
+                return read_idx(folder / name)
+        raise SystemExit(f"{folder}: no {stem}[.gz]")
+
+    images = one(f"{split}-images-idx3-ubyte").float().div(255).sub(0.1307).div(0.3081)
+    return images.unsqueeze(1), one(f"{split}-labels-idx1-ubyte").long()
+
+
+def train_mnist(a, blocks, embedding, step_on):
+    train_x, train_y = load_mnist(a.mnist, "train")
+    test_x, test_y = load_mnist(a.mnist, "t10k")
+    b, s, t = a.batch_size, 28, 0
+    for epoch in range(a.epochs):
+        blocks.train()
+        order = torch.randperm(len(train_y))
+        start = time.perf_counter()
+        for first in range(0, len(order), b):
+            idx = order[first : first + b]
+            x, pos = train_x[idx], train_y[idx]
+            neg = (pos + torch.randint(1, 10, pos.shape)) % 10
+            step_on(t, torch.cat([x, x]), torch.cat([pos, neg]))
+            t += 1
+        train_s = time.perf_counter() - start
+        blocks.eval()
+        start = time.perf_counter()
+        correct = torch.zeros(len(blocks))
+        with torch.no_grad():
+            for first in range(0, len(test_y), 1000):
+                x, y = test_x[first : first + 1000], test_y[first : first + 1000]
+                goodness = torch.zeros(10, len(blocks), len(y))
+                for label in range(10):
+                    plane = embedding(torch.full_like(y, label)).view(-1, 1, s, s)
+                    h = torch.cat([x, plane], 1)
+                    for i, blk in enumerate(blocks):
+                        h = blk(h)
+                        goodness[label, i] = h.pow(2).flatten(1).mean(1)
+                correct += (goodness.argmax(0) == y).float().sum(1)
+        eval_s = time.perf_counter() - start
+        acc = " / ".join(f"{100 * c / len(test_y):.1f}" for c in correct)
+        print(f"epoch {epoch + 1}: train {train_s:.1f} s, eval {eval_s:.1f} s, test accuracy per layer {acc}")
+
+
+if __name__ == "__main__":
+    main()

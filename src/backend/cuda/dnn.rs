@@ -1,0 +1,413 @@
+//! cuDNN convolutions: owned handles and descriptors, and one plan per convolution shape.
+//!
+//! cudarc's safe cuDNN layer picks an algorithm by heuristic rank alone and keeps its raw
+//! descriptors private, so it cannot be asked for a *deterministic* backward algorithm. This
+//! module owns the raw handle and descriptors instead (each freed on drop) and chooses, per
+//! shape, the best-ranked algorithm that succeeds and, for the two backward passes, is
+//! deterministic: same inputs, same gradients, as on the CPU.
+
+use cudarc::cudnn::{result, sys};
+use cudarc::driver::CudaStream;
+use std::ffi::c_void;
+
+use crate::backend::ConvShape;
+
+/// Storage and math of the convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvMath {
+    /// f32 tensors, f32 FMA math (no TF32): the reference path.
+    F32,
+    /// bf16 tensors, f32 accumulation, tensor cores.
+    Bf16,
+}
+
+pub type DnnResult<T> = std::result::Result<T, String>;
+
+fn check(what: &str, r: std::result::Result<(), result::CudnnError>) -> DnnResult<()> {
+    r.map_err(|e| format!("cuDNN {what}: {:?}", e.0))
+}
+
+/// A cuDNN handle bound to the backend's stream.
+pub struct Dnn {
+    handle: sys::cudnnHandle_t,
+}
+
+// SAFETY: the handle is only used through `&Dnn` while the backend holds the lock that
+// guards its plans, i.e. from one thread at a time, on one stream.
+unsafe impl Send for Dnn {}
+
+impl Dnn {
+    pub fn new(stream: &CudaStream) -> DnnResult<Dnn> {
+        check("version check", result::version_check())?;
+        let handle = result::create_handle().map_err(|e| format!("cudnnCreate: {:?}", e.0))?;
+        let dnn = Dnn { handle };
+        // SAFETY: a live handle and the backend's live stream (which outlives the handle).
+        check("set stream", unsafe {
+            result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t)
+        })?;
+        Ok(dnn)
+    }
+}
+
+impl Drop for Dnn {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        let _ = unsafe { result::destroy_handle(self.handle) };
+    }
+}
+
+struct Tensor(sys::cudnnTensorDescriptor_t);
+struct Filter(sys::cudnnFilterDescriptor_t);
+struct Conv(sys::cudnnConvolutionDescriptor_t);
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        // SAFETY: created by `nhwc`, destroyed once.
+        let _ = unsafe { result::destroy_tensor_descriptor(self.0) };
+    }
+}
+impl Drop for Filter {
+    fn drop(&mut self) {
+        // SAFETY: created by `ConvPlan::new`, destroyed once.
+        let _ = unsafe { result::destroy_filter_descriptor(self.0) };
+    }
+}
+impl Drop for Conv {
+    fn drop(&mut self) {
+        // SAFETY: created by `ConvPlan::new`, destroyed once.
+        let _ = unsafe { result::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+fn data_type(math: ConvMath) -> sys::cudnnDataType_t {
+    match math {
+        ConvMath::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        ConvMath::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+    }
+}
+
+fn dim(v: usize) -> DnnResult<i32> {
+    i32::try_from(v).map_err(|_| format!("dimension {v} does not fit cuDNN's int"))
+}
+
+fn nhwc(math: ConvMath, n: usize, c: usize, h: usize, w: usize) -> DnnResult<Tensor> {
+    let t = Tensor(
+        result::create_tensor_descriptor().map_err(|e| format!("tensor descriptor: {:?}", e.0))?,
+    );
+    // SAFETY: a live descriptor.
+    check("tensor descriptor", unsafe {
+        result::set_tensor4d_descriptor(
+            t.0,
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+            data_type(math),
+            [dim(n)?, dim(c)?, dim(h)?, dim(w)?],
+        )
+    })?;
+    Ok(t)
+}
+
+/// The descriptors and chosen algorithms of one convolution shape.
+pub struct ConvPlan {
+    x: Tensor,
+    y: Tensor,
+    w: Filter,
+    conv: Conv,
+    fwd: sys::cudnnConvolutionFwdAlgo_t,
+    bwd_data: sys::cudnnConvolutionBwdDataAlgo_t,
+    bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
+    /// Bytes of workspace the largest of the three needs.
+    pub workspace: usize,
+}
+
+// SAFETY: the descriptors are plain host objects; they are used under the backend's lock.
+unsafe impl Send for ConvPlan {}
+
+/// Largest workspace an algorithm may ask for (bigger ones are passed over).
+const MAX_WORKSPACE: usize = 1 << 30;
+
+impl ConvPlan {
+    pub fn new(dnn: &Dnn, s: ConvShape, math: ConvMath) -> DnnResult<ConvPlan> {
+        let x = nhwc(math, s.n, s.c_in, s.h, s.w)?;
+        let y = nhwc(math, s.n, s.c_out, s.h, s.w)?;
+        let w = Filter(
+            result::create_filter_descriptor()
+                .map_err(|e| format!("filter descriptor: {:?}", e.0))?,
+        );
+        let conv = Conv(
+            result::create_convolution_descriptor()
+                .map_err(|e| format!("convolution descriptor: {:?}", e.0))?,
+        );
+        let math_type = match math {
+            ConvMath::F32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            ConvMath::Bf16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        };
+        // SAFETY: live descriptors; OHWI weights are cuDNN's KRSC, i.e. an NHWC filter.
+        unsafe {
+            check(
+                "filter descriptor",
+                result::set_filter4d_descriptor(
+                    w.0,
+                    data_type(math),
+                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                    [dim(s.c_out)?, dim(s.c_in)?, 3, 3],
+                ),
+            )?;
+            check(
+                "convolution descriptor",
+                result::set_convolution2d_descriptor(
+                    conv.0,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                ),
+            )?;
+            check(
+                "math type",
+                result::set_convolution_math_type(conv.0, math_type),
+            )?;
+        }
+        let mut plan = ConvPlan {
+            x,
+            y,
+            w,
+            conv,
+            fwd: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            bwd_data: sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+            workspace: 0,
+        };
+        plan.choose(dnn)?;
+        Ok(plan)
+    }
+
+    /// Picks the best-ranked usable algorithm of each pass and sizes the workspace.
+    fn choose(&mut self, dnn: &Dnn) -> DnnResult<()> {
+        const SUCCESS: sys::cudnnStatus_t = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        const DETERMINISTIC: sys::cudnnDeterminism_t = sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
+        let h = dnn.handle;
+        let mut count = 0i32;
+        // SAFETY: live handle and descriptors; the result arrays hold as many entries as
+        // requested; zeroed perf structs are valid plain data.
+        unsafe {
+            let mut fwd = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); 8];
+            check(
+                "forward algorithms",
+                result::get_convolution_forward_algorithm(
+                    h,
+                    self.x.0,
+                    self.w.0,
+                    self.conv.0,
+                    self.y.0,
+                    fwd.len() as i32,
+                    &mut count,
+                    fwd.as_mut_ptr(),
+                ),
+            )?;
+            let best = fwd[..count.max(0) as usize]
+                .iter()
+                .find(|p| p.status == SUCCESS && p.memory <= MAX_WORKSPACE)
+                .ok_or("cuDNN offers no forward algorithm for this shape")?;
+            self.fwd = best.algo;
+            self.workspace = self.workspace.max(best.memory);
+
+            let mut data = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); 6];
+            check(
+                "backward-data algorithms",
+                result::get_convolution_backward_data_algorithm(
+                    h,
+                    self.w.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.x.0,
+                    data.len() as i32,
+                    &mut count,
+                    data.as_mut_ptr(),
+                ),
+            )?;
+            let best = data[..count.max(0) as usize]
+                .iter()
+                .find(|p| {
+                    p.status == SUCCESS
+                        && p.determinism == DETERMINISTIC
+                        && p.memory <= MAX_WORKSPACE
+                })
+                .ok_or("cuDNN offers no deterministic backward-data algorithm")?;
+            self.bwd_data = best.algo;
+            self.workspace = self.workspace.max(best.memory);
+
+            let mut filter = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); 7];
+            check(
+                "backward-filter algorithms",
+                result::get_convolution_backward_filter_algorithm(
+                    h,
+                    self.x.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.w.0,
+                    filter.len() as i32,
+                    &mut count,
+                    filter.as_mut_ptr(),
+                ),
+            )?;
+            let best = filter[..count.max(0) as usize]
+                .iter()
+                .find(|p| {
+                    p.status == SUCCESS
+                        && p.determinism == DETERMINISTIC
+                        && p.memory <= MAX_WORKSPACE
+                })
+                .ok_or("cuDNN offers no deterministic backward-filter algorithm")?;
+            self.bwd_filter = best.algo;
+            self.workspace = self.workspace.max(best.memory);
+
+            // The heuristics' memory figures can be low; ask for each chosen one's size.
+            let mut size = 0usize;
+            check(
+                "forward workspace",
+                sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    h,
+                    self.x.0,
+                    self.w.0,
+                    self.conv.0,
+                    self.y.0,
+                    self.fwd,
+                    &mut size,
+                )
+                .result(),
+            )?;
+            self.workspace = self.workspace.max(size);
+            check(
+                "backward-data workspace",
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    h,
+                    self.w.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.x.0,
+                    self.bwd_data,
+                    &mut size,
+                )
+                .result(),
+            )?;
+            self.workspace = self.workspace.max(size);
+            check(
+                "backward-filter workspace",
+                sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                    h,
+                    self.x.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.w.0,
+                    self.bwd_filter,
+                    &mut size,
+                )
+                .result(),
+            )?;
+            self.workspace = self.workspace.max(size);
+        }
+        Ok(())
+    }
+
+    /// y = conv(x, w). Pointers are device addresses of tensors laid out as the plan says.
+    ///
+    /// # Safety
+    /// `x`, `w` and `y` must point to live device buffers of this plan's shapes and type, and
+    /// `workspace` to at least `self.workspace` bytes, all on the handle's stream.
+    pub unsafe fn forward(
+        &self,
+        dnn: &Dnn,
+        x: u64,
+        w: u64,
+        y: u64,
+        workspace: u64,
+    ) -> DnnResult<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        check("convolution forward", unsafe {
+            result::convolution_forward(
+                dnn.handle,
+                &alpha as *const f32 as *const c_void,
+                self.x.0,
+                x as *const c_void,
+                self.w.0,
+                w as *const c_void,
+                self.conv.0,
+                self.fwd,
+                workspace as *mut c_void,
+                self.workspace,
+                &beta as *const f32 as *const c_void,
+                self.y.0,
+                y as *mut c_void,
+            )
+        })
+    }
+
+    /// dx = conv_transpose(dy, w) (assigned).
+    ///
+    /// # Safety
+    /// As [`Self::forward`].
+    pub unsafe fn backward_data(
+        &self,
+        dnn: &Dnn,
+        w: u64,
+        dy: u64,
+        dx: u64,
+        workspace: u64,
+    ) -> DnnResult<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        check("convolution backward data", unsafe {
+            result::convolution_backward_data(
+                dnn.handle,
+                &alpha as *const f32 as *const c_void,
+                self.w.0,
+                w as *const c_void,
+                self.y.0,
+                dy as *const c_void,
+                self.conv.0,
+                self.bwd_data,
+                workspace as *mut c_void,
+                self.workspace,
+                &beta as *const f32 as *const c_void,
+                self.x.0,
+                dx as *mut c_void,
+            )
+        })
+    }
+
+    /// dw = beta * dw + correlation(x, dy): `beta` 1 accumulates, 0 assigns.
+    ///
+    /// # Safety
+    /// As [`Self::forward`].
+    pub unsafe fn backward_filter(
+        &self,
+        dnn: &Dnn,
+        x: u64,
+        dy: u64,
+        dw: u64,
+        beta: f32,
+        workspace: u64,
+    ) -> DnnResult<()> {
+        let alpha = 1.0f32;
+        check("convolution backward filter", unsafe {
+            result::convolution_backward_filter(
+                dnn.handle,
+                &alpha as *const f32 as *const c_void,
+                self.x.0,
+                x as *const c_void,
+                self.y.0,
+                dy as *const c_void,
+                self.conv.0,
+                self.bwd_filter,
+                workspace as *mut c_void,
+                self.workspace,
+                &beta as *const f32 as *const c_void,
+                self.w.0,
+                dw as *mut c_void,
+            )
+        })
+    }
+}

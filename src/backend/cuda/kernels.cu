@@ -1,0 +1,490 @@
+// The engine's own CUDA kernels, compiled at run time by NVRTC (see nvrtc.rs).
+//
+// Layouts follow backend/mod.rs: activations NHWC f32, per-channel vectors of C floats.
+// Every reduction is deterministic: fixed partitions, sums in double, combined in a fixed
+// order. The float arithmetic mirrors the CPU kernels operation for operation (the module is
+// compiled with --fmad=false), so most results agree with the CPU bit for bit.
+//
+// Sizes are int where they fit (checked on the host) and long long for element counts.
+
+#define GRID_STRIDE(i, total)                                                              \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total);      \
+         i += (long long)gridDim.x * blockDim.x)
+
+// Sum of one double per thread over a block of blockDim.x threads (a power of two).
+__device__ double block_sum(double v, double* shared) {
+    unsigned t = threadIdx.x;
+    shared[t] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) shared[t] += shared[t + s];
+        __syncthreads();
+    }
+    double total = shared[0];
+    __syncthreads();
+    return total;
+}
+
+__device__ double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
+__device__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+// ---- memory ----
+
+extern "C" __global__ void fill_f32(float* x, float value, long long n) {
+    GRID_STRIDE(i, n) x[i] = value;
+}
+
+// ---- label embedding ----
+
+extern "C" __global__ void embed_forward(float* out, const float* images, const float* table,
+                                         const unsigned* labels, int n, int pixels, int c) {
+    long long total = (long long)n * pixels * (c + 1);
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % (c + 1));
+        long long rest = i / (c + 1);
+        long long p = rest % pixels;
+        long long s = rest / pixels;
+        out[i] = ch < c ? images[(s * pixels + p) * c + ch]
+                        : table[(long long)labels[s] * pixels + p];
+    }
+}
+
+// One thread per (label, pixel): samples are added in order, as on the CPU.
+extern "C" __global__ void embed_backward(float* grad_table, const float* grad_input,
+                                          const unsigned* labels, int n, int pixels, int c,
+                                          int classes) {
+    long long total = (long long)classes * pixels;
+    GRID_STRIDE(i, total) {
+        unsigned label = (unsigned)(i / pixels);
+        long long p = i % pixels;
+        float acc = grad_table[i];
+        for (int s = 0; s < n; s++) {
+            if (labels[s] == label) acc += grad_input[((long long)s * pixels + p) * (c + 1) + c];
+        }
+        grad_table[i] = acc;
+    }
+}
+
+// ---- ReLU and max-pool ----
+
+extern "C" __global__ void relu_forward(float* x, long long n) {
+    GRID_STRIDE(i, n) x[i] = fmaxf(x[i], 0.0f);
+}
+
+extern "C" __global__ void relu_backward(float* grad, const float* activation, long long n) {
+    GRID_STRIDE(i, n) {
+        if (activation[i] <= 0.0f) grad[i] = 0.0f;
+    }
+}
+
+extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, int h, int w,
+                                            int c) {
+    int oh = h / 2, ow = w / 2;
+    long long total = (long long)n * oh * ow * c;
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        long long rest = i / c;
+        int ox = (int)(rest % ow);
+        rest /= ow;
+        int oy = (int)(rest % oh);
+        long long s = rest / oh;
+        const float* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        float a = at[0], b = at[c], e = at[(long long)w * c], f = at[(long long)w * c + c];
+        out[i] = fmaxf(fmaxf(fmaxf(a, b), e), f);
+    }
+}
+
+// One thread per input element: it finds its window's first maximum (PyTorch's choice) and
+// takes the output gradient if that is itself and the maximum is a live ReLU (> 0).
+extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float* grad_out,
+                                                  const float* x, int n, int h, int w, int c) {
+    int oh = h / 2, ow = w / 2;
+    long long total = (long long)n * h * w * c;
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        long long rest = i / c;
+        int xx = (int)(rest % w);
+        rest /= w;
+        int yy = (int)(rest % h);
+        long long s = rest / h;
+        int oy = yy / 2, ox = xx / 2;
+        if (oy >= oh || ox >= ow) {
+            grad_input[i] = 0.0f;  // the last row or column of an odd size is in no window
+            continue;
+        }
+        const float* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        float a = at[0], b = at[c], cc = at[(long long)w * c], d = at[(long long)w * c + c];
+        bool pick_a = a >= b && a >= cc && a >= d;
+        bool pick_b = !pick_a && b >= cc && b >= d;
+        bool pick_c = !pick_a && !pick_b && cc >= d;
+        int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
+        int mine = (yy - 2 * oy) * 2 + (xx - 2 * ox);
+        bool live = fmaxf(fmaxf(fmaxf(a, b), cc), d) > 0.0f;
+        grad_input[i] = (picked == mine && live)
+                            ? grad_out[((s * oh + oy) * ow + ox) * c + ch]
+                            : 0.0f;
+    }
+}
+
+// ---- goodness and the FF losses ----
+
+// One block per sample.
+extern "C" __global__ void goodness_forward(float* goodness, const float* x, int features) {
+    __shared__ double shared[256];
+    const float* row = x + (long long)blockIdx.x * features;
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < features; i += blockDim.x) {
+        double v = (double)row[i];
+        sum += v * v;
+    }
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) goodness[blockIdx.x] = (float)(sum / features);
+}
+
+extern "C" __global__ void goodness_backward(float* grad_input, const float* grad_goodness,
+                                             const float* x, int features, long long total) {
+    float scale = 2.0f / (float)features;
+    GRID_STRIDE(i, total) grad_input[i] = (grad_goodness[i / features] * scale) * x[i];
+}
+
+// One block. kind 0: SymBa with `param` = alpha; kind 1: threshold with `param` = tau.
+extern "C" __global__ void ff_loss(float* loss, float* grad_goodness, const float* goodness,
+                                   int pairs, int kind, float param) {
+    __shared__ double shared[256];
+    double total = 0.0;
+    double p_param = (double)param;
+    double terms = 2.0 * pairs;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        double pos = (double)goodness[i], neg = (double)goodness[pairs + i];
+        if (kind == 0) {
+            double delta = pos - neg;
+            total += softplus(-p_param * delta);
+            double d = -p_param * sigmoid(-p_param * delta) / pairs;
+            grad_goodness[i] = (float)d;
+            grad_goodness[pairs + i] = (float)(-d);
+        } else {
+            total += softplus(p_param - pos) + softplus(neg - p_param);
+            grad_goodness[i] = (float)(-sigmoid(p_param - pos) / terms);
+            grad_goodness[pairs + i] = (float)(sigmoid(neg - p_param) / terms);
+        }
+    }
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0) loss[0] = (float)(kind == 0 ? total / pairs : total / terms);
+}
+
+// ---- per-column (per-channel) reductions, in two deterministic steps ----
+// Step 1: block (x = 32 columns, y = 8 row lanes), grid (column groups, parts); part p covers
+// rows [p * chunk, min(rows, (p + 1) * chunk)) and writes part_a/part_b[p * cols + col].
+// Step 2: one thread per column adds the parts in order (the *_finish kernels).
+
+#define PARTIALS_BEGIN                                                                     \
+    __shared__ double sa[8][33];                                                           \
+    __shared__ double sb[8][33];                                                           \
+    int col = blockIdx.x * 32 + threadIdx.x;                                               \
+    long long start = (long long)blockIdx.y * chunk;                                       \
+    long long end = start + chunk < rows ? start + chunk : rows;                           \
+    double a = 0.0, b = 0.0;                                                               \
+    if (col < cols) {                                                                      \
+        for (long long r = start + threadIdx.y; r < end; r += 8) {                         \
+            long long at = r * cols + col;
+
+#define PARTIALS_END                                                                       \
+        }                                                                                  \
+    }                                                                                      \
+    sa[threadIdx.y][threadIdx.x] = a;                                                      \
+    sb[threadIdx.y][threadIdx.x] = b;                                                      \
+    __syncthreads();                                                                       \
+    if (threadIdx.y == 0 && col < cols) {                                                  \
+        double ta = 0.0, tb = 0.0;                                                         \
+        for (int k = 0; k < 8; k++) {                                                      \
+            ta += sa[k][threadIdx.x];                                                      \
+            tb += sb[k][threadIdx.x];                                                      \
+        }                                                                                  \
+        part_a[(long long)blockIdx.y * cols + col] = ta;                                   \
+        part_b[(long long)blockIdx.y * cols + col] = tb;                                   \
+    }
+
+// a = sum x.
+extern "C" __global__ void partial_sum(double* part_a, double* part_b, const float* x,
+                                       long long rows, int cols, long long chunk) {
+    PARTIALS_BEGIN
+    a += (double)x[at];
+    PARTIALS_END
+}
+
+// a = sum (x - mean)^2 with the double mean (the variance's second pass).
+extern "C" __global__ void partial_centered_sq(double* part_a, double* part_b, const float* x,
+                                               const double* mean, long long rows, int cols,
+                                               long long chunk) {
+    PARTIALS_BEGIN
+    double d = (double)x[at] - mean[col];
+    a += d * d;
+    PARTIALS_END
+}
+
+// a = sum dy, b = sum dy * x (BatchNorm backward).
+extern "C" __global__ void partial_dy_dyx(double* part_a, double* part_b, const float* dy,
+                                          const float* x, long long rows, int cols,
+                                          long long chunk) {
+    PARTIALS_BEGIN
+    double g = (double)dy[at];
+    a += g;
+    b += g * (double)x[at];
+    PARTIALS_END
+}
+
+// a = sum dy * xhat, b = sum dy, with xhat from per-row statistics (LayerNorm's parameters).
+extern "C" __global__ void partial_dy_xhat_rows(double* part_a, double* part_b,
+                                                const float* dy, const float* x,
+                                                const float* mean, const float* rstd,
+                                                long long rows, int cols, long long chunk) {
+    PARTIALS_BEGIN
+    float xhat = (x[at] - mean[r]) * rstd[r];
+    a += (double)(dy[at] * xhat);
+    b += (double)dy[at];
+    PARTIALS_END
+}
+
+// mean[c] = sum of parts / rows, kept in double for the variance pass.
+extern "C" __global__ void finish_mean(double* mean, const double* part, int parts, int cols,
+                                       long long rows) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double s = 0.0;
+    for (int p = 0; p < parts; p++) s += part[(long long)p * cols + c];
+    mean[c] = s / (double)rows;
+}
+
+// BatchNorm statistics from the squared-deviation parts; updates the running statistics
+// (unbiased variance) with `momentum`.
+extern "C" __global__ void batchnorm_finish_stats(float* mean, float* rstd, float* running_mean,
+                                                  float* running_var, const double* dmean,
+                                                  const double* part, int parts, int cols,
+                                                  long long rows, float eps, float momentum) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double sq = 0.0;
+    for (int p = 0; p < parts; p++) sq += part[(long long)p * cols + c];
+    double var = sq / (double)rows;
+    mean[c] = (float)dmean[c];
+    rstd[c] = (float)(1.0 / sqrt(var + (double)eps));
+    double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
+    running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
+    running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (float)unbiased;
+}
+
+// out_a[c] += sum of part_a, out_b[c] += sum of part_b (either may be null).
+extern "C" __global__ void finish_add(float* out_a, float* out_b, const double* part_a,
+                                      const double* part_b, int parts, int cols) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double a = 0.0, b = 0.0;
+    for (int p = 0; p < parts; p++) {
+        a += part_a[(long long)p * cols + c];
+        b += part_b[(long long)p * cols + c];
+    }
+    if (out_a) out_a[c] += (float)a;
+    if (out_b) out_b[c] += (float)b;
+}
+
+// ---- BatchNorm ----
+
+extern "C" __global__ void batchnorm_apply(float* out, const float* x, const float* mean,
+                                           const float* rstd, const float* gamma,
+                                           const float* beta, int c, long long total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        float scale = rstd[ch] * gamma[ch];
+        float shift = beta[ch] - mean[ch] * rstd[ch] * gamma[ch];
+        out[i] = x[i] * scale + shift;
+    }
+}
+
+extern "C" __global__ void batchnorm_apply_eval(float* out, const float* x, const float* gamma,
+                                                const float* beta, const float* running_mean,
+                                                const float* running_var, float eps, int c,
+                                                long long total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        float rstd = 1.0f / sqrtf(running_var[ch] + eps);
+        float scale = rstd * gamma[ch];
+        float shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
+        out[i] = x[i] * scale + shift;
+    }
+}
+
+// Parameter gradients, and the coefficients of dx = k dy + slope x + offset per channel.
+extern "C" __global__ void batchnorm_backward_finish(float* grad_gamma, float* grad_beta,
+                                                     float* k, float* slope, float* offset,
+                                                     const double* part_dy,
+                                                     const double* part_dyx, int parts,
+                                                     int cols, long long rows,
+                                                     const float* mean, const float* rstd,
+                                                     const float* gamma) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double sum_dy = 0.0, sum_dyx = 0.0;
+    for (int p = 0; p < parts; p++) {
+        sum_dy += part_dy[(long long)p * cols + c];
+        sum_dyx += part_dyx[(long long)p * cols + c];
+    }
+    double sum_dy_xhat = (double)rstd[c] * (sum_dyx - (double)mean[c] * sum_dy);
+    grad_beta[c] += (float)sum_dy;
+    grad_gamma[c] += (float)sum_dy_xhat;
+    double mean_dy = sum_dy / (double)rows;
+    double mean_dy_xhat = sum_dy_xhat / (double)rows;
+    double kc = (double)gamma[c] * (double)rstd[c];
+    double r = (double)rstd[c];
+    k[c] = (float)kc;
+    slope[c] = (float)(-kc * r * mean_dy_xhat);
+    offset[c] = (float)(kc * (r * mean_dy_xhat * (double)mean[c] - mean_dy));
+}
+
+extern "C" __global__ void batchnorm_backward_apply(float* dx, const float* dy, const float* x,
+                                                    const float* k, const float* slope,
+                                                    const float* offset, int c,
+                                                    long long total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        dx[i] = k[ch] * dy[i] + slope[ch] * x[i] + offset[ch];
+    }
+}
+
+// ---- LayerNorm (one block per sample) ----
+
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd,
+                                             const float* x, const float* gamma,
+                                             const float* beta, int features, float eps) {
+    __shared__ double shared[256];
+    long long base = (long long)blockIdx.x * features;
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < features; i += blockDim.x) sum += (double)x[base + i];
+    double m = block_sum(sum, shared) / features;
+    double sq = 0.0;
+    for (int i = threadIdx.x; i < features; i += blockDim.x) {
+        double d = (double)x[base + i] - m;
+        sq += d * d;
+    }
+    double var = block_sum(sq, shared) / features;
+    float mu = (float)m;
+    float rs = (float)(1.0 / sqrt(var + (double)eps));
+    if (threadIdx.x == 0) {
+        mean[blockIdx.x] = mu;
+        rstd[blockIdx.x] = rs;
+    }
+    for (int i = threadIdx.x; i < features; i += blockDim.x)
+        out[base + i] = (x[base + i] - mu) * rs * gamma[i] + beta[i];
+}
+
+extern "C" __global__ void layernorm_backward_input(float* dx, const float* dy, const float* x,
+                                                    const float* mean, const float* rstd,
+                                                    const float* gamma, int features) {
+    __shared__ double shared[256];
+    long long base = (long long)blockIdx.x * features;
+    float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
+    double sum = 0.0, sum_xhat = 0.0;
+    for (int i = threadIdx.x; i < features; i += blockDim.x) {
+        float dxhat = dy[base + i] * gamma[i];
+        sum += (double)dxhat;
+        sum_xhat += (double)(dxhat * (x[base + i] - mu) * rs);
+    }
+    sum = block_sum(sum, shared);
+    sum_xhat = block_sum(sum_xhat, shared);
+    float mean_dxhat = (float)(sum / features);
+    float mean_dxhat_xhat = (float)(sum_xhat / features);
+    for (int i = threadIdx.x; i < features; i += blockDim.x) {
+        float xhat = (x[base + i] - mu) * rs;
+        dx[base + i] = rs * (dy[base + i] * gamma[i] - mean_dxhat - xhat * mean_dxhat_xhat);
+    }
+}
+
+// ---- Adam (PyTorch semantics; step_size = lr / (1 - beta1^t) and
+// bias2_sqrt = sqrt(1 - beta2^t) come from the host) ----
+
+extern "C" __global__ void adam_step(float* param, float* m, float* v, const float* grad,
+                                     long long n, float beta1, float beta2, float eps,
+                                     float step_size, float bias2_sqrt) {
+    GRID_STRIDE(i, n) {
+        float g = grad[i];
+        m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+        float denom = sqrtf(v[i]) / bias2_sqrt + eps;
+        param[i] -= step_size * m[i] / denom;
+    }
+}
+
+// ---- classifier heads ----
+
+// One thread per (sample, channel), pixels in order.
+extern "C" __global__ void avgpool_forward(float* out, const float* x, int n, int pixels,
+                                           int c) {
+    long long total = (long long)n * c;
+    float scale = 1.0f / (float)pixels;
+    GRID_STRIDE(i, total) {
+        long long s = i / c;
+        int ch = (int)(i % c);
+        float acc = 0.0f;
+        for (int p = 0; p < pixels; p++) acc += x[(s * pixels + p) * c + ch];
+        out[i] = acc * scale;
+    }
+}
+
+extern "C" __global__ void avgpool_backward(float* grad_input, const float* grad_out,
+                                            int pixels, int c, long long total) {
+    float scale = 1.0f / (float)pixels;
+    GRID_STRIDE(i, total) {
+        long long s = i / ((long long)pixels * c);
+        int ch = (int)(i % c);
+        grad_input[i] = grad_out[s * c + ch] * scale;
+    }
+}
+
+extern "C" __global__ void bias_rows(float* out, const float* bias, int outputs,
+                                     long long total) {
+    GRID_STRIDE(i, total) out[i] = bias[i % outputs];
+}
+
+// One block: mean softmax cross-entropy and its gradient (softmax - onehot) / n.
+extern "C" __global__ void cross_entropy(float* loss, float* grad, const float* logits,
+                                         const unsigned* labels, int n, int classes) {
+    __shared__ double shared[256];
+    double total = 0.0;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) {
+        const float* z = logits + (long long)s * classes;
+        float mx = -__int_as_float(0x7f800000);
+        for (int k = 0; k < classes; k++) mx = fmaxf(mx, z[k]);
+        double max = (double)mx;
+        double sum = 0.0;
+        for (int k = 0; k < classes; k++) sum += exp((double)z[k] - max);
+        unsigned label = labels[s];
+        total += log(sum) + max - (double)z[label];
+        for (int k = 0; k < classes; k++) {
+            double p = exp((double)z[k] - max) / sum;
+            grad[(long long)s * classes + k] = (float)((p - (k == (int)label ? 1.0 : 0.0)) / n);
+        }
+    }
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0) loss[0] = (float)(total / n);
+}
+
+// ---- mixed precision: bf16 copies for tensor-core convolutions ----
+
+__device__ unsigned short to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return (unsigned short)(u >> 16);
+}
+
+extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long long n) {
+    GRID_STRIDE(i, n) out[i] = to_bf16(x[i]);
+}
+
+// out = bf16 value (accumulate = 0) or out += bf16 value (accumulate = 1).
+extern "C" __global__ void bf16_to_f32(float* out, const unsigned short* x, long long n,
+                                       int accumulate) {
+    GRID_STRIDE(i, n) {
+        float v = __uint_as_float(((unsigned)x[i]) << 16);
+        out[i] = accumulate ? out[i] + v : v;
+    }
+}

@@ -1,0 +1,1357 @@
+//! The CUDA backend: the same kernels as the CPU backend, on one NVIDIA GPU.
+//!
+//! - Convolutions go through cuDNN (NHWC tensors, KRSC = OHWI filters), with deterministic
+//!   backward algorithms ([`dnn`]). In [`Precision::Bf16`] they run on tensor cores from bf16
+//!   copies of their operands, accumulating in f32; everything else stays f32.
+//! - The linear layers of the baselines go through cuBLAS (f32).
+//! - Everything else is our own CUDA C ([`nvrtc::SOURCE`]), compiled at start-up by NVRTC for
+//!   the device's architecture. Reductions are deterministic (fixed partitions, double sums).
+//! - All work is queued on one stream; nothing waits for the GPU except `download`.
+//!
+//! The libraries (driver, NVRTC, cuBLAS, cuDNN) are loaded at run time: this module builds on a
+//! machine without CUDA, and [`Cuda::new`] reports a missing library as a typed error.
+
+pub mod dnn;
+pub mod nvrtc;
+
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+    check_labels, check_len,
+};
+use crate::error::{Error, Result};
+use dnn::{ConvMath, ConvPlan, Dnn};
+
+/// The arithmetic of the convolutions (the rest is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout, no TF32: matches the CPU backend to rounding.
+    F32,
+    /// bf16 operands and tensor cores for convolutions, f32 accumulation, f32 master weights,
+    /// optimiser state and reductions.
+    Bf16,
+}
+
+/// A flat f32 buffer on the GPU. cuMemAlloc refuses zero bytes, so an empty buffer still
+/// holds one element; `len` is the logical length.
+pub struct CudaBuf {
+    data: CudaSlice<f32>,
+    len: usize,
+}
+
+/// Growable device scratch space, guarded by the backend's lock.
+#[derive(Default)]
+struct Scratch {
+    part_a: Option<CudaSlice<f64>>,
+    part_b: Option<CudaSlice<f64>>,
+    dmean: Option<CudaSlice<f64>>,
+    coef: Option<CudaSlice<f32>>,
+    labels: Option<CudaSlice<u32>>,
+    workspace: Option<CudaSlice<u8>>,
+    /// bf16 copies: [x, w, y] of the convolution in flight.
+    half: [Option<CudaSlice<u16>>; 3],
+    /// bf16 weight gradient before it is added to the f32 one.
+    half_dw: Option<CudaSlice<u16>>,
+}
+
+struct State {
+    dnn: Dnn,
+    plans: HashMap<ConvShape, ConvPlan>,
+    scratch: Scratch,
+}
+
+/// The inputs of the per-column partial-sum kernels.
+enum PartialInputs<'a> {
+    /// sum x.
+    Sum(&'a CudaBuf),
+    /// sum (x - mean)^2, with the double mean from `finish_mean`.
+    CenteredSq(&'a CudaBuf),
+    /// sum dy and sum dy * x.
+    DyDyx(&'a CudaBuf, &'a CudaBuf),
+    /// sum dy * xhat and sum dy, with per-row statistics.
+    DyXhatRows {
+        dy: &'a CudaBuf,
+        x: &'a CudaBuf,
+        mean: &'a CudaBuf,
+        rstd: &'a CudaBuf,
+    },
+}
+
+/// One GPU, one stream.
+pub struct Cuda {
+    ordinal: usize,
+    device_name: String,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    blas: CudaBlas,
+    precision: Precision,
+    sms: usize,
+    state: Mutex<State>,
+}
+
+fn err(ordinal: usize, what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device {
+        device: format!("cuda:{ordinal}"),
+        msg: format!("{what}: {e:?}"),
+    }
+}
+
+/// A size as the `int` the kernels take.
+fn int(what: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Shape {
+        op: what,
+        expected: vec![i32::MAX as usize],
+        got: vec![v],
+    })
+}
+
+/// Grows `slot` to at least `len` elements (contents undefined) and returns it.
+fn grow<'a, T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> std::result::Result<&'a mut CudaSlice<T>, cudarc::driver::DriverError> {
+    let len = len.max(1);
+    if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = None; // free before allocating the bigger one
+        *slot = Some(stream.alloc_zeros::<T>(len)?);
+    }
+    Ok(slot.as_mut().expect("just filled"))
+}
+
+impl Cuda {
+    /// Opens GPU `ordinal`: loads the CUDA libraries, compiles the kernels, creates the
+    /// cuBLAS and cuDNN handles.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda> {
+        let e = |what: &str, x: &dyn std::fmt::Debug| err(ordinal, what, x);
+        let plain = |msg: String| Error::Device {
+            device: format!("cuda:{ordinal}"),
+            msg,
+        };
+        let count = load_library("CUDA driver (libcuda.so)", || {
+            CudaContext::device_count().map_err(|x| format!("{x:?}"))
+        })
+        .map_err(plain)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Device {
+                device: format!("cuda:{ordinal}"),
+                msg: format!("this machine has {count} CUDA device(s)"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|x| e("context", &x))?;
+        // One stream does all the work, so cudarc's cross-stream event tracking is not needed.
+        // SAFETY: no buffer of this context is shared with another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let device_name = ctx.name().map_err(|x| e("device name", &x))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|x| e("compute capability", &x))?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|x| e("multiprocessor count", &x))? as usize;
+        let image = load_library("NVRTC", || nvrtc::compile(major, minor))
+            .map_err(|x| plain(format!("compiling the kernels with NVRTC: {x}")))?;
+        let module = ctx
+            .load_module(image)
+            .map_err(|x| e("loading the kernels", &x))?;
+        let mut functions = HashMap::new();
+        for name in nvrtc::KERNELS {
+            let f = module
+                .load_function(name)
+                .map_err(|x| e(&format!("kernel {name}"), &x))?;
+            functions.insert(*name, f);
+        }
+        let blas = load_library("cuBLAS", || {
+            CudaBlas::new(stream.clone()).map_err(|x| format!("{x:?}"))
+        })
+        .map_err(plain)?;
+        let dnn = load_library("cuDNN", || Dnn::new(&stream)).map_err(plain)?;
+        Ok(Cuda {
+            ordinal,
+            device_name,
+            stream,
+            functions,
+            blas,
+            precision,
+            sms,
+            state: Mutex::new(State {
+                dnn,
+                plans: HashMap::new(),
+                scratch: Scratch::default(),
+            }),
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|x| self.err("synchronize", x))
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Debug) -> Error {
+        err(self.ordinal, what, e)
+    }
+
+    fn f(&self, name: &'static str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only scratch space behind: carry on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf> {
+        let data = self
+            .stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|x| self.err("allocation", x))?;
+        Ok(CudaBuf { data, len })
+    }
+
+    /// Uploads labels into the scratch label buffer.
+    fn upload_labels<'a>(
+        &self,
+        scratch: &'a mut Scratch,
+        labels: &[u32],
+    ) -> Result<&'a mut CudaSlice<u32>> {
+        let buf = grow(&self.stream, &mut scratch.labels, labels.len())
+            .map_err(|x| self.err("allocation", x))?;
+        if !labels.is_empty() {
+            self.stream
+                .memcpy_htod(labels, &mut buf.slice_mut(0..labels.len()))
+                .map_err(|x| self.err("label upload", x))?;
+        }
+        Ok(buf)
+    }
+
+    /// The plan of convolution shape `s`, created on first use.
+    fn plan<'a>(&self, state: &'a mut State, s: ConvShape) -> Result<&'a ConvPlan> {
+        let math = match self.precision {
+            Precision::F32 => ConvMath::F32,
+            Precision::Bf16 => ConvMath::Bf16,
+        };
+        if !state.plans.contains_key(&s) {
+            let plan = ConvPlan::new(&state.dnn, s, math).map_err(|x| self.err("cuDNN plan", x))?;
+            grow(&self.stream, &mut state.scratch.workspace, plan.workspace)
+                .map_err(|x| self.err("cuDNN workspace", x))?;
+            state.plans.insert(s, plan);
+        }
+        Ok(&state.plans[&s])
+    }
+
+    /// Per-column partial sums into the scratch partials; returns the partition.
+    fn launch_partials(
+        &self,
+        scratch: &mut Scratch,
+        rows: usize,
+        cols: usize,
+        inputs: PartialInputs,
+    ) -> Result<nvrtc::Partials> {
+        let p = nvrtc::partials(rows, cols, self.sms);
+        let a = grow(&self.stream, &mut scratch.part_a, p.parts * cols)
+            .map_err(|x| self.err("allocation", x))?;
+        let b = grow(&self.stream, &mut scratch.part_b, p.parts * cols)
+            .map_err(|x| self.err("allocation", x))?;
+        let (rows_i, cols_i, chunk) = (rows as i64, int("columns", cols)?, p.chunk as i64);
+        let kernel = match inputs {
+            PartialInputs::Sum(_) => "partial_sum",
+            PartialInputs::CenteredSq(_) => "partial_centered_sq",
+            PartialInputs::DyDyx(..) => "partial_dy_dyx",
+            PartialInputs::DyXhatRows { .. } => "partial_dy_xhat_rows",
+        };
+        let mut l = self.stream.launch_builder(self.f(kernel));
+        l.arg(a).arg(b);
+        match inputs {
+            PartialInputs::Sum(x) => l.arg(&x.data),
+            PartialInputs::CenteredSq(x) => l
+                .arg(&x.data)
+                .arg(scratch.dmean.as_ref().expect("finish_mean ran first")),
+            PartialInputs::DyDyx(dy, x) => l.arg(&dy.data).arg(&x.data),
+            PartialInputs::DyXhatRows { dy, x, mean, rstd } => {
+                l.arg(&dy.data).arg(&x.data).arg(&mean.data).arg(&rstd.data)
+            }
+        };
+        l.arg(&rows_i).arg(&cols_i).arg(&chunk);
+        // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
+        // buffers hold rows x cols elements (checked by the callers) and parts x cols partials.
+        unsafe { l.launch(p.config()) }.map_err(|x| self.err(kernel, x))?;
+        Ok(p)
+    }
+
+    /// Converts `len` floats of `x` into the bf16 scratch slot `slot`.
+    fn f32_to_half(
+        &self,
+        scratch: &mut Scratch,
+        slot: usize,
+        x: &CudaBuf,
+        len: usize,
+    ) -> Result<()> {
+        let h = grow(&self.stream, &mut scratch.half[slot], len)
+            .map_err(|e| self.err("allocation", e))?;
+        let n = len as i64;
+        let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
+        l.arg(h).arg(&x.data).arg(&n);
+        // SAFETY: both buffers hold at least `len` elements.
+        unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))?;
+        Ok(())
+    }
+
+    /// out (f32) = or += the bf16 values of `half`.
+    fn half_to_f32(
+        &self,
+        out: &mut CudaBuf,
+        half: &CudaSlice<u16>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = out.len as i64;
+        let acc = accumulate as i32;
+        let mut l = self.stream.launch_builder(self.f("bf16_to_f32"));
+        l.arg(&mut out.data).arg(half).arg(&n).arg(&acc);
+        // SAFETY: `half` holds at least `out.len` elements (sized by the same shape).
+        unsafe { l.launch(nvrtc::elementwise(out.len)) }.map_err(|e| self.err("bf16_to_f32", e))?;
+        Ok(())
+    }
+}
+
+/// Runs `f`, turning a panic of cudarc's library loader (it panics when a shared library is
+/// missing) into an error that names the library.
+fn load_library<T>(
+    name: &str,
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    // cudarc reports a missing library by panicking; silence the default report for the
+    // duration (the error below says it in one line).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    match outcome {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "the {name} library could not be loaded; put its folder on LD_LIBRARY_PATH"
+        )),
+    }
+}
+
+fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
+    check_len(op, buf.len, len)
+}
+
+/// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
+macro_rules! launch {
+    ($self:ident, $kernel:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut l = $self.stream.launch_builder($self.f($kernel));
+        $( l.arg($arg); )+
+        // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
+        // and every buffer was checked against the shape that sizes the launch.
+        unsafe { l.launch($cfg) }.map_err(|e| $self.err($kernel, e))?;
+    }};
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        let precision = match self.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16 convolutions",
+        };
+        format!("cuda:{} ({}, {precision})", self.ordinal, self.device_name)
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaBuf> {
+        self.alloc(len)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        let mut buf = self.alloc(data.len())?;
+        self.write(&mut buf, data)?;
+        Ok(buf)
+    }
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; buf.len];
+        if buf.len > 0 {
+            self.stream
+                .memcpy_dtoh(&buf.data.slice(0..buf.len), &mut out)
+                .map_err(|e| self.err("download", e))?;
+            self.synchronize()?;
+        }
+        Ok(out)
+    }
+    fn len(buf: &CudaBuf) -> usize {
+        buf.len
+    }
+    fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
+        let n = buf.len as i64;
+        launch!(
+            self,
+            "fill_f32",
+            nvrtc::elementwise(buf.len),
+            &mut buf.data,
+            &value,
+            &n
+        );
+        Ok(())
+    }
+    fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        check_len("write", data.len(), dst.len)?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, &mut dst.data.slice_mut(0..data.len()))
+                .map_err(|e| self.err("upload", e))?;
+        }
+        Ok(())
+    }
+
+    fn embed_forward(
+        &self,
+        out: &mut CudaBuf,
+        images: &CudaBuf,
+        table: &CudaBuf,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()> {
+        check("embed_forward.out", out, s.n * s.pixels * (s.channels + 1))?;
+        check("embed_forward.images", images, s.n * s.pixels * s.channels)?;
+        check_labels(
+            "embed_forward.labels",
+            labels,
+            s.n,
+            table.len / s.pixels.max(1),
+        )?;
+        let mut state = self.lock();
+        let l = self.upload_labels(&mut state.scratch, labels)?;
+        let (n, p, c) = (
+            int("n", s.n)?,
+            int("pixels", s.pixels)?,
+            int("c", s.channels)?,
+        );
+        launch!(
+            self,
+            "embed_forward",
+            nvrtc::elementwise(out.len),
+            &mut out.data,
+            &images.data,
+            &table.data,
+            &*l,
+            &n,
+            &p,
+            &c
+        );
+        Ok(())
+    }
+    fn embed_backward(
+        &self,
+        grad_table: &mut CudaBuf,
+        grad_input: &CudaBuf,
+        labels: &[u32],
+        s: EmbedShape,
+    ) -> Result<()> {
+        check(
+            "embed_backward.grad_input",
+            grad_input,
+            s.n * s.pixels * (s.channels + 1),
+        )?;
+        let classes = grad_table.len / s.pixels.max(1);
+        check_labels("embed_backward.labels", labels, s.n, classes)?;
+        let mut state = self.lock();
+        let l = self.upload_labels(&mut state.scratch, labels)?;
+        let (n, p, c, k) = (
+            int("n", s.n)?,
+            int("pixels", s.pixels)?,
+            int("c", s.channels)?,
+            int("classes", classes)?,
+        );
+        launch!(
+            self,
+            "embed_backward",
+            nvrtc::elementwise(classes * s.pixels),
+            &mut grad_table.data,
+            &grad_input.data,
+            &*l,
+            &n,
+            &p,
+            &c,
+            &k
+        );
+        Ok(())
+    }
+
+    fn conv3x3_forward(
+        &self,
+        out: &mut CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+    ) -> Result<()> {
+        let (nx, nw, ny) = (
+            s.n * s.h * s.w * s.c_in,
+            s.c_out * 9 * s.c_in,
+            s.n * s.h * s.w * s.c_out,
+        );
+        check("conv3x3_forward.input", input, nx)?;
+        check("conv3x3_forward.weight", weight, nw)?;
+        check("conv3x3_forward.out", out, ny)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.plan(state, s)?;
+        match self.precision {
+            Precision::F32 => {
+                let ws = state.scratch.workspace.as_mut().expect("sized by plan");
+                let plan = &state.plans[&s];
+                let (x, _a) = input.data.device_ptr(&self.stream);
+                let (w, _b) = weight.data.device_ptr(&self.stream);
+                let (y, _c) = out.data.device_ptr_mut(&self.stream);
+                let (wp, _d) = ws.device_ptr_mut(&self.stream);
+                // SAFETY: buffers checked against the plan's shape above.
+                unsafe { plan.forward(&state.dnn, x, w, y, wp) }
+                    .map_err(|e| self.err("conv3x3_forward", e))?;
+            }
+            Precision::Bf16 => {
+                self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+                self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+                let sc = &mut state.scratch;
+                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?;
+                let [hx, hw, hy] = &mut sc.half;
+                let (hx, hw, hy) = (
+                    hx.as_ref().expect("filled"),
+                    hw.as_ref().expect("filled"),
+                    hy.as_mut().expect("filled"),
+                );
+                let plan = &state.plans[&s];
+                {
+                    let ws = sc.workspace.as_mut().expect("sized by plan");
+                    let (x, _a) = hx.device_ptr(&self.stream);
+                    let (w, _b) = hw.device_ptr(&self.stream);
+                    let (y, _c) = hy.device_ptr_mut(&self.stream);
+                    let (wp, _d) = ws.device_ptr_mut(&self.stream);
+                    // SAFETY: bf16 copies of the checked buffers, sized by the same shape.
+                    unsafe { plan.forward(&state.dnn, x, w, y, wp) }
+                        .map_err(|e| self.err("conv3x3_forward", e))?;
+                }
+                self.half_to_f32(out, hy, false)?;
+            }
+        }
+        Ok(())
+    }
+    fn conv3x3_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+    ) -> Result<()> {
+        let (nx, nw, ny) = (
+            s.n * s.h * s.w * s.c_in,
+            s.c_out * 9 * s.c_in,
+            s.n * s.h * s.w * s.c_out,
+        );
+        check("conv3x3_backward.grad_out", grad_out, ny)?;
+        check("conv3x3_backward.input", input, nx)?;
+        check("conv3x3_backward.grad_weight", grad_weight, nw)?;
+        check("conv3x3_backward.weight", weight, nw)?;
+        if let Some(gi) = &grad_input {
+            check("conv3x3_backward.grad_input", gi, nx)?;
+        }
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.plan(state, s)?;
+        match self.precision {
+            Precision::F32 => {
+                let ws = state.scratch.workspace.as_mut().expect("sized by plan");
+                let plan = &state.plans[&s];
+                let (dy, _a) = grad_out.data.device_ptr(&self.stream);
+                let (x, _b) = input.data.device_ptr(&self.stream);
+                let (wp, _c) = ws.device_ptr_mut(&self.stream);
+                {
+                    let (dw, _d) = grad_weight.data.device_ptr_mut(&self.stream);
+                    // SAFETY: buffers checked against the plan's shape above.
+                    unsafe { plan.backward_filter(&state.dnn, x, dy, dw, 1.0, wp) }
+                        .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
+                }
+                if let Some(gi) = grad_input {
+                    let (w, _e) = weight.data.device_ptr(&self.stream);
+                    let (dx, _f) = gi.data.device_ptr_mut(&self.stream);
+                    // SAFETY: as above.
+                    unsafe { plan.backward_data(&state.dnn, w, dy, dx, wp) }
+                        .map_err(|e| self.err("conv3x3_backward (data)", e))?;
+                }
+            }
+            Precision::Bf16 => {
+                self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+                self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+                self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
+                let sc = &mut state.scratch;
+                grow(&self.stream, &mut sc.half_dw, nw.max(nx))
+                    .map_err(|e| self.err("allocation", e))?;
+                let plan = &state.plans[&s];
+                let [hx, hw, hdy] = &sc.half;
+                let (hx, hw, hdy) = (
+                    hx.as_ref().expect("filled"),
+                    hw.as_ref().expect("filled"),
+                    hdy.as_ref().expect("filled"),
+                );
+                let out = sc.half_dw.as_mut().expect("filled");
+                let ws = sc.workspace.as_mut().expect("sized by plan");
+                {
+                    let (x, _a) = hx.device_ptr(&self.stream);
+                    let (dy, _b) = hdy.device_ptr(&self.stream);
+                    let (dw, _c) = out.device_ptr_mut(&self.stream);
+                    let (wp, _d) = ws.device_ptr_mut(&self.stream);
+                    // SAFETY: bf16 copies sized by the checked shape; `out` holds >= nw.
+                    unsafe { plan.backward_filter(&state.dnn, x, dy, dw, 0.0, wp) }
+                        .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
+                }
+                self.half_to_f32(grad_weight, out, true)?;
+                if let Some(gi) = grad_input {
+                    {
+                        let (w, _a) = hw.device_ptr(&self.stream);
+                        let (dy, _b) = hdy.device_ptr(&self.stream);
+                        let (dx, _c) = out.device_ptr_mut(&self.stream);
+                        let (wp, _d) = ws.device_ptr_mut(&self.stream);
+                        // SAFETY: as above; `out` holds >= nx.
+                        unsafe { plan.backward_data(&state.dnn, w, dy, dx, wp) }
+                            .map_err(|e| self.err("conv3x3_backward (data)", e))?;
+                    }
+                    self.half_to_f32(gi, out, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        out: &mut CudaBuf,
+        mean: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        running_mean: &mut CudaBuf,
+        running_var: &mut CudaBuf,
+        input: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        s: ChannelShape,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<()> {
+        let (rows, c) = (s.rows, s.channels);
+        check("batchnorm_forward_train.input", input, rows * c)?;
+        check("batchnorm_forward_train.out", out, rows * c)?;
+        for (op, b) in [
+            ("batchnorm_forward_train.mean", &*mean),
+            ("batchnorm_forward_train.rstd", &*rstd),
+            ("batchnorm_forward_train.running_mean", &*running_mean),
+            ("batchnorm_forward_train.running_var", &*running_var),
+            ("batchnorm_forward_train.gamma", gamma),
+            ("batchnorm_forward_train.beta", beta),
+        ] {
+            check(op, b, c)?;
+        }
+        let mut guard = self.lock();
+        let sc = &mut guard.scratch;
+        let (cols, rows_i) = (int("channels", c)?, rows as i64);
+        let p = self.launch_partials(sc, rows, c, PartialInputs::Sum(input))?;
+        let parts = int("parts", p.parts)?;
+        grow(&self.stream, &mut sc.dmean, c).map_err(|e| self.err("allocation", e))?;
+        launch!(
+            self,
+            "finish_mean",
+            nvrtc::per_column(c),
+            sc.dmean.as_mut().expect("grown"),
+            sc.part_a.as_ref().expect("grown"),
+            &parts,
+            &cols,
+            &rows_i
+        );
+        let p = self.launch_partials(sc, rows, c, PartialInputs::CenteredSq(input))?;
+        let parts = int("parts", p.parts)?;
+        launch!(
+            self,
+            "batchnorm_finish_stats",
+            nvrtc::per_column(c),
+            &mut mean.data,
+            &mut rstd.data,
+            &mut running_mean.data,
+            &mut running_var.data,
+            sc.dmean.as_ref().expect("grown"),
+            sc.part_a.as_ref().expect("grown"),
+            &parts,
+            &cols,
+            &rows_i,
+            &eps,
+            &momentum
+        );
+        let total = (rows * c) as i64;
+        launch!(
+            self,
+            "batchnorm_apply",
+            nvrtc::elementwise(rows * c),
+            &mut out.data,
+            &input.data,
+            &mean.data,
+            &rstd.data,
+            &gamma.data,
+            &beta.data,
+            &cols,
+            &total
+        );
+        Ok(())
+    }
+    fn batchnorm_forward_eval(
+        &self,
+        out: &mut CudaBuf,
+        input: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        running_mean: &CudaBuf,
+        running_var: &CudaBuf,
+        s: ChannelShape,
+        eps: f32,
+    ) -> Result<()> {
+        let (rows, c) = (s.rows, s.channels);
+        check("batchnorm_forward_eval.input", input, rows * c)?;
+        check("batchnorm_forward_eval.out", out, rows * c)?;
+        for (op, b) in [
+            ("batchnorm_forward_eval.gamma", gamma),
+            ("batchnorm_forward_eval.beta", beta),
+            ("batchnorm_forward_eval.running_mean", running_mean),
+            ("batchnorm_forward_eval.running_var", running_var),
+        ] {
+            check(op, b, c)?;
+        }
+        let (cols, total) = (int("channels", c)?, (rows * c) as i64);
+        launch!(
+            self,
+            "batchnorm_apply_eval",
+            nvrtc::elementwise(rows * c),
+            &mut out.data,
+            &input.data,
+            &gamma.data,
+            &beta.data,
+            &running_mean.data,
+            &running_var.data,
+            &eps,
+            &cols,
+            &total
+        );
+        Ok(())
+    }
+    fn batchnorm_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_gamma: &mut CudaBuf,
+        grad_beta: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        input: &CudaBuf,
+        gamma: &CudaBuf,
+        s: ChannelShape,
+    ) -> Result<()> {
+        let (rows, c) = (s.rows, s.channels);
+        check("batchnorm_backward.grad_out", grad_out, rows * c)?;
+        check("batchnorm_backward.input", input, rows * c)?;
+        for (op, b) in [
+            ("batchnorm_backward.grad_gamma", &*grad_gamma),
+            ("batchnorm_backward.grad_beta", &*grad_beta),
+            ("batchnorm_backward.mean", mean),
+            ("batchnorm_backward.rstd", rstd),
+            ("batchnorm_backward.gamma", gamma),
+        ] {
+            check(op, b, c)?;
+        }
+        if let Some(gi) = &grad_input {
+            check("batchnorm_backward.grad_input", gi, rows * c)?;
+        }
+        let mut guard = self.lock();
+        let sc = &mut guard.scratch;
+        let p = self.launch_partials(sc, rows, c, PartialInputs::DyDyx(grad_out, input))?;
+        let (parts, cols, rows_i) = (int("parts", p.parts)?, int("channels", c)?, rows as i64);
+        let coef =
+            grow(&self.stream, &mut sc.coef, 3 * c).map_err(|e| self.err("allocation", e))?;
+        {
+            let (mut k, mut rest) = coef.split_at_mut(c);
+            let (mut slope, mut offset) = rest.split_at_mut(c);
+            launch!(
+                self,
+                "batchnorm_backward_finish",
+                nvrtc::per_column(c),
+                &mut grad_gamma.data,
+                &mut grad_beta.data,
+                &mut k,
+                &mut slope,
+                &mut offset,
+                sc.part_a.as_ref().expect("grown"),
+                sc.part_b.as_ref().expect("grown"),
+                &parts,
+                &cols,
+                &rows_i,
+                &mean.data,
+                &rstd.data,
+                &gamma.data
+            );
+        }
+        if let Some(gi) = grad_input {
+            let coef = sc.coef.as_ref().expect("grown");
+            let (k, slope, offset) = (
+                coef.slice(0..c),
+                coef.slice(c..2 * c),
+                coef.slice(2 * c..3 * c),
+            );
+            let total = (rows * c) as i64;
+            launch!(
+                self,
+                "batchnorm_backward_apply",
+                nvrtc::elementwise(rows * c),
+                &mut gi.data,
+                &grad_out.data,
+                &input.data,
+                &k,
+                &slope,
+                &offset,
+                &cols,
+                &total
+            );
+        }
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut CudaBuf,
+        mean: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        input: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        s: SampleShape,
+        eps: f32,
+    ) -> Result<()> {
+        let f = s.features;
+        check("layernorm_forward.input", input, s.n * f)?;
+        check("layernorm_forward.out", out, s.n * f)?;
+        check("layernorm_forward.mean", mean, s.n)?;
+        check("layernorm_forward.rstd", rstd, s.n)?;
+        check("layernorm_forward.gamma", gamma, f)?;
+        check("layernorm_forward.beta", beta, f)?;
+        if s.n == 0 {
+            return Ok(());
+        }
+        let fi = int("features", f)?;
+        launch!(
+            self,
+            "layernorm_forward",
+            nvrtc::per_row(s.n),
+            &mut out.data,
+            &mut mean.data,
+            &mut rstd.data,
+            &input.data,
+            &gamma.data,
+            &beta.data,
+            &fi,
+            &eps
+        );
+        Ok(())
+    }
+    fn layernorm_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_gamma: &mut CudaBuf,
+        grad_beta: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        input: &CudaBuf,
+        gamma: &CudaBuf,
+        s: SampleShape,
+    ) -> Result<()> {
+        let f = s.features;
+        check("layernorm_backward.grad_out", grad_out, s.n * f)?;
+        check("layernorm_backward.input", input, s.n * f)?;
+        check("layernorm_backward.mean", mean, s.n)?;
+        check("layernorm_backward.rstd", rstd, s.n)?;
+        check("layernorm_backward.gamma", gamma, f)?;
+        check("layernorm_backward.grad_gamma", grad_gamma, f)?;
+        check("layernorm_backward.grad_beta", grad_beta, f)?;
+        if let Some(gi) = &grad_input {
+            check("layernorm_backward.grad_input", gi, s.n * f)?;
+        }
+        if s.n == 0 {
+            return Ok(());
+        }
+        let mut guard = self.lock();
+        let sc = &mut guard.scratch;
+        let p = self.launch_partials(
+            sc,
+            s.n,
+            f,
+            PartialInputs::DyXhatRows {
+                dy: grad_out,
+                x: input,
+                mean,
+                rstd,
+            },
+        )?;
+        let (parts, cols) = (int("parts", p.parts)?, int("features", f)?);
+        launch!(
+            self,
+            "finish_add",
+            nvrtc::per_column(f),
+            &mut grad_gamma.data,
+            &mut grad_beta.data,
+            sc.part_a.as_ref().expect("grown"),
+            sc.part_b.as_ref().expect("grown"),
+            &parts,
+            &cols
+        );
+        if let Some(gi) = grad_input {
+            launch!(
+                self,
+                "layernorm_backward_input",
+                nvrtc::per_row(s.n),
+                &mut gi.data,
+                &grad_out.data,
+                &input.data,
+                &mean.data,
+                &rstd.data,
+                &gamma.data,
+                &cols
+            );
+        }
+        Ok(())
+    }
+
+    fn relu_forward(&self, x: &mut CudaBuf) -> Result<()> {
+        let n = x.len as i64;
+        launch!(
+            self,
+            "relu_forward",
+            nvrtc::elementwise(x.len),
+            &mut x.data,
+            &n
+        );
+        Ok(())
+    }
+    fn relu_backward(&self, grad: &mut CudaBuf, activation: &CudaBuf) -> Result<()> {
+        check("relu_backward.activation", activation, grad.len)?;
+        let n = grad.len as i64;
+        launch!(
+            self,
+            "relu_backward",
+            nvrtc::elementwise(grad.len),
+            &mut grad.data,
+            &activation.data,
+            &n
+        );
+        Ok(())
+    }
+    fn maxpool2_forward(&self, out: &mut CudaBuf, input: &CudaBuf, s: PoolShape) -> Result<()> {
+        check("maxpool2_forward.input", input, s.n * s.h * s.w * s.c)?;
+        check(
+            "maxpool2_forward.out",
+            out,
+            s.n * (s.h / 2) * (s.w / 2) * s.c,
+        )?;
+        let (n, h, w, c) = (
+            int("n", s.n)?,
+            int("h", s.h)?,
+            int("w", s.w)?,
+            int("c", s.c)?,
+        );
+        launch!(
+            self,
+            "maxpool2_forward",
+            nvrtc::elementwise(out.len),
+            &mut out.data,
+            &input.data,
+            &n,
+            &h,
+            &w,
+            &c
+        );
+        Ok(())
+    }
+    fn relu_maxpool2_backward(
+        &self,
+        grad_input: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        activation: &CudaBuf,
+        s: PoolShape,
+    ) -> Result<()> {
+        let total = s.n * s.h * s.w * s.c;
+        check("relu_maxpool2_backward.grad_input", grad_input, total)?;
+        check("relu_maxpool2_backward.activation", activation, total)?;
+        check(
+            "relu_maxpool2_backward.grad_out",
+            grad_out,
+            s.n * (s.h / 2) * (s.w / 2) * s.c,
+        )?;
+        let (n, h, w, c) = (
+            int("n", s.n)?,
+            int("h", s.h)?,
+            int("w", s.w)?,
+            int("c", s.c)?,
+        );
+        launch!(
+            self,
+            "relu_maxpool2_backward",
+            nvrtc::elementwise(total),
+            &mut grad_input.data,
+            &grad_out.data,
+            &activation.data,
+            &n,
+            &h,
+            &w,
+            &c
+        );
+        Ok(())
+    }
+
+    fn goodness_forward(
+        &self,
+        goodness: &mut CudaBuf,
+        input: &CudaBuf,
+        s: SampleShape,
+    ) -> Result<()> {
+        check("goodness_forward.input", input, s.n * s.features)?;
+        check("goodness_forward.goodness", goodness, s.n)?;
+        if s.n == 0 {
+            return Ok(());
+        }
+        let f = int("features", s.features)?;
+        launch!(
+            self,
+            "goodness_forward",
+            nvrtc::per_row(s.n),
+            &mut goodness.data,
+            &input.data,
+            &f
+        );
+        Ok(())
+    }
+    fn goodness_backward(
+        &self,
+        grad_input: &mut CudaBuf,
+        grad_goodness: &CudaBuf,
+        input: &CudaBuf,
+        s: SampleShape,
+    ) -> Result<()> {
+        check("goodness_backward.input", input, s.n * s.features)?;
+        check("goodness_backward.grad_input", grad_input, s.n * s.features)?;
+        check("goodness_backward.grad_goodness", grad_goodness, s.n)?;
+        let (f, total) = (int("features", s.features)?, (s.n * s.features) as i64);
+        launch!(
+            self,
+            "goodness_backward",
+            nvrtc::elementwise(s.n * s.features),
+            &mut grad_input.data,
+            &grad_goodness.data,
+            &input.data,
+            &f,
+            &total
+        );
+        Ok(())
+    }
+    fn ff_loss(
+        &self,
+        loss: &mut CudaBuf,
+        grad_goodness: &mut CudaBuf,
+        goodness: &CudaBuf,
+        pairs: usize,
+        kind: FfLoss,
+    ) -> Result<()> {
+        check("ff_loss.goodness", goodness, 2 * pairs)?;
+        check("ff_loss.grad_goodness", grad_goodness, 2 * pairs)?;
+        check("ff_loss.loss", loss, 1)?;
+        let (k, param) = match kind {
+            FfLoss::Symba { alpha } => (0i32, alpha),
+            FfLoss::Threshold { tau } => (1i32, tau),
+        };
+        let p = int("pairs", pairs)?;
+        launch!(
+            self,
+            "ff_loss",
+            nvrtc::single_block(),
+            &mut loss.data,
+            &mut grad_goodness.data,
+            &goodness.data,
+            &p,
+            &k,
+            &param
+        );
+        Ok(())
+    }
+
+    fn avgpool_forward(
+        &self,
+        out: &mut CudaBuf,
+        input: &CudaBuf,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()> {
+        check("avgpool_forward.input", input, n * s.rows * s.channels)?;
+        check("avgpool_forward.out", out, n * s.channels)?;
+        let (ni, p, c) = (int("n", n)?, int("pixels", s.rows)?, int("c", s.channels)?);
+        launch!(
+            self,
+            "avgpool_forward",
+            nvrtc::elementwise(n * s.channels),
+            &mut out.data,
+            &input.data,
+            &ni,
+            &p,
+            &c
+        );
+        Ok(())
+    }
+    fn avgpool_backward(
+        &self,
+        grad_input: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        s: ChannelShape,
+        n: usize,
+    ) -> Result<()> {
+        let total = n * s.rows * s.channels;
+        check("avgpool_backward.grad_input", grad_input, total)?;
+        check("avgpool_backward.grad_out", grad_out, n * s.channels)?;
+        let (p, c, t) = (int("pixels", s.rows)?, int("c", s.channels)?, total as i64);
+        launch!(
+            self,
+            "avgpool_backward",
+            nvrtc::elementwise(total),
+            &mut grad_input.data,
+            &grad_out.data,
+            &p,
+            &c,
+            &t
+        );
+        Ok(())
+    }
+    fn linear_forward(
+        &self,
+        out: &mut CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        bias: &CudaBuf,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()> {
+        check("linear_forward.input", input, n * inputs)?;
+        check("linear_forward.weight", weight, outputs * inputs)?;
+        check("linear_forward.bias", bias, outputs)?;
+        check("linear_forward.out", out, n * outputs)?;
+        if n == 0 || outputs == 0 {
+            return Ok(());
+        }
+        let (o, total) = (int("outputs", outputs)?, (n * outputs) as i64);
+        launch!(
+            self,
+            "bias_rows",
+            nvrtc::elementwise(n * outputs),
+            &mut out.data,
+            &bias.data,
+            &o,
+            &total
+        );
+        // Column-major view: out^T (outputs x n) += W (outputs x inputs) . X^T (inputs x n),
+        // where the row-major W buffer is W^T column-major (lda = inputs).
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: o,
+            n: int("n", n)?,
+            k: int("inputs", inputs)?,
+            alpha: 1.0f32,
+            lda: int("inputs", inputs)?,
+            ldb: int("inputs", inputs)?,
+            beta: 1.0f32,
+            ldc: o,
+        };
+        // SAFETY: the three buffers hold the sizes checked above.
+        unsafe {
+            self.blas
+                .gemm(cfg, &weight.data, &input.data, &mut out.data)
+        }
+        .map_err(|e| self.err("linear_forward (cuBLAS)", e))?;
+        Ok(())
+    }
+    fn linear_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        grad_bias: &mut CudaBuf,
+        grad_out: &CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        n: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()> {
+        check("linear_backward.grad_out", grad_out, n * outputs)?;
+        check("linear_backward.input", input, n * inputs)?;
+        check("linear_backward.grad_weight", grad_weight, outputs * inputs)?;
+        check("linear_backward.grad_bias", grad_bias, outputs)?;
+        check("linear_backward.weight", weight, outputs * inputs)?;
+        if let Some(gi) = &grad_input {
+            check("linear_backward.grad_input", gi, n * inputs)?;
+        }
+        if n == 0 || outputs == 0 {
+            return Ok(());
+        }
+        let (ni, ii, oi) = (
+            int("n", n)?,
+            int("inputs", inputs)?,
+            int("outputs", outputs)?,
+        );
+        {
+            let mut guard = self.lock();
+            let sc = &mut guard.scratch;
+            let p = self.launch_partials(sc, n, outputs, PartialInputs::Sum(grad_out))?;
+            let parts = int("parts", p.parts)?;
+            let none = 0u64;
+            launch!(
+                self,
+                "finish_add",
+                nvrtc::per_column(outputs),
+                &mut grad_bias.data,
+                &none,
+                sc.part_a.as_ref().expect("grown"),
+                sc.part_b.as_ref().expect("grown"),
+                &parts,
+                &oi
+            );
+        }
+        // dW^T (inputs x outputs, column-major) += X^T (inputs x n) . dY (n x outputs).
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_T,
+            m: ii,
+            n: oi,
+            k: ni,
+            alpha: 1.0f32,
+            lda: ii,
+            ldb: oi,
+            beta: 1.0f32,
+            ldc: ii,
+        };
+        // SAFETY: sizes checked above.
+        unsafe {
+            self.blas
+                .gemm(cfg, &input.data, &grad_out.data, &mut grad_weight.data)
+        }
+        .map_err(|e| self.err("linear_backward weight (cuBLAS)", e))?;
+        if let Some(gi) = grad_input {
+            // dX^T (inputs x n) = W^T (inputs x outputs) . dY^T (outputs x n).
+            let cfg = GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_N,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: ii,
+                n: ni,
+                k: oi,
+                alpha: 1.0f32,
+                lda: ii,
+                ldb: oi,
+                beta: 0.0f32,
+                ldc: ii,
+            };
+            // SAFETY: sizes checked above.
+            unsafe {
+                self.blas
+                    .gemm(cfg, &weight.data, &grad_out.data, &mut gi.data)
+            }
+            .map_err(|e| self.err("linear_backward input (cuBLAS)", e))?;
+        }
+        Ok(())
+    }
+    fn cross_entropy(
+        &self,
+        loss: &mut CudaBuf,
+        grad_logits: &mut CudaBuf,
+        logits: &CudaBuf,
+        labels: &[u32],
+        classes: usize,
+    ) -> Result<()> {
+        let n = labels.len();
+        check("cross_entropy.logits", logits, n * classes)?;
+        check("cross_entropy.grad_logits", grad_logits, n * classes)?;
+        check("cross_entropy.loss", loss, 1)?;
+        check_labels("cross_entropy.labels", labels, n, classes)?;
+        let mut state = self.lock();
+        let l = self.upload_labels(&mut state.scratch, labels)?;
+        let (ni, k) = (int("n", n)?, int("classes", classes)?);
+        launch!(
+            self,
+            "cross_entropy",
+            nvrtc::single_block(),
+            &mut loss.data,
+            &mut grad_logits.data,
+            &logits.data,
+            &*l,
+            &ni,
+            &k
+        );
+        Ok(())
+    }
+
+    fn adam_step(
+        &self,
+        param: &mut CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        grad: &CudaBuf,
+        step: u64,
+        hp: AdamParams,
+    ) -> Result<()> {
+        check("adam_step.m", m, param.len)?;
+        check("adam_step.v", v, param.len)?;
+        check("adam_step.grad", grad, param.len)?;
+        // The same host-side factors as the CPU kernel.
+        let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
+        let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
+        let step_size = (hp.lr as f64 / bias1) as f32;
+        let bias2_sqrt = bias2.sqrt() as f32;
+        let n = param.len as i64;
+        launch!(
+            self,
+            "adam_step",
+            nvrtc::elementwise(param.len),
+            &mut param.data,
+            &mut m.data,
+            &mut v.data,
+            &grad.data,
+            &n,
+            &hp.beta1,
+            &hp.beta2,
+            &hp.eps,
+            &step_size,
+            &bias2_sqrt
+        );
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Cuda>();
+    is::<CudaBuf>();
+    let _: Option<LaunchConfig> = None;
+}

@@ -1,0 +1,621 @@
+//! The CUDA backend against the CPU backend, op by op (forward and backward, random inputs,
+//! odd sizes), the golden FF step on the GPU, and repeatability. Built only with
+//! `--features cuda`; every test except `kernels_compile` needs a CUDA device and fails
+//! loudly without one.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::assert_close;
+use std::sync::OnceLock;
+use trifecta::backend::cpu::Cpu;
+use trifecta::backend::cuda::{Cuda, Precision, nvrtc};
+use trifecta::backend::{
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+};
+use trifecta::rng::Rng;
+
+fn gpu() -> &'static Cuda {
+    static GPU: OnceLock<Cuda> = OnceLock::new();
+    GPU.get_or_init(|| Cuda::new(0, Precision::F32).expect("these tests need a CUDA device"))
+}
+
+fn gpu_bf16() -> &'static Cuda {
+    static GPU: OnceLock<Cuda> = OnceLock::new();
+    GPU.get_or_init(|| Cuda::new(0, Precision::Bf16).expect("these tests need a CUDA device"))
+}
+
+fn cpu() -> Cpu {
+    Cpu::new(2).unwrap()
+}
+
+fn random(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// Small integers and zeros: max-pool ties and dead ReLUs on purpose.
+fn ties(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| (rng.normal() * 1.5).round().max(-1.0))
+        .collect()
+}
+
+type Outputs = Vec<(String, Vec<f32>)>;
+
+fn up<B: Backend>(b: &B, v: &[f32]) -> B::Buf {
+    b.upload(v).unwrap()
+}
+
+fn down<B: Backend>(b: &B, buf: &B::Buf) -> Vec<f32> {
+    b.download(buf).unwrap()
+}
+
+/// Compares every named output of the two runs.
+fn compare(what: &str, gpu: Outputs, cpu: Outputs, rel: f64, abs: f64) {
+    assert_eq!(gpu.len(), cpu.len());
+    for ((name, got), (_, want)) in gpu.iter().zip(&cpu) {
+        let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+        assert_close(&format!("{what} {name}"), got, &want, rel, abs);
+    }
+}
+
+/// As [`compare`], with the tolerance scaled by each output's largest magnitude (bf16).
+fn compare_scaled(what: &str, gpu: Outputs, cpu: Outputs, fraction: f64) {
+    for ((name, got), (_, want)) in gpu.iter().zip(&cpu) {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+        let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+        assert_close(
+            &format!("{what} {name}"),
+            got,
+            &want,
+            0.0,
+            fraction * scale + 1e-6,
+        );
+    }
+}
+
+#[test]
+fn kernels_compile() {
+    // Needs only NVRTC (no GPU): every kernel builds for Ampere and Hopper.
+    for (major, minor) in [(8, 0), (9, 0)] {
+        nvrtc::compile(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
+    }
+}
+
+const CONV_SHAPES: [ConvShape; 4] = [
+    ConvShape {
+        n: 2,
+        h: 7,
+        w: 5,
+        c_in: 3,
+        c_out: 4,
+    },
+    ConvShape {
+        n: 1,
+        h: 8,
+        w: 8,
+        c_in: 16,
+        c_out: 8,
+    },
+    ConvShape {
+        n: 4,
+        h: 16,
+        w: 16,
+        c_in: 64,
+        c_out: 32,
+    },
+    ConvShape {
+        n: 3,
+        h: 6,
+        w: 6,
+        c_in: 130,
+        c_out: 7,
+    },
+];
+
+fn conv_op<B: Backend>(b: &B, s: ConvShape, seed: u64) -> Outputs {
+    let (nx, nw, ny) = (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * s.h * s.w * s.c_out,
+    );
+    let x = up(b, &random(seed, nx));
+    let w = up(b, &random(seed + 1, nw));
+    let dy = up(b, &random(seed + 2, ny));
+    let mut y = b.zeros(ny).unwrap();
+    b.conv3x3_forward(&mut y, &x, &w, s).unwrap();
+    let mut dx = b.zeros(nx).unwrap();
+    let mut dw = up(b, &random(seed + 3, nw)); // accumulates
+    b.conv3x3_backward(Some(&mut dx), &mut dw, &dy, &x, &w, s)
+        .unwrap();
+    let mut dw_only = b.zeros(nw).unwrap();
+    b.conv3x3_backward(None, &mut dw_only, &dy, &x, &w, s)
+        .unwrap();
+    vec![
+        ("y".into(), down(b, &y)),
+        ("dx".into(), down(b, &dx)),
+        ("dw".into(), down(b, &dw)),
+        ("dw without dx".into(), down(b, &dw_only)),
+    ]
+}
+
+#[test]
+fn conv3x3_matches_cpu() {
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        compare(
+            &format!("conv {s:?}"),
+            conv_op(gpu(), s, seed),
+            conv_op(&cpu(), s, seed),
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn conv3x3_bf16_is_close_to_cpu() {
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        compare_scaled(
+            &format!("bf16 conv {s:?}"),
+            conv_op(gpu_bf16(), s, seed),
+            conv_op(&cpu(), s, seed),
+            3e-2,
+        );
+    }
+}
+
+fn batchnorm_op<B: Backend>(b: &B, rows: usize, c: usize, seed: u64) -> Outputs {
+    let s = ChannelShape { rows, channels: c };
+    // A large mean: the two-pass variance must stay exact.
+    let xs: Vec<f32> = random(seed, rows * c)
+        .iter()
+        .map(|v| 3.0 * v + 50.0)
+        .collect();
+    let x = up(b, &xs);
+    let gamma = up(b, &random(seed + 1, c));
+    let beta = up(b, &random(seed + 2, c));
+    let dy = up(b, &random(seed + 3, rows * c));
+    let (mut mean, mut rstd) = (b.zeros(c).unwrap(), b.zeros(c).unwrap());
+    let mut rm = up(b, &random(seed + 4, c));
+    let mut rv = up(b, &vec![1.0; c]);
+    let mut y = b.zeros(rows * c).unwrap();
+    b.batchnorm_forward_train(
+        &mut y, &mut mean, &mut rstd, &mut rm, &mut rv, &x, &gamma, &beta, s, 1e-5, 0.1,
+    )
+    .unwrap();
+    let mut eval = b.zeros(rows * c).unwrap();
+    b.batchnorm_forward_eval(&mut eval, &x, &gamma, &beta, &rm, &rv, s, 1e-5)
+        .unwrap();
+    let mut dx = b.zeros(rows * c).unwrap();
+    let mut dgamma = up(b, &random(seed + 5, c));
+    let mut dbeta = up(b, &random(seed + 6, c));
+    b.batchnorm_backward(
+        Some(&mut dx),
+        &mut dgamma,
+        &mut dbeta,
+        &dy,
+        &mean,
+        &rstd,
+        &x,
+        &gamma,
+        s,
+    )
+    .unwrap();
+    let (mut dgamma2, mut dbeta2) = (b.zeros(c).unwrap(), b.zeros(c).unwrap());
+    b.batchnorm_backward(
+        None,
+        &mut dgamma2,
+        &mut dbeta2,
+        &dy,
+        &mean,
+        &rstd,
+        &x,
+        &gamma,
+        s,
+    )
+    .unwrap();
+    vec![
+        ("y".into(), down(b, &y)),
+        ("mean".into(), down(b, &mean)),
+        ("rstd".into(), down(b, &rstd)),
+        ("running_mean".into(), down(b, &rm)),
+        ("running_var".into(), down(b, &rv)),
+        ("eval".into(), down(b, &eval)),
+        ("dx".into(), down(b, &dx)),
+        ("dgamma".into(), down(b, &dgamma)),
+        ("dbeta".into(), down(b, &dbeta)),
+        ("dgamma without dx".into(), down(b, &dgamma2)),
+        ("dbeta without dx".into(), down(b, &dbeta2)),
+    ]
+}
+
+#[test]
+fn batchnorm_matches_cpu() {
+    for (rows, c, seed) in [
+        (1, 3, 1),
+        (7 * 5 * 2, 3, 2),
+        (64 * 33, 40, 3),
+        (20000, 4, 4),
+    ] {
+        compare(
+            &format!("batchnorm {rows}x{c}"),
+            batchnorm_op(gpu(), rows, c, seed),
+            batchnorm_op(&cpu(), rows, c, seed),
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+fn layernorm_op<B: Backend>(b: &B, n: usize, f: usize, seed: u64) -> Outputs {
+    let s = SampleShape { n, features: f };
+    let x = up(b, &random(seed, n * f));
+    let gamma = up(b, &random(seed + 1, f));
+    let beta = up(b, &random(seed + 2, f));
+    let dy = up(b, &random(seed + 3, n * f));
+    let (mut mean, mut rstd) = (b.zeros(n).unwrap(), b.zeros(n).unwrap());
+    let mut y = b.zeros(n * f).unwrap();
+    b.layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &gamma, &beta, s, 1e-5)
+        .unwrap();
+    let mut dx = b.zeros(n * f).unwrap();
+    let (mut dgamma, mut dbeta) = (up(b, &random(seed + 4, f)), b.zeros(f).unwrap());
+    b.layernorm_backward(
+        Some(&mut dx),
+        &mut dgamma,
+        &mut dbeta,
+        &dy,
+        &mean,
+        &rstd,
+        &x,
+        &gamma,
+        s,
+    )
+    .unwrap();
+    vec![
+        ("y".into(), down(b, &y)),
+        ("mean".into(), down(b, &mean)),
+        ("rstd".into(), down(b, &rstd)),
+        ("dx".into(), down(b, &dx)),
+        ("dgamma".into(), down(b, &dgamma)),
+        ("dbeta".into(), down(b, &dbeta)),
+    ]
+}
+
+#[test]
+fn layernorm_matches_cpu() {
+    for (n, f, seed) in [(1, 5, 1), (3, 7 * 5 * 3, 2), (70, 4 * 32 * 32, 3)] {
+        compare(
+            &format!("layernorm {n}x{f}"),
+            layernorm_op(gpu(), n, f, seed),
+            layernorm_op(&cpu(), n, f, seed),
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+fn relu_pool_op<B: Backend>(b: &B, s: PoolShape, seed: u64) -> Outputs {
+    let total = s.n * s.h * s.w * s.c;
+    let pooled = s.n * (s.h / 2) * (s.w / 2) * s.c;
+    let mut x = up(b, &ties(seed, total));
+    b.relu_forward(&mut x).unwrap();
+    let mut y = b.zeros(pooled).unwrap();
+    b.maxpool2_forward(&mut y, &x, s).unwrap();
+    let dy = up(b, &random(seed + 1, pooled));
+    let mut dx = up(b, &random(seed + 2, total)); // every element must be assigned
+    b.relu_maxpool2_backward(&mut dx, &dy, &x, s).unwrap();
+    let mut g = up(b, &random(seed + 3, total));
+    b.relu_backward(&mut g, &x).unwrap();
+    vec![
+        ("relu".into(), down(b, &x)),
+        ("pool".into(), down(b, &y)),
+        ("relu+pool backward".into(), down(b, &dx)),
+        ("relu backward".into(), down(b, &g)),
+    ]
+}
+
+#[test]
+fn relu_and_maxpool_match_cpu_exactly() {
+    for (i, s) in [
+        PoolShape {
+            n: 1,
+            h: 2,
+            w: 2,
+            c: 1,
+        },
+        PoolShape {
+            n: 2,
+            h: 7,
+            w: 5,
+            c: 3,
+        },
+        PoolShape {
+            n: 3,
+            h: 32,
+            w: 32,
+            c: 40,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        compare(
+            &format!("relu/pool {s:?}"),
+            relu_pool_op(gpu(), s, i as u64),
+            relu_pool_op(&cpu(), s, i as u64),
+            0.0,
+            0.0,
+        );
+    }
+}
+
+fn goodness_loss_op<B: Backend>(b: &B, pairs: usize, f: usize, kind: FfLoss, seed: u64) -> Outputs {
+    let n = 2 * pairs;
+    let s = SampleShape { n, features: f };
+    let x = up(b, &random(seed, n * f));
+    let mut g = b.zeros(n).unwrap();
+    b.goodness_forward(&mut g, &x, s).unwrap();
+    let (mut loss, mut dg) = (b.zeros(1).unwrap(), b.zeros(n).unwrap());
+    b.ff_loss(&mut loss, &mut dg, &g, pairs, kind).unwrap();
+    let mut dx = b.zeros(n * f).unwrap();
+    b.goodness_backward(&mut dx, &dg, &x, s).unwrap();
+    vec![
+        ("goodness".into(), down(b, &g)),
+        ("loss".into(), down(b, &loss)),
+        ("grad goodness".into(), down(b, &dg)),
+        ("dx".into(), down(b, &dx)),
+    ]
+}
+
+#[test]
+fn goodness_and_losses_match_cpu() {
+    for kind in [FfLoss::Symba { alpha: 4.0 }, FfLoss::Threshold { tau: 2.0 }] {
+        for (pairs, f, seed) in [(1, 3, 1), (37, 128, 2), (512, 512 * 16, 3)] {
+            compare(
+                &format!("{kind:?} {pairs}x{f}"),
+                goodness_loss_op(gpu(), pairs, f, kind, seed),
+                goodness_loss_op(&cpu(), pairs, f, kind, seed),
+                1e-5,
+                1e-7,
+            );
+        }
+    }
+}
+
+fn embed_op<B: Backend>(b: &B, s: EmbedShape, classes: usize, seed: u64) -> Outputs {
+    let images = up(b, &random(seed, s.n * s.pixels * s.channels));
+    let table = up(b, &random(seed + 1, classes * s.pixels));
+    let mut rng = Rng::new(seed + 2);
+    let labels: Vec<u32> = (0..s.n).map(|_| rng.below(classes as u32)).collect();
+    let mut out = b.zeros(s.n * s.pixels * (s.channels + 1)).unwrap();
+    b.embed_forward(&mut out, &images, &table, &labels, s)
+        .unwrap();
+    let grad = up(b, &random(seed + 3, s.n * s.pixels * (s.channels + 1)));
+    let mut dtable = up(b, &random(seed + 4, classes * s.pixels));
+    b.embed_backward(&mut dtable, &grad, &labels, s).unwrap();
+    vec![
+        ("out".into(), down(b, &out)),
+        ("dtable".into(), down(b, &dtable)),
+    ]
+}
+
+#[test]
+fn embedding_matches_cpu_exactly() {
+    for (s, seed) in [
+        (
+            EmbedShape {
+                n: 1,
+                pixels: 4,
+                channels: 1,
+            },
+            1,
+        ),
+        (
+            EmbedShape {
+                n: 50,
+                pixels: 28 * 28,
+                channels: 1,
+            },
+            2,
+        ),
+        (
+            EmbedShape {
+                n: 33,
+                pixels: 7 * 5,
+                channels: 3,
+            },
+            3,
+        ),
+    ] {
+        compare(
+            &format!("embedding {s:?}"),
+            embed_op(gpu(), s, 10, seed),
+            embed_op(&cpu(), s, 10, seed),
+            0.0,
+            0.0,
+        );
+    }
+    let mut out = gpu().zeros(2 * 4 * 2).unwrap();
+    let images = gpu().zeros(2 * 4).unwrap();
+    let table = gpu().zeros(10 * 4).unwrap();
+    let s = EmbedShape {
+        n: 2,
+        pixels: 4,
+        channels: 1,
+    };
+    assert!(
+        gpu()
+            .embed_forward(&mut out, &images, &table, &[1, 10], s)
+            .is_err()
+    );
+}
+
+fn heads_op<B: Backend>(
+    b: &B,
+    n: usize,
+    pixels: usize,
+    c: usize,
+    classes: usize,
+    seed: u64,
+) -> Outputs {
+    let s = ChannelShape {
+        rows: pixels,
+        channels: c,
+    };
+    let x = up(b, &random(seed, n * pixels * c));
+    let mut pooled = b.zeros(n * c).unwrap();
+    b.avgpool_forward(&mut pooled, &x, s, n).unwrap();
+    let w = up(b, &random(seed + 1, classes * c));
+    let bias = up(b, &random(seed + 2, classes));
+    let mut logits = b.zeros(n * classes).unwrap();
+    b.linear_forward(&mut logits, &pooled, &w, &bias, n, c, classes)
+        .unwrap();
+    let mut rng = Rng::new(seed + 3);
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u32)).collect();
+    let (mut loss, mut dlogits) = (b.zeros(1).unwrap(), b.zeros(n * classes).unwrap());
+    b.cross_entropy(&mut loss, &mut dlogits, &logits, &labels, classes)
+        .unwrap();
+    let mut dpooled = b.zeros(n * c).unwrap();
+    let mut dw = up(b, &random(seed + 4, classes * c));
+    let mut db = up(b, &random(seed + 5, classes));
+    b.linear_backward(
+        Some(&mut dpooled),
+        &mut dw,
+        &mut db,
+        &dlogits,
+        &pooled,
+        &w,
+        n,
+        c,
+        classes,
+    )
+    .unwrap();
+    let mut dx = b.zeros(n * pixels * c).unwrap();
+    b.avgpool_backward(&mut dx, &dpooled, s, n).unwrap();
+    vec![
+        ("pooled".into(), down(b, &pooled)),
+        ("logits".into(), down(b, &logits)),
+        ("loss".into(), down(b, &loss)),
+        ("dlogits".into(), down(b, &dlogits)),
+        ("dpooled".into(), down(b, &dpooled)),
+        ("dw".into(), down(b, &dw)),
+        ("db".into(), down(b, &db)),
+        ("dx".into(), down(b, &dx)),
+    ]
+}
+
+#[test]
+fn classifier_heads_match_cpu() {
+    for (n, pixels, c, classes, seed) in
+        [(1, 1, 3, 2, 1), (37, 16, 65, 10, 2), (512, 64, 512, 10, 3)]
+    {
+        compare(
+            &format!("heads n{n} p{pixels} c{c}"),
+            heads_op(gpu(), n, pixels, c, classes, seed),
+            heads_op(&cpu(), n, pixels, c, classes, seed),
+            1e-4,
+            1e-6,
+        );
+    }
+}
+
+fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
+    let mut p = up(b, &random(seed, n));
+    let (mut m, mut v) = (b.zeros(n).unwrap(), b.zeros(n).unwrap());
+    let hp = AdamParams::default();
+    for step in 1..=3 {
+        let g = up(b, &random(seed + step, n));
+        b.adam_step(&mut p, &mut m, &mut v, &g, step, hp).unwrap();
+    }
+    let mut filled = b.zeros(n).unwrap();
+    b.fill(&mut filled, 0.25).unwrap();
+    vec![
+        ("param".into(), down(b, &p)),
+        ("m".into(), down(b, &m)),
+        ("v".into(), down(b, &v)),
+        ("fill".into(), down(b, &filled)),
+    ]
+}
+
+#[test]
+fn adam_and_memory_match_cpu() {
+    for (n, seed) in [(1, 1), (1000, 2), (300_001, 3)] {
+        compare(
+            &format!("adam {n}"),
+            adam_op(gpu(), n, seed),
+            adam_op(&cpu(), n, seed),
+            1e-6,
+            1e-7,
+        );
+    }
+    let empty = gpu().zeros(0).unwrap();
+    assert_eq!(gpu().download(&empty).unwrap(), Vec::<f32>::new());
+    let mut buf = gpu().zeros(3).unwrap();
+    assert!(gpu().write(&mut buf, &[1.0, 2.0]).is_err());
+}
+
+#[test]
+fn golden_vanilla_on_gpu() {
+    common::golden::run_variant(gpu(), "vanilla");
+}
+
+#[test]
+fn golden_symba_on_gpu() {
+    common::golden::run_variant(gpu(), "symba");
+}
+
+#[test]
+fn golden_symba_apl_on_gpu() {
+    common::golden::run_variant(gpu(), "symba_apl");
+}
+
+#[test]
+fn golden_symba_bn_on_gpu() {
+    common::golden::run_variant(gpu(), "symba_bn");
+}
+
+#[test]
+fn golden_trifecta_on_gpu() {
+    common::golden::run_variant(gpu(), "trifecta");
+}
+
+/// A few Trifecta steps on the `small` network at width 0.25: the same seed gives the same
+/// parameters twice on the GPU, and stays close to the CPU.
+fn train_steps<B: Backend>(b: &B) -> Vec<f32> {
+    use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
+    let image = ImageShape {
+        channels: 3,
+        height: 16,
+        width: 16,
+    };
+    let config = FfConfig::trifecta(Arch::Small, 0.25, image, 10).unwrap();
+    let mut net = FfNet::new(b, config, 7).unwrap();
+    let batch = 24;
+    for step in 0..4u64 {
+        let images = random(100 + step, batch * 16 * 16 * 3);
+        let mut rng = Rng::new(200 + step);
+        let positive: Vec<u32> = (0..batch).map(|_| rng.below(10)).collect();
+        let negative: Vec<u32> = positive
+            .iter()
+            .map(|p| (p + 1 + rng.below(9)) % 10)
+            .collect();
+        net.train_step(b, &images, &positive, &negative).unwrap();
+    }
+    net.named_params()
+        .into_iter()
+        .flat_map(|(_, p)| p.to_torch(b).unwrap())
+        .collect()
+}
+
+#[test]
+fn training_is_repeatable_and_close_to_cpu() {
+    let first = train_steps(gpu());
+    let second = train_steps(gpu());
+    assert!(first == second, "two GPU runs with the same seed differ");
+    let want: Vec<f64> = train_steps(&cpu()).iter().map(|v| *v as f64).collect();
+    assert_close("4 Trifecta steps, GPU vs CPU", &first, &want, 0.0, 1e-4);
+}
