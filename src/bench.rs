@@ -9,7 +9,9 @@
 
 use crate::backend::Backend;
 use crate::backend::cpu::Cpu;
+use crate::data::Dataset;
 use crate::error::Result;
+use crate::ff::train::{evaluate, train_epoch};
 use crate::ff::{Arch, FfConfig, FfNet, ImageShape};
 use crate::layers::norm::NormKind;
 use crate::rng::Rng;
@@ -66,6 +68,84 @@ pub struct BenchReport {
     pub sgemm_gflops: f64,
     /// (kernel, seconds per step, calls per step) when profiled.
     pub kernels: Vec<(&'static str, f64, f64)>,
+    /// A full training epoch and an evaluation, when asked for.
+    pub epoch: Option<EpochReport>,
+}
+
+/// One training epoch and one evaluation on synthetic data of a dataset's shapes.
+#[derive(Clone, Debug)]
+pub struct EpochReport {
+    pub batch: usize,
+    pub train_images: usize,
+    pub train_seconds: f64,
+    pub test_images: usize,
+    pub classes: usize,
+    pub eval_seconds: f64,
+}
+
+/// Times one Trifecta training epoch (APL, BatchNorm, augmentation, batches prepared on another
+/// thread as in `train`) over `train_images` random images of `config.image`'s shape, then one
+/// evaluation of `test_images` images against every label, in batches of `eval_batch`.
+pub fn run_epoch<B: Backend>(
+    backend: &B,
+    config: &BenchConfig,
+    train_images: usize,
+    test_images: usize,
+    eval_batch: usize,
+) -> Result<EpochReport> {
+    let classes = 10;
+    let ff = FfConfig::trifecta(config.arch, config.width, config.image, classes)?;
+    let mut net = FfNet::new(backend, ff, 0)?;
+    let synthetic = |n: usize, seed: u64| {
+        let mut rng = Rng::new(seed);
+        Dataset {
+            shape: config.image,
+            classes,
+            pixels: (0..n * config.image.numel())
+                .map(|_| rng.below(256) as u8)
+                .collect(),
+            labels: (0..n).map(|_| rng.below(classes as u32)).collect(),
+            mean: vec![0.5; config.image.channels],
+            std: vec![0.25; config.image.channels],
+        }
+    };
+    let (train, test) = (synthetic(train_images, 2), synthetic(test_images, 3));
+    let augment = Some(crate::data::augment::Augment::default());
+    // A short warm-up epoch on a slice (plans, allocations, kernel loading).
+    let warm = synthetic((4 * config.batch).min(train_images), 4);
+    train_epoch(
+        &mut net,
+        backend,
+        &warm,
+        config.batch,
+        0,
+        1,
+        augment,
+        |_, _, _| {},
+    )?;
+    let stats = train_epoch(
+        &mut net,
+        backend,
+        &train,
+        config.batch,
+        0,
+        2,
+        augment,
+        |_, _, _| {},
+    )?;
+    let last = net.blocks.len() - 1;
+    backend.synchronize()?;
+    let start = Instant::now();
+    evaluate(&mut net, backend, &test, eval_batch, &[last])?;
+    backend.synchronize()?;
+    Ok(EpochReport {
+        batch: config.batch,
+        train_images,
+        train_seconds: stats.seconds,
+        test_images,
+        classes,
+        eval_seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 impl BenchReport {
@@ -74,8 +154,7 @@ impl BenchReport {
             "device: {}\nworkload: {:?} x{} width, {}x{}x{}+1 input, batch {} positives + {} negatives, apl {}, norm {:?}\n\
              step: median {:.1} ms over {} steps (min {:.1}, max {:.1})\n\
              throughput: {:.1} samples/s ({:.1} images/s counting negatives)\n\
-             convolutions: {:.2} GFLOP per step, {:.1} GFLOP/s\n\
-             sgemm {n}x{n}x{n}: {:.1} GFLOP/s; step/sgemm ratio {:.2}",
+             convolutions: {:.2} GFLOP per step, {:.1} GFLOP/s",
             self.device,
             config.arch,
             config.width,
@@ -98,10 +177,28 @@ impl BenchReport {
             2.0 * self.samples_per_second,
             self.step_flops / 1e9,
             self.step_gflops,
-            self.sgemm_gflops,
-            self.step_gflops / self.sgemm_gflops,
-            n = config.sgemm_size,
         );
+        if self.sgemm_gflops.is_finite() {
+            text.push_str(&format!(
+                "\nsgemm {n}x{n}x{n}: {:.1} GFLOP/s; step/sgemm ratio {:.2}",
+                self.sgemm_gflops,
+                self.step_gflops / self.sgemm_gflops,
+                n = config.sgemm_size,
+            ));
+        }
+        if let Some(e) = &self.epoch {
+            text.push_str(&format!(
+                "\nepoch (Trifecta: APL, BatchNorm, augmentation; batch {}): {} training images in {:.2} s ({:.0} images/s); \
+                 evaluation of {} images x {} labels in {:.3} s",
+                e.batch,
+                e.train_images,
+                e.train_seconds,
+                e.train_images as f64 / e.train_seconds,
+                e.test_images,
+                e.classes,
+                e.eval_seconds,
+            ));
+        }
         if !self.kernels.is_empty() {
             text.push_str("\nper step, by kernel:");
             for (op, seconds, calls) in &self.kernels {
@@ -249,9 +346,11 @@ pub fn run<B: Backend>(
         start_profile();
     }
     let mut times = Vec::with_capacity(config.steps);
+    backend.synchronize()?;
     for _ in 0..config.steps {
         let start = Instant::now();
         net.train_step(backend, &images, &positive, &negative)?;
+        backend.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let step_seconds = median(&times);
@@ -265,5 +364,6 @@ pub fn run<B: Backend>(
         step_gflops: flops / step_seconds / 1e9,
         sgemm_gflops: f64::NAN,
         kernels: Vec::new(),
+        epoch: None,
     })
 }

@@ -348,6 +348,14 @@ fn bad_flag_values_and_config_keys() {
     assert_one_line_error(&out, &["--lr-schedule", "200:fast"]);
     let out = trifecta(&["train", "--device", "tpu"]);
     assert_one_line_error(&out, &["tpu"]);
+    let out = trifecta(&["train", "--precision", "bf16"]);
+    assert_one_line_error(&out, &["bf16", "--device cuda"]);
+    // Without the cuda feature the build says so; with it, a machine without a GPU says
+    // what is missing. Either way: one line, naming the device.
+    let out = trifecta(&["bench", "--device", "cuda:1"]);
+    assert_one_line_error(&out, &["cuda:1"]);
+    let out = trifecta(&["bench", "--device", "cuda", "--profile"]);
+    assert_one_line_error(&out, &["--profile"]);
 
     let tmp = TempDir::new("config");
     let config = tmp.path().join("run.toml");

@@ -9,9 +9,10 @@ mod common;
 use common::assert_close;
 use std::sync::OnceLock;
 use trifecta::backend::cpu::Cpu;
-use trifecta::backend::cuda::{Cuda, Precision, nvrtc};
+use trifecta::backend::cuda::{Cuda, nvrtc};
 use trifecta::backend::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, Precision,
+    SampleShape,
 };
 use trifecta::rng::Rng;
 

@@ -53,6 +53,43 @@ pub(crate) fn check_labels(
     }
 }
 
+/// The arithmetic of the convolutions. The CPU computes everything in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (no TF32): the reference path.
+    F32,
+    /// bf16 operands on tensor cores for the convolutions, accumulating in f32; f32 master
+    /// weights, optimiser state, norms and reductions. CUDA only.
+    Bf16,
+}
+
+/// Opens the backend that `$device` (`cpu`, `cuda`, `cuda:N`) names and evaluates `$body`
+/// with `$b` bound to it. `$precision` is the GPU's [`Precision`]; the CPU ignores it.
+macro_rules! with_backend {
+    ($device:expr, $threads:expr, $precision:expr, |$b:ident| $body:expr) => {
+        match $crate::cli::DeviceArg::parse($device)? {
+            $crate::cli::DeviceArg::Cpu => {
+                let backend = $crate::backend::cpu::Cpu::new($threads)?;
+                let $b = &backend;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::cli::DeviceArg::Cuda(n) => {
+                let backend = $crate::backend::cuda::Cuda::new(n, $precision)?;
+                let $b = &backend;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            device @ $crate::cli::DeviceArg::Cuda(_) => {
+                let _ = $precision;
+                Err(device.unavailable())
+            }
+        }
+    };
+}
+pub(crate) use with_backend;
+
 /// Shape of a 3x3, stride 1, padding 1, bias-free convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvShape {
@@ -141,6 +178,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// A human-readable device name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
+
+    /// Waits until all queued work is done (timers call it; a synchronous backend need not).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Result<Self::Buf>;

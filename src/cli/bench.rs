@@ -1,9 +1,11 @@
 //! `trifecta bench`: the training-step benchmark (see `crate::bench`).
 
-use super::train::{ArchArg, NormArg};
+use super::train::{ArchArg, NormArg, PrecisionArg};
 use super::{DeviceArg, device_arg, positive_f64};
-use crate::bench::{BenchConfig, run_cpu};
-use crate::error::Result;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Precision, with_backend};
+use crate::bench::{BenchConfig, run_cpu, run_epoch};
+use crate::error::{Error, Result};
 use crate::ff::ImageShape;
 use clap::Args;
 
@@ -13,9 +15,9 @@ pub struct BenchArgs {
     pub arch: ArchArg,
     #[arg(long, default_value = "1", value_parser = positive_f64)]
     pub width: f64,
-    /// Positives per step (as many negatives are added).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
+    /// Positives per step (as many negatives are added) [default: 32 on the CPU, 512 on CUDA].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: Option<u64>,
     /// Image side (square images).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..))]
     pub image_size: u64,
@@ -37,13 +39,44 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = device_arg)]
     pub device: String,
-    /// Also print the time per step of every kernel.
+    /// Convolution arithmetic on the GPU [default: bf16].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// Also time a full Trifecta training epoch over this many synthetic images (with
+    /// augmentation), then an evaluation of --eval-images [default: 50000 on CUDA, 0 (skip)
+    /// on the CPU].
+    #[arg(long)]
+    pub epoch_images: Option<usize>,
+    #[arg(long, default_value_t = 10_000)]
+    pub eval_images: usize,
+    #[arg(long, default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_batch_size: u64,
+    /// Also print the time per step of every kernel (CPU).
     #[arg(long)]
     pub profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    DeviceArg::parse(&args.device)?.require_cpu()?;
+    let device = DeviceArg::parse(&args.device)?;
+    let cpu = device == DeviceArg::Cpu;
+    if args.profile && !cpu {
+        return Err(Error::Config(
+            "--profile times the CPU backend's kernels; it has no CUDA counterpart".into(),
+        ));
+    }
+    device.check_available()?;
+    let precision = match args.precision {
+        Some(PrecisionArg::F32) => Precision::F32,
+        Some(PrecisionArg::Bf16) if cpu => {
+            return Err(Error::Config(
+                "--precision bf16 needs --device cuda; the CPU computes in f32".into(),
+            ));
+        }
+        Some(PrecisionArg::Bf16) | None => Precision::Bf16,
+    };
+    let batch = args.batch_size.unwrap_or(if cpu { 32 } else { 512 }) as usize;
+    let epoch_images = args.epoch_images.unwrap_or(if cpu { 0 } else { 50_000 });
+    let eval_batch = args.eval_batch_size as usize;
     let config = BenchConfig {
         arch: match args.arch {
             ArchArg::Small => crate::ff::Arch::Small,
@@ -55,7 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             height: args.image_size as usize,
             width: args.image_size as usize,
         },
-        batch: args.batch_size as usize,
+        batch,
         apl: args.apl,
         norm: match args.norm {
             NormArg::Batch => crate::layers::norm::NormKind::Batch,
@@ -66,7 +99,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         profile: args.profile,
         ..BenchConfig::default()
     };
-    let report = run_cpu(&config, args.threads)?;
+    let report = if cpu {
+        let mut report = run_cpu(&config, args.threads)?;
+        if epoch_images > 0 {
+            let backend = Cpu::new(args.threads)?;
+            let e = run_epoch(
+                &backend,
+                &config,
+                epoch_images,
+                args.eval_images,
+                eval_batch,
+            )?;
+            report.epoch = Some(e);
+        }
+        report
+    } else {
+        with_backend!(&args.device, args.threads, precision, |backend| {
+            let mut report = crate::bench::run(backend, &config, &|| {})?;
+            if epoch_images > 0 {
+                let e = run_epoch(backend, &config, epoch_images, args.eval_images, eval_batch)?;
+                report.epoch = Some(e);
+            }
+            Ok::<_, Error>(report)
+        })?
+    };
     println!("{}", report.render(&config));
     Ok(())
 }

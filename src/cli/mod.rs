@@ -59,14 +59,23 @@ impl DeviceArg {
         }
     }
 
-    /// Fails with a typed error for devices this build cannot use.
-    pub fn require_cpu(&self) -> Result<()> {
+    /// Fails with a typed error for devices this build cannot use (CUDA without the `cuda`
+    /// feature). Whether the device exists is checked when it is opened.
+    pub fn check_available(&self) -> Result<()> {
         match self {
-            DeviceArg::Cpu => Ok(()),
-            DeviceArg::Cuda(n) => Err(Error::Device {
-                device: format!("cuda:{n}"),
-                msg: "this build has no CUDA backend yet; use --device cpu".into(),
-            }),
+            DeviceArg::Cuda(_) if !cfg!(feature = "cuda") => Err(self.unavailable()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error for a device this build cannot use.
+    pub fn unavailable(&self) -> Error {
+        Error::Device {
+            device: match self {
+                DeviceArg::Cpu => "cpu".into(),
+                DeviceArg::Cuda(n) => format!("cuda:{n}"),
+            },
+            msg: "this build has no CUDA backend; build with `--features cuda`".into(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `--resume RUN_DIR` continues an interrupted run.
 
 use super::{device_arg, positive_f64};
+use crate::backend::Precision;
 use crate::baselines::Model;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
@@ -70,6 +71,9 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, value_parser = device_arg)]
     pub device: Option<String>,
+    /// Convolution arithmetic on the GPU [default: bf16 on CUDA; the CPU is always f32].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Run folder [default: runs/<dataset>-seed<seed>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -89,6 +93,12 @@ pub struct TrainArgs {
     /// Test on N images only (a random subset drawn with the seed).
     #[arg(long)]
     pub test_limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -153,6 +163,10 @@ impl TrainArgs {
             seed: self.seed,
             threads: self.threads,
             device: self.device.clone(),
+            precision: self.precision.map(|p| match p {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::Bf16 => Precision::Bf16,
+            }),
             out: self.out.clone(),
             augment: flag(self.augment, self.no_augment),
             ensemble: self.ensemble.clone(),
@@ -169,6 +183,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
         epochs: p.epochs,
         threads: p.threads,
         device: p.device.clone(),
+        precision: p.precision,
         data_dir: p.data_dir.clone(),
         eval_batch_size: p.eval_batch_size,
         ..PartialConfig::default()
@@ -177,6 +192,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
         epochs: None,
         threads: None,
         device: None,
+        precision: None,
         data_dir: None,
         eval_batch_size: None,
         ..p.clone()
@@ -186,7 +202,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
             .unwrap_or_default()
             .replace('\n', " ");
         return Err(Error::Config(format!(
-            "a resumed run keeps its configuration; only --epochs, --threads, --device, --data-dir and --eval-batch-size may change (got {})",
+            "a resumed run keeps its configuration; only --epochs, --threads, --device, --precision, --data-dir and --eval-batch-size may change (got {})",
             set.trim()
         )));
     }
@@ -207,6 +223,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.epochs = changes.epochs.unwrap_or(saved.epochs);
         config.threads = changes.threads.unwrap_or(saved.threads);
         config.device = changes.device.unwrap_or(saved.device);
+        config.precision = changes.precision.or(saved.precision);
         config.data_dir = changes.data_dir.or(saved.data_dir);
         config.eval_batch_size = changes.eval_batch_size.unwrap_or(saved.eval_batch_size);
         crate::run::train(&config, true)?;

@@ -95,6 +95,7 @@ pub fn train_epoch<B: Backend>(
             Ok(())
         },
     )?;
+    backend.synchronize()?;
     stats.finish();
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)

@@ -1,6 +1,7 @@
 //! The training configuration: every knob of a run, from defaults, a TOML file and flags, in
 //! that order of precedence. The resolved configuration is written into the run folder.
 
+use crate::backend::Precision;
 use crate::baselines::Model;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     /// CPU threads, 0 = one per core.
     pub threads: usize,
     pub device: String,
+    /// Convolution arithmetic on the GPU; absent = bf16 on CUDA (the CPU is always f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub out: PathBuf,
     pub augment: bool,
     /// Layers averaged by the ensemble; empty = the last layer.
@@ -66,6 +70,7 @@ pub struct PartialConfig {
     pub seed: Option<u64>,
     pub threads: Option<usize>,
     pub device: Option<String>,
+    pub precision: Option<Precision>,
     pub out: Option<PathBuf>,
     pub augment: Option<bool>,
     pub ensemble: Option<Vec<usize>>,
@@ -112,6 +117,7 @@ impl PartialConfig {
             seed,
             threads,
             device,
+            precision,
             out,
             augment,
             ensemble,
@@ -137,6 +143,7 @@ impl PartialConfig {
             seed: seed.or(self.seed),
             threads: threads.or(self.threads),
             device: device.or(self.device),
+            precision: precision.or(self.precision),
             out: out.or(self.out),
             augment: augment.or(self.augment),
             ensemble: ensemble.or(self.ensemble),
@@ -170,6 +177,7 @@ impl PartialConfig {
             seed: self.seed.unwrap_or(0),
             threads: self.threads.unwrap_or(0),
             device: self.device.clone().unwrap_or_else(|| "cpu".into()),
+            precision: self.precision,
             out: self
                 .out
                 .clone()
@@ -248,10 +256,21 @@ impl TrainConfig {
             return Err(Error::Config("batch sizes must be at least 1".into()));
         }
         parse_schedule(&self.lr_schedule)?;
-        if self.device != "cpu" {
-            crate::cli::DeviceArg::parse(&self.device)?.require_cpu()?;
+        let device = crate::cli::DeviceArg::parse(&self.device)?;
+        device.check_available()?;
+        if device == crate::cli::DeviceArg::Cpu && self.precision == Some(Precision::Bf16) {
+            return Err(Error::Config(
+                "precision bf16 needs a CUDA device (--device cuda); the CPU computes in f32"
+                    .into(),
+            ));
         }
         Ok(())
+    }
+
+    /// The GPU's convolution arithmetic: as set, or bf16 (the thesis trained in mixed
+    /// precision).
+    pub fn gpu_precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Bf16)
     }
 
     /// The learning rate of epoch `epoch` (1-based).

@@ -8,8 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 
-use crate::backend::Backend;
-use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, with_backend};
 use crate::baselines::{ClassifierNet, Model};
 use crate::data::augment::Augment;
 use crate::data::{self, Dataset, DatasetKind, Split};
@@ -188,16 +187,28 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
     if config.model != Model::Ff {
         return train_baseline(config, resume);
     }
+    with_backend!(
+        &config.device,
+        config.threads,
+        config.gpu_precision(),
+        |backend| train_ff(backend, config, resume)
+    )
+}
+
+fn train_ff<B: Backend>(
+    backend: &B,
+    config: &TrainConfig,
+    resume: bool,
+) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
-    let backend = Cpu::new(config.threads)?;
     let (train, test) = load_data(config)?;
-    let mut net = build_net(&backend, config, &train)?;
+    let mut net = build_net(backend, config, &train)?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let metrics_path = dir.join(METRICS_FILE);
     let mut done = 0;
     if resume {
         if checkpoint_path.exists() {
-            let header = checkpoint::load(&checkpoint_path, &mut net, &backend)?;
+            let header = checkpoint::load(&checkpoint_path, &mut net, backend)?;
             done = header.epoch;
         }
         metrics::truncate_after(&metrics_path, done)?;
@@ -234,7 +245,7 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
         let started = Instant::now();
         let stats = train_epoch(
             &mut net,
-            &backend,
+            backend,
             &train,
             config.batch_size,
             config.seed,
@@ -247,9 +258,10 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
                 progress.step(last.map(|m| m.loss), rate);
             },
         )?;
+        backend.synchronize()?;
         progress.finish();
         let eval_start = Instant::now();
-        let eval = evaluate(&mut net, &backend, &test, config.eval_batch_size, &ensemble)?;
+        let eval = evaluate(&mut net, backend, &test, config.eval_batch_size, &ensemble)?;
         let record = epoch_record(epoch, lr, &stats, &eval, eval_start.elapsed().as_secs_f64());
         print_epoch(&record, config.epochs);
         metrics::append(&metrics_path, &record)?;
@@ -260,11 +272,11 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
             adam_steps: net.optimizer_steps(),
             config: config.clone(),
         };
-        checkpoint::save(&checkpoint_path, &mut net, &backend, &header)?;
+        checkpoint::save(&checkpoint_path, &mut net, backend, &header)?;
         records.push(record);
     }
     if !records.is_empty() {
-        save_goodness_samples(&dir.join(GOODNESS_FILE), &mut net, &backend, &test, config)?;
+        save_goodness_samples(&dir.join(GOODNESS_FILE), &mut net, backend, &test, config)?;
     }
     Ok(records)
 }
@@ -373,12 +385,18 @@ pub fn evaluate_checkpoint(
     }
     let header = checkpoint::read_header(&file)?;
     let config = config.unwrap_or(header.config);
-    let backend = Cpu::new(config.threads)?;
-    let (train, test) = load_data(&config)?;
-    let mut net = build_net(&backend, &config, &train)?;
-    checkpoint::load(&file, &mut net, &backend)?;
-    let ensemble = ensemble_layers(&config, net.blocks.len());
-    let eval = evaluate(&mut net, &backend, &test, config.eval_batch_size, &ensemble)?;
+    let eval = with_backend!(
+        &config.device,
+        config.threads,
+        config.gpu_precision(),
+        |backend| {
+            let (train, test) = load_data(&config)?;
+            let mut net = build_net(backend, &config, &train)?;
+            checkpoint::load(&file, &mut net, backend)?;
+            let ensemble = ensemble_layers(&config, net.blocks.len());
+            evaluate(&mut net, backend, &test, config.eval_batch_size, &ensemble)
+        }
+    )?;
     Ok((config, eval))
 }
 
@@ -393,11 +411,19 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
             config.model
         )));
     }
+    with_backend!(
+        &config.device,
+        config.threads,
+        config.gpu_precision(),
+        |backend| train_classifier(backend, config)
+    )
+}
+
+fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
-    let backend = Cpu::new(config.threads)?;
     let (train, test) = load_data(config)?;
     let mut net = ClassifierNet::new(
-        &backend,
+        backend,
         ff_config(config, &train)?,
         config.model,
         config.seed,
@@ -434,7 +460,7 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
             augment,
             |_, batches| -> Result<()> {
                 for batch in batches {
-                    let losses = net.train_step(&backend, &batch.images, &batch.positive)?;
+                    let losses = net.train_step(backend, &batch.images, &batch.positive)?;
                     for (sum, l) in loss_sums.iter_mut().zip(&losses) {
                         *sum += *l as f64;
                     }
@@ -452,7 +478,7 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
         let indices: Vec<usize> = (0..test.len()).collect();
         for chunk in indices.chunks(config.eval_batch_size) {
             let (images, labels) = test.batch(chunk, None);
-            for (c, predictions) in correct.iter_mut().zip(net.predict(&backend, &images)?) {
+            for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
                 *c += predictions
                     .iter()
                     .zip(&labels)
@@ -487,7 +513,7 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
         };
         print_epoch(&record, config.epochs);
         metrics::append(&dir.join(METRICS_FILE), &record)?;
-        checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, &backend, epoch, config)?;
+        checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, backend, epoch, config)?;
         records.push(record);
     }
     Ok(records)

@@ -23,21 +23,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
-    check_labels, check_len,
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, Precision,
+    SampleShape, check_labels, check_len,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
-
-/// The arithmetic of the convolutions (the rest is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 throughout, no TF32: matches the CPU backend to rounding.
-    F32,
-    /// bf16 operands and tensor cores for convolutions, f32 accumulation, f32 master weights,
-    /// optimiser state and reductions.
-    Bf16,
-}
 
 /// A flat f32 buffer on the GPU. cuMemAlloc refuses zero bytes, so an empty buffer still
 /// holds one element; `len` is the logical length.
@@ -135,7 +125,7 @@ impl Cuda {
             device: format!("cuda:{ordinal}"),
             msg,
         };
-        let count = load_library("CUDA driver (libcuda.so)", || {
+        let count = load_library("the CUDA driver library (libcuda.so)", || {
             CudaContext::device_count().map_err(|x| format!("{x:?}"))
         })
         .map_err(plain)?;
@@ -159,7 +149,7 @@ impl Cuda {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(|x| e("multiprocessor count", &x))? as usize;
-        let image = load_library("NVRTC", || nvrtc::compile(major, minor))
+        let image = load_library("NVRTC (libnvrtc.so)", || nvrtc::compile(major, minor))
             .map_err(|x| plain(format!("compiling the kernels with NVRTC: {x}")))?;
         let module = ctx
             .load_module(image)
@@ -171,11 +161,11 @@ impl Cuda {
                 .map_err(|x| e(&format!("kernel {name}"), &x))?;
             functions.insert(*name, f);
         }
-        let blas = load_library("cuBLAS", || {
+        let blas = load_library("cuBLAS (libcublas.so)", || {
             CudaBlas::new(stream.clone()).map_err(|x| format!("{x:?}"))
         })
         .map_err(plain)?;
-        let dnn = load_library("cuDNN", || Dnn::new(&stream)).map_err(plain)?;
+        let dnn = load_library("cuDNN (libcudnn.so)", || Dnn::new(&stream)).map_err(plain)?;
         Ok(Cuda {
             ordinal,
             device_name,
@@ -344,7 +334,7 @@ fn load_library<T>(
     match outcome {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "the {name} library could not be loaded; put its folder on LD_LIBRARY_PATH"
+            "{name} could not be loaded; put its folder on LD_LIBRARY_PATH"
         )),
     }
 }
@@ -373,6 +363,12 @@ impl Backend for Cuda {
             Precision::Bf16 => "bf16 convolutions",
         };
         format!("cuda:{} ({}, {precision})", self.ordinal, self.device_name)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|x| self.err("synchronize", x))
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
