@@ -145,6 +145,7 @@ pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<
             partial.epochs = flags.epochs;
         }
         let config = partial.resolve()?;
+        config.check_precision_for_new_run()?;
         let records = if dir.join(crate::run::CONFIG_FILE).exists() {
             let done =
                 crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();

@@ -230,6 +230,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let config = file.overlay(&flags).resolve()?;
+    config.check_precision_for_new_run()?;
     crate::run::train(&config, false)?;
     Ok(())
 }

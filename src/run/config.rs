@@ -256,9 +256,14 @@ impl TrainConfig {
             return Err(Error::Config("batch sizes must be at least 1".into()));
         }
         parse_schedule(&self.lr_schedule)?;
-        let device = crate::cli::DeviceArg::parse(&self.device)?;
-        device.check_available()?;
-        if device == crate::cli::DeviceArg::Cpu && self.precision == Some(Precision::Bf16) {
+        crate::cli::DeviceArg::parse(&self.device)?.check_available()?;
+        Ok(())
+    }
+
+    /// Fails when a new run asks for bf16 on the CPU (which computes in f32). A resumed or
+    /// evaluated GPU run may move to the CPU: there the precision is simply not used.
+    pub fn check_precision_for_new_run(&self) -> Result<()> {
+        if self.device == "cpu" && self.precision == Some(Precision::Bf16) {
             return Err(Error::Config(
                 "precision bf16 needs a CUDA device (--device cuda); the CPU computes in f32"
                     .into(),
