@@ -64,9 +64,11 @@ pub struct FfNet<B: Backend> {
     grad_output: Tensor<B>,
     /// Gradient w.r.t. a block's input, i.e. the previous block's output (scratch).
     grad_input: Tensor<B>,
-    /// (2B) and (1).
+    /// (2B).
     grad_goodness: Tensor<B>,
-    loss: Tensor<B>,
+    /// Each block's loss of the current step (1 each): read once, after the whole step, so
+    /// that a device backend is not made to wait in the middle of a step.
+    losses: Vec<Tensor<B>>,
 }
 
 fn sizes<B: Backend>(params: &[&Param<B>]) -> Vec<usize> {
@@ -113,7 +115,9 @@ impl<B: Backend> FfNet<B> {
             grad_output: Tensor::zeros(backend, &[0])?,
             grad_input: Tensor::zeros(backend, &[0])?,
             grad_goodness: Tensor::zeros(backend, &[0])?,
-            loss: Tensor::zeros(backend, &[1])?,
+            losses: (0..specs.len())
+                .map(|_| Tensor::zeros(backend, &[1]))
+                .collect::<Result<Vec<_>>>()?,
         })
     }
 
@@ -197,47 +201,47 @@ impl<B: Backend> FfNet<B> {
         self.prepare_input(backend, &both, &labels)?;
         let n = 2 * pairs;
         let t = self.iteration;
-        let mut metrics = Vec::with_capacity(self.blocks.len());
         for i in 0..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.input.buf, |b| b.output());
             rest[0].forward(backend, input, n, true)?;
             if self.config.updates(i, t) {
-                metrics.push(Some(self.update_block(backend, i, pairs, &labels)?));
-            } else {
-                metrics.push(None);
+                self.update_block(backend, i, pairs, &labels)?;
             }
             observe(i, self)?;
+        }
+        // The metrics, read after the step: each block's goodness and loss stay in place
+        // until the next step.
+        let mut metrics = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.blocks.len() {
+            metrics.push(if self.config.updates(i, t) {
+                let goodness = self.blocks[i].goodness.to_host(backend)?;
+                Some(BlockMetrics {
+                    loss: self.losses[i].to_host(backend)?[0],
+                    positive: goodness[..pairs].iter().sum::<f32>() / pairs as f32,
+                    negative: goodness[pairs..].iter().sum::<f32>() / pairs as f32,
+                })
+            } else {
+                None
+            });
         }
         self.iteration += 1;
         Ok(metrics)
     }
 
     /// Loss, backward and Adam step of block `i`, right after its forward.
-    fn update_block(
-        &mut self,
-        backend: &B,
-        i: usize,
-        pairs: usize,
-        labels: &[u32],
-    ) -> Result<BlockMetrics> {
+    fn update_block(&mut self, backend: &B, i: usize, pairs: usize, labels: &[u32]) -> Result<()> {
         let n = 2 * pairs;
         let attached = i == 0 || !self.config.updates(i - 1, self.iteration);
         self.grad_goodness.resize(backend, &[n])?;
         let block = &self.blocks[i];
         backend.ff_loss(
-            &mut self.loss.buf,
+            &mut self.losses[i].buf,
             &mut self.grad_goodness.buf,
             &block.goodness.buf,
             pairs,
             self.config.ff_loss(),
         )?;
-        let goodness = block.goodness.to_host(backend)?;
-        let metrics = BlockMetrics {
-            loss: self.loss.to_host(backend)?[0],
-            positive: goodness[..pairs].iter().sum::<f32>() / pairs as f32,
-            negative: goodness[pairs..].iter().sum::<f32>() / pairs as f32,
-        };
 
         // zero_grad over both groups of optimiser i.
         for p in self.blocks[i].params_mut() {
@@ -303,7 +307,7 @@ impl<B: Backend> FfNet<B> {
                     .step(backend, &mut [&mut self.embedding.table], hp)?,
             }
         }
-        Ok(metrics)
+        Ok(())
     }
 
     /// Goodness of every (label, layer, image) for `images` `(n, H, W, C)`, in eval mode:

@@ -139,7 +139,9 @@ impl Cuda {
         // One stream does all the work, so cudarc's cross-stream event tracking is not needed.
         // SAFETY: no buffer of this context is shared with another stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own (not the legacy default stream), so that a step can later be
+        // captured as a CUDA graph.
+        let stream = ctx.new_stream().map_err(|x| e("stream", &x))?;
         let device_name = ctx.name().map_err(|x| e("device name", &x))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -230,8 +232,13 @@ impl Cuda {
         Ok(buf)
     }
 
-    /// The plan of convolution shape `s`, created on first use.
+    /// The plan of convolution shape `s`, created on first use. Also makes the context
+    /// current on this thread, as cuDNN calls need.
     fn plan<'a>(&self, state: &'a mut State, s: ConvShape) -> Result<&'a ConvPlan> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|x| self.err("binding the CUDA context", x))?;
         let math = match self.precision {
             Precision::F32 => ConvMath::F32,
             Precision::Bf16 => ConvMath::Bf16,
