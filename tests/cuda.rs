@@ -534,7 +534,10 @@ fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
     }
     let mut filled = b.zeros(n).unwrap();
     b.fill(&mut filled, 0.25).unwrap();
+    let mut gathered = up(b, &random(seed + 9, n + 5));
+    b.copy_into(&mut gathered, 3, &p).unwrap();
     vec![
+        ("copy_into".into(), down(b, &gathered)),
         ("param".into(), down(b, &p)),
         ("m".into(), down(b, &m)),
         ("v".into(), down(b, &v)),
@@ -557,6 +560,9 @@ fn adam_and_memory_match_cpu() {
     assert_eq!(gpu().download(&empty).unwrap(), Vec::<f32>::new());
     let mut buf = gpu().zeros(3).unwrap();
     assert!(gpu().write(&mut buf, &[1.0, 2.0]).is_err());
+    let two = gpu().zeros(2).unwrap();
+    assert!(gpu().copy_into(&mut buf, 2, &two).is_err());
+    assert!(gpu().copy_into(&mut buf, 1, &two).is_ok());
 }
 
 #[test]

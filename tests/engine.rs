@@ -216,3 +216,14 @@ fn flags_override_the_config_file_knob_by_knob() {
     assert_eq!(config.model, trifecta::baselines::Model::Bp);
     assert_eq!((config.width, config.epochs, config.seed), (0.5, 2, 9));
 }
+
+#[test]
+fn copy_into_writes_a_window_and_refuses_overflow() {
+    use trifecta::backend::Backend;
+    let b = Cpu::new(1).unwrap();
+    let mut dst = vec![0.0f32; 5];
+    b.copy_into(&mut dst, 2, &vec![1.0, 2.0]).unwrap();
+    assert_eq!(dst, [0.0, 0.0, 1.0, 2.0, 0.0]);
+    assert!(b.copy_into(&mut dst, 4, &vec![1.0, 2.0]).is_err());
+    assert!(b.copy_into(&mut dst, usize::MAX, &vec![1.0]).is_err());
+}

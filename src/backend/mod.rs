@@ -31,6 +31,19 @@ pub(crate) fn check_len(op: &'static str, got: usize, len: usize) -> Result<()> 
     }
 }
 
+/// Checks that `len` elements fit into a buffer of `dst` elements at `offset`.
+pub(crate) fn check_copy(dst: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_some_and(|end| end <= dst) {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            op: "copy_into",
+            expected: vec![dst],
+            got: vec![offset, len],
+        })
+    }
+}
+
 /// Checks that there are `n` labels, each below `classes`.
 pub(crate) fn check_labels(
     op: &'static str,
@@ -192,6 +205,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
     /// Overwrite `dst` with host data of the same length.
     fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// dst[offset .. offset + len(src)] = src, on the device.
+    fn copy_into(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf) -> Result<()>;
 
     // ---- label embedding ----
     /// out (N, P, C+1) = concat(images (N, P, C), table[labels[n]] (P)).

@@ -136,8 +136,13 @@ impl<B: Backend> FfNet<B> {
 
     /// Uploads `images` `(n, H, W, C)` and builds the network input with `labels`.
     fn prepare_input(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<()> {
+        self.load_images(backend, images, labels.len())?;
+        self.embed_labels(backend, labels)
+    }
+
+    /// Copies `n` images `(n, H, W, C)` to the device.
+    fn load_images(&mut self, backend: &B, images: &[f32], n: usize) -> Result<()> {
         let image = self.config.image;
-        let n = labels.len();
         if images.len() != n * image.numel() {
             return Err(Error::Shape {
                 op: "FfNet input",
@@ -147,7 +152,13 @@ impl<B: Backend> FfNet<B> {
         }
         self.images
             .resize(backend, &[n, image.height, image.width, image.channels])?;
-        backend.write(&mut self.images.buf, images)?;
+        backend.write(&mut self.images.buf, images)
+    }
+
+    /// The network input: the loaded images with the label planes of `labels`.
+    fn embed_labels(&mut self, backend: &B, labels: &[u32]) -> Result<()> {
+        let image = self.config.image;
+        let n = labels.len();
         self.input
             .resize(backend, &[n, image.height, image.width, image.channels + 1])?;
         let s = self.embed_shape(n);
@@ -315,17 +326,18 @@ impl<B: Backend> FfNet<B> {
     pub fn goodness_per_label(&mut self, backend: &B, images: &[f32]) -> Result<Vec<f32>> {
         let n = images.len() / self.config.image.numel().max(1);
         let layers = self.blocks.len();
-        let mut out = vec![0.0; self.config.classes * layers * n];
+        // The images go to the device once; per label only the label plane changes. The
+        // goodness of every (label, layer) is gathered on the device and read once.
+        self.load_images(backend, images, n)?;
+        let mut all = backend.zeros(self.config.classes * layers * n)?;
         for label in 0..self.config.classes {
-            let labels = vec![label as u32; n];
-            self.prepare_input(backend, images, &labels)?;
+            self.embed_labels(backend, &vec![label as u32; n])?;
             self.forward_all(backend, n, false)?;
             for (layer, block) in self.blocks.iter().enumerate() {
-                let goodness = block.goodness.to_host(backend)?;
-                out[(label * layers + layer) * n..][..n].copy_from_slice(&goodness);
+                backend.copy_into(&mut all, (label * layers + layer) * n, &block.goodness.buf)?;
             }
         }
-        Ok(out)
+        backend.download(&all)
     }
 
     /// Every parameter with its PyTorch name, in registration order.

@@ -15,7 +15,7 @@ pub use elementwise::softplus;
 
 use super::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
-    check_labels,
+    check_copy, check_labels,
 };
 use crate::error::{Error, Result};
 use std::cell::RefCell;
@@ -188,6 +188,12 @@ impl Backend for Cpu {
     fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
         check("write", data, dst.len())?;
         dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn copy_into(&self, dst: &mut Vec<f32>, offset: usize, src: &Vec<f32>) -> Result<()> {
+        check_copy(dst.len(), offset, src.len())?;
+        dst[offset..offset + src.len()].copy_from_slice(src);
         Ok(())
     }
 

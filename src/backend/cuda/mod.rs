@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, Precision,
-    SampleShape, check_labels, check_len,
+    SampleShape, check_copy, check_labels, check_len,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
@@ -417,6 +417,19 @@ impl Backend for Cuda {
             self.stream
                 .memcpy_htod(data, &mut dst.data.slice_mut(0..data.len()))
                 .map_err(|e| self.err("upload", e))?;
+        }
+        Ok(())
+    }
+
+    fn copy_into(&self, dst: &mut CudaBuf, offset: usize, src: &CudaBuf) -> Result<()> {
+        check_copy(dst.len, offset, src.len)?;
+        if src.len > 0 {
+            self.stream
+                .memcpy_dtod(
+                    &src.data.slice(0..src.len),
+                    &mut dst.data.slice_mut(offset..offset + src.len),
+                )
+                .map_err(|e| self.err("copy", e))?;
         }
         Ok(())
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine, from the project root, with .device/ from scripts/gpu-prepare.sh:
+# the CUDA tests (ops against the CPU, golden FF step, repeatability), the benchmark in bf16
+# and f32, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy. Logs go to $OUT (or
+# ./gpu-logs).
+set -uo pipefail
+out="${OUT:-gpu-logs}"
+mkdir -p "$out"
+# The CUDA libraries of the Python wheels (cuDNN, cuBLAS, NVRTC), then the driver's.
+libs=$(python3 -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/*/lib/lib*.so*")})))' 2>/dev/null)
+export LD_LIBRARY_PATH="${libs}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
+export TRIFECTA_SHARED="$PWD/.device/shared"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+status=0
+echo "== CUDA tests"
+timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
+echo "== bench, bf16 (default workload at batch 512, epoch and evaluation)"
+timeout 120 .device/trifecta bench --device cuda --steps 50 --warmup 5 2>&1 | tee "$out/bench.log" || status=1
+echo "== bench, f32 step"
+timeout 60 .device/trifecta bench --device cuda --precision f32 --steps 50 --warmup 5 --epoch-images 0 2>&1 |
+    tee -a "$out/bench.log" || status=1
+echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs"
+timeout 300 .device/trifecta train --device cuda --dataset folder --data-dir .device/cifar10-jpeg \
+    --epochs 10 --out /tmp/trifecta-cifar 2>&1 | tee "$out/train.log" || status=1
+cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
+exit $status
