@@ -1,0 +1,496 @@
+// Runs the CUDA kernels of src/backend/cuda/kernels.cu on the CPU, with a small emulator of
+// CUDA's execution model, and checks them against plain reference loops. It catches indexing,
+// partition and reduction mistakes without a GPU (the GPU tests in tests/cuda.rs remain the
+// real check). Built and run by tests/kernels_emu.rs.
+//
+// Emulation: the blocks of a launch run one after the other; the threads of a block are
+// cooperative fibers (ucontext) that switch only at __syncthreads(), so barriers and
+// __shared__ memory (a static, i.e. one copy, which is right because blocks run in turn)
+// behave as on a GPU.
+
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+static dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+static void emu_sync();
+#define __global__
+#define __device__
+#define __shared__ static
+#define __syncthreads() emu_sync()
+
+static float __int_as_float(int v) {
+    float f;
+    std::memcpy(&f, &v, 4);
+    return f;
+}
+static float __uint_as_float(unsigned v) {
+    float f;
+    std::memcpy(&f, &v, 4);
+    return f;
+}
+static unsigned __float_as_uint(float f) {
+    unsigned v;
+    std::memcpy(&v, &f, 4);
+    return v;
+}
+
+#include "../src/backend/cuda/kernels.cu"
+
+// ---- the emulator ----
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    dim3 idx;
+    bool done = false;
+};
+static ucontext_t scheduler;
+static std::vector<Fiber> fibers;
+static size_t current;
+static std::function<void()> body;
+
+static void emu_sync() { swapcontext(&fibers[current].ctx, &scheduler); }
+
+static void trampoline() {
+    body();
+    fibers[current].done = true;
+}
+
+static void launch(dim3 grid, dim3 block, std::function<void()> kernel) {
+    body = std::move(kernel);
+    gridDim = grid;
+    blockDim = block;
+    size_t threads = (size_t)block.x * block.y * block.z;
+    fibers.resize(threads);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                blockIdx = {bx, by, bz};
+                for (size_t t = 0; t < threads; t++) {
+                    Fiber& f = fibers[t];
+                    f.stack.resize(1 << 16);
+                    f.done = false;
+                    f.idx = {(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
+                             (unsigned)(t / (block.x * block.y))};
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.data();
+                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_link = &scheduler;
+                    makecontext(&f.ctx, trampoline, 0);
+                }
+                // Run every live fiber to its next barrier (or its end), round after round.
+                bool live = true;
+                while (live) {
+                    live = false;
+                    for (size_t t = 0; t < threads; t++) {
+                        if (fibers[t].done) continue;
+                        current = t;
+                        threadIdx = fibers[t].idx;
+                        swapcontext(&scheduler, &fibers[t].ctx);
+                        live |= !fibers[t].done;
+                    }
+                }
+            }
+}
+
+// The launch geometry of src/backend/cuda/nvrtc.rs.
+static const unsigned BLOCK = 256;
+static dim3 elementwise(long long total) {
+    long long blocks = (total + BLOCK - 1) / BLOCK;
+    if (blocks < 1) blocks = 1;
+    if (blocks > 64) blocks = 64;  // fewer blocks than on a GPU: exercises the grid stride
+    return {(unsigned)blocks, 1, 1};
+}
+struct Parts {
+    long long parts, chunk;
+};
+static Parts partials(long long rows, int cols, int sms) {
+    long long groups = (cols + 31) / 32;
+    if (groups < 1) groups = 1;
+    long long wanted = (4LL * sms + groups - 1) / groups;
+    long long most = (rows + 63) / 64;
+    if (most < 1) most = 1;
+    long long parts = wanted < 1 ? 1 : (wanted > most ? most : wanted);
+    long long chunk = (rows + parts - 1) / parts;
+    if (chunk < 1) chunk = 1;
+    parts = (rows + chunk - 1) / chunk;
+    if (parts < 1) parts = 1;
+    return {parts, chunk};
+}
+
+// ---- checks ----
+
+static int failures = 0;
+static void close(const char* what, const std::vector<float>& got, const std::vector<double>& want,
+                  double rel, double abs) {
+    if (got.size() != want.size()) {
+        std::printf("FAIL %s: %zu values, expected %zu\n", what, got.size(), want.size());
+        failures++;
+        return;
+    }
+    for (size_t i = 0; i < got.size(); i++) {
+        double d = std::fabs(got[i] - want[i]);
+        if (!(d <= abs + rel * std::fabs(want[i]))) {
+            std::printf("FAIL %s[%zu]: got %.9g, want %.9g\n", what, i, got[i], want[i]);
+            failures++;
+            return;
+        }
+    }
+    std::printf("ok   %s (%zu values)\n", what, got.size());
+}
+
+static std::mt19937_64 rng(7);
+static std::vector<float> randn(size_t n, double scale = 1.0, double shift = 0.0) {
+    std::normal_distribution<double> d(0.0, 1.0);
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)(shift + scale * d(rng));
+    return v;
+}
+
+// `shift` moves the data far from zero (the two-pass variance must stay exact); `abs` is the
+// absolute tolerance of the outputs (a single row has zero variance, so rstd = 1/sqrt(eps)
+// amplifies float rounding, on the CPU as here).
+static void check_batchnorm(long long rows, int c, double shift, double abs) {
+    auto x = randn(rows * c, 3.0, shift), gamma = randn(c), beta = randn(c), dy = randn(rows * c);
+    std::vector<float> out(rows * c), mean(c), rstd(c), rm(c, 0.5f), rv(c, 1.0f);
+    Parts p = partials(rows, c, 132);
+    std::vector<double> pa(p.parts * c), pb(p.parts * c), dmean(c);
+    dim3 grid{(unsigned)((c + 31) / 32), (unsigned)p.parts, 1}, block{32, 8, 1};
+    dim3 cols{(unsigned)((c + BLOCK - 1) / BLOCK), 1, 1};
+    launch(grid, block, [&] { partial_sum(pa.data(), pb.data(), x.data(), rows, c, p.chunk); });
+    launch(cols, {BLOCK}, [&] { finish_mean(dmean.data(), pa.data(), (int)p.parts, c, rows); });
+    launch(grid, block, [&] {
+        partial_centered_sq(pa.data(), pb.data(), x.data(), dmean.data(), rows, c, p.chunk);
+    });
+    launch(cols, {BLOCK}, [&] {
+        batchnorm_finish_stats(mean.data(), rstd.data(), rm.data(), rv.data(), dmean.data(),
+                               pa.data(), (int)p.parts, c, rows, 1e-5f, 0.1f);
+    });
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_apply(out.data(), x.data(), mean.data(), rstd.data(), gamma.data(), beta.data(),
+                        c, rows * c);
+    });
+    // Reference.
+    std::vector<double> m(c, 0), var(c, 0), want(rows * c), wm(c), wr(c), wrm(c), wrv(c);
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++) m[k] += x[r * c + k];
+    for (int k = 0; k < c; k++) m[k] /= rows;
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++) var[k] += (x[r * c + k] - m[k]) * (x[r * c + k] - m[k]);
+    for (int k = 0; k < c; k++) {
+        var[k] /= rows;
+        wm[k] = m[k];
+        wr[k] = 1.0 / std::sqrt(var[k] + 1e-5);
+        wrm[k] = 0.9 * 0.5 + 0.1 * m[k];
+        wrv[k] = 0.9 * 1.0 + 0.1 * (rows > 1 ? var[k] * rows / (rows - 1) : var[k]);
+    }
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++)
+            want[r * c + k] = (x[r * c + k] - m[k]) * wr[k] * gamma[k] + beta[k];
+    std::string tag = "batchnorm " + std::to_string(rows) + "x" + std::to_string(c);
+    close((tag + " mean").c_str(), mean, wm, 1e-6, 1e-6);
+    close((tag + " rstd").c_str(), rstd, wr, 1e-5, 1e-7);
+    close((tag + " running mean").c_str(), rm, wrm, 1e-6, 1e-6);
+    close((tag + " running var").c_str(), rv, wrv, 1e-5, 1e-6);
+    close((tag + " out").c_str(), out, want, 1e-4, abs);
+
+    // Backward.
+    std::vector<float> dgamma(c, 0.25f), dbeta(c, -0.5f), coef(3 * c), dx(rows * c);
+    launch(grid, block,
+           [&] { partial_dy_dyx(pa.data(), pb.data(), dy.data(), x.data(), rows, c, p.chunk); });
+    launch(cols, {BLOCK}, [&] {
+        batchnorm_backward_finish(dgamma.data(), dbeta.data(), coef.data(), coef.data() + c,
+                                  coef.data() + 2 * c, pa.data(), pb.data(), (int)p.parts, c,
+                                  rows, mean.data(), rstd.data(), gamma.data());
+    });
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_backward_apply(dx.data(), dy.data(), x.data(), coef.data(), coef.data() + c,
+                                 coef.data() + 2 * c, c, rows * c);
+    });
+    std::vector<double> sdy(c, 0), sdyxh(c, 0), wdg(c), wdb(c), wdx(rows * c);
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++) {
+            double xh = (x[r * c + k] - m[k]) * wr[k];
+            sdy[k] += dy[r * c + k];
+            sdyxh[k] += dy[r * c + k] * xh;
+        }
+    for (int k = 0; k < c; k++) {
+        wdg[k] = 0.25 + sdyxh[k];
+        wdb[k] = -0.5 + sdy[k];
+    }
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++) {
+            double xh = (x[r * c + k] - m[k]) * wr[k];
+            wdx[r * c + k] =
+                gamma[k] * wr[k] * (dy[r * c + k] - sdy[k] / rows - xh * sdyxh[k] / rows);
+        }
+    close((tag + " dgamma").c_str(), dgamma, wdg, 1e-4, 1e-4);
+    close((tag + " dbeta").c_str(), dbeta, wdb, 1e-5, 1e-4);
+    close((tag + " dx").c_str(), dx, wdx, 1e-3, abs / 10);
+}
+
+static void check_layernorm(int n, int f) {
+    auto x = randn((size_t)n * f), gamma = randn(f), beta = randn(f), dy = randn((size_t)n * f);
+    std::vector<float> out((size_t)n * f), mean(n), rstd(n), dx((size_t)n * f), dg(f, 0), db(f, 0);
+    launch({(unsigned)n}, {BLOCK}, [&] {
+        layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
+                          beta.data(), f, 1e-5f);
+    });
+    launch({(unsigned)n}, {BLOCK}, [&] {
+        layernorm_backward_input(dx.data(), dy.data(), x.data(), mean.data(), rstd.data(),
+                                 gamma.data(), f);
+    });
+    Parts p = partials(n, f, 132);
+    std::vector<double> pa(p.parts * f), pb(p.parts * f);
+    launch({(unsigned)((f + 31) / 32), (unsigned)p.parts}, {32, 8}, [&] {
+        partial_dy_xhat_rows(pa.data(), pb.data(), dy.data(), x.data(), mean.data(), rstd.data(),
+                             n, f, p.chunk);
+    });
+    launch({(unsigned)((f + BLOCK - 1) / BLOCK)}, {BLOCK},
+           [&] { finish_add(dg.data(), db.data(), pa.data(), pb.data(), (int)p.parts, f); });
+    std::vector<double> wout((size_t)n * f), wdx((size_t)n * f), wdg(f, 0), wdb(f, 0);
+    for (int s = 0; s < n; s++) {
+        const float* r = &x[(size_t)s * f];
+        double m = 0, v = 0;
+        for (int i = 0; i < f; i++) m += r[i];
+        m /= f;
+        for (int i = 0; i < f; i++) v += (r[i] - m) * (r[i] - m);
+        v /= f;
+        double rs = 1.0 / std::sqrt(v + 1e-5), a = 0, b = 0;
+        for (int i = 0; i < f; i++) {
+            double xh = (r[i] - m) * rs, g = dy[(size_t)s * f + i];
+            wout[(size_t)s * f + i] = xh * gamma[i] + beta[i];
+            wdg[i] += g * xh;
+            wdb[i] += g;
+            a += g * gamma[i];
+            b += g * gamma[i] * xh;
+        }
+        for (int i = 0; i < f; i++) {
+            double xh = (r[i] - m) * rs;
+            wdx[(size_t)s * f + i] = rs * (dy[(size_t)s * f + i] * gamma[i] - a / f - xh * b / f);
+        }
+    }
+    std::string tag = "layernorm " + std::to_string(n) + "x" + std::to_string(f);
+    close((tag + " out").c_str(), out, wout, 1e-4, 1e-4);
+    close((tag + " dx").c_str(), dx, wdx, 1e-3, 1e-4);
+    close((tag + " dgamma").c_str(), dg, wdg, 1e-4, 1e-4);
+    close((tag + " dbeta").c_str(), db, wdb, 1e-4, 1e-4);
+}
+
+static void check_pool(int n, int h, int w, int c) {
+    std::uniform_int_distribution<int> d(-1, 2);  // ties and zeros on purpose
+    std::vector<float> x((size_t)n * h * w * c);
+    for (auto& v : x) v = (float)d(rng);
+    int oh = h / 2, ow = w / 2;
+    auto gout = randn((size_t)n * oh * ow * c);
+    std::vector<float> relu = x, out((size_t)n * oh * ow * c), gin(x.size(), 99.0f);
+    launch(elementwise(relu.size()), {BLOCK}, [&] { relu_forward(relu.data(), relu.size()); });
+    launch(elementwise(out.size()), {BLOCK},
+           [&] { maxpool2_forward(out.data(), relu.data(), n, h, w, c); });
+    launch(elementwise(gin.size()), {BLOCK}, [&] {
+        relu_maxpool2_backward(gin.data(), gout.data(), relu.data(), n, h, w, c);
+    });
+    std::vector<double> wout(out.size()), wgin(x.size(), 0.0);
+    auto at = [&](int s, int y, int xx, int k) {
+        return std::max(x[(((size_t)s * h + y) * w + xx) * c + k], 0.0f);
+    };
+    for (int s = 0; s < n; s++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++)
+                for (int k = 0; k < c; k++) {
+                    float v[4] = {at(s, 2 * oy, 2 * ox, k), at(s, 2 * oy, 2 * ox + 1, k),
+                                  at(s, 2 * oy + 1, 2 * ox, k), at(s, 2 * oy + 1, 2 * ox + 1, k)};
+                    int best = 0;
+                    for (int q = 1; q < 4; q++)
+                        if (v[q] > v[best]) best = q;  // the first maximum wins
+                    size_t o = (((size_t)s * oh + oy) * ow + ox) * c + k;
+                    wout[o] = v[best];
+                    if (v[best] > 0) {
+                        int y = 2 * oy + best / 2, xx = 2 * ox + best % 2;
+                        wgin[(((size_t)s * h + y) * w + xx) * c + k] = gout[o];
+                    }
+                }
+    std::string tag = "pool " + std::to_string(n) + "x" + std::to_string(h) + "x" +
+                      std::to_string(w) + "x" + std::to_string(c);
+    close((tag + " forward").c_str(), out, wout, 0, 0);
+    close((tag + " relu+pool backward").c_str(), gin, wgin, 0, 0);
+}
+
+static void check_goodness_and_losses(int pairs, int f) {
+    int n = 2 * pairs;
+    auto x = randn((size_t)n * f, 0.5);
+    std::vector<float> g(n), loss(1), dg(n), dx((size_t)n * f);
+    launch({(unsigned)n}, {BLOCK}, [&] { goodness_forward(g.data(), x.data(), f); });
+    std::vector<double> wg(n, 0);
+    for (int s = 0; s < n; s++) {
+        for (int i = 0; i < f; i++) wg[s] += (double)x[(size_t)s * f + i] * x[(size_t)s * f + i];
+        wg[s] /= f;
+    }
+    std::string tag = "goodness " + std::to_string(n) + "x" + std::to_string(f);
+    close(tag.c_str(), g, wg, 1e-6, 1e-7);
+    for (int kind = 0; kind < 2; kind++) {
+        float param = kind == 0 ? 4.0f : 2.0f;
+        launch({1}, {BLOCK}, [&] { ff_loss(loss.data(), dg.data(), g.data(), pairs, kind, param); });
+        launch(elementwise(dx.size()), {BLOCK},
+               [&] { goodness_backward(dx.data(), dg.data(), x.data(), f, (long long)dx.size()); });
+        double total = 0;
+        std::vector<double> wdg(n), wdx(dx.size());
+        auto sp = [](double v) { return std::max(v, 0.0) + std::log1p(std::exp(-std::fabs(v))); };
+        auto sg = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+        for (int i = 0; i < pairs; i++) {
+            double p = g[i], q = g[pairs + i];
+            if (kind == 0) {
+                total += sp(-param * (p - q));
+                wdg[i] = -param * sg(-param * (p - q)) / pairs;
+                wdg[pairs + i] = -wdg[i];
+            } else {
+                total += sp(param - p) + sp(q - param);
+                wdg[i] = -sg(param - p) / (2.0 * pairs);
+                wdg[pairs + i] = sg(q - param) / (2.0 * pairs);
+            }
+        }
+        for (size_t i = 0; i < dx.size(); i++) wdx[i] = wdg[i / f] * 2.0 / f * x[i];
+        std::string k = tag + (kind == 0 ? " symba" : " threshold");
+        close((k + " loss").c_str(), loss, {total / (kind == 0 ? pairs : 2.0 * pairs)}, 1e-6, 1e-7);
+        close((k + " grad goodness").c_str(), dg, wdg, 1e-6, 1e-9);
+        close((k + " dx").c_str(), dx, wdx, 1e-5, 1e-9);
+    }
+}
+
+static void check_embedding_heads_adam() {
+    int n = 37, pixels = 35, c = 3, classes = 10;
+    auto images = randn((size_t)n * pixels * c), table = randn((size_t)classes * pixels);
+    std::vector<unsigned> labels(n);
+    for (auto& l : labels) l = (unsigned)(rng() % classes);
+    std::vector<float> out((size_t)n * pixels * (c + 1));
+    launch(elementwise(out.size()), {BLOCK}, [&] {
+        embed_forward(out.data(), images.data(), table.data(), labels.data(), n, pixels, c);
+    });
+    std::vector<double> wout(out.size());
+    for (int s = 0; s < n; s++)
+        for (int p = 0; p < pixels; p++) {
+            for (int k = 0; k < c; k++)
+                wout[((size_t)s * pixels + p) * (c + 1) + k] = images[((size_t)s * pixels + p) * c + k];
+            wout[((size_t)s * pixels + p) * (c + 1) + c] = table[labels[s] * pixels + p];
+        }
+    close("embedding forward", out, wout, 0, 0);
+    auto grad = randn(out.size());
+    std::vector<float> gt(table.size(), 1.0f);
+    launch(elementwise(gt.size()), {BLOCK}, [&] {
+        embed_backward(gt.data(), grad.data(), labels.data(), n, pixels, c, classes);
+    });
+    std::vector<double> wgt(gt.size(), 1.0);
+    for (int s = 0; s < n; s++)
+        for (int p = 0; p < pixels; p++)
+            wgt[labels[s] * pixels + p] += grad[((size_t)s * pixels + p) * (c + 1) + c];
+    close("embedding backward", gt, wgt, 1e-5, 1e-5);
+
+    // Average pool, bias, cross-entropy.
+    int px = 16, ch = 40;
+    auto feat = randn((size_t)n * px * ch);
+    std::vector<float> pooled((size_t)n * ch), gin(feat.size());
+    launch(elementwise(pooled.size()), {BLOCK},
+           [&] { avgpool_forward(pooled.data(), feat.data(), n, px, ch); });
+    std::vector<double> wp(pooled.size(), 0);
+    for (int s = 0; s < n; s++)
+        for (int p = 0; p < px; p++)
+            for (int k = 0; k < ch; k++) wp[(size_t)s * ch + k] += feat[((size_t)s * px + p) * ch + k] / px;
+    close("avgpool forward", pooled, wp, 1e-5, 1e-6);
+    launch(elementwise(gin.size()), {BLOCK},
+           [&] { avgpool_backward(gin.data(), pooled.data(), px, ch, (long long)gin.size()); });
+    std::vector<double> wgin(gin.size());
+    for (size_t i = 0; i < gin.size(); i++) wgin[i] = pooled[i / ((size_t)px * ch) * ch + i % ch] / px;
+    close("avgpool backward", gin, wgin, 1e-6, 1e-7);
+    auto bias = randn(classes);
+    std::vector<float> logits((size_t)n * classes), loss(1), dl(logits.size());
+    launch(elementwise(logits.size()), {BLOCK},
+           [&] { bias_rows(logits.data(), bias.data(), classes, (long long)logits.size()); });
+    std::vector<double> wl(logits.size());
+    for (size_t i = 0; i < wl.size(); i++) wl[i] = bias[i % classes];
+    close("bias rows", logits, wl, 0, 0);
+    logits = randn(logits.size(), 2.0);
+    launch({1}, {BLOCK}, [&] {
+        cross_entropy(loss.data(), dl.data(), logits.data(), labels.data(), n, classes);
+    });
+    double total = 0;
+    std::vector<double> wdl(dl.size());
+    for (int s = 0; s < n; s++) {
+        double mx = -1e30, sum = 0;
+        for (int k = 0; k < classes; k++) mx = std::max(mx, (double)logits[s * classes + k]);
+        for (int k = 0; k < classes; k++) sum += std::exp(logits[s * classes + k] - mx);
+        total += std::log(sum) + mx - logits[s * classes + labels[s]];
+        for (int k = 0; k < classes; k++)
+            wdl[s * classes + k] =
+                (std::exp(logits[s * classes + k] - mx) / sum - (k == (int)labels[s])) / n;
+    }
+    close("cross-entropy loss", loss, {total / n}, 1e-6, 1e-7);
+    close("cross-entropy gradient", dl, wdl, 1e-5, 1e-8);
+
+    // Adam, two steps.
+    size_t len = 1001;
+    auto p = randn(len);
+    std::vector<float> m(len, 0), v(len, 0);
+    std::vector<double> wp2(p.begin(), p.end()), wm(len, 0), wv(len, 0);
+    for (int step = 1; step <= 2; step++) {
+        auto g = randn(len);
+        double b1 = 1 - std::pow(0.9, step), b2 = 1 - std::pow(0.999, step);
+        float step_size = (float)(1e-3 / b1), bias2_sqrt = (float)std::sqrt(b2);
+        launch(elementwise(len), {BLOCK}, [&] {
+            adam_step(p.data(), m.data(), v.data(), g.data(), (long long)len, 0.9f, 0.999f, 1e-8f,
+                      step_size, bias2_sqrt);
+        });
+        for (size_t i = 0; i < len; i++) {
+            wm[i] = 0.9 * wm[i] + 0.1 * g[i];
+            wv[i] = 0.999 * wv[i] + 0.001 * (double)g[i] * g[i];
+            wp2[i] -= 1e-3 / b1 * wm[i] / (std::sqrt(wv[i]) / std::sqrt(b2) + 1e-8);
+        }
+    }
+    close("adam param", p, wp2, 1e-5, 1e-6);
+    close("adam m", m, wm, 1e-5, 1e-7);
+
+    // bf16 round trip: exact for values with 8 significant bits, nearest-even otherwise.
+    std::vector<float> src = {1.0f, -2.5f, 0.375f, 1.00390625f /* 1 + 2^-8: ties to even */,
+                              1.01171875f /* 1 + 3*2^-8: ties up */, 65504.0f};
+    std::vector<unsigned short> half(src.size());
+    std::vector<float> back(src.size(), 7.0f);
+    launch({1}, {BLOCK}, [&] { f32_to_bf16(half.data(), src.data(), (long long)src.size()); });
+    launch({1}, {BLOCK}, [&] { bf16_to_f32(back.data(), half.data(), (long long)src.size(), 1); });
+    close("bf16 round trip (accumulated onto 7)", back,
+          {8.0, 4.5, 7.375, 8.0, 8.015625, 65536.0 + 7.0}, 0, 1e-6);
+}
+
+int main() {
+    check_batchnorm(1, 3, 0.0, 1e-3);
+    check_batchnorm(70, 3, 50.0, 1e-4);
+    check_batchnorm(64 * 33, 40, 50.0, 1e-4);
+    check_batchnorm(20000, 4, 50.0, 1e-4);
+    check_layernorm(1, 5);
+    check_layernorm(3, 105);
+    check_layernorm(70, 300);
+    check_pool(1, 2, 2, 1);
+    check_pool(2, 7, 5, 3);
+    check_pool(3, 8, 8, 40);
+    check_goodness_and_losses(1, 3);
+    check_goodness_and_losses(37, 128);
+    check_goodness_and_losses(300, 700);
+    check_embedding_heads_adam();
+    if (failures) {
+        std::printf("%d check(s) failed\n", failures);
+        return 1;
+    }
+    std::printf("all kernel checks passed\n");
+    return 0;
+}
