@@ -623,6 +623,25 @@ fn training_is_repeatable_and_close_to_cpu() {
     let first = train_steps(gpu());
     let second = train_steps(gpu());
     assert!(first == second, "two GPU runs with the same seed differ");
-    let want: Vec<f64> = train_steps(&cpu()).iter().map(|v| *v as f64).collect();
-    assert_close("4 Trifecta steps, GPU vs CPU", &first, &want, 0.0, 1e-4);
+    // Adam moves a parameter by about lr * sign(gradient) per step, so an element whose
+    // gradient is near zero may go the other way on the two backends (different summation
+    // orders): a few elements may differ by up to 2 lr per step; a wrong kernel moves many.
+    let want = train_steps(&cpu());
+    let lr = 1e-3f32;
+    let diffs: Vec<f32> = first
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let worst = diffs.iter().cloned().fold(0.0f32, f32::max);
+    let off = diffs.iter().filter(|d| **d > 1e-4).count();
+    assert!(
+        worst <= 8.0 * lr,
+        "GPU vs CPU after 4 steps: worst difference {worst}"
+    );
+    assert!(
+        off * 200 <= diffs.len(),
+        "GPU vs CPU after 4 steps: {off} of {} parameters differ by more than 1e-4",
+        diffs.len()
+    );
 }

@@ -75,7 +75,9 @@ impl DeviceArg {
                 DeviceArg::Cpu => "cpu".into(),
                 DeviceArg::Cuda(n) => format!("cuda:{n}"),
             },
-            msg: "this build has no CUDA backend; build with `--features cuda`".into(),
+            msg:
+                "this build has no CUDA backend; build with `--features cuda`, or use --device cpu"
+                    .into(),
         }
     }
 }
