@@ -227,3 +227,42 @@ fn copy_into_writes_a_window_and_refuses_overflow() {
     assert!(b.copy_into(&mut dst, 4, &vec![1.0, 2.0]).is_err());
     assert!(b.copy_into(&mut dst, usize::MAX, &vec![1.0]).is_err());
 }
+
+#[test]
+fn augmented_batches_do_not_depend_on_the_thread_count() {
+    use trifecta::data::{Dataset, augment::Augment};
+    let shape = ImageShape {
+        channels: 3,
+        height: 9,
+        width: 7,
+    };
+    let mut rng = Rng::new(5);
+    let n = 40;
+    let data = Dataset {
+        shape,
+        classes: 10,
+        pixels: (0..n * shape.numel())
+            .map(|_| rng.below(256) as u8)
+            .collect(),
+        labels: (0..n).map(|_| rng.below(10)).collect(),
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
+    };
+    let indices: Vec<usize> = (0..n).rev().collect();
+    let batch = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut rng = Rng::new(9);
+            let first = data.batch(&indices, Some((&Augment::default(), &mut rng)));
+            // The stream moved on by exactly one draw per image.
+            (first, rng.below(1 << 30))
+        })
+    };
+    let one = batch(1);
+    assert_eq!(one, batch(3));
+    let plain = data.batch(&indices, None);
+    assert_ne!(one.0.0, plain.0, "augmentation changed nothing");
+}

@@ -23,17 +23,36 @@ impl Default for Augment {
     }
 }
 
+/// The random draws of one augmented image: the crop's shift and the rotation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    shift_y: isize,
+    shift_x: isize,
+    radians: f32,
+}
+
 impl Augment {
-    /// out = rotate(crop(pad(image))), both of `shape`.
-    pub fn apply(&self, out: &mut [u8], image: &[u8], shape: ImageShape, rng: &mut Rng) {
-        let (h, w, c) = (shape.height, shape.width, shape.channels);
+    /// Draws one image's crop and rotation. Drawing is sequential (one seeded stream);
+    /// applying the draws can then run in parallel.
+    pub fn draw(&self, rng: &mut Rng) -> Draw {
         let pad = self.padding as isize;
         let shift_y = rng.below(2 * self.padding as u32 + 1) as isize - pad;
         let shift_x = rng.below(2 * self.padding as u32 + 1) as isize - pad;
-        let angle = rng
+        let radians = rng
             .uniform(-self.max_degrees, self.max_degrees)
             .to_radians();
-        let (sin, cos) = angle.sin_cos();
+        Draw {
+            shift_y,
+            shift_x,
+            radians,
+        }
+    }
+
+    /// out = rotate(crop(pad(image))), both of `shape`, with the given draw.
+    pub fn apply_draw(&self, out: &mut [u8], image: &[u8], shape: ImageShape, d: Draw) {
+        let (h, w, c) = (shape.height, shape.width, shape.channels);
+        let (shift_y, shift_x) = (d.shift_y, d.shift_x);
+        let (sin, cos) = d.radians.sin_cos();
         let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
         for y in 0..h {
             for x in 0..w {

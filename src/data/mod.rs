@@ -195,28 +195,35 @@ impl Dataset {
         indices: &[usize],
         augment: Option<(&augment::Augment, &mut Rng)>,
     ) -> (Vec<f32>, Vec<u32>) {
+        use rayon::prelude::*;
         let size = self.shape.numel();
         let c = self.shape.channels;
+        // The draws come from the stream in image order; the pixel work runs in parallel, so
+        // a batch is the same whatever the thread count.
+        let draws: Option<(&augment::Augment, Vec<augment::Draw>)> =
+            augment.map(|(aug, rng)| (aug, indices.iter().map(|_| aug.draw(rng)).collect()));
         let mut images = vec![0.0f32; indices.len() * size];
-        let mut scratch = vec![0u8; size];
-        let mut augment = augment;
-        for (k, &i) in indices.iter().enumerate() {
-            let raw: &[u8] = match augment.as_mut() {
-                Some((aug, rng)) => {
-                    aug.apply(&mut scratch, self.image(i), self.shape, rng);
-                    &scratch
-                }
-                None => self.image(i),
-            };
-            for (px, out) in raw
-                .chunks(c)
-                .zip(images[k * size..(k + 1) * size].chunks_mut(c))
-            {
-                for ch in 0..c {
-                    out[ch] = (px[ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
-                }
-            }
-        }
+        images
+            .par_chunks_mut(size.max(1))
+            .zip(indices.par_iter())
+            .enumerate()
+            .for_each_init(
+                || vec![0u8; size],
+                |scratch, (k, (out, &i))| {
+                    let raw: &[u8] = match &draws {
+                        Some((aug, draws)) => {
+                            aug.apply_draw(scratch, self.image(i), self.shape, draws[k]);
+                            scratch
+                        }
+                        None => self.image(i),
+                    };
+                    for (px, o) in raw.chunks(c).zip(out.chunks_mut(c)) {
+                        for ch in 0..c {
+                            o[ch] = (px[ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
+                        }
+                    }
+                },
+            );
         (images, indices.iter().map(|&i| self.labels[i]).collect())
     }
 }
