@@ -82,19 +82,22 @@ def main():
         labels = torch.cat([pos, neg])
         return step_on(t, x, labels)
 
+    def ff_loss(x, b):
+        g = x.pow(2).flatten(1).mean(1)
+        gp, gn = g[:b], g[b:]
+        if a.threshold:
+            return torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
+        return F.softplus(-4 * (gp - gn)).mean()
+
     def step_on(t, x, labels):
+        # APL: on even iterations blocks 1, 3, 5 learn, on odd ones blocks 0, 2, 4.
         b = x.shape[0] // 2
         x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
         for i, blk in enumerate(blocks):
             x = blk(x)
-            if not a.apl or i % 2 != t % 2:
+            if i % 2 == t % 2:
                 continue
-            g = x.pow(2).flatten(1).mean(1)
-            gp, gn = g[:b], g[b:]
-            if a.threshold:
-                loss = torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
-            else:
-                loss = F.softplus(-4 * (gp - gn)).mean()
+            loss = ff_loss(x, b)
             opts[i].zero_grad()
             loss.backward()
             opts[i].step()
@@ -110,12 +113,7 @@ def main():
         x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
         for i, blk in enumerate(blocks):
             x = blk(x.detach())
-            g = x.pow(2).flatten(1).mean(1)
-            gp, gn = g[:b], g[b:]
-            if a.threshold:
-                loss = torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
-            else:
-                loss = F.softplus(-4 * (gp - gn)).mean()
+            loss = ff_loss(x, b)
             opts[i].zero_grad()
             loss.backward()
             opts[i].step()
