@@ -111,6 +111,41 @@ fn nhwc(math: ConvMath, n: usize, c: usize, h: usize, w: usize) -> DnnResult<Ten
     Ok(t)
 }
 
+/// What the three kinds of cuDNN algorithm-performance records have in common.
+trait Perf {
+    fn usable(&self) -> bool;
+    fn deterministic(&self) -> bool;
+}
+
+macro_rules! perf {
+    ($($t:ty),*) => {$(
+        impl Perf for $t {
+            fn usable(&self) -> bool {
+                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                    && self.memory <= MAX_WORKSPACE
+            }
+            fn deterministic(&self) -> bool {
+                self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+            }
+        }
+    )*};
+}
+perf!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t
+);
+
+/// The best-ranked usable algorithm that is deterministic, else the best-ranked usable one.
+fn pick<'a, P: Perf>(offered: &'a [P], pass: &str) -> DnnResult<&'a P> {
+    offered
+        .iter()
+        .filter(|p| p.usable())
+        .find(|p| p.deterministic())
+        .or_else(|| offered.iter().find(|p| p.usable()))
+        .ok_or_else(|| format!("cuDNN offers no {pass} algorithm for this shape"))
+}
+
 /// The descriptors and chosen algorithms of one convolution shape.
 pub struct ConvPlan {
     x: Tensor,
@@ -192,8 +227,6 @@ impl ConvPlan {
 
     /// Picks the best-ranked usable algorithm of each pass and sizes the workspace.
     fn choose(&mut self, dnn: &Dnn) -> DnnResult<()> {
-        const SUCCESS: sys::cudnnStatus_t = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
-        const DETERMINISTIC: sys::cudnnDeterminism_t = sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
         let h = dnn.handle;
         let mut count = 0i32;
         // SAFETY: live handle and descriptors; the result arrays hold as many entries as
@@ -213,10 +246,7 @@ impl ConvPlan {
                     fwd.as_mut_ptr(),
                 ),
             )?;
-            let best = fwd[..count.max(0) as usize]
-                .iter()
-                .find(|p| p.status == SUCCESS && p.memory <= MAX_WORKSPACE)
-                .ok_or("cuDNN offers no forward algorithm for this shape")?;
+            let best = pick(&fwd[..count.max(0) as usize], "forward")?;
             self.fwd = best.algo;
             self.workspace = self.workspace.max(best.memory);
 
@@ -234,16 +264,7 @@ impl ConvPlan {
                     data.as_mut_ptr(),
                 ),
             )?;
-            let offered = &data[..count.max(0) as usize];
-            let usable = |p: &&sys::cudnnConvolutionBwdDataAlgoPerf_t| {
-                p.status == SUCCESS && p.memory <= MAX_WORKSPACE
-            };
-            let best = offered
-                .iter()
-                .filter(usable)
-                .find(|p| p.determinism == DETERMINISTIC)
-                .or_else(|| offered.iter().find(usable))
-                .ok_or("cuDNN offers no backward-data algorithm for this shape")?;
+            let best = pick(&data[..count.max(0) as usize], "backward-data")?;
             self.bwd_data = best.algo;
             self.workspace = self.workspace.max(best.memory);
 
@@ -261,16 +282,7 @@ impl ConvPlan {
                     filter.as_mut_ptr(),
                 ),
             )?;
-            let offered = &filter[..count.max(0) as usize];
-            let usable = |p: &&sys::cudnnConvolutionBwdFilterAlgoPerf_t| {
-                p.status == SUCCESS && p.memory <= MAX_WORKSPACE
-            };
-            let best = offered
-                .iter()
-                .filter(usable)
-                .find(|p| p.determinism == DETERMINISTIC)
-                .or_else(|| offered.iter().find(usable))
-                .ok_or("cuDNN offers no backward-filter algorithm for this shape")?;
+            let best = pick(&filter[..count.max(0) as usize], "backward-filter")?;
             self.bwd_filter = best.algo;
             self.workspace = self.workspace.max(best.memory);
 

@@ -16,8 +16,8 @@ pub mod nvrtc;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -291,6 +291,17 @@ impl Cuda {
         Ok(p)
     }
 
+    /// The device address of a buffer, for cuDNN. cudarc's guard that comes with it only
+    /// records events, which this backend turned off (one stream orders everything).
+    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
+        buf.device_ptr(&self.stream).0
+    }
+
+    /// [`Self::ptr`] of a scratch slot (0 if it was never needed, e.g. an empty workspace).
+    fn raw<T>(&self, slot: &Option<CudaSlice<T>>) -> u64 {
+        slot.as_ref().map_or(0, |b| self.ptr(b))
+    }
+
     /// Converts `len` floats of `x` into the bf16 scratch slot `slot`.
     fn f32_to_half(
         &self,
@@ -344,6 +355,15 @@ fn load_library<T>(
             "{name} could not be loaded; put its folder on LD_LIBRARY_PATH"
         )),
     }
+}
+
+/// Elements of a convolution's input, weight and output.
+fn conv_sizes(s: ConvShape) -> (usize, usize, usize) {
+    (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * s.h * s.w * s.c_out,
+    )
 }
 
 fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
@@ -515,53 +535,40 @@ impl Backend for Cuda {
         weight: &CudaBuf,
         s: ConvShape,
     ) -> Result<()> {
-        let (nx, nw, ny) = (
-            s.n * s.h * s.w * s.c_in,
-            s.c_out * 9 * s.c_in,
-            s.n * s.h * s.w * s.c_out,
-        );
+        let (nx, nw, ny) = conv_sizes(s);
         check("conv3x3_forward.input", input, nx)?;
         check("conv3x3_forward.weight", weight, nw)?;
         check("conv3x3_forward.out", out, ny)?;
         let mut guard = self.lock();
         let state = &mut *guard;
         self.plan(state, s)?;
-        match self.precision {
-            Precision::F32 => {
-                let ws = state.scratch.workspace.as_mut().expect("sized by plan");
-                let plan = &state.plans[&s];
-                let (x, _a) = input.data.device_ptr(&self.stream);
-                let (w, _b) = weight.data.device_ptr(&self.stream);
-                let (y, _c) = out.data.device_ptr_mut(&self.stream);
-                let (wp, _d) = ws.device_ptr_mut(&self.stream);
-                // SAFETY: buffers checked against the plan's shape above.
-                unsafe { plan.forward(&state.dnn, x, w, y, wp) }
-                    .map_err(|e| self.err("conv3x3_forward", e))?;
-            }
-            Precision::Bf16 => {
-                self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-                self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-                let sc = &mut state.scratch;
-                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?;
-                let [hx, hw, hy] = &mut sc.half;
-                let (hx, hw, hy) = (
-                    hx.as_ref().expect("filled"),
-                    hw.as_ref().expect("filled"),
-                    hy.as_mut().expect("filled"),
-                );
-                let plan = &state.plans[&s];
-                {
-                    let ws = sc.workspace.as_mut().expect("sized by plan");
-                    let (x, _a) = hx.device_ptr(&self.stream);
-                    let (w, _b) = hw.device_ptr(&self.stream);
-                    let (y, _c) = hy.device_ptr_mut(&self.stream);
-                    let (wp, _d) = ws.device_ptr_mut(&self.stream);
-                    // SAFETY: bf16 copies of the checked buffers, sized by the same shape.
-                    unsafe { plan.forward(&state.dnn, x, w, y, wp) }
-                        .map_err(|e| self.err("conv3x3_forward", e))?;
-                }
-                self.half_to_f32(out, hy, false)?;
-            }
+        let half = self.precision == Precision::Bf16;
+        if half {
+            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+            grow(&self.stream, &mut state.scratch.half[2], ny)
+                .map_err(|e| self.err("allocation", e))?;
+        }
+        let sc = &state.scratch;
+        let (x, w, y) = if half {
+            (
+                self.raw(&sc.half[0]),
+                self.raw(&sc.half[1]),
+                self.raw(&sc.half[2]),
+            )
+        } else {
+            (
+                self.ptr(&input.data),
+                self.ptr(&weight.data),
+                self.ptr(&out.data),
+            )
+        };
+        let ws = self.raw(&sc.workspace);
+        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
+        unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
+            .map_err(|e| self.err("conv3x3_forward", e))?;
+        if half {
+            self.half_to_f32(out, sc.half[2].as_ref().expect("grown"), false)?;
         }
         Ok(())
     }
@@ -574,11 +581,7 @@ impl Backend for Cuda {
         weight: &CudaBuf,
         s: ConvShape,
     ) -> Result<()> {
-        let (nx, nw, ny) = (
-            s.n * s.h * s.w * s.c_in,
-            s.c_out * 9 * s.c_in,
-            s.n * s.h * s.w * s.c_out,
-        );
+        let (nx, nw, ny) = conv_sizes(s);
         check("conv3x3_backward.grad_out", grad_out, ny)?;
         check("conv3x3_backward.input", input, nx)?;
         check("conv3x3_backward.grad_weight", grad_weight, nw)?;
@@ -589,65 +592,55 @@ impl Backend for Cuda {
         let mut guard = self.lock();
         let state = &mut *guard;
         self.plan(state, s)?;
-        match self.precision {
-            Precision::F32 => {
-                let ws = state.scratch.workspace.as_mut().expect("sized by plan");
-                let plan = &state.plans[&s];
-                let (dy, _a) = grad_out.data.device_ptr(&self.stream);
-                let (x, _b) = input.data.device_ptr(&self.stream);
-                let (wp, _c) = ws.device_ptr_mut(&self.stream);
-                {
-                    let (dw, _d) = grad_weight.data.device_ptr_mut(&self.stream);
-                    // SAFETY: buffers checked against the plan's shape above.
-                    unsafe { plan.backward_filter(&state.dnn, x, dy, dw, 1.0, wp) }
-                        .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
-                }
-                if let Some(gi) = grad_input {
-                    let (w, _e) = weight.data.device_ptr(&self.stream);
-                    let (dx, _f) = gi.data.device_ptr_mut(&self.stream);
-                    // SAFETY: as above.
-                    unsafe { plan.backward_data(&state.dnn, w, dy, dx, wp) }
-                        .map_err(|e| self.err("conv3x3_backward (data)", e))?;
-                }
-            }
-            Precision::Bf16 => {
-                self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-                self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-                self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
-                let sc = &mut state.scratch;
-                grow(&self.stream, &mut sc.half_dw, nw.max(nx))
-                    .map_err(|e| self.err("allocation", e))?;
-                let plan = &state.plans[&s];
-                let [hx, hw, hdy] = &sc.half;
-                let (hx, hw, hdy) = (
-                    hx.as_ref().expect("filled"),
-                    hw.as_ref().expect("filled"),
-                    hdy.as_ref().expect("filled"),
-                );
-                let out = sc.half_dw.as_mut().expect("filled");
-                let ws = sc.workspace.as_mut().expect("sized by plan");
-                {
-                    let (x, _a) = hx.device_ptr(&self.stream);
-                    let (dy, _b) = hdy.device_ptr(&self.stream);
-                    let (dw, _c) = out.device_ptr_mut(&self.stream);
-                    let (wp, _d) = ws.device_ptr_mut(&self.stream);
-                    // SAFETY: bf16 copies sized by the checked shape; `out` holds >= nw.
-                    unsafe { plan.backward_filter(&state.dnn, x, dy, dw, 0.0, wp) }
-                        .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
-                }
-                self.half_to_f32(grad_weight, out, true)?;
-                if let Some(gi) = grad_input {
-                    {
-                        let (w, _a) = hw.device_ptr(&self.stream);
-                        let (dy, _b) = hdy.device_ptr(&self.stream);
-                        let (dx, _c) = out.device_ptr_mut(&self.stream);
-                        let (wp, _d) = ws.device_ptr_mut(&self.stream);
-                        // SAFETY: as above; `out` holds >= nx.
-                        unsafe { plan.backward_data(&state.dnn, w, dy, dx, wp) }
-                            .map_err(|e| self.err("conv3x3_backward (data)", e))?;
-                    }
-                    self.half_to_f32(gi, out, false)?;
-                }
+        let half = self.precision == Precision::Bf16;
+        if half {
+            // bf16 copies of x, w and dy; dw (then dx) is computed into `half_dw` in bf16 and
+            // added to (copied into) the f32 gradient.
+            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+            self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
+            grow(&self.stream, &mut state.scratch.half_dw, nw.max(nx))
+                .map_err(|e| self.err("allocation", e))?;
+        }
+        let sc = &state.scratch;
+        let plan = &state.plans[&s];
+        let ws = self.raw(&sc.workspace);
+        let (x, w, dy) = if half {
+            (
+                self.raw(&sc.half[0]),
+                self.raw(&sc.half[1]),
+                self.raw(&sc.half[2]),
+            )
+        } else {
+            (
+                self.ptr(&input.data),
+                self.ptr(&weight.data),
+                self.ptr(&grad_out.data),
+            )
+        };
+        let half_out = sc.half_dw.as_ref();
+        // f32 accumulates straight into the gradient (beta 1); bf16 assigns its scratch.
+        let (dw, beta) = match half_out {
+            Some(h) if half => (self.ptr(h), 0.0),
+            _ => (self.ptr(&grad_weight.data), 1.0),
+        };
+        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
+        // `half_dw` holds at least max(nw, nx) elements.
+        unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
+            .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
+        if half {
+            self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
+        }
+        if let Some(gi) = grad_input {
+            let dx = match half_out {
+                Some(h) if half => self.ptr(h),
+                _ => self.ptr(&gi.data),
+            };
+            // SAFETY: as above.
+            unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
+                .map_err(|e| self.err("conv3x3_backward (data)", e))?;
+            if half {
+                self.half_to_f32(gi, half_out.expect("grown"), false)?;
             }
         }
         Ok(())
