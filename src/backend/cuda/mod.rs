@@ -357,6 +357,16 @@ fn load_library<T>(
     }
 }
 
+/// A pool shape as the kernels' ints.
+fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
+    Ok((
+        int("n", s.n)?,
+        int("h", s.h)?,
+        int("w", s.w)?,
+        int("c", s.c)?,
+    ))
+}
+
 /// Elements of a convolution's input, weight and output.
 fn conv_sizes(s: ConvShape) -> (usize, usize, usize) {
     (
@@ -978,12 +988,7 @@ impl Backend for Cuda {
             out,
             s.n * (s.h / 2) * (s.w / 2) * s.c,
         )?;
-        let (n, h, w, c) = (
-            int("n", s.n)?,
-            int("h", s.h)?,
-            int("w", s.w)?,
-            int("c", s.c)?,
-        );
+        let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
             "maxpool2_forward",
@@ -1012,12 +1017,7 @@ impl Backend for Cuda {
             grad_out,
             s.n * (s.h / 2) * (s.w / 2) * s.c,
         )?;
-        let (n, h, w, c) = (
-            int("n", s.n)?,
-            int("h", s.h)?,
-            int("w", s.w)?,
-            int("c", s.c)?,
-        );
+        let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
             "relu_maxpool2_backward",
