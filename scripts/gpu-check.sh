@@ -12,6 +12,7 @@ print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob
 export LD_LIBRARY_PATH="${libs}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 export TRIFECTA_SHARED="$PWD/.device/shared"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pip list 2>/dev/null | grep -i -E "^nvidia-(cudnn|cublas|cuda-nvrtc|cuda-runtime)" | tee -a "$out/gpu.txt"
 status=0
 echo "== CUDA tests"
 timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1

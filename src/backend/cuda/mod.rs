@@ -16,8 +16,8 @@ pub mod nvrtc;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg,
+    ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -168,6 +168,14 @@ impl Cuda {
         })
         .map_err(plain)?;
         let dnn = load_library("cuDNN (libcudnn.so)", || Dnn::new(&stream)).map_err(plain)?;
+        // e.g. 91002 = 9.10.2
+        let v = cudarc::cudnn::result::get_version();
+        let device_name = format!(
+            "{device_name}, sm_{major}{minor}, cuDNN {}.{}.{}",
+            v / 10000,
+            v / 100 % 100,
+            v % 100
+        );
         Ok(Cuda {
             ordinal,
             device_name,
@@ -1355,12 +1363,4 @@ impl Backend for Cuda {
         );
         Ok(())
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Cuda>();
-    is::<CudaBuf>();
-    let _: Option<LaunchConfig> = None;
 }
