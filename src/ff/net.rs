@@ -58,6 +58,8 @@ pub struct FfNet<B: Backend> {
     pub iteration: u64,
     /// (N, H, W, C): the images of the current batch, twice for a training step.
     images: Tensor<B>,
+    /// (B, H, W, C): a training batch as uploaded, before it is doubled on the device.
+    staged: Tensor<B>,
     /// (N, H, W, C+1): images with their label planes.
     input: Tensor<B>,
     /// Gradient w.r.t. a block's output (scratch).
@@ -111,6 +113,7 @@ impl<B: Backend> FfNet<B> {
             optimizers,
             iteration: 0,
             images: Tensor::zeros(backend, &[0])?,
+            staged: Tensor::zeros(backend, &[0])?,
             input: Tensor::zeros(backend, &[0])?,
             grad_output: Tensor::zeros(backend, &[0])?,
             grad_input: Tensor::zeros(backend, &[0])?,
@@ -135,11 +138,6 @@ impl<B: Backend> FfNet<B> {
     }
 
     /// Uploads `images` `(n, H, W, C)` and builds the network input with `labels`.
-    fn prepare_input(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<()> {
-        self.load_images(backend, images, labels.len())?;
-        self.embed_labels(backend, labels)
-    }
-
     /// Copies `n` images `(n, H, W, C)` to the device.
     fn load_images(&mut self, backend: &B, images: &[f32], n: usize) -> Result<()> {
         let image = self.config.image;
@@ -207,10 +205,29 @@ impl<B: Backend> FfNet<B> {
                 got: vec![negative.len()],
             });
         }
-        let both: Vec<f32> = [images, images].concat();
-        let labels: Vec<u32> = [positive, negative].concat();
-        self.prepare_input(backend, &both, &labels)?;
+        // The images go to the device once and are doubled there (positives, then negatives).
+        let image = self.config.image;
+        if images.len() != pairs * image.numel() {
+            return Err(Error::Shape {
+                op: "train_step images",
+                expected: vec![pairs, image.height, image.width, image.channels],
+                got: vec![images.len()],
+            });
+        }
         let n = 2 * pairs;
+        self.staged
+            .resize(backend, &[pairs, image.height, image.width, image.channels])?;
+        backend.write(&mut self.staged.buf, images)?;
+        self.images
+            .resize(backend, &[n, image.height, image.width, image.channels])?;
+        backend.copy_into(&mut self.images.buf, 0, &self.staged.buf)?;
+        backend.copy_into(
+            &mut self.images.buf,
+            pairs * image.numel(),
+            &self.staged.buf,
+        )?;
+        let labels: Vec<u32> = [positive, negative].concat();
+        self.embed_labels(backend, &labels)?;
         let t = self.iteration;
         for i in 0..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
