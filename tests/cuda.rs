@@ -116,6 +116,106 @@ const CONV_SHAPES: [ConvShape; 4] = [
     },
 ];
 
+/// (rows, channels, seed)
+const BATCHNORM_CASES: [(usize, usize, u64); 4] = [
+    (1, 3, 1),
+    (7 * 5 * 2, 3, 2),
+    (64 * 33, 40, 3),
+    (20000, 4, 4),
+];
+/// (samples, features, seed)
+const LAYERNORM_CASES: [(usize, usize, u64); 3] =
+    [(1, 5, 1), (3, 7 * 5 * 3, 2), (70, 4 * 32 * 32, 3)];
+const POOL_SHAPES: [PoolShape; 3] = [
+    PoolShape {
+        n: 1,
+        h: 2,
+        w: 2,
+        c: 1,
+    },
+    PoolShape {
+        n: 2,
+        h: 7,
+        w: 5,
+        c: 3,
+    },
+    PoolShape {
+        n: 3,
+        h: 32,
+        w: 32,
+        c: 40,
+    },
+];
+const LOSSES: [FfLoss; 2] = [FfLoss::Symba { alpha: 4.0 }, FfLoss::Threshold { tau: 2.0 }];
+/// (pairs, features, seed)
+const LOSS_CASES: [(usize, usize, u64); 3] = [(1, 3, 1), (37, 128, 2), (512, 512 * 16, 3)];
+const EMBED_CASES: [(EmbedShape, u64); 3] = [
+    (
+        EmbedShape {
+            n: 1,
+            pixels: 4,
+            channels: 1,
+        },
+        1,
+    ),
+    (
+        EmbedShape {
+            n: 50,
+            pixels: 28 * 28,
+            channels: 1,
+        },
+        2,
+    ),
+    (
+        EmbedShape {
+            n: 33,
+            pixels: 7 * 5,
+            channels: 3,
+        },
+        3,
+    ),
+];
+/// (samples, pixels, channels, classes, seed)
+const HEAD_CASES: [(usize, usize, usize, usize, u64); 3] =
+    [(1, 1, 3, 2, 1), (37, 16, 65, 10, 2), (512, 64, 512, 10, 3)];
+/// (parameters, seed)
+const ADAM_CASES: [(usize, u64); 3] = [(1, 1), (1000, 2), (300_001, 3)];
+
+/// The op bodies above run on the CPU alone: a mistake in a test's own use of the trait
+/// shows here, on any machine, instead of costing GPU time. (The GPU comparisons below reuse
+/// these bodies and cases.)
+#[test]
+fn op_bodies_run_on_the_cpu() {
+    let b = &cpu();
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        assert_eq!(conv_op(b, s, i as u64).len(), 4);
+    }
+    for (rows, c, seed) in BATCHNORM_CASES {
+        batchnorm_op(b, rows, c, seed);
+    }
+    for (n, f, seed) in LAYERNORM_CASES {
+        layernorm_op(b, n, f, seed);
+    }
+    for (i, s) in POOL_SHAPES.into_iter().enumerate() {
+        relu_pool_op(b, s, i as u64);
+    }
+    for kind in LOSSES {
+        for (pairs, f, seed) in LOSS_CASES {
+            goodness_loss_op(b, pairs, f, kind, seed);
+        }
+    }
+    for (s, seed) in EMBED_CASES {
+        embed_op(b, s, 10, seed);
+    }
+    for (n, pixels, c, classes, seed) in HEAD_CASES {
+        heads_op(b, n, pixels, c, classes, seed);
+    }
+    for (n, seed) in ADAM_CASES {
+        adam_op(b, n, seed);
+    }
+    assert!(train_steps(b).iter().all(|v| v.is_finite()));
+}
+
 fn conv_op<B: Backend>(b: &B, s: ConvShape, seed: u64) -> Outputs {
     let (nx, nw, ny) = (
         s.n * s.h * s.w * s.c_in,
@@ -236,12 +336,7 @@ fn batchnorm_op<B: Backend>(b: &B, rows: usize, c: usize, seed: u64) -> Outputs 
 
 #[test]
 fn batchnorm_matches_cpu() {
-    for (rows, c, seed) in [
-        (1, 3, 1),
-        (7 * 5 * 2, 3, 2),
-        (64 * 33, 40, 3),
-        (20000, 4, 4),
-    ] {
+    for (rows, c, seed) in BATCHNORM_CASES {
         compare(
             &format!("batchnorm {rows}x{c}"),
             batchnorm_op(gpu(), rows, c, seed),
@@ -288,7 +383,7 @@ fn layernorm_op<B: Backend>(b: &B, n: usize, f: usize, seed: u64) -> Outputs {
 
 #[test]
 fn layernorm_matches_cpu() {
-    for (n, f, seed) in [(1, 5, 1), (3, 7 * 5 * 3, 2), (70, 4 * 32 * 32, 3)] {
+    for (n, f, seed) in LAYERNORM_CASES {
         compare(
             &format!("layernorm {n}x{f}"),
             layernorm_op(gpu(), n, f, seed),
@@ -321,29 +416,7 @@ fn relu_pool_op<B: Backend>(b: &B, s: PoolShape, seed: u64) -> Outputs {
 
 #[test]
 fn relu_and_maxpool_match_cpu_exactly() {
-    for (i, s) in [
-        PoolShape {
-            n: 1,
-            h: 2,
-            w: 2,
-            c: 1,
-        },
-        PoolShape {
-            n: 2,
-            h: 7,
-            w: 5,
-            c: 3,
-        },
-        PoolShape {
-            n: 3,
-            h: 32,
-            w: 32,
-            c: 40,
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, s) in POOL_SHAPES.into_iter().enumerate() {
         compare(
             &format!("relu/pool {s:?}"),
             relu_pool_op(gpu(), s, i as u64),
@@ -374,8 +447,8 @@ fn goodness_loss_op<B: Backend>(b: &B, pairs: usize, f: usize, kind: FfLoss, see
 
 #[test]
 fn goodness_and_losses_match_cpu() {
-    for kind in [FfLoss::Symba { alpha: 4.0 }, FfLoss::Threshold { tau: 2.0 }] {
-        for (pairs, f, seed) in [(1, 3, 1), (37, 128, 2), (512, 512 * 16, 3)] {
+    for kind in LOSSES {
+        for (pairs, f, seed) in LOSS_CASES {
             compare(
                 &format!("{kind:?} {pairs}x{f}"),
                 goodness_loss_op(gpu(), pairs, f, kind, seed),
@@ -406,32 +479,7 @@ fn embed_op<B: Backend>(b: &B, s: EmbedShape, classes: usize, seed: u64) -> Outp
 
 #[test]
 fn embedding_matches_cpu_exactly() {
-    for (s, seed) in [
-        (
-            EmbedShape {
-                n: 1,
-                pixels: 4,
-                channels: 1,
-            },
-            1,
-        ),
-        (
-            EmbedShape {
-                n: 50,
-                pixels: 28 * 28,
-                channels: 1,
-            },
-            2,
-        ),
-        (
-            EmbedShape {
-                n: 33,
-                pixels: 7 * 5,
-                channels: 3,
-            },
-            3,
-        ),
-    ] {
+    for (s, seed) in EMBED_CASES {
         compare(
             &format!("embedding {s:?}"),
             embed_op(gpu(), s, 10, seed),
@@ -463,8 +511,9 @@ fn heads_op<B: Backend>(
     classes: usize,
     seed: u64,
 ) -> Outputs {
+    // rows: every pixel row of all n samples.
     let s = ChannelShape {
-        rows: pixels,
+        rows: n * pixels,
         channels: c,
     };
     let x = up(b, &random(seed, n * pixels * c));
@@ -511,9 +560,7 @@ fn heads_op<B: Backend>(
 
 #[test]
 fn classifier_heads_match_cpu() {
-    for (n, pixels, c, classes, seed) in
-        [(1, 1, 3, 2, 1), (37, 16, 65, 10, 2), (512, 64, 512, 10, 3)]
-    {
+    for (n, pixels, c, classes, seed) in HEAD_CASES {
         compare(
             &format!("heads n{n} p{pixels} c{c}"),
             heads_op(gpu(), n, pixels, c, classes, seed),
@@ -547,7 +594,7 @@ fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
 
 #[test]
 fn adam_and_memory_match_cpu() {
-    for (n, seed) in [(1, 1), (1000, 2), (300_001, 3)] {
+    for (n, seed) in ADAM_CASES {
         compare(
             &format!("adam {n}"),
             adam_op(gpu(), n, seed),

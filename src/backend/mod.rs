@@ -357,7 +357,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 
     // ---- classifier heads (the backprop and local-classifier baselines) ----
-    /// out (N, C) = mean over the `pixels` positions of input (N, pixels, C).
+    /// out (N, C) = mean over the `pixels` positions of input (N, pixels, C), where
+    /// `s.rows` = N * pixels.
     fn avgpool_forward(
         &self,
         out: &mut Self::Buf,

@@ -1123,9 +1123,11 @@ impl Backend for Cuda {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
-        check("avgpool_forward.input", input, n * s.rows * s.channels)?;
+        // `s.rows` counts the rows of all n samples, as on the CPU.
+        check("avgpool_forward.input", input, s.rows * s.channels)?;
         check("avgpool_forward.out", out, n * s.channels)?;
-        let (ni, p, c) = (int("n", n)?, int("pixels", s.rows)?, int("c", s.channels)?);
+        let pixels = s.rows / n.max(1);
+        let (ni, p, c) = (int("n", n)?, int("pixels", pixels)?, int("c", s.channels)?);
         launch!(
             self,
             "avgpool_forward",
@@ -1145,10 +1147,11 @@ impl Backend for Cuda {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
-        let total = n * s.rows * s.channels;
+        let total = s.rows * s.channels;
         check("avgpool_backward.grad_input", grad_input, total)?;
         check("avgpool_backward.grad_out", grad_out, n * s.channels)?;
-        let (p, c, t) = (int("pixels", s.rows)?, int("c", s.channels)?, total as i64);
+        let pixels = s.rows / n.max(1);
+        let (p, c, t) = (int("pixels", pixels)?, int("c", s.channels)?, total as i64);
         launch!(
             self,
             "avgpool_backward",
