@@ -240,9 +240,9 @@ impl Cuda {
         Ok(buf)
     }
 
-    /// The plan of convolution shape `s`, created on first use. Also makes the context
+    /// Creates the plan of convolution shape `s` on first use. Also makes the context
     /// current on this thread, as cuDNN calls need.
-    fn plan<'a>(&self, state: &'a mut State, s: ConvShape) -> Result<&'a ConvPlan> {
+    fn plan(&self, state: &mut State, s: ConvShape) -> Result<()> {
         self.stream
             .context()
             .bind_to_thread()
@@ -257,7 +257,7 @@ impl Cuda {
                 .map_err(|x| self.err("cuDNN workspace", x))?;
             state.plans.insert(s, plan);
         }
-        Ok(&state.plans[&s])
+        Ok(())
     }
 
     /// Per-column partial sums into the scratch partials; returns the partition.
