@@ -200,10 +200,15 @@ impl BenchReport {
             ));
         }
         if !self.kernels.is_empty() {
-            text.push_str("\nper step, by kernel:");
+            let total: f64 = self.kernels.iter().map(|k| k.1).sum();
+            text.push_str(&format!(
+                "\nper step, by kernel ({:.3} ms in all, {:.1}% of the median step):",
+                total * 1e3,
+                100.0 * total / self.step_seconds
+            ));
             for (op, seconds, calls) in &self.kernels {
                 text.push_str(&format!(
-                    "\n  {op:<30} {:8.2} ms  {:5.1}%  ({calls:.0} calls)",
+                    "\n  {op:<36} {:9.3} ms  {:5.1}%  ({calls:.0} calls)",
                     seconds * 1e3,
                     100.0 * seconds / self.step_seconds
                 ));
@@ -303,32 +308,19 @@ pub fn sgemm_gflops(n: usize, threads: usize, reps: usize) -> f64 {
     2.0 * (n * n * n) as f64 / median(&times) / 1e9
 }
 
-/// Runs the benchmark on the CPU backend.
+/// Runs the benchmark on the CPU backend, with the machine's sgemm speed beside it.
 pub fn run_cpu(config: &BenchConfig, threads: usize) -> Result<BenchReport> {
     let backend = Cpu::new(threads)?;
-    let threads = backend.threads();
-    let report = run(&backend, config, &|| backend.enable_profile())?;
-    let sgemm = sgemm_gflops(config.sgemm_size, threads, 5);
-    let steps = config.steps as f64;
-    let kernels = backend
-        .profile()
-        .into_iter()
-        .map(|(op, time, calls)| (op, time.as_secs_f64() / steps, calls as f64 / steps))
-        .collect();
+    let report = run(&backend, config)?;
     Ok(BenchReport {
-        sgemm_gflops: sgemm,
-        kernels,
+        sgemm_gflops: sgemm_gflops(config.sgemm_size, backend.threads(), 5),
         ..report
     })
 }
 
-/// Times the training step on `backend` (sgemm left at NaN: it is the CPU's reference).
-/// `start_profile` is called after the warm-up when `config.profile` is set.
-pub fn run<B: Backend>(
-    backend: &B,
-    config: &BenchConfig,
-    start_profile: &dyn Fn(),
-) -> Result<BenchReport> {
+/// Times the training step on `backend` (sgemm left at NaN: it is the CPU's reference), and
+/// the time per kernel over the timed steps when `config.profile` is set.
+pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport> {
     let mut ff = FfConfig::trifecta(config.arch, config.width, config.image, 10)?;
     ff.apl = config.apl;
     ff.norm = config.norm;
@@ -342,17 +334,27 @@ pub fn run<B: Backend>(
     for _ in 0..config.warmup {
         net.train_step(backend, &images, &positive, &negative)?;
     }
+    backend.synchronize()?;
     if config.profile {
-        start_profile();
+        backend.enable_profile();
     }
     let mut times = Vec::with_capacity(config.steps);
-    backend.synchronize()?;
     for _ in 0..config.steps {
         let start = Instant::now();
         net.train_step(backend, &images, &positive, &negative)?;
         backend.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
+    let steps = config.steps as f64;
+    let kernels = if config.profile {
+        backend
+            .profile()?
+            .into_iter()
+            .map(|(op, time, calls)| (op, time.as_secs_f64() / steps, calls as f64 / steps))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let step_seconds = median(&times);
     let flops = step_flops(&ff, config.batch)?;
     Ok(BenchReport {
@@ -363,7 +365,7 @@ pub fn run<B: Backend>(
         step_flops: flops,
         step_gflops: flops / step_seconds / 1e9,
         sgemm_gflops: f64::NAN,
-        kernels: Vec::new(),
+        kernels,
         epoch: None,
     })
 }

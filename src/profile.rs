@@ -1,10 +1,13 @@
-//! Wall-clock time per kernel, for `trifecta bench --profile`. Off unless enabled, so the hot
-//! path pays one relaxed atomic load per kernel.
+//! Time per kernel, for `trifecta bench --profile`: wall-clock on the CPU, GPU events on CUDA.
+//! Off unless enabled, so the hot path pays one relaxed atomic load per kernel.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// (kernel, total time, calls).
+pub type Row = (&'static str, Duration, u64);
 
 #[derive(Default)]
 pub struct Profile {
@@ -29,7 +32,7 @@ impl Profile {
     }
 
     /// (kernel, total time, calls), slowest first.
-    pub fn report(&self) -> Vec<(&'static str, Duration, u64)> {
+    pub fn report(&self) -> Vec<Row> {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = totals.iter().map(|(k, (d, n))| (*k, *d, *n)).collect();
         rows.sort_by_key(|row| std::cmp::Reverse(row.1));

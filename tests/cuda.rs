@@ -692,3 +692,24 @@ fn training_is_repeatable_and_close_to_cpu() {
         diffs.len()
     );
 }
+
+#[test]
+fn bench_profile_times_every_kernel_and_library_call() {
+    // A backend of its own: the profile stays on once enabled.
+    let b = Cuda::new(0, Precision::Bf16).expect("these tests need a CUDA device");
+    common::check_profile(
+        &b,
+        &[
+            "cudnn conv forward",
+            "cudnn conv backward filter",
+            "cudnn conv backward data",
+            "f32_to_bf16",
+            "bf16_to_f32",
+            "embed_forward",
+            "batchnorm_apply",
+            "relu_maxpool2_backward",
+            "adam_step",
+            "upload",
+        ],
+    );
+}

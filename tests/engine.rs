@@ -1,6 +1,8 @@
 //! Engine behaviour beyond the golden values: architecture widths, the APL schedule, layout
 //! round trips, reproducibility, negatives, evaluation, and IDX parsing errors.
 
+mod common;
+
 use trifecta::backend::cpu::Cpu;
 use trifecta::data::{idx, wrong_labels};
 use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
@@ -265,4 +267,20 @@ fn augmented_batches_do_not_depend_on_the_thread_count() {
     assert_eq!(one, batch(3));
     let plain = data.batch(&indices, None);
     assert_ne!(one.0.0, plain.0, "augmentation changed nothing");
+}
+
+#[test]
+fn bench_profile_times_every_kernel_of_the_step() {
+    let cpu = Cpu::new(2).unwrap();
+    common::check_profile(
+        &cpu,
+        &[
+            "embed_forward",
+            "batchnorm_forward_train",
+            "batchnorm_backward",
+            "relu_maxpool2_backward",
+            "goodness_forward",
+            "adam_step",
+        ],
+    );
 }

@@ -197,6 +197,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(())
     }
 
+    /// Turns per-kernel timing on, for `bench --profile` (off by default: it costs a clock
+    /// read, or two GPU events, per kernel).
+    fn enable_profile(&self);
+
+    /// Time per kernel since profiling was turned on: (kernel, total, calls), slowest first.
+    fn profile(&self) -> Result<Vec<crate::profile::Row>>;
+
     // ---- memory ----
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;

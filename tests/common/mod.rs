@@ -244,3 +244,46 @@ pub fn serve(routes: Vec<(String, Option<usize>, Vec<u8>)>, connections: usize) 
     });
     base
 }
+
+/// `bench --profile` on `backend`: a small step, profiled. Every op of the step shows up,
+/// calls per step are whole numbers, and the profiled time fits inside the measured steps.
+/// `expected` names kernels the backend must report.
+pub fn check_profile<B: trifecta::backend::Backend>(backend: &B, expected: &[&str]) {
+    use trifecta::bench::{BenchConfig, run};
+    use trifecta::ff::ImageShape;
+    let config = BenchConfig {
+        width: 0.125,
+        image: ImageShape {
+            channels: 1,
+            height: 16,
+            width: 16,
+        },
+        batch: 4,
+        warmup: 1,
+        steps: 3,
+        profile: true,
+        ..BenchConfig::default()
+    };
+    let report = run(backend, &config).unwrap();
+    let names: Vec<&str> = report.kernels.iter().map(|k| k.0).collect();
+    for name in expected {
+        assert!(
+            names.contains(name),
+            "{name} missing from the profile {names:?}"
+        );
+    }
+    let steps: f64 = report.step_seconds_all.iter().sum();
+    let profiled: f64 = report.kernels.iter().map(|k| k.1).sum::<f64>() * config.steps as f64;
+    assert!(
+        profiled > 0.0 && profiled <= steps,
+        "profiled {profiled} s over steps taking {steps} s"
+    );
+    for (name, _, calls) in &report.kernels {
+        assert!(
+            *calls >= 1.0 && calls.fract() == 0.0,
+            "{name}: {calls} calls per step"
+        );
+    }
+    // Slowest first.
+    assert!(report.kernels.windows(2).all(|w| w[0].1 >= w[1].1));
+}

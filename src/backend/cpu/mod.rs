@@ -69,16 +69,6 @@ impl Cpu {
         out
     }
 
-    /// Time spent per kernel since profiling was turned on, slowest first.
-    pub fn profile(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
-        self.profile.report()
-    }
-
-    /// Turns per-kernel timing on (off by default: it costs a clock read per kernel).
-    pub fn enable_profile(&self) {
-        self.profile.enable();
-    }
-
     /// out = conv(input, weight) by the path that suits the shape. `for_input_grad` only names
     /// the profile entry.
     fn conv_forward(
@@ -167,6 +157,14 @@ impl Backend for Cpu {
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
+    }
+
+    fn enable_profile(&self) {
+        self.profile.enable();
+    }
+
+    fn profile(&self) -> Result<Vec<crate::profile::Row>> {
+        Ok(self.profile.report())
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {

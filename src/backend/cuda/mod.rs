@@ -16,8 +16,8 @@ pub mod nvrtc;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,15 @@ pub struct Cuda {
     precision: Precision,
     sms: usize,
     state: Mutex<State>,
+    profile: GpuProfile,
+}
+
+/// `bench --profile` on the GPU: a pair of timing events around every kernel and library
+/// call, read (which waits for the GPU) only when the profile is asked for.
+#[derive(Default)]
+struct GpuProfile {
+    totals: crate::profile::Profile,
+    pending: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
 }
 
 fn err(ordinal: usize, what: &str, e: impl std::fmt::Debug) -> Error {
@@ -189,6 +198,7 @@ impl Cuda {
                 plans: HashMap::new(),
                 scratch: Scratch::default(),
             }),
+            profile: GpuProfile::default(),
         })
     }
 
@@ -214,6 +224,31 @@ impl Cuda {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves only scratch space behind: carry on.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A timing event recorded on the stream now.
+    fn event(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|x| self.err("profile event", x))
+    }
+
+    /// Runs `f`, which queues GPU work named `name`, between two timing events when the
+    /// profile is on.
+    fn timed<R>(&self, name: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        if !self.profile.totals.enabled() {
+            return f();
+        }
+        let start = self.event()?;
+        let out = f()?;
+        let end = self.event()?;
+        let mut pending = self
+            .profile
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.push((name, start, end));
+        Ok(out)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
@@ -295,7 +330,9 @@ impl Cuda {
         l.arg(&rows_i).arg(&cols_i).arg(&chunk);
         // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
         // buffers hold rows x cols elements (checked by the callers) and parts x cols partials.
-        unsafe { l.launch(p.config()) }.map_err(|x| self.err(kernel, x))?;
+        self.timed(kernel, || {
+            unsafe { l.launch(p.config()) }.map_err(|x| self.err(kernel, x))
+        })?;
         Ok(p)
     }
 
@@ -324,7 +361,9 @@ impl Cuda {
         let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
         l.arg(h).arg(&x.data).arg(&n);
         // SAFETY: both buffers hold at least `len` elements.
-        unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))?;
+        self.timed("f32_to_bf16", || {
+            unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))
+        })?;
         Ok(())
     }
 
@@ -340,9 +379,58 @@ impl Cuda {
         let mut l = self.stream.launch_builder(self.f("bf16_to_f32"));
         l.arg(&mut out.data).arg(half).arg(&n).arg(&acc);
         // SAFETY: `half` holds at least `out.len` elements (sized by the same shape).
-        unsafe { l.launch(nvrtc::elementwise(out.len)) }.map_err(|e| self.err("bf16_to_f32", e))?;
+        self.timed("bf16_to_f32", || {
+            unsafe { l.launch(nvrtc::elementwise(out.len)) }.map_err(|e| self.err("bf16_to_f32", e))
+        })?;
         Ok(())
     }
+    /// c = op(a) . op(b) + beta c through cuBLAS in f32, every matrix column-major and packed
+    /// (leading dimension = rows as stored). `what` names the call in errors and the profile.
+    fn sgemm(
+        &self,
+        what: &'static str,
+        mm: Sgemm,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        c: &mut CudaBuf,
+    ) -> Result<()> {
+        let (m, n, k) = mm.dims;
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(mm.trans.0),
+            transb: op(mm.trans.1),
+            m: int("m", m)?,
+            n: int("n", n)?,
+            k: int("k", k)?,
+            alpha: 1.0f32,
+            lda: int("lda", if mm.trans.0 { k } else { m })?,
+            ldb: int("ldb", if mm.trans.1 { n } else { k })?,
+            beta: mm.beta,
+            ldc: int("ldc", m)?,
+        };
+        check(what, a, m * k)?;
+        check(what, b, k * n)?;
+        check(what, c, m * n)?;
+        // SAFETY: each buffer holds its packed matrix (checked just above).
+        self.timed("cublas sgemm", || {
+            unsafe { self.blas.gemm(cfg, &a.data, &b.data, &mut c.data) }
+                .map_err(|e| self.err(what, e))
+        })
+    }
+}
+
+/// The shape of one [`Cuda::sgemm`]: (transpose a, transpose b), (m, n, k), beta.
+#[derive(Clone, Copy)]
+struct Sgemm {
+    trans: (bool, bool),
+    dims: (usize, usize, usize),
+    beta: f32,
 }
 
 /// Runs `f`, turning a panic of cudarc's library loader (it panics when a shared library is
@@ -395,7 +483,7 @@ macro_rules! launch {
         $( l.arg($arg); )+
         // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
         // and every buffer was checked against the shape that sizes the launch.
-        unsafe { l.launch($cfg) }.map_err(|e| $self.err($kernel, e))?;
+        $self.timed($kernel, || unsafe { l.launch($cfg) }.map_err(|e| $self.err($kernel, e)))?;
     }};
 }
 
@@ -414,6 +502,29 @@ impl Backend for Cuda {
         self.stream
             .synchronize()
             .map_err(|x| self.err("synchronize", x))
+    }
+
+    fn enable_profile(&self) {
+        self.profile.totals.enable();
+    }
+
+    fn profile(&self) -> Result<Vec<crate::profile::Row>> {
+        let pending = std::mem::take(
+            &mut *self
+                .profile
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (name, start, end) in pending {
+            // elapsed_ms waits for both events.
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|x| self.err("profile event", x))?;
+            let time = std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+            self.profile.totals.record(name, time);
+        }
+        Ok(self.profile.totals.report())
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
@@ -452,9 +563,11 @@ impl Backend for Cuda {
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
         check_len("write", data.len(), dst.len)?;
         if !data.is_empty() {
-            self.stream
-                .memcpy_htod(data, &mut dst.data.slice_mut(0..data.len()))
-                .map_err(|e| self.err("upload", e))?;
+            self.timed("upload", || {
+                self.stream
+                    .memcpy_htod(data, &mut dst.data.slice_mut(0..data.len()))
+                    .map_err(|e| self.err("upload", e))
+            })?;
         }
         Ok(())
     }
@@ -462,12 +575,14 @@ impl Backend for Cuda {
     fn copy_into(&self, dst: &mut CudaBuf, offset: usize, src: &CudaBuf) -> Result<()> {
         check_copy(dst.len, offset, src.len)?;
         if src.len > 0 {
-            self.stream
-                .memcpy_dtod(
-                    &src.data.slice(0..src.len),
-                    &mut dst.data.slice_mut(offset..offset + src.len),
-                )
-                .map_err(|e| self.err("copy", e))?;
+            self.timed("copy", || {
+                self.stream
+                    .memcpy_dtod(
+                        &src.data.slice(0..src.len),
+                        &mut dst.data.slice_mut(offset..offset + src.len),
+                    )
+                    .map_err(|e| self.err("copy", e))
+            })?;
         }
         Ok(())
     }
@@ -583,8 +698,10 @@ impl Backend for Cuda {
         };
         let ws = self.raw(&sc.workspace);
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
-        unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
-            .map_err(|e| self.err("conv3x3_forward", e))?;
+        self.timed("cudnn conv forward", || {
+            unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
+                .map_err(|e| self.err("conv3x3_forward", e))
+        })?;
         if half {
             self.half_to_f32(out, sc.half[2].as_ref().expect("grown"), false)?;
         }
@@ -644,8 +761,10 @@ impl Backend for Cuda {
         };
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
         // `half_dw` holds at least max(nw, nx) elements.
-        unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
-            .map_err(|e| self.err("conv3x3_backward (filter)", e))?;
+        self.timed("cudnn conv backward filter", || {
+            unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
+                .map_err(|e| self.err("conv3x3_backward (filter)", e))
+        })?;
         if half {
             self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
         }
@@ -655,8 +774,10 @@ impl Backend for Cuda {
                 _ => self.ptr(&gi.data),
             };
             // SAFETY: as above.
-            unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
-                .map_err(|e| self.err("conv3x3_backward (data)", e))?;
+            self.timed("cudnn conv backward data", || {
+                unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
+                    .map_err(|e| self.err("conv3x3_backward (data)", e))
+            })?;
             if half {
                 self.half_to_f32(gi, half_out.expect("grown"), false)?;
             }
@@ -1192,26 +1313,13 @@ impl Backend for Cuda {
             &total
         );
         // Column-major view: out^T (outputs x n) += W (outputs x inputs) . X^T (inputs x n),
-        // where the row-major W buffer is W^T column-major (lda = inputs).
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: o,
-            n: int("n", n)?,
-            k: int("inputs", inputs)?,
-            alpha: 1.0f32,
-            lda: int("inputs", inputs)?,
-            ldb: int("inputs", inputs)?,
-            beta: 1.0f32,
-            ldc: o,
+        // where the row-major W buffer is W^T column-major.
+        let mm = Sgemm {
+            trans: (true, false),
+            dims: (outputs, n, inputs),
+            beta: 1.0,
         };
-        // SAFETY: the three buffers hold the sizes checked above.
-        unsafe {
-            self.blas
-                .gemm(cfg, &weight.data, &input.data, &mut out.data)
-        }
-        .map_err(|e| self.err("linear_forward (cuBLAS)", e))?;
-        Ok(())
+        self.sgemm("linear_forward (cuBLAS)", mm, weight, input, out)
     }
     fn linear_backward(
         &self,
@@ -1236,11 +1344,7 @@ impl Backend for Cuda {
         if n == 0 || outputs == 0 {
             return Ok(());
         }
-        let (ni, ii, oi) = (
-            int("n", n)?,
-            int("inputs", inputs)?,
-            int("outputs", outputs)?,
-        );
+        let oi = int("outputs", outputs)?;
         {
             let mut guard = self.lock();
             let sc = &mut guard.scratch;
@@ -1260,44 +1364,26 @@ impl Backend for Cuda {
             );
         }
         // dW^T (inputs x outputs, column-major) += X^T (inputs x n) . dY (n x outputs).
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_T,
-            m: ii,
-            n: oi,
-            k: ni,
-            alpha: 1.0f32,
-            lda: ii,
-            ldb: oi,
-            beta: 1.0f32,
-            ldc: ii,
+        let mm = Sgemm {
+            trans: (false, true),
+            dims: (inputs, outputs, n),
+            beta: 1.0,
         };
-        // SAFETY: sizes checked above.
-        unsafe {
-            self.blas
-                .gemm(cfg, &input.data, &grad_out.data, &mut grad_weight.data)
-        }
-        .map_err(|e| self.err("linear_backward weight (cuBLAS)", e))?;
+        self.sgemm(
+            "linear_backward weight (cuBLAS)",
+            mm,
+            input,
+            grad_out,
+            grad_weight,
+        )?;
         if let Some(gi) = grad_input {
             // dX^T (inputs x n) = W^T (inputs x outputs) . dY^T (outputs x n).
-            let cfg = GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_N,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: ii,
-                n: ni,
-                k: oi,
-                alpha: 1.0f32,
-                lda: ii,
-                ldb: oi,
-                beta: 0.0f32,
-                ldc: ii,
+            let mm = Sgemm {
+                trans: (false, false),
+                dims: (inputs, n, outputs),
+                beta: 0.0,
             };
-            // SAFETY: sizes checked above.
-            unsafe {
-                self.blas
-                    .gemm(cfg, &weight.data, &grad_out.data, &mut gi.data)
-            }
-            .map_err(|e| self.err("linear_backward input (cuBLAS)", e))?;
+            self.sgemm("linear_backward input (cuBLAS)", mm, weight, grad_out, gi)?;
         }
         Ok(())
     }
