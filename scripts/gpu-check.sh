@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine, from the project root, with .device/ from scripts/gpu-prepare.sh:
 # the CUDA tests (ops against the CPU, golden FF step, repeatability), the benchmark in bf16
-# and f32 (and a per-kernel profile of the bf16 step), and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy. Logs go to $OUT (or
-# ./gpu-logs).
+# and f32, a per-kernel profile of the bf16 step, and 10 epochs of the Trifecta on the
+# CIFAR-10 JPEG copy. Logs go to $OUT (or ./gpu-logs).
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
