@@ -713,3 +713,8 @@ fn bench_profile_times_every_kernel_and_library_call() {
         ],
     );
 }
+
+#[test]
+fn every_op_refuses_buffers_of_the_wrong_size() {
+    common::check_ops_refuse_wrong_sizes(gpu());
+}

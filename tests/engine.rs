@@ -284,3 +284,8 @@ fn bench_profile_times_every_kernel_of_the_step() {
         ],
     );
 }
+
+#[test]
+fn every_op_refuses_buffers_of_the_wrong_size() {
+    common::check_ops_refuse_wrong_sizes(&Cpu::new(1).unwrap());
+}

@@ -12,6 +12,7 @@
 //! This module must not know about Forward-Forward: it is plain tensor arithmetic. A new
 //! backend (CUDA) implements [`Backend`] and nothing in `layers/` or `ff/` changes.
 
+pub mod checks;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

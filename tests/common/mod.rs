@@ -287,3 +287,272 @@ pub fn check_profile<B: trifecta::backend::Backend>(backend: &B, expected: &[&st
     // Slowest first.
     assert!(report.kernels.windows(2).all(|w| w[0].1 >= w[1].1));
 }
+
+/// One op under test: the lengths of its buffers (in argument order) and a call of it.
+type OpCase<'a, B> = (
+    &'static str,
+    Vec<usize>,
+    Box<
+        dyn Fn(&B, &mut [<B as trifecta::backend::Backend>::Buf]) -> trifecta::error::Result<()>
+            + 'a,
+    >,
+);
+
+/// Every op runs with buffers of the right lengths, and refuses each buffer made one element
+/// too long with a shape error of that op: every backend calls the shared checks of
+/// `trifecta::backend::checks` (a missing one panics on the CPU, or reads out of bounds on a
+/// GPU).
+pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
+    use trifecta::backend::{
+        AdamParams, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
+    };
+    use trifecta::error::Error;
+    let embed = EmbedShape {
+        n: 2,
+        pixels: 4,
+        channels: 3,
+    };
+    let conv = ConvShape {
+        n: 2,
+        h: 3,
+        w: 3,
+        c_in: 2,
+        c_out: 3,
+    };
+    let bn = ChannelShape {
+        rows: 6,
+        channels: 3,
+    };
+    let ln = SampleShape { n: 2, features: 6 };
+    let pool = PoolShape {
+        n: 2,
+        h: 4,
+        w: 4,
+        c: 2,
+    };
+    let heads = ChannelShape {
+        rows: 8,
+        channels: 3,
+    };
+    let symba = FfLoss::Symba { alpha: 4.0 };
+    let cases: Vec<OpCase<B>> = vec![
+        (
+            "embed_forward",
+            vec![32, 24, 12],
+            Box::new(move |b, x| {
+                let [out, images, table] = x else {
+                    unreachable!()
+                };
+                b.embed_forward(out, images, table, &[0, 2], embed)
+            }),
+        ),
+        (
+            "embed_backward",
+            vec![12, 32],
+            Box::new(move |b, x| {
+                let [table, grad] = x else { unreachable!() };
+                b.embed_backward(table, grad, &[0, 2], embed)
+            }),
+        ),
+        (
+            "conv3x3_forward",
+            vec![54, 36, 54],
+            Box::new(move |b, x| {
+                let [out, input, weight] = x else {
+                    unreachable!()
+                };
+                b.conv3x3_forward(out, input, weight, conv)
+            }),
+        ),
+        (
+            "conv3x3_backward",
+            vec![36, 54, 54, 36, 54],
+            Box::new(move |b, x| {
+                let [gi, gw, go, input, weight] = x else {
+                    unreachable!()
+                };
+                b.conv3x3_backward(Some(gi), gw, go, input, weight, conv)
+            }),
+        ),
+        (
+            "batchnorm_forward_train",
+            vec![18, 3, 3, 3, 3, 18, 3, 3],
+            Box::new(move |b, x| {
+                let [out, mean, rstd, rm, rv, input, gamma, beta] = x else {
+                    unreachable!()
+                };
+                b.batchnorm_forward_train(
+                    out, mean, rstd, rm, rv, input, gamma, beta, bn, 1e-5, 0.1,
+                )
+            }),
+        ),
+        (
+            "batchnorm_forward_eval",
+            vec![18, 18, 3, 3, 3, 3],
+            Box::new(move |b, x| {
+                let [out, input, gamma, beta, rm, rv] = x else {
+                    unreachable!()
+                };
+                b.batchnorm_forward_eval(out, input, gamma, beta, rm, rv, bn, 1e-5)
+            }),
+        ),
+        (
+            "batchnorm_backward",
+            vec![18, 3, 3, 18, 3, 3, 18, 3],
+            Box::new(move |b, x| {
+                let [gi, gg, gb, go, mean, rstd, input, gamma] = x else {
+                    unreachable!()
+                };
+                b.batchnorm_backward(Some(gi), gg, gb, go, mean, rstd, input, gamma, bn)
+            }),
+        ),
+        (
+            "layernorm_forward",
+            vec![12, 2, 2, 12, 6, 6],
+            Box::new(move |b, x| {
+                let [out, mean, rstd, input, gamma, beta] = x else {
+                    unreachable!()
+                };
+                b.layernorm_forward(out, mean, rstd, input, gamma, beta, ln, 1e-5)
+            }),
+        ),
+        (
+            "layernorm_backward",
+            vec![12, 6, 6, 12, 2, 2, 12, 6],
+            Box::new(move |b, x| {
+                let [gi, gg, gb, go, mean, rstd, input, gamma] = x else {
+                    unreachable!()
+                };
+                b.layernorm_backward(Some(gi), gg, gb, go, mean, rstd, input, gamma, ln)
+            }),
+        ),
+        (
+            "relu_backward",
+            vec![12, 12],
+            Box::new(|b, x| {
+                let [grad, activation] = x else {
+                    unreachable!()
+                };
+                b.relu_backward(grad, activation)
+            }),
+        ),
+        (
+            "maxpool2_forward",
+            vec![16, 64],
+            Box::new(move |b, x| {
+                let [out, input] = x else { unreachable!() };
+                b.maxpool2_forward(out, input, pool)
+            }),
+        ),
+        (
+            "relu_maxpool2_backward",
+            vec![64, 16, 64],
+            Box::new(move |b, x| {
+                let [gi, go, activation] = x else {
+                    unreachable!()
+                };
+                b.relu_maxpool2_backward(gi, go, activation, pool)
+            }),
+        ),
+        (
+            "goodness_forward",
+            vec![2, 12],
+            Box::new(move |b, x| {
+                let [goodness, input] = x else { unreachable!() };
+                b.goodness_forward(goodness, input, ln)
+            }),
+        ),
+        (
+            "goodness_backward",
+            vec![12, 2, 12],
+            Box::new(move |b, x| {
+                let [gi, gg, input] = x else { unreachable!() };
+                b.goodness_backward(gi, gg, input, ln)
+            }),
+        ),
+        (
+            "ff_loss",
+            vec![1, 4, 4],
+            Box::new(move |b, x| {
+                let [loss, gg, goodness] = x else {
+                    unreachable!()
+                };
+                b.ff_loss(loss, gg, goodness, 2, symba)
+            }),
+        ),
+        (
+            "avgpool_forward",
+            vec![6, 24],
+            Box::new(move |b, x| {
+                let [out, input] = x else { unreachable!() };
+                b.avgpool_forward(out, input, heads, 2)
+            }),
+        ),
+        (
+            "avgpool_backward",
+            vec![24, 6],
+            Box::new(move |b, x| {
+                let [gi, go] = x else { unreachable!() };
+                b.avgpool_backward(gi, go, heads, 2)
+            }),
+        ),
+        (
+            "linear_forward",
+            vec![8, 6, 12, 4],
+            Box::new(|b, x| {
+                let [out, input, weight, bias] = x else {
+                    unreachable!()
+                };
+                b.linear_forward(out, input, weight, bias, 2, 3, 4)
+            }),
+        ),
+        (
+            "linear_backward",
+            vec![6, 12, 4, 8, 6, 12],
+            Box::new(|b, x| {
+                let [gi, gw, gb, go, input, weight] = x else {
+                    unreachable!()
+                };
+                b.linear_backward(Some(gi), gw, gb, go, input, weight, 2, 3, 4)
+            }),
+        ),
+        (
+            "cross_entropy",
+            vec![1, 8, 8],
+            Box::new(|b, x| {
+                let [loss, grad, logits] = x else {
+                    unreachable!()
+                };
+                b.cross_entropy(loss, grad, logits, &[1, 3], 4)
+            }),
+        ),
+        (
+            "adam_step",
+            vec![5, 5, 5, 5],
+            Box::new(|b, x| {
+                let [param, m, v, grad] = x else {
+                    unreachable!()
+                };
+                b.adam_step(param, m, v, grad, 1, AdamParams::default())
+            }),
+        ),
+    ];
+    let buffers = |lens: &[usize]| -> Vec<B::Buf> {
+        lens.iter()
+            .map(|&n| b.upload(&vec![0.5; n]).unwrap())
+            .collect()
+    };
+    for (op, lens, call) in &cases {
+        let mut bufs = buffers(lens);
+        call(b, &mut bufs).unwrap_or_else(|e| panic!("{op} with the right sizes: {e}"));
+        for i in 0..lens.len() {
+            let mut wrong = lens.clone();
+            wrong[i] += 1;
+            let mut bufs = buffers(&wrong);
+            match call(b, &mut bufs) {
+                Err(Error::Shape { op: name, .. }) if name.starts_with(op) => {}
+                other => panic!("{op}, argument {i} one too long: {other:?}"),
+            }
+        }
+    }
+}

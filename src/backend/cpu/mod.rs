@@ -15,7 +15,7 @@ pub use elementwise::softplus;
 
 use super::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
-    check_copy, check_labels,
+    check_copy, checks,
 };
 use crate::error::{Error, Result};
 use std::cell::RefCell;
@@ -148,10 +148,6 @@ pub(crate) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]
     out
 }
 
-fn check(op: &'static str, buf: &[f32], len: usize) -> Result<()> {
-    super::check_len(op, buf.len(), len)
-}
-
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
@@ -184,7 +180,7 @@ impl Backend for Cpu {
         Ok(())
     }
     fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
-        check("write", data, dst.len())?;
+        super::check_len("write", data.len(), dst.len())?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -203,14 +199,7 @@ impl Backend for Cpu {
         labels: &[u32],
         s: EmbedShape,
     ) -> Result<()> {
-        check("embed_forward.out", out, s.n * s.pixels * (s.channels + 1))?;
-        check("embed_forward.images", images, s.n * s.pixels * s.channels)?;
-        check_labels(
-            "embed_forward.labels",
-            labels,
-            s.n,
-            table.len() / s.pixels.max(1),
-        )?;
+        checks::embed_forward::<Self>(out, images, table, labels, s)?;
         self.run("embed_forward", || {
             elementwise::embed_forward(out, images, table, labels, s)
         });
@@ -223,11 +212,7 @@ impl Backend for Cpu {
         labels: &[u32],
         s: EmbedShape,
     ) -> Result<()> {
-        check(
-            "embed_backward.grad_input",
-            grad_input,
-            s.n * s.pixels * (s.channels + 1),
-        )?;
+        checks::embed_backward::<Self>(grad_table, grad_input, labels, s)?;
         elementwise::embed_backward(grad_table, grad_input, labels, s);
         Ok(())
     }
@@ -239,9 +224,7 @@ impl Backend for Cpu {
         weight: &Vec<f32>,
         s: ConvShape,
     ) -> Result<()> {
-        check("conv3x3_forward.input", input, s.n * s.h * s.w * s.c_in)?;
-        check("conv3x3_forward.weight", weight, s.c_out * 9 * s.c_in)?;
-        check("conv3x3_forward.out", out, s.n * s.h * s.w * s.c_out)?;
+        checks::conv3x3_forward::<Self>(out, input, weight, s)?;
         self.conv_forward(out, input, weight, s, false);
         Ok(())
     }
@@ -254,20 +237,14 @@ impl Backend for Cpu {
         weight: &Vec<f32>,
         s: ConvShape,
     ) -> Result<()> {
-        check(
-            "conv3x3_backward.grad_out",
-            grad_out,
-            s.n * s.h * s.w * s.c_out,
-        )?;
-        check("conv3x3_backward.input", input, s.n * s.h * s.w * s.c_in)?;
-        check(
-            "conv3x3_backward.grad_weight",
+        checks::conv3x3_backward::<Self>(
+            grad_input.as_deref(),
             grad_weight,
-            s.c_out * 9 * s.c_in,
+            grad_out,
+            input,
+            weight,
+            s,
         )?;
-        if let Some(gi) = &grad_input {
-            check("conv3x3_backward.grad_input", gi, s.n * s.h * s.w * s.c_in)?;
-        }
         let threads = self.threads;
         let winograd = s.c_in >= WINOGRAD_MIN_CHANNELS;
         let op = if winograd {
@@ -313,9 +290,17 @@ impl Backend for Cpu {
         eps: f32,
         momentum: f32,
     ) -> Result<()> {
-        check("batchnorm_forward_train.input", input, s.rows * s.channels)?;
-        check("batchnorm_forward_train.out", out, s.rows * s.channels)?;
-        check("batchnorm_forward_train.gamma", gamma, s.channels)?;
+        checks::batchnorm_forward_train::<Self>(
+            out,
+            mean,
+            rstd,
+            running_mean,
+            running_var,
+            input,
+            gamma,
+            beta,
+            s,
+        )?;
         let threads = self.threads;
         self.run("batchnorm_forward_train", || {
             norm::batchnorm_forward_train(
@@ -346,8 +331,15 @@ impl Backend for Cpu {
         s: ChannelShape,
         eps: f32,
     ) -> Result<()> {
-        check("batchnorm_forward_eval.input", input, s.rows * s.channels)?;
-        check("batchnorm_forward_eval.out", out, s.rows * s.channels)?;
+        checks::batchnorm_forward_eval::<Self>(
+            out,
+            input,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            s,
+        )?;
         self.run("batchnorm_forward_eval", || {
             norm::batchnorm_forward_eval(out, input, gamma, beta, running_mean, running_var, s, eps)
         });
@@ -365,8 +357,17 @@ impl Backend for Cpu {
         gamma: &Vec<f32>,
         s: ChannelShape,
     ) -> Result<()> {
-        check("batchnorm_backward.grad_out", grad_out, s.rows * s.channels)?;
-        check("batchnorm_backward.input", input, s.rows * s.channels)?;
+        checks::batchnorm_backward::<Self>(
+            grad_input.as_deref(),
+            grad_gamma,
+            grad_beta,
+            grad_out,
+            mean,
+            rstd,
+            input,
+            gamma,
+            s,
+        )?;
         let threads = self.threads;
         self.run("batchnorm_backward", || {
             norm::batchnorm_backward(
@@ -396,10 +397,7 @@ impl Backend for Cpu {
         s: SampleShape,
         eps: f32,
     ) -> Result<()> {
-        check("layernorm_forward.input", input, s.n * s.features)?;
-        check("layernorm_forward.out", out, s.n * s.features)?;
-        check("layernorm_forward.gamma", gamma, s.features)?;
-        check("layernorm_forward.mean", mean, s.n)?;
+        checks::layernorm_forward::<Self>(out, mean, rstd, input, gamma, beta, s)?;
         self.run("layernorm_forward", || {
             norm::layernorm_forward(out, mean, rstd, input, gamma, beta, s, eps)
         });
@@ -417,8 +415,17 @@ impl Backend for Cpu {
         gamma: &Vec<f32>,
         s: SampleShape,
     ) -> Result<()> {
-        check("layernorm_backward.grad_out", grad_out, s.n * s.features)?;
-        check("layernorm_backward.input", input, s.n * s.features)?;
+        checks::layernorm_backward::<Self>(
+            grad_input.as_deref(),
+            grad_gamma,
+            grad_beta,
+            grad_out,
+            mean,
+            rstd,
+            input,
+            gamma,
+            s,
+        )?;
         let threads = self.threads;
         self.run("layernorm_backward", || {
             norm::layernorm_backward(
@@ -442,19 +449,14 @@ impl Backend for Cpu {
         Ok(())
     }
     fn relu_backward(&self, grad: &mut Vec<f32>, activation: &Vec<f32>) -> Result<()> {
-        check("relu_backward.activation", activation, grad.len())?;
+        checks::relu_backward::<Self>(grad, activation)?;
         self.run("relu_backward", || {
             elementwise::relu_backward(grad, activation)
         });
         Ok(())
     }
     fn maxpool2_forward(&self, out: &mut Vec<f32>, input: &Vec<f32>, s: PoolShape) -> Result<()> {
-        check("maxpool2_forward.input", input, s.n * s.h * s.w * s.c)?;
-        check(
-            "maxpool2_forward.out",
-            out,
-            s.n * (s.h / 2) * (s.w / 2) * s.c,
-        )?;
+        checks::maxpool2_forward::<Self>(out, input, s)?;
         self.run("maxpool2_forward", || {
             elementwise::maxpool2_forward(out, input, s)
         });
@@ -467,21 +469,7 @@ impl Backend for Cpu {
         activation: &Vec<f32>,
         s: PoolShape,
     ) -> Result<()> {
-        check(
-            "relu_maxpool2_backward.grad_input",
-            grad_input,
-            s.n * s.h * s.w * s.c,
-        )?;
-        check(
-            "relu_maxpool2_backward.activation",
-            activation,
-            s.n * s.h * s.w * s.c,
-        )?;
-        check(
-            "relu_maxpool2_backward.grad_out",
-            grad_out,
-            s.n * (s.h / 2) * (s.w / 2) * s.c,
-        )?;
+        checks::relu_maxpool2_backward::<Self>(grad_input, grad_out, activation, s)?;
         self.run("relu_maxpool2_backward", || {
             elementwise::relu_maxpool2_backward(grad_input, grad_out, activation, s)
         });
@@ -494,8 +482,7 @@ impl Backend for Cpu {
         input: &Vec<f32>,
         s: SampleShape,
     ) -> Result<()> {
-        check("goodness_forward.input", input, s.n * s.features)?;
-        check("goodness_forward.goodness", goodness, s.n)?;
+        checks::goodness_forward::<Self>(goodness, input, s)?;
         self.run("goodness_forward", || {
             elementwise::goodness_forward(goodness, input, s)
         });
@@ -508,8 +495,7 @@ impl Backend for Cpu {
         input: &Vec<f32>,
         s: SampleShape,
     ) -> Result<()> {
-        check("goodness_backward.input", input, s.n * s.features)?;
-        check("goodness_backward.grad_input", grad_input, s.n * s.features)?;
+        checks::goodness_backward::<Self>(grad_input, grad_goodness, input, s)?;
         self.run("goodness_backward", || {
             elementwise::goodness_backward(grad_input, grad_goodness, input, s)
         });
@@ -523,8 +509,7 @@ impl Backend for Cpu {
         pairs: usize,
         kind: FfLoss,
     ) -> Result<()> {
-        check("ff_loss.goodness", goodness, 2 * pairs)?;
-        check("ff_loss.grad_goodness", grad_goodness, 2 * pairs)?;
+        checks::ff_loss::<Self>(loss, grad_goodness, goodness, pairs)?;
         elementwise::ff_loss(loss, grad_goodness, goodness, pairs, kind);
         Ok(())
     }
@@ -536,8 +521,7 @@ impl Backend for Cpu {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
-        check("avgpool_forward.input", input, s.rows * s.channels)?;
-        check("avgpool_forward.out", out, n * s.channels)?;
+        checks::avgpool_forward::<Self>(out, input, s, n)?;
         let pixels = s.rows / n.max(1);
         self.run("avgpool_forward", || {
             elementwise::avgpool_forward(out, input, pixels, s.channels)
@@ -551,12 +535,7 @@ impl Backend for Cpu {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
-        check(
-            "avgpool_backward.grad_input",
-            grad_input,
-            s.rows * s.channels,
-        )?;
-        check("avgpool_backward.grad_out", grad_out, n * s.channels)?;
+        checks::avgpool_backward::<Self>(grad_input, grad_out, s, n)?;
         let pixels = s.rows / n.max(1);
         self.run("avgpool_backward", || {
             elementwise::avgpool_backward(grad_input, grad_out, pixels, s.channels)
@@ -573,10 +552,7 @@ impl Backend for Cpu {
         inputs: usize,
         outputs: usize,
     ) -> Result<()> {
-        check("linear_forward.input", input, n * inputs)?;
-        check("linear_forward.weight", weight, outputs * inputs)?;
-        check("linear_forward.bias", bias, outputs)?;
-        check("linear_forward.out", out, n * outputs)?;
+        checks::linear_forward::<Self>(out, input, weight, bias, (n, inputs, outputs))?;
         self.run("linear_forward", || {
             for row in out.chunks_mut(outputs) {
                 row.copy_from_slice(bias);
@@ -610,9 +586,15 @@ impl Backend for Cpu {
         inputs: usize,
         outputs: usize,
     ) -> Result<()> {
-        check("linear_backward.grad_out", grad_out, n * outputs)?;
-        check("linear_backward.input", input, n * inputs)?;
-        check("linear_backward.grad_weight", grad_weight, outputs * inputs)?;
+        checks::linear_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_bias,
+            grad_out,
+            input,
+            weight,
+            (n, inputs, outputs),
+        )?;
         self.run("linear_backward", || {
             for row in grad_out.chunks(outputs) {
                 for (b, g) in grad_bias.iter_mut().zip(row) {
@@ -660,13 +642,7 @@ impl Backend for Cpu {
         labels: &[u32],
         classes: usize,
     ) -> Result<()> {
-        check("cross_entropy.logits", logits, labels.len() * classes)?;
-        check(
-            "cross_entropy.grad_logits",
-            grad_logits,
-            labels.len() * classes,
-        )?;
-        check_labels("cross_entropy.labels", labels, labels.len(), classes)?;
+        checks::cross_entropy::<Self>(loss, grad_logits, logits, labels, classes)?;
         elementwise::cross_entropy(loss, grad_logits, logits, labels, classes);
         Ok(())
     }
@@ -680,8 +656,7 @@ impl Backend for Cpu {
         step: u64,
         hp: AdamParams,
     ) -> Result<()> {
-        check("adam_step.grad", grad, param.len())?;
-        check("adam_step.m", m, param.len())?;
+        checks::adam_step::<Self>(param, m, v, grad)?;
         self.run("adam_step", || {
             elementwise::adam_step(param, m, v, grad, step, hp)
         });

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, Precision,
-    SampleShape, check_copy, check_labels, check_len,
+    SampleShape, check_copy, check_len, checks,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
@@ -463,15 +463,6 @@ fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
     ))
 }
 
-/// Elements of a convolution's input, weight and output.
-fn conv_sizes(s: ConvShape) -> (usize, usize, usize) {
-    (
-        s.n * s.h * s.w * s.c_in,
-        s.c_out * 9 * s.c_in,
-        s.n * s.h * s.w * s.c_out,
-    )
-}
-
 fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
     check_len(op, buf.len, len)
 }
@@ -595,14 +586,7 @@ impl Backend for Cuda {
         labels: &[u32],
         s: EmbedShape,
     ) -> Result<()> {
-        check("embed_forward.out", out, s.n * s.pixels * (s.channels + 1))?;
-        check("embed_forward.images", images, s.n * s.pixels * s.channels)?;
-        check_labels(
-            "embed_forward.labels",
-            labels,
-            s.n,
-            table.len / s.pixels.max(1),
-        )?;
+        checks::embed_forward::<Self>(out, images, table, labels, s)?;
         let mut state = self.lock();
         let l = self.upload_labels(&mut state.scratch, labels)?;
         let (n, p, c) = (
@@ -631,13 +615,8 @@ impl Backend for Cuda {
         labels: &[u32],
         s: EmbedShape,
     ) -> Result<()> {
-        check(
-            "embed_backward.grad_input",
-            grad_input,
-            s.n * s.pixels * (s.channels + 1),
-        )?;
+        checks::embed_backward::<Self>(grad_table, grad_input, labels, s)?;
         let classes = grad_table.len / s.pixels.max(1);
-        check_labels("embed_backward.labels", labels, s.n, classes)?;
         let mut state = self.lock();
         let l = self.upload_labels(&mut state.scratch, labels)?;
         let (n, p, c, k) = (
@@ -668,10 +647,8 @@ impl Backend for Cuda {
         weight: &CudaBuf,
         s: ConvShape,
     ) -> Result<()> {
-        let (nx, nw, ny) = conv_sizes(s);
-        check("conv3x3_forward.input", input, nx)?;
-        check("conv3x3_forward.weight", weight, nw)?;
-        check("conv3x3_forward.out", out, ny)?;
+        checks::conv3x3_forward::<Self>(out, input, weight, s)?;
+        let (nx, nw, ny) = checks::conv_sizes(s);
         let mut guard = self.lock();
         let state = &mut *guard;
         self.plan(state, s)?;
@@ -716,14 +693,15 @@ impl Backend for Cuda {
         weight: &CudaBuf,
         s: ConvShape,
     ) -> Result<()> {
-        let (nx, nw, ny) = conv_sizes(s);
-        check("conv3x3_backward.grad_out", grad_out, ny)?;
-        check("conv3x3_backward.input", input, nx)?;
-        check("conv3x3_backward.grad_weight", grad_weight, nw)?;
-        check("conv3x3_backward.weight", weight, nw)?;
-        if let Some(gi) = &grad_input {
-            check("conv3x3_backward.grad_input", gi, nx)?;
-        }
+        checks::conv3x3_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_out,
+            input,
+            weight,
+            s,
+        )?;
+        let (nx, nw, ny) = checks::conv_sizes(s);
         let mut guard = self.lock();
         let state = &mut *guard;
         self.plan(state, s)?;
@@ -799,19 +777,18 @@ impl Backend for Cuda {
         eps: f32,
         momentum: f32,
     ) -> Result<()> {
+        checks::batchnorm_forward_train::<Self>(
+            out,
+            mean,
+            rstd,
+            running_mean,
+            running_var,
+            input,
+            gamma,
+            beta,
+            s,
+        )?;
         let (rows, c) = (s.rows, s.channels);
-        check("batchnorm_forward_train.input", input, rows * c)?;
-        check("batchnorm_forward_train.out", out, rows * c)?;
-        for (op, b) in [
-            ("batchnorm_forward_train.mean", &*mean),
-            ("batchnorm_forward_train.rstd", &*rstd),
-            ("batchnorm_forward_train.running_mean", &*running_mean),
-            ("batchnorm_forward_train.running_var", &*running_var),
-            ("batchnorm_forward_train.gamma", gamma),
-            ("batchnorm_forward_train.beta", beta),
-        ] {
-            check(op, b, c)?;
-        }
         let mut guard = self.lock();
         let sc = &mut guard.scratch;
         let (cols, rows_i) = (int("channels", c)?, rows as i64);
@@ -873,17 +850,16 @@ impl Backend for Cuda {
         s: ChannelShape,
         eps: f32,
     ) -> Result<()> {
+        checks::batchnorm_forward_eval::<Self>(
+            out,
+            input,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            s,
+        )?;
         let (rows, c) = (s.rows, s.channels);
-        check("batchnorm_forward_eval.input", input, rows * c)?;
-        check("batchnorm_forward_eval.out", out, rows * c)?;
-        for (op, b) in [
-            ("batchnorm_forward_eval.gamma", gamma),
-            ("batchnorm_forward_eval.beta", beta),
-            ("batchnorm_forward_eval.running_mean", running_mean),
-            ("batchnorm_forward_eval.running_var", running_var),
-        ] {
-            check(op, b, c)?;
-        }
         let (cols, total) = (int("channels", c)?, (rows * c) as i64);
         launch!(
             self,
@@ -913,21 +889,18 @@ impl Backend for Cuda {
         gamma: &CudaBuf,
         s: ChannelShape,
     ) -> Result<()> {
+        checks::batchnorm_backward::<Self>(
+            grad_input.as_deref(),
+            grad_gamma,
+            grad_beta,
+            grad_out,
+            mean,
+            rstd,
+            input,
+            gamma,
+            s,
+        )?;
         let (rows, c) = (s.rows, s.channels);
-        check("batchnorm_backward.grad_out", grad_out, rows * c)?;
-        check("batchnorm_backward.input", input, rows * c)?;
-        for (op, b) in [
-            ("batchnorm_backward.grad_gamma", &*grad_gamma),
-            ("batchnorm_backward.grad_beta", &*grad_beta),
-            ("batchnorm_backward.mean", mean),
-            ("batchnorm_backward.rstd", rstd),
-            ("batchnorm_backward.gamma", gamma),
-        ] {
-            check(op, b, c)?;
-        }
-        if let Some(gi) = &grad_input {
-            check("batchnorm_backward.grad_input", gi, rows * c)?;
-        }
         let mut guard = self.lock();
         let sc = &mut guard.scratch;
         let p = self.launch_partials(sc, rows, c, PartialInputs::DyDyx(grad_out, input))?;
@@ -992,13 +965,8 @@ impl Backend for Cuda {
         s: SampleShape,
         eps: f32,
     ) -> Result<()> {
+        checks::layernorm_forward::<Self>(out, mean, rstd, input, gamma, beta, s)?;
         let f = s.features;
-        check("layernorm_forward.input", input, s.n * f)?;
-        check("layernorm_forward.out", out, s.n * f)?;
-        check("layernorm_forward.mean", mean, s.n)?;
-        check("layernorm_forward.rstd", rstd, s.n)?;
-        check("layernorm_forward.gamma", gamma, f)?;
-        check("layernorm_forward.beta", beta, f)?;
         if s.n == 0 {
             return Ok(());
         }
@@ -1030,17 +998,18 @@ impl Backend for Cuda {
         gamma: &CudaBuf,
         s: SampleShape,
     ) -> Result<()> {
+        checks::layernorm_backward::<Self>(
+            grad_input.as_deref(),
+            grad_gamma,
+            grad_beta,
+            grad_out,
+            mean,
+            rstd,
+            input,
+            gamma,
+            s,
+        )?;
         let f = s.features;
-        check("layernorm_backward.grad_out", grad_out, s.n * f)?;
-        check("layernorm_backward.input", input, s.n * f)?;
-        check("layernorm_backward.mean", mean, s.n)?;
-        check("layernorm_backward.rstd", rstd, s.n)?;
-        check("layernorm_backward.gamma", gamma, f)?;
-        check("layernorm_backward.grad_gamma", grad_gamma, f)?;
-        check("layernorm_backward.grad_beta", grad_beta, f)?;
-        if let Some(gi) = &grad_input {
-            check("layernorm_backward.grad_input", gi, s.n * f)?;
-        }
         if s.n == 0 {
             return Ok(());
         }
@@ -1098,7 +1067,7 @@ impl Backend for Cuda {
         Ok(())
     }
     fn relu_backward(&self, grad: &mut CudaBuf, activation: &CudaBuf) -> Result<()> {
-        check("relu_backward.activation", activation, grad.len)?;
+        checks::relu_backward::<Self>(grad, activation)?;
         let n = grad.len as i64;
         launch!(
             self,
@@ -1111,12 +1080,7 @@ impl Backend for Cuda {
         Ok(())
     }
     fn maxpool2_forward(&self, out: &mut CudaBuf, input: &CudaBuf, s: PoolShape) -> Result<()> {
-        check("maxpool2_forward.input", input, s.n * s.h * s.w * s.c)?;
-        check(
-            "maxpool2_forward.out",
-            out,
-            s.n * (s.h / 2) * (s.w / 2) * s.c,
-        )?;
+        checks::maxpool2_forward::<Self>(out, input, s)?;
         let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
@@ -1138,14 +1102,8 @@ impl Backend for Cuda {
         activation: &CudaBuf,
         s: PoolShape,
     ) -> Result<()> {
+        checks::relu_maxpool2_backward::<Self>(grad_input, grad_out, activation, s)?;
         let total = s.n * s.h * s.w * s.c;
-        check("relu_maxpool2_backward.grad_input", grad_input, total)?;
-        check("relu_maxpool2_backward.activation", activation, total)?;
-        check(
-            "relu_maxpool2_backward.grad_out",
-            grad_out,
-            s.n * (s.h / 2) * (s.w / 2) * s.c,
-        )?;
         let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
@@ -1168,8 +1126,7 @@ impl Backend for Cuda {
         input: &CudaBuf,
         s: SampleShape,
     ) -> Result<()> {
-        check("goodness_forward.input", input, s.n * s.features)?;
-        check("goodness_forward.goodness", goodness, s.n)?;
+        checks::goodness_forward::<Self>(goodness, input, s)?;
         if s.n == 0 {
             return Ok(());
         }
@@ -1191,9 +1148,7 @@ impl Backend for Cuda {
         input: &CudaBuf,
         s: SampleShape,
     ) -> Result<()> {
-        check("goodness_backward.input", input, s.n * s.features)?;
-        check("goodness_backward.grad_input", grad_input, s.n * s.features)?;
-        check("goodness_backward.grad_goodness", grad_goodness, s.n)?;
+        checks::goodness_backward::<Self>(grad_input, grad_goodness, input, s)?;
         let (f, total) = (int("features", s.features)?, (s.n * s.features) as i64);
         launch!(
             self,
@@ -1215,9 +1170,7 @@ impl Backend for Cuda {
         pairs: usize,
         kind: FfLoss,
     ) -> Result<()> {
-        check("ff_loss.goodness", goodness, 2 * pairs)?;
-        check("ff_loss.grad_goodness", grad_goodness, 2 * pairs)?;
-        check("ff_loss.loss", loss, 1)?;
+        checks::ff_loss::<Self>(loss, grad_goodness, goodness, pairs)?;
         let (k, param) = match kind {
             FfLoss::Symba { alpha } => (0i32, alpha),
             FfLoss::Threshold { tau } => (1i32, tau),
@@ -1244,9 +1197,8 @@ impl Backend for Cuda {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
+        checks::avgpool_forward::<Self>(out, input, s, n)?;
         // `s.rows` counts the rows of all n samples, as on the CPU.
-        check("avgpool_forward.input", input, s.rows * s.channels)?;
-        check("avgpool_forward.out", out, n * s.channels)?;
         let pixels = s.rows / n.max(1);
         let (ni, p, c) = (int("n", n)?, int("pixels", pixels)?, int("c", s.channels)?);
         launch!(
@@ -1268,9 +1220,8 @@ impl Backend for Cuda {
         s: ChannelShape,
         n: usize,
     ) -> Result<()> {
+        checks::avgpool_backward::<Self>(grad_input, grad_out, s, n)?;
         let total = s.rows * s.channels;
-        check("avgpool_backward.grad_input", grad_input, total)?;
-        check("avgpool_backward.grad_out", grad_out, n * s.channels)?;
         let pixels = s.rows / n.max(1);
         let (p, c, t) = (int("pixels", pixels)?, int("c", s.channels)?, total as i64);
         launch!(
@@ -1295,10 +1246,7 @@ impl Backend for Cuda {
         inputs: usize,
         outputs: usize,
     ) -> Result<()> {
-        check("linear_forward.input", input, n * inputs)?;
-        check("linear_forward.weight", weight, outputs * inputs)?;
-        check("linear_forward.bias", bias, outputs)?;
-        check("linear_forward.out", out, n * outputs)?;
+        checks::linear_forward::<Self>(out, input, weight, bias, (n, inputs, outputs))?;
         if n == 0 || outputs == 0 {
             return Ok(());
         }
@@ -1333,14 +1281,15 @@ impl Backend for Cuda {
         inputs: usize,
         outputs: usize,
     ) -> Result<()> {
-        check("linear_backward.grad_out", grad_out, n * outputs)?;
-        check("linear_backward.input", input, n * inputs)?;
-        check("linear_backward.grad_weight", grad_weight, outputs * inputs)?;
-        check("linear_backward.grad_bias", grad_bias, outputs)?;
-        check("linear_backward.weight", weight, outputs * inputs)?;
-        if let Some(gi) = &grad_input {
-            check("linear_backward.grad_input", gi, n * inputs)?;
-        }
+        checks::linear_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_bias,
+            grad_out,
+            input,
+            weight,
+            (n, inputs, outputs),
+        )?;
         if n == 0 || outputs == 0 {
             return Ok(());
         }
@@ -1395,11 +1344,8 @@ impl Backend for Cuda {
         labels: &[u32],
         classes: usize,
     ) -> Result<()> {
+        checks::cross_entropy::<Self>(loss, grad_logits, logits, labels, classes)?;
         let n = labels.len();
-        check("cross_entropy.logits", logits, n * classes)?;
-        check("cross_entropy.grad_logits", grad_logits, n * classes)?;
-        check("cross_entropy.loss", loss, 1)?;
-        check_labels("cross_entropy.labels", labels, n, classes)?;
         let mut state = self.lock();
         let l = self.upload_labels(&mut state.scratch, labels)?;
         let (ni, k) = (int("n", n)?, int("classes", classes)?);
@@ -1426,9 +1372,7 @@ impl Backend for Cuda {
         step: u64,
         hp: AdamParams,
     ) -> Result<()> {
-        check("adam_step.m", m, param.len)?;
-        check("adam_step.v", v, param.len)?;
-        check("adam_step.grad", grad, param.len)?;
+        checks::adam_step::<Self>(param, m, v, grad)?;
         // The same host-side factors as the CPU kernel.
         let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
         let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);

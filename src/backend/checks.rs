@@ -1,0 +1,379 @@
+//! The shape checks of every op, shared by all backends: each buffer an op reads or writes
+//! against the length its shape implies, so that a backend cannot read a shape differently
+//! from the others (the CUDA average pool once did). An error names `op.argument`.
+//!
+//! Each backend calls the check of the same name first thing in its op.
+
+use super::{
+    Backend, ChannelShape, ConvShape, EmbedShape, PoolShape, SampleShape, check_labels, check_len,
+};
+use crate::error::Result;
+
+/// `check_len("op.buf", len(buf), want)` for each `buf => want`.
+macro_rules! lens {
+    ($B:ty, $op:literal; $($buf:ident => $want:expr),+ $(,)?) => {
+        $( check_len(concat!($op, ".", stringify!($buf)), <$B>::len($buf), $want)?; )+
+    };
+}
+
+/// The classes of a label-embedding table of `s.pixels` per class.
+pub fn embed_classes<B: Backend>(table: &B::Buf, s: EmbedShape) -> usize {
+    B::len(table) / s.pixels.max(1)
+}
+
+pub fn embed_forward<B: Backend>(
+    out: &B::Buf,
+    images: &B::Buf,
+    table: &B::Buf,
+    labels: &[u32],
+    s: EmbedShape,
+) -> Result<()> {
+    let classes = embed_classes::<B>(table, s);
+    lens!(B, "embed_forward";
+        out => s.n * s.pixels * (s.channels + 1),
+        images => s.n * s.pixels * s.channels,
+        table => classes * s.pixels,
+    );
+    check_labels("embed_forward.labels", labels, s.n, classes)
+}
+
+pub fn embed_backward<B: Backend>(
+    grad_table: &B::Buf,
+    grad_input: &B::Buf,
+    labels: &[u32],
+    s: EmbedShape,
+) -> Result<()> {
+    let classes = embed_classes::<B>(grad_table, s);
+    lens!(B, "embed_backward";
+        grad_table => classes * s.pixels,
+        grad_input => s.n * s.pixels * (s.channels + 1),
+    );
+    check_labels("embed_backward.labels", labels, s.n, classes)
+}
+
+/// Elements of (input, weight, output) of a convolution.
+pub fn conv_sizes(s: ConvShape) -> (usize, usize, usize) {
+    (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * s.h * s.w * s.c_out,
+    )
+}
+
+pub fn conv3x3_forward<B: Backend>(
+    out: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+) -> Result<()> {
+    let (nx, nw, ny) = conv_sizes(s);
+    lens!(B, "conv3x3_forward"; out => ny, input => nx, weight => nw);
+    Ok(())
+}
+
+pub fn conv3x3_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_weight: &B::Buf,
+    grad_out: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+) -> Result<()> {
+    let (nx, nw, ny) = conv_sizes(s);
+    if let Some(grad_input) = grad_input {
+        lens!(B, "conv3x3_backward"; grad_input => nx);
+    }
+    lens!(B, "conv3x3_backward";
+        grad_weight => nw,
+        grad_out => ny,
+        input => nx,
+        weight => nw,
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train<B: Backend>(
+    out: &B::Buf,
+    mean: &B::Buf,
+    rstd: &B::Buf,
+    running_mean: &B::Buf,
+    running_var: &B::Buf,
+    input: &B::Buf,
+    gamma: &B::Buf,
+    beta: &B::Buf,
+    s: ChannelShape,
+) -> Result<()> {
+    let (all, c) = (s.rows * s.channels, s.channels);
+    lens!(B, "batchnorm_forward_train";
+        out => all,
+        mean => c,
+        rstd => c,
+        running_mean => c,
+        running_var => c,
+        input => all,
+        gamma => c,
+        beta => c,
+    );
+    Ok(())
+}
+
+pub fn batchnorm_forward_eval<B: Backend>(
+    out: &B::Buf,
+    input: &B::Buf,
+    gamma: &B::Buf,
+    beta: &B::Buf,
+    running_mean: &B::Buf,
+    running_var: &B::Buf,
+    s: ChannelShape,
+) -> Result<()> {
+    let (all, c) = (s.rows * s.channels, s.channels);
+    lens!(B, "batchnorm_forward_eval";
+        out => all,
+        input => all,
+        gamma => c,
+        beta => c,
+        running_mean => c,
+        running_var => c,
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_gamma: &B::Buf,
+    grad_beta: &B::Buf,
+    grad_out: &B::Buf,
+    mean: &B::Buf,
+    rstd: &B::Buf,
+    input: &B::Buf,
+    gamma: &B::Buf,
+    s: ChannelShape,
+) -> Result<()> {
+    let (all, c) = (s.rows * s.channels, s.channels);
+    if let Some(grad_input) = grad_input {
+        lens!(B, "batchnorm_backward"; grad_input => all);
+    }
+    lens!(B, "batchnorm_backward";
+        grad_gamma => c,
+        grad_beta => c,
+        grad_out => all,
+        mean => c,
+        rstd => c,
+        input => all,
+        gamma => c,
+    );
+    Ok(())
+}
+
+pub fn layernorm_forward<B: Backend>(
+    out: &B::Buf,
+    mean: &B::Buf,
+    rstd: &B::Buf,
+    input: &B::Buf,
+    gamma: &B::Buf,
+    beta: &B::Buf,
+    s: SampleShape,
+) -> Result<()> {
+    let all = s.n * s.features;
+    lens!(B, "layernorm_forward";
+        out => all,
+        mean => s.n,
+        rstd => s.n,
+        input => all,
+        gamma => s.features,
+        beta => s.features,
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_gamma: &B::Buf,
+    grad_beta: &B::Buf,
+    grad_out: &B::Buf,
+    mean: &B::Buf,
+    rstd: &B::Buf,
+    input: &B::Buf,
+    gamma: &B::Buf,
+    s: SampleShape,
+) -> Result<()> {
+    let (all, f) = (s.n * s.features, s.features);
+    if let Some(grad_input) = grad_input {
+        lens!(B, "layernorm_backward"; grad_input => all);
+    }
+    lens!(B, "layernorm_backward";
+        grad_gamma => f,
+        grad_beta => f,
+        grad_out => all,
+        mean => s.n,
+        rstd => s.n,
+        input => all,
+        gamma => f,
+    );
+    Ok(())
+}
+
+pub fn relu_backward<B: Backend>(grad: &B::Buf, activation: &B::Buf) -> Result<()> {
+    lens!(B, "relu_backward"; activation => B::len(grad));
+    Ok(())
+}
+
+/// Elements of the input and the output of a 2x2 max-pool.
+pub fn pool_sizes(s: PoolShape) -> (usize, usize) {
+    (s.n * s.h * s.w * s.c, s.n * (s.h / 2) * (s.w / 2) * s.c)
+}
+
+pub fn maxpool2_forward<B: Backend>(out: &B::Buf, input: &B::Buf, s: PoolShape) -> Result<()> {
+    let (full, pooled) = pool_sizes(s);
+    lens!(B, "maxpool2_forward"; out => pooled, input => full);
+    Ok(())
+}
+
+pub fn relu_maxpool2_backward<B: Backend>(
+    grad_input: &B::Buf,
+    grad_out: &B::Buf,
+    activation: &B::Buf,
+    s: PoolShape,
+) -> Result<()> {
+    let (full, pooled) = pool_sizes(s);
+    lens!(B, "relu_maxpool2_backward";
+        grad_input => full,
+        grad_out => pooled,
+        activation => full,
+    );
+    Ok(())
+}
+
+pub fn goodness_forward<B: Backend>(
+    goodness: &B::Buf,
+    input: &B::Buf,
+    s: SampleShape,
+) -> Result<()> {
+    lens!(B, "goodness_forward"; goodness => s.n, input => s.n * s.features);
+    Ok(())
+}
+
+pub fn goodness_backward<B: Backend>(
+    grad_input: &B::Buf,
+    grad_goodness: &B::Buf,
+    input: &B::Buf,
+    s: SampleShape,
+) -> Result<()> {
+    lens!(B, "goodness_backward";
+        grad_input => s.n * s.features,
+        grad_goodness => s.n,
+        input => s.n * s.features,
+    );
+    Ok(())
+}
+
+pub fn ff_loss<B: Backend>(
+    loss: &B::Buf,
+    grad_goodness: &B::Buf,
+    goodness: &B::Buf,
+    pairs: usize,
+) -> Result<()> {
+    lens!(B, "ff_loss"; loss => 1, grad_goodness => 2 * pairs, goodness => 2 * pairs);
+    Ok(())
+}
+
+/// `s.rows` must be `n` whole samples of `s.rows / n` pixels each.
+fn avgpool_rows(op: &'static str, s: ChannelShape, n: usize) -> Result<()> {
+    if !s.rows.is_multiple_of(n) {
+        return Err(crate::error::Error::Shape {
+            op,
+            expected: vec![n, s.rows / n.max(1)],
+            got: vec![s.rows],
+        });
+    }
+    Ok(())
+}
+
+pub fn avgpool_forward<B: Backend>(
+    out: &B::Buf,
+    input: &B::Buf,
+    s: ChannelShape,
+    n: usize,
+) -> Result<()> {
+    avgpool_rows("avgpool_forward.rows", s, n)?;
+    lens!(B, "avgpool_forward"; out => n * s.channels, input => s.rows * s.channels);
+    Ok(())
+}
+
+pub fn avgpool_backward<B: Backend>(
+    grad_input: &B::Buf,
+    grad_out: &B::Buf,
+    s: ChannelShape,
+    n: usize,
+) -> Result<()> {
+    avgpool_rows("avgpool_backward.rows", s, n)?;
+    lens!(B, "avgpool_backward";
+        grad_input => s.rows * s.channels,
+        grad_out => n * s.channels,
+    );
+    Ok(())
+}
+
+pub fn linear_forward<B: Backend>(
+    out: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    bias: &B::Buf,
+    (n, inputs, outputs): (usize, usize, usize),
+) -> Result<()> {
+    lens!(B, "linear_forward";
+        out => n * outputs,
+        input => n * inputs,
+        weight => outputs * inputs,
+        bias => outputs,
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_weight: &B::Buf,
+    grad_bias: &B::Buf,
+    grad_out: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    (n, inputs, outputs): (usize, usize, usize),
+) -> Result<()> {
+    if let Some(grad_input) = grad_input {
+        lens!(B, "linear_backward"; grad_input => n * inputs);
+    }
+    lens!(B, "linear_backward";
+        grad_weight => outputs * inputs,
+        grad_bias => outputs,
+        grad_out => n * outputs,
+        input => n * inputs,
+        weight => outputs * inputs,
+    );
+    Ok(())
+}
+
+pub fn cross_entropy<B: Backend>(
+    loss: &B::Buf,
+    grad_logits: &B::Buf,
+    logits: &B::Buf,
+    labels: &[u32],
+    classes: usize,
+) -> Result<()> {
+    let n = labels.len();
+    lens!(B, "cross_entropy";
+        loss => 1,
+        grad_logits => n * classes,
+        logits => n * classes,
+    );
+    check_labels("cross_entropy.labels", labels, n, classes)
+}
+
+pub fn adam_step<B: Backend>(param: &B::Buf, m: &B::Buf, v: &B::Buf, grad: &B::Buf) -> Result<()> {
+    let len = B::len(param);
+    lens!(B, "adam_step"; m => len, v => len, grad => len);
+    Ok(())
+}
