@@ -79,9 +79,18 @@ fn compare_scaled(what: &str, gpu: Outputs, cpu: Outputs, fraction: f64) {
 
 #[test]
 fn kernels_compile() {
-    // Needs only NVRTC (no GPU): every kernel builds for Ampere and Hopper.
+    // Needs only NVRTC (no GPU): every kernel builds for Ampere and Hopper, and every name
+    // the backend loads is a symbol of the cubin (a NUL-terminated name in its string table).
     for (major, minor) in [(8, 0), (9, 0)] {
-        nvrtc::compile(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
+        let cubin =
+            nvrtc::compile_cubin(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
+        for name in nvrtc::KERNELS {
+            let symbol = [b"\0", name.as_bytes(), b"\0"].concat();
+            assert!(
+                cubin.windows(symbol.len()).any(|w| w == symbol),
+                "sm_{major}{minor}: no kernel named {name} in the cubin"
+            );
+        }
     }
 }
 
@@ -213,6 +222,14 @@ fn op_bodies_run_on_the_cpu() {
     for (n, seed) in ADAM_CASES {
         adam_op(b, n, seed);
     }
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        for pool in [false, true] {
+            assert!(
+                block_tail_op(b, s, pool, true, i as u64)
+                    == block_tail_op(b, s, pool, false, i as u64)
+            );
+        }
+    }
     assert!(train_steps(b).iter().all(|v| v.is_finite()));
 }
 
@@ -266,6 +283,105 @@ fn conv3x3_bf16_is_close_to_cpu() {
             conv_op(&cpu(), s, seed),
             3e-2,
         );
+    }
+}
+
+/// A block's convolution, ReLU, optional pool and goodness, forward and backward: through
+/// the fused ops (`fused`), or through the separate ops they stand for.
+fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: u64) -> Outputs {
+    let (nx, nw, ny) = (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * s.h * s.w * s.c_out,
+    );
+    let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
+    let x = up(b, &random(seed, nx));
+    let w = up(b, &random(seed + 1, nw));
+    let mut activation = b.zeros(ny).unwrap();
+    let mut pooled = b.zeros(np).unwrap();
+    let mut goodness = b.zeros(s.n).unwrap();
+    if fused {
+        let p = if pool { Some(&mut pooled) } else { None };
+        b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s)
+            .unwrap();
+    } else {
+        b.conv3x3_forward(&mut activation, &x, &w, s).unwrap();
+        b.relu_forward(&mut activation).unwrap();
+        let out = if pool {
+            b.maxpool2_forward(&mut pooled, &activation, s.output_pool())
+                .unwrap();
+            &pooled
+        } else {
+            &activation
+        };
+        let features = B::len(out) / s.n;
+        b.goodness_forward(&mut goodness, out, SampleShape { n: s.n, features })
+            .unwrap();
+    }
+    let mut grad_output = up(b, &random(seed + 2, if pool { np } else { ny }));
+    let mut grad_activation = b.zeros(if pool { ny } else { 0 }).unwrap();
+    let mut dx = b.zeros(nx).unwrap();
+    let mut dw = up(b, &random(seed + 3, nw)); // accumulates
+    if fused {
+        b.relu_pool_conv3x3_backward(
+            Some(&mut dx),
+            &mut dw,
+            &mut grad_activation,
+            &mut grad_output,
+            &activation,
+            &x,
+            &w,
+            s,
+            pool,
+        )
+        .unwrap();
+    } else {
+        let grad = if pool {
+            b.relu_maxpool2_backward(
+                &mut grad_activation,
+                &grad_output,
+                &activation,
+                s.output_pool(),
+            )
+            .unwrap();
+            &grad_activation
+        } else {
+            b.relu_backward(&mut grad_output, &activation).unwrap();
+            &grad_output
+        };
+        b.conv3x3_backward(Some(&mut dx), &mut dw, grad, &x, &w, s)
+            .unwrap();
+    }
+    let mut out = vec![
+        ("activation".into(), down(b, &activation)),
+        ("goodness".into(), down(b, &goodness)),
+        ("dx".into(), down(b, &dx)),
+        ("dw".into(), down(b, &dw)),
+    ];
+    if pool {
+        out.push(("pooled".into(), down(b, &pooled)));
+    }
+    out
+}
+
+/// The fused block ops give what the separate ops give, bit for bit, in both precisions:
+/// the same convolution results go through the same float operations.
+#[test]
+fn fused_block_ops_match_the_separate_ops() {
+    for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
+        for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+            for pool in [false, true] {
+                let seed = 20 + 10 * i as u64;
+                let fused = block_tail_op(b, s, pool, true, seed);
+                let separate = block_tail_op(b, s, pool, false, seed);
+                for ((what, got), (_, want)) in fused.iter().zip(&separate) {
+                    assert!(
+                        got == want,
+                        "{name} {s:?} pool {pool}: fused {what} differs from the separate ops"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -290,6 +290,101 @@ static void check_layernorm(int n, int f) {
     close((tag + " dbeta").c_str(), db, wdb, 1e-4, 1e-4);
 }
 
+static std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// The fused kernels of a block's tail against the separate ones (already checked above):
+// relu_pool_goodness (f32 in place, f32 from another buffer, bf16) must give the activation,
+// the pooled values and the goodness of relu_forward + maxpool2_forward + goodness_forward
+// bit for bit; the bf16 backward kernels must give the bf16 rounding of the f32 ones.
+static void check_fused_tails(const std::vector<float>& x, const std::vector<float>& gout, int n,
+                              int h, int w, int c, const std::string& tag) {
+    int oh = h / 2, ow = w / 2;
+    size_t full = x.size(), pooled_size = (size_t)n * oh * ow * c;
+    for (int pool = 0; pool < 2; pool++) {
+        // The separate kernels.
+        std::vector<float> act = x, pooled(pooled_size), g(n);
+        launch(elementwise(full), {BLOCK}, [&] { relu_forward(act.data(), (long long)full); });
+        if (pool) {
+            launch(elementwise(pooled_size), {BLOCK},
+                   [&] { maxpool2_forward(pooled.data(), act.data(), n, h, w, c); });
+        }
+        const std::vector<float>& out = pool ? pooled : act;
+        int features = (int)(out.size() / n);
+        launch({(unsigned)n}, {BLOCK}, [&] { goodness_forward(g.data(), out.data(), features); });
+        std::string t = tag + (pool ? " fused tail with pool" : " fused tail without pool");
+        // f32, in place and from another buffer.
+        for (int in_place = 0; in_place < 2; in_place++) {
+            std::vector<float> y = x, a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
+            float* dst = in_place ? y.data() : a.data();
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                relu_pool_goodness_f32(dst, p.data(), gg.data(), y.data(), h, w, c, pool);
+            });
+            std::string u = t + (in_place ? " (f32 in place)" : " (f32)");
+            close((u + " activation").c_str(), in_place ? y : a, widen(act), 0, 0);
+            if (pool) close((u + " pooled").c_str(), p, widen(pooled), 0, 0);
+            close((u + " goodness").c_str(), gg, widen(g), 0, 0);
+        }
+        // bf16 input: the same as the separate kernels on the bf16-rounded values.
+        std::vector<unsigned short> yh(full);
+        launch(elementwise(full), {BLOCK},
+               [&] { f32_to_bf16(yh.data(), x.data(), (long long)full); });
+        std::vector<float> xr(full);
+        launch(elementwise(full), {BLOCK},
+               [&] { bf16_to_f32(xr.data(), yh.data(), (long long)full, 0); });
+        std::vector<float> ar = xr, pr(pooled_size), gr(n);
+        launch(elementwise(full), {BLOCK}, [&] { relu_forward(ar.data(), (long long)full); });
+        if (pool) {
+            launch(elementwise(pooled_size), {BLOCK},
+                   [&] { maxpool2_forward(pr.data(), ar.data(), n, h, w, c); });
+        }
+        const std::vector<float>& outr = pool ? pr : ar;
+        launch({(unsigned)n}, {BLOCK}, [&] { goodness_forward(gr.data(), outr.data(), features); });
+        std::vector<float> a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
+        launch({(unsigned)n}, {BLOCK}, [&] {
+            relu_pool_goodness_bf16(a.data(), p.data(), gg.data(), yh.data(), h, w, c, pool);
+        });
+        close((t + " (bf16) activation").c_str(), a, widen(ar), 0, 0);
+        if (pool) close((t + " (bf16) pooled").c_str(), p, widen(pr), 0, 0);
+        close((t + " (bf16) goodness").c_str(), gg, widen(gr), 0, 0);
+    }
+    // Backward straight to bf16: the rounding of the f32 kernels' results.
+    auto rounded = [&](const std::vector<float>& v) {
+        std::vector<unsigned short> hv(v.size());
+        std::vector<float> back(v.size());
+        launch(elementwise(v.size()), {BLOCK},
+               [&] { f32_to_bf16(hv.data(), v.data(), (long long)v.size()); });
+        launch(elementwise(v.size()), {BLOCK},
+               [&] { bf16_to_f32(back.data(), hv.data(), (long long)v.size(), 0); });
+        return widen(back);
+    };
+    auto as_f32 = [&](const std::vector<unsigned short>& hv) {
+        std::vector<float> back(hv.size());
+        launch(elementwise(hv.size()), {BLOCK},
+               [&] { bf16_to_f32(back.data(), hv.data(), (long long)hv.size(), 0); });
+        return back;
+    };
+    std::vector<float> act = x;
+    launch(elementwise(full), {BLOCK}, [&] { relu_forward(act.data(), (long long)full); });
+    std::vector<float> gin(full);
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_maxpool2_backward(gin.data(), gout.data(), act.data(), n, h, w, c);
+    });
+    std::vector<unsigned short> gh(full, 0x7fff);
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_maxpool2_backward_bf16(gh.data(), gout.data(), act.data(), n, h, w, c);
+    });
+    close((tag + " relu+pool backward to bf16").c_str(), as_f32(gh), rounded(gin), 0, 0);
+    auto dy = randn(full);
+    std::vector<float> masked = dy;
+    launch(elementwise(full), {BLOCK},
+           [&] { relu_backward(masked.data(), act.data(), (long long)full); });
+    std::vector<unsigned short> rh(full, 0x7fff);
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_backward_bf16(rh.data(), dy.data(), act.data(), (long long)full);
+    });
+    close((tag + " relu backward to bf16").c_str(), as_f32(rh), rounded(masked), 0, 0);
+}
+
 static void check_pool(int n, int h, int w, int c) {
     std::uniform_int_distribution<int> d(-1, 2);  // ties and zeros on purpose
     std::vector<float> x((size_t)n * h * w * c);
@@ -327,6 +422,7 @@ static void check_pool(int n, int h, int w, int c) {
                       std::to_string(w) + "x" + std::to_string(c);
     close((tag + " forward").c_str(), out, wout, 0, 0);
     close((tag + " relu+pool backward").c_str(), gin, wgin, 0, 0);
+    check_fused_tails(x, gout, n, h, w, c, tag);
 }
 
 static void check_goodness_and_losses(int pairs, int f) {
@@ -483,6 +579,8 @@ int main() {
     check_pool(1, 2, 2, 1);
     check_pool(2, 7, 5, 3);
     check_pool(3, 8, 8, 40);
+    check_fused_tails(randn(2 * 6 * 6 * 8), randn(2 * 3 * 3 * 8), 2, 6, 6, 8, "random 2x6x6x8");
+    check_fused_tails(randn(3 * 5 * 7 * 4), randn(3 * 2 * 3 * 4), 3, 5, 7, 4, "random 3x5x7x4");
     check_goodness_and_losses(1, 3);
     check_goodness_and_losses(37, 128);
     check_goodness_and_losses(300, 700);

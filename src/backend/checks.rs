@@ -92,6 +92,60 @@ pub fn conv3x3_backward<B: Backend>(
     Ok(())
 }
 
+pub fn conv3x3_relu_pool_goodness<B: Backend>(
+    activation: &B::Buf,
+    pooled: Option<&B::Buf>,
+    goodness: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+) -> Result<()> {
+    let (nx, nw, ny) = conv_sizes(s);
+    if let Some(pooled) = pooled {
+        lens!(B, "conv3x3_relu_pool_goodness"; pooled => pool_sizes(s.output_pool()).1);
+    }
+    lens!(B, "conv3x3_relu_pool_goodness";
+        activation => ny,
+        goodness => s.n,
+        input => nx,
+        weight => nw,
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn relu_pool_conv3x3_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_weight: &B::Buf,
+    grad_activation: &B::Buf,
+    grad_output: &B::Buf,
+    activation: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+    pool: bool,
+) -> Result<()> {
+    let (nx, nw, ny) = conv_sizes(s);
+    if let Some(grad_input) = grad_input {
+        lens!(B, "relu_pool_conv3x3_backward"; grad_input => nx);
+    }
+    if pool {
+        lens!(B, "relu_pool_conv3x3_backward";
+            grad_activation => ny,
+            grad_output => pool_sizes(s.output_pool()).1,
+        );
+    } else {
+        lens!(B, "relu_pool_conv3x3_backward"; grad_output => ny);
+    }
+    lens!(B, "relu_pool_conv3x3_backward";
+        grad_weight => nw,
+        activation => ny,
+        input => nx,
+        weight => nw,
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<B: Backend>(
     out: &B::Buf,

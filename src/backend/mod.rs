@@ -115,6 +115,16 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The 2x2 max-pool over this convolution's output.
+    pub fn output_pool(&self) -> PoolShape {
+        PoolShape {
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            c: self.c_out,
+        }
+    }
+
     /// Multiply-adds times two, for one forward pass over the whole batch.
     pub fn forward_flops(&self) -> f64 {
         2.0 * (self.n * self.h * self.w * self.c_out * self.c_in * 9) as f64
@@ -252,6 +262,73 @@ pub trait Backend: Send + Sync + Sized + 'static {
         weight: &Self::Buf,
         s: ConvShape,
     ) -> Result<()>;
+
+    // ---- a block's convolution with what follows it, for backends that fuse them ----
+    /// `activation` (N, H, W, Cout) = ReLU(conv3x3(input, weight)); with `pooled`, its 2x2
+    /// max-pool; `goodness` (N) of the block's output (`pooled`, or the activation). The
+    /// same as those five ops one after the other, which is what this default does.
+    fn conv3x3_relu_pool_goodness(
+        &self,
+        activation: &mut Self::Buf,
+        pooled: Option<&mut Self::Buf>,
+        goodness: &mut Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+    ) -> Result<()> {
+        checks::conv3x3_relu_pool_goodness::<Self>(
+            activation,
+            pooled.as_deref(),
+            goodness,
+            input,
+            weight,
+            s,
+        )?;
+        self.conv3x3_forward(activation, input, weight, s)?;
+        self.relu_forward(activation)?;
+        let features = |buf: &Self::Buf| Self::len(buf) / s.n.max(1);
+        match pooled {
+            Some(pooled) => {
+                self.maxpool2_forward(pooled, activation, s.output_pool())?;
+                let features = features(pooled);
+                self.goodness_forward(goodness, pooled, SampleShape { n: s.n, features })
+            }
+            None => {
+                let features = features(activation);
+                self.goodness_forward(goodness, activation, SampleShape { n: s.n, features })
+            }
+        }
+    }
+    /// The backward of [`Self::conv3x3_relu_pool_goodness`] from d(block output)
+    /// `grad_output` (pooled shape with `pool`, else the activation's; may be overwritten):
+    /// the ReLU (and pool) backward, then [`Self::conv3x3_backward`]. `grad_activation`
+    /// (N, H, W, Cout) is scratch, used only with `pool`.
+    #[allow(clippy::too_many_arguments)]
+    fn relu_pool_conv3x3_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_weight: &mut Self::Buf,
+        grad_activation: &mut Self::Buf,
+        grad_output: &mut Self::Buf,
+        activation: &Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+        pool: bool,
+    ) -> Result<()> {
+        relu_pool_conv3x3_backward_composed(
+            self,
+            grad_input,
+            grad_weight,
+            grad_activation,
+            grad_output,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )
+    }
 
     // ---- BatchNorm over (N, H, W) per channel ----
     /// Training mode: normalise with batch statistics, save mean and 1/std, and update the
@@ -429,4 +506,40 @@ pub trait Backend: Send + Sync + Sized + 'static {
         step: u64,
         hp: AdamParams,
     ) -> Result<()>;
+}
+
+/// [`Backend::relu_pool_conv3x3_backward`] as the separate ops (its default, which a backend
+/// that fuses it in one precision can still use in another).
+#[allow(clippy::too_many_arguments)]
+pub fn relu_pool_conv3x3_backward_composed<B: Backend>(
+    b: &B,
+    grad_input: Option<&mut B::Buf>,
+    grad_weight: &mut B::Buf,
+    grad_activation: &mut B::Buf,
+    grad_output: &mut B::Buf,
+    activation: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+    pool: bool,
+) -> Result<()> {
+    checks::relu_pool_conv3x3_backward::<B>(
+        grad_input.as_deref(),
+        grad_weight,
+        grad_activation,
+        grad_output,
+        activation,
+        input,
+        weight,
+        s,
+        pool,
+    )?;
+    let grad = if pool {
+        b.relu_maxpool2_backward(grad_activation, grad_output, activation, s.output_pool())?;
+        grad_activation
+    } else {
+        b.relu_backward(grad_output, activation)?;
+        grad_output
+    };
+    b.conv3x3_backward(grad_input, grad_weight, grad, input, weight, s)
 }

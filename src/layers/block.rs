@@ -7,7 +7,7 @@
 use super::Param;
 use super::conv::Conv3x3;
 use super::norm::{Norm, NormKind};
-use crate::backend::{Backend, ConvShape, PoolShape, SampleShape};
+use crate::backend::{Backend, ConvShape, SampleShape};
 use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -77,15 +77,6 @@ impl<B: Backend> Block<B> {
         self.conv.shape(self.n, self.spec.h, self.spec.w)
     }
 
-    fn pool_shape(&self) -> PoolShape {
-        PoolShape {
-            n: self.n,
-            h: self.spec.h,
-            w: self.spec.w,
-            c: self.spec.c_out,
-        }
-    }
-
     fn out_shape(&self) -> SampleShape {
         SampleShape {
             n: self.n,
@@ -142,22 +133,21 @@ impl<B: Backend> Block<B> {
         self.norm
             .forward(backend, &mut self.normed.buf, input, n, train)?;
         let cs = self.conv_shape();
-        self.conv
-            .forward(backend, &mut self.activation.buf, &self.normed.buf, cs)?;
-        backend.relu_forward(&mut self.activation.buf)?;
-        if s.pool {
+        let pooled = if s.pool {
             let (oh, ow) = s.out_hw();
             self.pooled.resize(backend, &[n, oh, ow, s.c_out])?;
-            let ps = self.pool_shape();
-            backend.maxpool2_forward(&mut self.pooled.buf, &self.activation.buf, ps)?;
-        }
-        let os = self.out_shape();
-        let output = if s.pool {
-            &self.pooled.buf
+            Some(&mut self.pooled.buf)
         } else {
-            &self.activation.buf
+            None
         };
-        backend.goodness_forward(&mut self.goodness.buf, output, os)
+        backend.conv3x3_relu_pool_goodness(
+            &mut self.activation.buf,
+            pooled,
+            &mut self.goodness.buf,
+            &self.normed.buf,
+            &self.conv.weight.value.buf,
+            cs,
+        )
     }
 
     /// d(output) from d(goodness), written into `grad_output` `(N, H', W', Cout)`.
@@ -183,29 +173,22 @@ impl<B: Backend> Block<B> {
         let s = self.spec;
         let n = self.n;
         let cs = self.conv_shape();
-        let ps = self.pool_shape();
-        let grad_activation: &B::Buf = if s.pool {
+        if s.pool {
             self.grad_activation
                 .resize(backend, &[n, s.h, s.w, s.c_out])?;
-            backend.relu_maxpool2_backward(
-                &mut self.grad_activation.buf,
-                grad_output,
-                &self.activation.buf,
-                ps,
-            )?;
-            &self.grad_activation.buf
-        } else {
-            backend.relu_backward(grad_output, &self.activation.buf)?;
-            grad_output
-        };
+        }
         // The conv's input gradient is always needed: the norm's weight and bias learn from it.
         self.grad_normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
-        self.conv.backward(
-            backend,
+        backend.relu_pool_conv3x3_backward(
             Some(&mut self.grad_normed.buf),
-            grad_activation,
+            &mut self.conv.weight.grad.buf,
+            &mut self.grad_activation.buf,
+            grad_output,
+            &self.activation.buf,
             &self.normed.buf,
+            &self.conv.weight.value.buf,
             cs,
+            s.pool,
         )?;
         self.norm
             .backward(backend, grad_input, &self.grad_normed.buf, input, n)

@@ -42,33 +42,4 @@ impl<B: Backend> Conv3x3<B> {
             c_out: self.c_out,
         }
     }
-
-    pub fn forward(
-        &self,
-        backend: &B,
-        out: &mut B::Buf,
-        input: &B::Buf,
-        s: ConvShape,
-    ) -> Result<()> {
-        backend.conv3x3_forward(out, input, &self.weight.value.buf, s)
-    }
-
-    /// Accumulates the weight gradient; assigns `grad_input` when asked for.
-    pub fn backward(
-        &mut self,
-        backend: &B,
-        grad_input: Option<&mut B::Buf>,
-        grad_out: &B::Buf,
-        input: &B::Buf,
-        s: ConvShape,
-    ) -> Result<()> {
-        backend.conv3x3_backward(
-            grad_input,
-            &mut self.weight.grad.buf,
-            grad_out,
-            input,
-            &self.weight.value.buf,
-            s,
-        )
-    }
 }

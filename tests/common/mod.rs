@@ -319,6 +319,13 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
         c_in: 2,
         c_out: 3,
     };
+    let block = ConvShape {
+        n: 2,
+        h: 4,
+        w: 4,
+        c_in: 2,
+        c_out: 3,
+    };
     let bn = ChannelShape {
         rows: 6,
         channels: 3,
@@ -372,6 +379,75 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                     unreachable!()
                 };
                 b.conv3x3_backward(Some(gi), gw, go, input, weight, conv)
+            }),
+        ),
+        (
+            "conv3x3_relu_pool_goodness",
+            vec![96, 24, 2, 64, 54],
+            Box::new(move |b, x| {
+                let [activation, pooled, goodness, input, weight] = x else {
+                    unreachable!()
+                };
+                b.conv3x3_relu_pool_goodness(
+                    activation,
+                    Some(pooled),
+                    goodness,
+                    input,
+                    weight,
+                    block,
+                )
+            }),
+        ),
+        (
+            "conv3x3_relu_pool_goodness",
+            vec![96, 2, 64, 54],
+            Box::new(move |b, x| {
+                let [activation, goodness, input, weight] = x else {
+                    unreachable!()
+                };
+                b.conv3x3_relu_pool_goodness(activation, None, goodness, input, weight, block)
+            }),
+        ),
+        (
+            "relu_pool_conv3x3_backward",
+            vec![64, 54, 96, 24, 96, 64, 54],
+            Box::new(move |b, x| {
+                let [gi, gw, ga, go, activation, input, weight] = x else {
+                    unreachable!()
+                };
+                b.relu_pool_conv3x3_backward(
+                    Some(gi),
+                    gw,
+                    ga,
+                    go,
+                    activation,
+                    input,
+                    weight,
+                    block,
+                    true,
+                )
+            }),
+        ),
+        (
+            "relu_pool_conv3x3_backward",
+            vec![64, 54, 96, 96, 64, 54],
+            Box::new(move |b, x| {
+                let [gi, gw, go, activation, input, weight] = x else {
+                    unreachable!()
+                };
+                // Without pool the scratch is not used: any length will do.
+                let mut unused = b.zeros(0)?;
+                b.relu_pool_conv3x3_backward(
+                    Some(gi),
+                    gw,
+                    &mut unused,
+                    go,
+                    activation,
+                    input,
+                    weight,
+                    block,
+                    false,
+                )
             }),
         ),
         (

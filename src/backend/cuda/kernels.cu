@@ -25,6 +25,21 @@ __device__ double block_sum(double v, double* shared) {
     return total;
 }
 
+// bf16 <-> f32 (bf16 is the top half of an f32; rounding to nearest even).
+__device__ unsigned short to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return (unsigned short)(u >> 16);
+}
+__device__ float from_bf16(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+
+// A value as stored in an f32 or a bf16 buffer, and back.
+__device__ float load(const float* p, long long i) { return p[i]; }
+__device__ float load(const unsigned short* p, long long i) { return from_bf16(p[i]); }
+__device__ void store(float* p, long long i, float v) { p[i] = v; }
+__device__ void store(unsigned short* p, long long i, float v) { p[i] = to_bf16(v); }
+
 __device__ double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
 __device__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -95,9 +110,11 @@ extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, i
 }
 
 // One thread per input element: it finds its window's first maximum (PyTorch's choice) and
-// takes the output gradient if that is itself and the maximum is a live ReLU (> 0).
-extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float* grad_out,
-                                                  const float* x, int n, int h, int w, int c) {
+// takes the output gradient if that is itself and the maximum is a live ReLU (> 0). `Out` is
+// float, or bf16 when the result goes straight to a bf16 convolution backward.
+template <typename Out>
+__device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out, const float* x,
+                                          int n, int h, int w, int c) {
     int oh = h / 2, ow = w / 2;
     long long total = (long long)n * h * w * c;
     GRID_STRIDE(i, total) {
@@ -109,7 +126,7 @@ extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float
         long long s = rest / h;
         int oy = yy / 2, ox = xx / 2;
         if (oy >= oh || ox >= ow) {
-            grad_input[i] = 0.0f;  // the last row or column of an odd size is in no window
+            store(grad_input, i, 0.0f);  // the last row or column of an odd size is in no window
             continue;
         }
         const float* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
@@ -120,10 +137,94 @@ extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float
         int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
         int mine = (yy - 2 * oy) * 2 + (xx - 2 * ox);
         bool live = fmaxf(fmaxf(fmaxf(a, b), cc), d) > 0.0f;
-        grad_input[i] = (picked == mine && live)
-                            ? grad_out[((s * oh + oy) * ow + ox) * c + ch]
-                            : 0.0f;
+        store(grad_input, i,
+              (picked == mine && live) ? grad_out[((s * oh + oy) * ow + ox) * c + ch] : 0.0f);
     }
+}
+
+extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float* grad_out,
+                                                  const float* x, int n, int h, int w, int c) {
+    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
+}
+
+extern "C" __global__ void relu_maxpool2_backward_bf16(unsigned short* grad_input,
+                                                       const float* grad_out, const float* x,
+                                                       int n, int h, int w, int c) {
+    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
+}
+
+// relu_backward into a bf16 buffer (not in place): grad_input = grad_out where x > 0.
+extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const float* grad_out,
+                                              const float* x, long long n) {
+    GRID_STRIDE(i, n) grad_input[i] = to_bf16(x[i] > 0.0f ? grad_out[i] : 0.0f);
+}
+
+// What follows a block's convolution, in one pass over its output `y` (f32, possibly the
+// activation buffer itself, or the bf16 output of a tensor-core convolution). One block per
+// sample: activation = ReLU(y) (H x W x C); with `pool`, pooled = its 2x2 max-pool; goodness
+// = the mean square of the block's output (pooled, or the activation). The pooled values and
+// the goodness sum come out exactly as from relu_forward, maxpool2_forward and
+// goodness_forward (the same float operations, the same summation order).
+template <typename In>
+__device__ void relu_pool_goodness(float* activation, float* pooled, float* goodness,
+                                   const In* y, int h, int w, int c, int pool) {
+    __shared__ double shared[256];
+    long long s = blockIdx.x;
+    long long per_sample = (long long)h * w * c;
+    const In* ys = y + s * per_sample;
+    float* as = activation + s * per_sample;
+    double sum = 0.0;
+    int features;
+    if (pool) {
+        int oh = h / 2, ow = w / 2;
+        features = oh * ow * c;
+        float* ps = pooled + s * features;
+        for (int i = threadIdx.x; i < features; i += blockDim.x) {
+            int ch = i % c, rest = i / c;
+            int ox = rest % ow, oy = rest / ow;
+            long long base = ((long long)(2 * oy) * w + 2 * ox) * c + ch;
+            long long at[4] = {base, base + c, base + (long long)w * c, base + (long long)w * c + c};
+            float v[4];
+            for (int q = 0; q < 4; q++) {
+                v[q] = fmaxf(load(ys, at[q]), 0.0f);
+                as[at[q]] = v[q];
+            }
+            float m = fmaxf(fmaxf(fmaxf(v[0], v[1]), v[2]), v[3]);
+            ps[i] = m;
+            double d = (double)m;
+            sum += d * d;
+        }
+        if ((h | w) & 1) {
+            // The last row or column of an odd size is in no window: ReLU alone.
+            for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
+                long long rest = i / c;
+                int xx = (int)(rest % w), yy = (int)(rest / w);
+                if (yy >= 2 * oh || xx >= 2 * ow) as[i] = fmaxf(load(ys, i), 0.0f);
+            }
+        }
+    } else {
+        features = (int)per_sample;
+        for (int i = threadIdx.x; i < features; i += blockDim.x) {
+            float v = fmaxf(load(ys, i), 0.0f);
+            as[i] = v;
+            double d = (double)v;
+            sum += d * d;
+        }
+    }
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) goodness[s] = (float)(sum / features);
+}
+
+extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pooled,
+                                                  float* goodness, const float* y, int h, int w,
+                                                  int c, int pool) {
+    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool);
+}
+
+extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* pooled,
+                                                   float* goodness, const unsigned short* y,
+                                                   int h, int w, int c, int pool) {
+    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool);
 }
 
 // ---- goodness and the FF losses ----
@@ -469,12 +570,6 @@ extern "C" __global__ void cross_entropy(float* loss, float* grad, const float* 
 
 // ---- mixed precision: bf16 copies for tensor-core convolutions ----
 
-__device__ unsigned short to_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-    return (unsigned short)(u >> 16);
-}
 
 extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long long n) {
     GRID_STRIDE(i, n) out[i] = to_bf16(x[i]);
@@ -484,7 +579,7 @@ extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long
 extern "C" __global__ void bf16_to_f32(float* out, const unsigned short* x, long long n,
                                        int accumulate) {
     GRID_STRIDE(i, n) {
-        float v = __uint_as_float(((unsigned)x[i]) << 16);
+        float v = from_bf16(x[i]);
         out[i] = accumulate ? out[i] + v : v;
     }
 }

@@ -384,6 +384,128 @@ impl Cuda {
         })?;
         Ok(())
     }
+    /// out = conv(input, weight) through cuDNN. In bf16 the operands are converted into the
+    /// scratch slots 0 and 1 and the result lands in slot 2; with `keep_half` it stays there
+    /// (`out` untouched) for a kernel that reads bf16, else it is copied into `out`.
+    fn conv_forward(
+        &self,
+        state: &mut State,
+        out: &mut CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+        keep_half: bool,
+    ) -> Result<()> {
+        let (nx, nw, ny) = checks::conv_sizes(s);
+        self.plan(state, s)?;
+        let half = self.precision == Precision::Bf16;
+        if half {
+            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+            grow(&self.stream, &mut state.scratch.half[2], ny)
+                .map_err(|e| self.err("allocation", e))?;
+        }
+        let sc = &state.scratch;
+        let (x, w, y) = if half {
+            (
+                self.raw(&sc.half[0]),
+                self.raw(&sc.half[1]),
+                self.raw(&sc.half[2]),
+            )
+        } else {
+            (
+                self.ptr(&input.data),
+                self.ptr(&weight.data),
+                self.ptr(&out.data),
+            )
+        };
+        let ws = self.raw(&sc.workspace);
+        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
+        self.timed("cudnn conv forward", || {
+            unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
+                .map_err(|e| self.err("conv3x3_forward", e))
+        })?;
+        if half && !keep_half {
+            self.half_to_f32(out, sc.half[2].as_ref().expect("grown"), false)?;
+        }
+        Ok(())
+    }
+
+    /// The convolution's weight gradient (accumulated) and input gradient (assigned) through
+    /// cuDNN. `grad_out` None: in bf16, d(output) is already in the scratch slot 2.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward(
+        &self,
+        state: &mut State,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        grad_out: Option<&CudaBuf>,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+    ) -> Result<()> {
+        let (nx, nw, ny) = checks::conv_sizes(s);
+        self.plan(state, s)?;
+        let half = self.precision == Precision::Bf16;
+        if half {
+            // bf16 copies of x, w and dy; dw (then dx) is computed into `half_dw` in bf16 and
+            // added to (copied into) the f32 gradient.
+            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
+            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
+            if let Some(grad_out) = grad_out {
+                self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
+            }
+            grow(&self.stream, &mut state.scratch.half_dw, nw.max(nx))
+                .map_err(|e| self.err("allocation", e))?;
+        }
+        let sc = &state.scratch;
+        let plan = &state.plans[&s];
+        let ws = self.raw(&sc.workspace);
+        let (x, w, dy) = match (half, grad_out) {
+            (true, _) => (
+                self.raw(&sc.half[0]),
+                self.raw(&sc.half[1]),
+                self.raw(&sc.half[2]),
+            ),
+            (false, Some(grad_out)) => (
+                self.ptr(&input.data),
+                self.ptr(&weight.data),
+                self.ptr(&grad_out.data),
+            ),
+            (false, None) => unreachable!("d(output) comes in bf16 only in bf16"),
+        };
+        let half_out = sc.half_dw.as_ref();
+        // f32 accumulates straight into the gradient (beta 1); bf16 assigns its scratch.
+        let (dw, beta) = match half_out {
+            Some(h) if half => (self.ptr(h), 0.0),
+            _ => (self.ptr(&grad_weight.data), 1.0),
+        };
+        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
+        // `half_dw` holds at least max(nw, nx) elements.
+        self.timed("cudnn conv backward filter", || {
+            unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
+                .map_err(|e| self.err("conv3x3_backward (filter)", e))
+        })?;
+        if half {
+            self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
+        }
+        if let Some(gi) = grad_input {
+            let dx = match half_out {
+                Some(h) if half => self.ptr(h),
+                _ => self.ptr(&gi.data),
+            };
+            // SAFETY: as above.
+            self.timed("cudnn conv backward data", || {
+                unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
+                    .map_err(|e| self.err("conv3x3_backward (data)", e))
+            })?;
+            if half {
+                self.half_to_f32(gi, half_out.expect("grown"), false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// c = op(a) . op(b) + beta c through cuBLAS in f32, every matrix column-major and packed
     /// (leading dimension = rows as stored). `what` names the call in errors and the profile.
     fn sgemm(
@@ -648,41 +770,8 @@ impl Backend for Cuda {
         s: ConvShape,
     ) -> Result<()> {
         checks::conv3x3_forward::<Self>(out, input, weight, s)?;
-        let (nx, nw, ny) = checks::conv_sizes(s);
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        self.plan(state, s)?;
-        let half = self.precision == Precision::Bf16;
-        if half {
-            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-            grow(&self.stream, &mut state.scratch.half[2], ny)
-                .map_err(|e| self.err("allocation", e))?;
-        }
-        let sc = &state.scratch;
-        let (x, w, y) = if half {
-            (
-                self.raw(&sc.half[0]),
-                self.raw(&sc.half[1]),
-                self.raw(&sc.half[2]),
-            )
-        } else {
-            (
-                self.ptr(&input.data),
-                self.ptr(&weight.data),
-                self.ptr(&out.data),
-            )
-        };
-        let ws = self.raw(&sc.workspace);
-        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
-        self.timed("cudnn conv forward", || {
-            unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
-                .map_err(|e| self.err("conv3x3_forward", e))
-        })?;
-        if half {
-            self.half_to_f32(out, sc.half[2].as_ref().expect("grown"), false)?;
-        }
-        Ok(())
+        let mut state = self.lock();
+        self.conv_forward(&mut state, out, input, weight, s, false)
     }
     fn conv3x3_backward(
         &self,
@@ -701,66 +790,153 @@ impl Backend for Cuda {
             weight,
             s,
         )?;
-        let (nx, nw, ny) = checks::conv_sizes(s);
+        let mut state = self.lock();
+        self.conv_backward(
+            &mut state,
+            grad_input,
+            grad_weight,
+            Some(grad_out),
+            input,
+            weight,
+            s,
+        )
+    }
+
+    /// One pass over the convolution's output does ReLU, pool and goodness; in bf16 that pass
+    /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU).
+    fn conv3x3_relu_pool_goodness(
+        &self,
+        activation: &mut CudaBuf,
+        pooled: Option<&mut CudaBuf>,
+        goodness: &mut CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+    ) -> Result<()> {
+        checks::conv3x3_relu_pool_goodness::<Self>(
+            activation,
+            pooled.as_deref(),
+            goodness,
+            input,
+            weight,
+            s,
+        )?;
         let mut guard = self.lock();
         let state = &mut *guard;
-        self.plan(state, s)?;
-        let half = self.precision == Precision::Bf16;
-        if half {
-            // bf16 copies of x, w and dy; dw (then dx) is computed into `half_dw` in bf16 and
-            // added to (copied into) the f32 gradient.
-            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-            self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
-            grow(&self.stream, &mut state.scratch.half_dw, nw.max(nx))
-                .map_err(|e| self.err("allocation", e))?;
+        self.conv_forward(state, activation, input, weight, s, true)?;
+        if s.n == 0 {
+            return Ok(());
         }
-        let sc = &state.scratch;
-        let plan = &state.plans[&s];
-        let ws = self.raw(&sc.workspace);
-        let (x, w, dy) = if half {
-            (
-                self.raw(&sc.half[0]),
-                self.raw(&sc.half[1]),
-                self.raw(&sc.half[2]),
-            )
+        let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
+        let pool = pooled.is_some() as i32;
+        // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
+        // absent without pool (the kernel then never touches it).
+        let pooled = pooled.map_or(0, |p| self.ptr(&p.data));
+        if self.precision == Precision::Bf16 {
+            let y = self.raw(&state.scratch.half[2]);
+            launch!(
+                self,
+                "relu_pool_goodness_bf16",
+                nvrtc::per_row(s.n),
+                &mut activation.data,
+                &pooled,
+                &mut goodness.data,
+                &y,
+                &h,
+                &w,
+                &c,
+                &pool
+            );
         } else {
-            (
-                self.ptr(&input.data),
-                self.ptr(&weight.data),
-                self.ptr(&grad_out.data),
-            )
-        };
-        let half_out = sc.half_dw.as_ref();
-        // f32 accumulates straight into the gradient (beta 1); bf16 assigns its scratch.
-        let (dw, beta) = match half_out {
-            Some(h) if half => (self.ptr(h), 0.0),
-            _ => (self.ptr(&grad_weight.data), 1.0),
-        };
-        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
-        // `half_dw` holds at least max(nw, nx) elements.
-        self.timed("cudnn conv backward filter", || {
-            unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
-                .map_err(|e| self.err("conv3x3_backward (filter)", e))
-        })?;
-        if half {
-            self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
-        }
-        if let Some(gi) = grad_input {
-            let dx = match half_out {
-                Some(h) if half => self.ptr(h),
-                _ => self.ptr(&gi.data),
-            };
-            // SAFETY: as above.
-            self.timed("cudnn conv backward data", || {
-                unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
-                    .map_err(|e| self.err("conv3x3_backward (data)", e))
-            })?;
-            if half {
-                self.half_to_f32(gi, half_out.expect("grown"), false)?;
-            }
+            let y = self.ptr(&activation.data);
+            launch!(
+                self,
+                "relu_pool_goodness_f32",
+                nvrtc::per_row(s.n),
+                &mut activation.data,
+                &pooled,
+                &mut goodness.data,
+                &y,
+                &h,
+                &w,
+                &c,
+                &pool
+            );
         }
         Ok(())
+    }
+
+    /// In bf16, the ReLU (and pool) backward writes d(conv output) as bf16 straight into the
+    /// convolution's operand: no f32 copy of it and no conversion pass.
+    fn relu_pool_conv3x3_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        grad_activation: &mut CudaBuf,
+        grad_output: &mut CudaBuf,
+        activation: &CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+        pool: bool,
+    ) -> Result<()> {
+        if self.precision == Precision::F32 {
+            return super::relu_pool_conv3x3_backward_composed(
+                self,
+                grad_input,
+                grad_weight,
+                grad_activation,
+                grad_output,
+                activation,
+                input,
+                weight,
+                s,
+                pool,
+            );
+        }
+        checks::relu_pool_conv3x3_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_activation,
+            grad_output,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let ny = checks::conv_sizes(s).2;
+        let dy = grow(&self.stream, &mut state.scratch.half[2], ny)
+            .map_err(|e| self.err("allocation", e))?;
+        if pool {
+            let (n, h, w, c) = pool_dims(s.output_pool())?;
+            launch!(
+                self,
+                "relu_maxpool2_backward_bf16",
+                nvrtc::elementwise(ny),
+                dy,
+                &grad_output.data,
+                &activation.data,
+                &n,
+                &h,
+                &w,
+                &c
+            );
+        } else {
+            let total = ny as i64;
+            launch!(
+                self,
+                "relu_backward_bf16",
+                nvrtc::elementwise(ny),
+                dy,
+                &grad_output.data,
+                &activation.data,
+                &total
+            );
+        }
+        self.conv_backward(state, grad_input, grad_weight, None, input, weight, s)
     }
 
     fn batchnorm_forward_train(

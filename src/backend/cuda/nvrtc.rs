@@ -21,6 +21,10 @@ pub const KERNELS: &[&str] = &[
     "relu_backward",
     "maxpool2_forward",
     "relu_maxpool2_backward",
+    "relu_maxpool2_backward_bf16",
+    "relu_backward_bf16",
+    "relu_pool_goodness_f32",
+    "relu_pool_goodness_bf16",
     "goodness_forward",
     "goodness_backward",
     "ff_loss",
@@ -55,8 +59,14 @@ pub fn options(major: i32, minor: i32) -> Vec<String> {
     ]
 }
 
-/// Compiles [`SOURCE`] into a cubin for `sm_{major}{minor}`. The error carries NVRTC's log.
+/// Compiles [`SOURCE`] into a cubin for `sm_{major}{minor}`, ready to load.
 pub fn compile(major: i32, minor: i32) -> Result<Ptx, String> {
+    compile_cubin(major, minor).map(Ptx::from_binary)
+}
+
+/// The cubin (an ELF image) of [`SOURCE`] for `sm_{major}{minor}`. The error carries NVRTC's
+/// log.
+pub fn compile_cubin(major: i32, minor: i32) -> Result<Vec<u8>, String> {
     let src = CString::new(SOURCE).map_err(|e| e.to_string())?;
     let name = CString::new("kernels.cu").map_err(|e| e.to_string())?;
     let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("{e:?}"))?;
@@ -72,7 +82,7 @@ pub fn compile(major: i32, minor: i32) -> Result<Ptx, String> {
         let _ = result::destroy_program(prog);
         out
     };
-    out.map(Ptx::from_binary)
+    out
 }
 
 /// NVRTC's log for `prog`, as text.
