@@ -73,7 +73,7 @@ pub fn compile_cubin(major: i32, minor: i32) -> Result<Vec<u8>, String> {
     let options = options(major, minor);
     // SAFETY: `prog` was just created and is destroyed once, below; the buffers handed to
     // NVRTC are sized by NVRTC's own size queries.
-    let out = unsafe {
+    unsafe {
         let compiled = result::compile_program(prog, &options);
         let out = match compiled {
             Err(e) => Err(format!("{e:?}: {}", log(prog))),
@@ -81,8 +81,7 @@ pub fn compile_cubin(major: i32, minor: i32) -> Result<Vec<u8>, String> {
         };
         let _ = result::destroy_program(prog);
         out
-    };
-    out
+    }
 }
 
 /// NVRTC's log for `prog`, as text.
