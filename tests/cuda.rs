@@ -222,14 +222,7 @@ fn op_bodies_run_on_the_cpu() {
     for (n, seed) in ADAM_CASES {
         adam_op(b, n, seed);
     }
-    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
-        for pool in [false, true] {
-            assert!(
-                block_tail_op(b, s, pool, true, i as u64)
-                    == block_tail_op(b, s, pool, false, i as u64)
-            );
-        }
-    }
+    fused_matches_separate("cpu", b);
     assert!(train_steps(b).iter().all(|v| v.is_finite()));
 }
 
@@ -302,7 +295,7 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
     let mut goodness = b.zeros(s.n).unwrap();
     if fused {
         let p = if pool { Some(&mut pooled) } else { None };
-        b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s)
+        b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s, true)
             .unwrap();
     } else {
         b.conv3x3_forward(&mut activation, &x, &w, s).unwrap();
@@ -364,25 +357,57 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
     out
 }
 
-/// The fused block ops give what the separate ops give, bit for bit, in both precisions:
-/// the same convolution results go through the same float operations.
-#[test]
-fn fused_block_ops_match_the_separate_ops() {
-    for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
-        for (i, s) in CONV_SHAPES.into_iter().enumerate() {
-            for pool in [false, true] {
-                let seed = 20 + 10 * i as u64;
-                let fused = block_tail_op(b, s, pool, true, seed);
-                let separate = block_tail_op(b, s, pool, false, seed);
-                for ((what, got), (_, want)) in fused.iter().zip(&separate) {
-                    assert!(
-                        got == want,
-                        "{name} {s:?} pool {pool}: fused {what} differs from the separate ops"
-                    );
-                }
+/// The fused block ops give what the separate ops give, bit for bit: the same convolution
+/// results go through the same float operations. In evaluation (no activation saved), the
+/// same pooled values and goodness.
+fn fused_matches_separate<B: Backend>(name: &str, b: &B) {
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        for pool in [false, true] {
+            let seed = 20 + 10 * i as u64;
+            let fused = block_tail_op(b, s, pool, true, seed);
+            let separate = block_tail_op(b, s, pool, false, seed);
+            for ((what, got), (_, want)) in fused.iter().zip(&separate) {
+                assert!(
+                    got == want,
+                    "{name} {s:?} pool {pool}: fused {what} differs from the separate ops"
+                );
             }
         }
+        // Evaluation (no activation saved): the same pooled values and goodness.
+        let seed = 20 + 10 * i as u64;
+        let (nx, nw) = (s.n * s.h * s.w * s.c_in, s.c_out * 9 * s.c_in);
+        let x = up(b, &random(seed, nx));
+        let w = up(b, &random(seed + 1, nw));
+        let mut activation = b.zeros(s.n * s.h * s.w * s.c_out).unwrap();
+        let mut pooled = b.zeros(s.n * (s.h / 2) * (s.w / 2) * s.c_out).unwrap();
+        let mut goodness = b.zeros(s.n).unwrap();
+        b.conv3x3_relu_pool_goodness(
+            &mut activation,
+            Some(&mut pooled),
+            &mut goodness,
+            &x,
+            &w,
+            s,
+            false,
+        )
+        .unwrap();
+        let trained = block_tail_op(b, s, true, true, seed);
+        let find = |what: &str| &trained.iter().find(|(k, _)| k == what).unwrap().1;
+        assert!(
+            down(b, &pooled) == *find("pooled"),
+            "{name} {s:?}: eval pooled"
+        );
+        assert!(
+            down(b, &goodness) == *find("goodness"),
+            "{name} {s:?}: eval goodness"
+        );
     }
+}
+
+#[test]
+fn fused_block_ops_match_the_separate_ops() {
+    fused_matches_separate("f32", gpu());
+    fused_matches_separate("bf16", gpu_bf16());
 }
 
 fn batchnorm_op<B: Backend>(b: &B, rows: usize, c: usize, seed: u64) -> Outputs {

@@ -317,12 +317,23 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
             std::vector<float> y = x, a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
             float* dst = in_place ? y.data() : a.data();
             launch({(unsigned)n}, {BLOCK}, [&] {
-                relu_pool_goodness_f32(dst, p.data(), gg.data(), y.data(), h, w, c, pool);
+                relu_pool_goodness_f32(dst, p.data(), gg.data(), y.data(), h, w, c, pool, 1);
             });
             std::string u = t + (in_place ? " (f32 in place)" : " (f32)");
             close((u + " activation").c_str(), in_place ? y : a, widen(act), 0, 0);
             if (pool) close((u + " pooled").c_str(), p, widen(pooled), 0, 0);
             close((u + " goodness").c_str(), gg, widen(g), 0, 0);
+        }
+        if (pool) {
+            // Evaluation: the same pooled values and goodness, and no activation written.
+            std::vector<float> a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                relu_pool_goodness_f32(a.data(), p.data(), gg.data(), x.data(), h, w, c, 1, 0);
+            });
+            close((t + " (no activation saved) activation").c_str(), a,
+                  std::vector<double>(full, 99.0), 0, 0);
+            close((t + " (no activation saved) pooled").c_str(), p, widen(pooled), 0, 0);
+            close((t + " (no activation saved) goodness").c_str(), gg, widen(g), 0, 0);
         }
         // bf16 input: the same as the separate kernels on the bf16-rounded values.
         std::vector<unsigned short> yh(full);
@@ -341,7 +352,7 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
         launch({(unsigned)n}, {BLOCK}, [&] { goodness_forward(gr.data(), outr.data(), features); });
         std::vector<float> a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
         launch({(unsigned)n}, {BLOCK}, [&] {
-            relu_pool_goodness_bf16(a.data(), p.data(), gg.data(), yh.data(), h, w, c, pool);
+            relu_pool_goodness_bf16(a.data(), p.data(), gg.data(), yh.data(), h, w, c, pool, 1);
         });
         close((t + " (bf16) activation").c_str(), a, widen(ar), 0, 0);
         if (pool) close((t + " (bf16) pooled").c_str(), p, widen(pr), 0, 0);

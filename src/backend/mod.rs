@@ -266,7 +266,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     // ---- a block's convolution with what follows it, for backends that fuse them ----
     /// `activation` (N, H, W, Cout) = ReLU(conv3x3(input, weight)); with `pooled`, its 2x2
     /// max-pool; `goodness` (N) of the block's output (`pooled`, or the activation). The
-    /// same as those five ops one after the other, which is what this default does.
+    /// same as those five ops one after the other, which is what this default does. Without
+    /// `save_activation` (evaluation: no backward follows) a backend may leave `activation`
+    /// unwritten when `pooled` is given.
+    #[allow(clippy::too_many_arguments)]
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut Self::Buf,
@@ -275,7 +278,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
         input: &Self::Buf,
         weight: &Self::Buf,
         s: ConvShape,
+        save_activation: bool,
     ) -> Result<()> {
+        let _ = save_activation; // the separate ops need the activation anyway
         checks::conv3x3_relu_pool_goodness::<Self>(
             activation,
             pooled.as_deref(),

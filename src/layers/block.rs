@@ -147,6 +147,7 @@ impl<B: Backend> Block<B> {
             &self.normed.buf,
             &self.conv.weight.value.buf,
             cs,
+            train,
         )
     }
 

@@ -395,6 +395,7 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                     input,
                     weight,
                     block,
+                    true,
                 )
             }),
         ),
@@ -405,7 +406,9 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                 let [activation, goodness, input, weight] = x else {
                     unreachable!()
                 };
-                b.conv3x3_relu_pool_goodness(activation, None, goodness, input, weight, block)
+                b.conv3x3_relu_pool_goodness(
+                    activation, None, goodness, input, weight, block, false,
+                )
             }),
         ),
         (

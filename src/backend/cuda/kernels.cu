@@ -167,7 +167,7 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 // goodness_forward (the same float operations, the same summation order).
 template <typename In>
 __device__ void relu_pool_goodness(float* activation, float* pooled, float* goodness,
-                                   const In* y, int h, int w, int c, int pool) {
+                                   const In* y, int h, int w, int c, int pool, int save) {
     __shared__ double shared[256];
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
@@ -187,14 +187,14 @@ __device__ void relu_pool_goodness(float* activation, float* pooled, float* good
             float v[4];
             for (int q = 0; q < 4; q++) {
                 v[q] = fmaxf(load(ys, at[q]), 0.0f);
-                as[at[q]] = v[q];
+                if (save) as[at[q]] = v[q];
             }
             float m = fmaxf(fmaxf(fmaxf(v[0], v[1]), v[2]), v[3]);
             ps[i] = m;
             double d = (double)m;
             sum += d * d;
         }
-        if ((h | w) & 1) {
+        if (save && ((h | w) & 1)) {
             // The last row or column of an odd size is in no window: ReLU alone.
             for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
                 long long rest = i / c;
@@ -217,14 +217,14 @@ __device__ void relu_pool_goodness(float* activation, float* pooled, float* good
 
 extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pooled,
                                                   float* goodness, const float* y, int h, int w,
-                                                  int c, int pool) {
-    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool);
+                                                  int c, int pool, int save) {
+    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool, save);
 }
 
 extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* pooled,
                                                    float* goodness, const unsigned short* y,
-                                                   int h, int w, int c, int pool) {
-    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool);
+                                                   int h, int w, int c, int pool, int save) {
+    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool, save);
 }
 
 // ---- goodness and the FF losses ----

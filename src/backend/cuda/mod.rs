@@ -803,7 +803,8 @@ impl Backend for Cuda {
     }
 
     /// One pass over the convolution's output does ReLU, pool and goodness; in bf16 that pass
-    /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU).
+    /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU). In
+    /// evaluation a pooled block writes no activation.
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut CudaBuf,
@@ -812,6 +813,7 @@ impl Backend for Cuda {
         input: &CudaBuf,
         weight: &CudaBuf,
         s: ConvShape,
+        save_activation: bool,
     ) -> Result<()> {
         checks::conv3x3_relu_pool_goodness::<Self>(
             activation,
@@ -829,6 +831,7 @@ impl Backend for Cuda {
         }
         let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
         let pool = pooled.is_some() as i32;
+        let save = save_activation as i32;
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(&p.data));
@@ -845,7 +848,8 @@ impl Backend for Cuda {
                 &h,
                 &w,
                 &c,
-                &pool
+                &pool,
+                &save
             );
         } else {
             let y = self.ptr(&activation.data);
@@ -860,7 +864,8 @@ impl Backend for Cuda {
                 &h,
                 &w,
                 &c,
-                &pool
+                &pool,
+                &save
             );
         }
         Ok(())
