@@ -346,13 +346,16 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
             .unwrap();
     }
     let mut out = vec![
-        ("activation".into(), down(b, &activation)),
         ("goodness".into(), down(b, &goodness)),
         ("dx".into(), down(b, &dx)),
         ("dw".into(), down(b, &dw)),
     ];
     if pool {
+        // A pooled block's activation is the backend's own record (bf16 on CUDA in bf16);
+        // dx and dw show whether it was right.
         out.push(("pooled".into(), down(b, &pooled)));
+    } else {
+        out.push(("activation".into(), down(b, &activation)));
     }
     out
 }

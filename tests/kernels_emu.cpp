@@ -292,6 +292,13 @@ static void check_layernorm(int n, int f) {
 
 static std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
+static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
+    std::vector<float> back(hv.size());
+    launch(elementwise(hv.size()), {BLOCK},
+           [&] { bf16_to_f32(back.data(), hv.data(), (long long)hv.size(), 0); });
+    return back;
+}
+
 // The fused kernels of a block's tail against the separate ones (already checked above):
 // relu_pool_goodness (f32 in place, f32 from another buffer, bf16) must give the activation,
 // the pooled values and the goodness of relu_forward + maxpool2_forward + goodness_forward
@@ -354,7 +361,14 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
         launch({(unsigned)n}, {BLOCK}, [&] {
             relu_pool_goodness_bf16(a.data(), p.data(), gg.data(), yh.data(), h, w, c, pool, 1);
         });
-        close((t + " (bf16) activation").c_str(), a, widen(ar), 0, 0);
+        if (pool) {
+            // The record: bf16 values in the first half of the activation buffer.
+            std::vector<unsigned short> record(full);
+            std::memcpy(record.data(), a.data(), full * sizeof(unsigned short));
+            close((t + " (bf16) record").c_str(), as_f32(record), widen(ar), 0, 0);
+        } else {
+            close((t + " (bf16) activation").c_str(), a, widen(ar), 0, 0);
+        }
         if (pool) close((t + " (bf16) pooled").c_str(), p, widen(pr), 0, 0);
         close((t + " (bf16) goodness").c_str(), gg, widen(gr), 0, 0);
     }
@@ -368,21 +382,21 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                [&] { bf16_to_f32(back.data(), hv.data(), (long long)v.size(), 0); });
         return widen(back);
     };
-    auto as_f32 = [&](const std::vector<unsigned short>& hv) {
-        std::vector<float> back(hv.size());
-        launch(elementwise(hv.size()), {BLOCK},
-               [&] { bf16_to_f32(back.data(), hv.data(), (long long)hv.size(), 0); });
-        return back;
-    };
-    std::vector<float> act = x;
+    // The activation as a bf16 convolution leaves it: bf16 values, and their bf16 record.
+    std::vector<unsigned short> record(full);
+    launch(elementwise(full), {BLOCK},
+           [&] { f32_to_bf16(record.data(), x.data(), (long long)full); });
+    std::vector<float> act = as_f32(record);
     launch(elementwise(full), {BLOCK}, [&] { relu_forward(act.data(), (long long)full); });
+    launch(elementwise(full), {BLOCK},
+           [&] { f32_to_bf16(record.data(), act.data(), (long long)full); });
     std::vector<float> gin(full);
     launch(elementwise(full), {BLOCK}, [&] {
         relu_maxpool2_backward(gin.data(), gout.data(), act.data(), n, h, w, c);
     });
     std::vector<unsigned short> gh(full, 0x7fff);
     launch(elementwise(full), {BLOCK}, [&] {
-        relu_maxpool2_backward_bf16(gh.data(), gout.data(), act.data(), n, h, w, c);
+        relu_maxpool2_backward_bf16(gh.data(), gout.data(), record.data(), n, h, w, c);
     });
     close((tag + " relu+pool backward to bf16").c_str(), as_f32(gh), rounded(gin), 0, 0);
     auto dy = randn(full);

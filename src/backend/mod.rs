@@ -266,9 +266,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     // ---- a block's convolution with what follows it, for backends that fuse them ----
     /// `activation` (N, H, W, Cout) = ReLU(conv3x3(input, weight)); with `pooled`, its 2x2
     /// max-pool; `goodness` (N) of the block's output (`pooled`, or the activation). The
-    /// same as those five ops one after the other, which is what this default does. Without
-    /// `save_activation` (evaluation: no backward follows) a backend may leave `activation`
-    /// unwritten when `pooled` is given.
+    /// same as those five ops one after the other, which is what this default does.
+    ///
+    /// With `pooled`, `activation` is only this op's record for
+    /// [`Self::relu_pool_conv3x3_backward`], in a form of the backend's choosing (the CPU:
+    /// the ReLU output; CUDA in bf16: bf16 values), and without `save_activation`
+    /// (evaluation: no backward follows) it may be left unwritten.
     #[allow(clippy::too_many_arguments)]
     fn conv3x3_relu_pool_goodness(
         &self,
@@ -306,8 +309,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
     /// The backward of [`Self::conv3x3_relu_pool_goodness`] from d(block output)
     /// `grad_output` (pooled shape with `pool`, else the activation's; may be overwritten):
-    /// the ReLU (and pool) backward, then [`Self::conv3x3_backward`]. `grad_activation`
-    /// (N, H, W, Cout) is scratch, used only with `pool`.
+    /// the ReLU (and pool) backward, then [`Self::conv3x3_backward`]. `activation` is what
+    /// that forward left there. `grad_activation` (N, H, W, Cout) is scratch, used only with
+    /// `pool`.
     #[allow(clippy::too_many_arguments)]
     fn relu_pool_conv3x3_backward(
         &self,

@@ -111,9 +111,10 @@ extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, i
 
 // One thread per input element: it finds its window's first maximum (PyTorch's choice) and
 // takes the output gradient if that is itself and the maximum is a live ReLU (> 0). `Out` is
-// float, or bf16 when the result goes straight to a bf16 convolution backward.
-template <typename Out>
-__device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out, const float* x,
+// float, or bf16 when the result goes straight to a bf16 convolution backward; `Saved`, the
+// activation's type (bf16: the record of relu_pool_goodness_bf16).
+template <typename Out, typename Saved>
+__device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out, const Saved* x,
                                           int n, int h, int w, int c) {
     int oh = h / 2, ow = w / 2;
     long long total = (long long)n * h * w * c;
@@ -129,8 +130,9 @@ __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out
             store(grad_input, i, 0.0f);  // the last row or column of an odd size is in no window
             continue;
         }
-        const float* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
-        float a = at[0], b = at[c], cc = at[(long long)w * c], d = at[(long long)w * c + c];
+        const Saved* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        long long row = (long long)w * c;
+        float a = load(at, 0), b = load(at, c), cc = load(at, row), d = load(at, row + c);
         bool pick_a = a >= b && a >= cc && a >= d;
         bool pick_b = !pick_a && b >= cc && b >= d;
         bool pick_c = !pick_a && !pick_b && cc >= d;
@@ -147,9 +149,11 @@ extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float
     relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
 }
 
+// From the bf16 record of relu_pool_goodness_bf16, into bf16 for the convolution's backward.
 extern "C" __global__ void relu_maxpool2_backward_bf16(unsigned short* grad_input,
-                                                       const float* grad_out, const float* x,
-                                                       int n, int h, int w, int c) {
+                                                       const float* grad_out,
+                                                       const unsigned short* x, int n, int h,
+                                                       int w, int c) {
     relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
 }
 
@@ -161,21 +165,24 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 
 // What follows a block's convolution, in one pass over its output `y` (f32, possibly the
 // activation buffer itself, or the bf16 output of a tensor-core convolution). One block per
-// sample: activation = ReLU(y) (H x W x C); with `pool`, pooled = its 2x2 max-pool; goodness
-// = the mean square of the block's output (pooled, or the activation). The pooled values and
-// the goodness sum come out exactly as from relu_forward, maxpool2_forward and
+// sample. Without pool: activation = ReLU(y), the block's output. With pool: pooled = the 2x2
+// max-pool of ReLU(y), and, with `save`, `saved` = ReLU(y) for the backward (evaluation needs
+// only the pooled values) in the record's type: bf16 when y is bf16, which is exact since
+// ReLU(y) of a bf16 value is one. goodness = the mean square of the block's output. The
+// values and the goodness sum come out exactly as from relu_forward, maxpool2_forward and
 // goodness_forward (the same float operations, the same summation order).
-template <typename In>
-__device__ void relu_pool_goodness(float* activation, float* pooled, float* goodness,
-                                   const In* y, int h, int w, int c, int pool, int save) {
+template <typename In, typename Saved>
+__device__ void relu_pool_goodness(float* activation, Saved* saved, float* pooled,
+                                   float* goodness, const In* y, int h, int w, int c, int pool,
+                                   int save) {
     __shared__ double shared[256];
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
     const In* ys = y + s * per_sample;
-    float* as = activation + s * per_sample;
     double sum = 0.0;
     int features;
     if (pool) {
+        Saved* as = saved + s * per_sample;
         int oh = h / 2, ow = w / 2;
         features = oh * ow * c;
         float* ps = pooled + s * features;
@@ -187,7 +194,7 @@ __device__ void relu_pool_goodness(float* activation, float* pooled, float* good
             float v[4];
             for (int q = 0; q < 4; q++) {
                 v[q] = fmaxf(load(ys, at[q]), 0.0f);
-                if (save) as[at[q]] = v[q];
+                if (save) store(as, at[q], v[q]);
             }
             float m = fmaxf(fmaxf(fmaxf(v[0], v[1]), v[2]), v[3]);
             ps[i] = m;
@@ -199,10 +206,11 @@ __device__ void relu_pool_goodness(float* activation, float* pooled, float* good
             for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
                 long long rest = i / c;
                 int xx = (int)(rest % w), yy = (int)(rest / w);
-                if (yy >= 2 * oh || xx >= 2 * ow) as[i] = fmaxf(load(ys, i), 0.0f);
+                if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(load(ys, i), 0.0f));
             }
         }
     } else {
+        float* as = activation + s * per_sample;
         features = (int)per_sample;
         for (int i = threadIdx.x; i < features; i += blockDim.x) {
             float v = fmaxf(load(ys, i), 0.0f);
@@ -215,16 +223,19 @@ __device__ void relu_pool_goodness(float* activation, float* pooled, float* good
     if (threadIdx.x == 0) goodness[s] = (float)(sum / features);
 }
 
+// f32: the record of a pooled block is the f32 activation.
 extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pooled,
                                                   float* goodness, const float* y, int h, int w,
                                                   int c, int pool, int save) {
-    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool, save);
+    relu_pool_goodness(activation, activation, pooled, goodness, y, h, w, c, pool, save);
 }
 
+// bf16: the record of a pooled block is bf16, in the first half of the activation buffer.
 extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* pooled,
                                                    float* goodness, const unsigned short* y,
                                                    int h, int w, int c, int pool, int save) {
-    relu_pool_goodness(activation, pooled, goodness, y, h, w, c, pool, save);
+    relu_pool_goodness(activation, (unsigned short*)activation, pooled, goodness, y, h, w, c,
+                       pool, save);
 }
 
 // ---- goodness and the FF losses ----

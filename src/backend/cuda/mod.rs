@@ -803,8 +803,9 @@ impl Backend for Cuda {
     }
 
     /// One pass over the convolution's output does ReLU, pool and goodness; in bf16 that pass
-    /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU). In
-    /// evaluation a pooled block writes no activation.
+    /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU),
+    /// and a pooled block's record of its activation is bf16 (exact: ReLU of a bf16 value),
+    /// in the first half of `activation`. In evaluation a pooled block writes no record.
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut CudaBuf,
@@ -871,8 +872,9 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    /// In bf16, the ReLU (and pool) backward writes d(conv output) as bf16 straight into the
-    /// convolution's operand: no f32 copy of it and no conversion pass.
+    /// In bf16, the ReLU (and pool) backward reads the forward's bf16 record and writes
+    /// d(conv output) as bf16 straight into the convolution's operand: no f32 copy of it and
+    /// no conversion pass.
     fn relu_pool_conv3x3_backward(
         &self,
         grad_input: Option<&mut CudaBuf>,
@@ -923,7 +925,7 @@ impl Backend for Cuda {
                 nvrtc::elementwise(ny),
                 dy,
                 &grad_output.data,
-                &activation.data,
+                &activation.data, // the bf16 record of relu_pool_goodness_bf16
                 &n,
                 &h,
                 &w,
