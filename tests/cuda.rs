@@ -811,8 +811,22 @@ fn train_steps<B: Backend>(b: &B) -> Vec<f32> {
 
 #[test]
 fn training_is_repeatable_and_close_to_cpu() {
-    let first = train_steps(gpu());
-    let second = train_steps(gpu());
+    training_check(gpu(), 200);
+}
+
+/// In bf16 the convolutions read the norms' bf16 copies and the fused block ops run in their
+/// bf16 forms; gradients carry bf16 rounding, so a few more parameters may go the other way
+/// where a gradient is near zero (1 in 50 allowed), while a wrong kernel moves most of them.
+#[test]
+fn bf16_training_is_repeatable_and_close_to_cpu() {
+    training_check(gpu_bf16(), 50);
+}
+
+/// Two runs of [`train_steps`] on `b` are bit-identical, and within Adam's reach of the CPU:
+/// at most 1 in `rare` parameters off by more than 1e-4.
+fn training_check(b: &Cuda, rare: usize) {
+    let first = train_steps(b);
+    let second = train_steps(b);
     assert!(first == second, "two GPU runs with the same seed differ");
     // Adam moves a parameter by about lr * sign(gradient) per step, so an element whose
     // gradient is near zero may go the other way on the two backends (different summation
@@ -831,7 +845,7 @@ fn training_is_repeatable_and_close_to_cpu() {
         "GPU vs CPU after 4 steps: worst difference {worst}"
     );
     assert!(
-        off * 200 <= diffs.len(),
+        off * rare <= diffs.len(),
         "GPU vs CPU after 4 steps: {off} of {} parameters differ by more than 1e-4",
         diffs.len()
     );

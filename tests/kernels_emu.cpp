@@ -160,6 +160,15 @@ static std::vector<float> randn(size_t n, double scale = 1.0, double shift = 0.0
     return v;
 }
 
+static std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
+    std::vector<float> back(hv.size());
+    launch(elementwise(hv.size()), {BLOCK},
+           [&] { bf16_to_f32(back.data(), hv.data(), (long long)hv.size(), 0); });
+    return back;
+}
+
 // `shift` moves the data far from zero (the two-pass variance must stay exact); `abs` is the
 // absolute tolerance of the outputs (a single row has zero variance, so rstd = 1/sqrt(eps)
 // amplifies float rounding, on the CPU as here).
@@ -180,9 +189,35 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
                                pa.data(), (int)p.parts, c, rows, 1e-5f, 0.1f);
     });
     launch(elementwise(rows * c), {BLOCK}, [&] {
-        batchnorm_apply(out.data(), x.data(), mean.data(), rstd.data(), gamma.data(), beta.data(),
-                        c, rows * c);
+        batchnorm_apply(out.data(), nullptr, x.data(), mean.data(), rstd.data(), gamma.data(),
+                        beta.data(), c, rows * c);
     });
+    // With the bf16 copy: the same f32 values, and their bf16 rounding beside them.
+    std::vector<float> out2(rows * c);
+    std::vector<unsigned short> half(rows * c, 0x7fff), want_half(rows * c);
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_apply(out2.data(), half.data(), x.data(), mean.data(), rstd.data(),
+                        gamma.data(), beta.data(), c, rows * c);
+    });
+    launch(elementwise(rows * c), {BLOCK},
+           [&] { f32_to_bf16(want_half.data(), out.data(), rows * c); });
+    // Evaluation mode from the running statistics, with and without the copy.
+    std::vector<float> eval(rows * c), eval2(rows * c);
+    std::vector<unsigned short> eval_half(rows * c, 0x7fff), want_eval_half(rows * c);
+    std::vector<double> want_eval(rows * c);
+    for (int with_half = 0; with_half < 2; with_half++) {
+        launch(elementwise(rows * c), {BLOCK}, [&] {
+            batchnorm_apply_eval(with_half ? eval2.data() : eval.data(),
+                                 with_half ? eval_half.data() : nullptr, x.data(), gamma.data(),
+                                 beta.data(), rm.data(), rv.data(), 1e-5f, c, rows * c);
+        });
+    }
+    launch(elementwise(rows * c), {BLOCK},
+           [&] { f32_to_bf16(want_eval_half.data(), eval.data(), rows * c); });
+    for (long long r = 0; r < rows; r++)
+        for (int k = 0; k < c; k++)
+            want_eval[r * c + k] =
+                (x[r * c + k] - rm[k]) / std::sqrt((double)rv[k] + 1e-5) * gamma[k] + beta[k];
     // Reference.
     std::vector<double> m(c, 0), var(c, 0), want(rows * c), wm(c), wr(c), wrm(c), wrv(c);
     for (long long r = 0; r < rows; r++)
@@ -206,6 +241,11 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
     close((tag + " running mean").c_str(), rm, wrm, 1e-6, 1e-6);
     close((tag + " running var").c_str(), rv, wrv, 1e-5, 1e-6);
     close((tag + " out").c_str(), out, want, 1e-4, abs);
+    close((tag + " out, with its bf16 copy").c_str(), out2, widen(out), 0, 0);
+    close((tag + " bf16 copy").c_str(), as_f32(half), widen(as_f32(want_half)), 0, 0);
+    close((tag + " eval out").c_str(), eval, want_eval, 1e-4, abs);
+    close((tag + " eval out, with its bf16 copy").c_str(), eval2, widen(eval), 0, 0);
+    close((tag + " eval bf16 copy").c_str(), as_f32(eval_half), widen(as_f32(want_eval_half)), 0, 0);
 
     // Backward.
     std::vector<float> dgamma(c, 0.25f), dbeta(c, -0.5f), coef(3 * c), dx(rows * c);
@@ -288,15 +328,6 @@ static void check_layernorm(int n, int f) {
     close((tag + " dx").c_str(), dx, wdx, 1e-3, 1e-4);
     close((tag + " dgamma").c_str(), dg, wdg, 1e-4, 1e-4);
     close((tag + " dbeta").c_str(), db, wdb, 1e-4, 1e-4);
-}
-
-static std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
-
-static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
-    std::vector<float> back(hv.size());
-    launch(elementwise(hv.size()), {BLOCK},
-           [&] { bf16_to_f32(back.data(), hv.data(), (long long)hv.size(), 0); });
-    return back;
 }
 
 // The fused kernels of a block's tail against the separate ones (already checked above):

@@ -401,18 +401,24 @@ extern "C" __global__ void finish_add(float* out_a, float* out_b, const double* 
 
 // ---- BatchNorm ----
 
-extern "C" __global__ void batchnorm_apply(float* out, const float* x, const float* mean,
-                                           const float* rstd, const float* gamma,
-                                           const float* beta, int c, long long total) {
+// `out_half`, when not null, also gets the bf16 rounding of `out` (for a bf16 convolution
+// that reads the normed values next); likewise in batchnorm_apply_eval.
+extern "C" __global__ void batchnorm_apply(float* out, unsigned short* out_half, const float* x,
+                                           const float* mean, const float* rstd,
+                                           const float* gamma, const float* beta, int c,
+                                           long long total) {
     GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
         float scale = rstd[ch] * gamma[ch];
         float shift = beta[ch] - mean[ch] * rstd[ch] * gamma[ch];
-        out[i] = x[i] * scale + shift;
+        float v = x[i] * scale + shift;
+        out[i] = v;
+        if (out_half) out_half[i] = to_bf16(v);
     }
 }
 
-extern "C" __global__ void batchnorm_apply_eval(float* out, const float* x, const float* gamma,
+extern "C" __global__ void batchnorm_apply_eval(float* out, unsigned short* out_half,
+                                                const float* x, const float* gamma,
                                                 const float* beta, const float* running_mean,
                                                 const float* running_var, float eps, int c,
                                                 long long total) {
@@ -421,7 +427,9 @@ extern "C" __global__ void batchnorm_apply_eval(float* out, const float* x, cons
         float rstd = 1.0f / sqrtf(running_var[ch] + eps);
         float scale = rstd * gamma[ch];
         float shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
-        out[i] = x[i] * scale + shift;
+        float v = x[i] * scale + shift;
+        out[i] = v;
+        if (out_half) out_half[i] = to_bf16(v);
     }
 }
 

@@ -11,8 +11,11 @@
 //! The libraries (driver, NVRTC, cuBLAS, cuDNN) are loaded at run time: this module builds on a
 //! machine without CUDA, and [`Cuda::new`] reports a missing library as a typed error.
 
+mod buf;
 pub mod dnn;
 pub mod nvrtc;
+
+pub use buf::CudaBuf;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
@@ -28,13 +31,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
-
-/// A flat f32 buffer on the GPU. cuMemAlloc refuses zero bytes, so an empty buffer still
-/// holds one element; `len` is the logical length.
-pub struct CudaBuf {
-    data: CudaSlice<f32>,
-    len: usize,
-}
 
 /// Growable device scratch space, guarded by the backend's lock.
 #[derive(Default)]
@@ -256,7 +252,7 @@ impl Cuda {
             .stream
             .alloc_zeros::<f32>(len.max(1))
             .map_err(|x| self.err("allocation", x))?;
-        Ok(CudaBuf { data, len })
+        Ok(CudaBuf::new(data, len))
     }
 
     /// Uploads labels into the scratch label buffer.
@@ -318,13 +314,13 @@ impl Cuda {
         let mut l = self.stream.launch_builder(self.f(kernel));
         l.arg(a).arg(b);
         match inputs {
-            PartialInputs::Sum(x) => l.arg(&x.data),
+            PartialInputs::Sum(x) => l.arg(x.f32()),
             PartialInputs::CenteredSq(x) => l
-                .arg(&x.data)
+                .arg(x.f32())
                 .arg(scratch.dmean.as_ref().expect("finish_mean ran first")),
-            PartialInputs::DyDyx(dy, x) => l.arg(&dy.data).arg(&x.data),
+            PartialInputs::DyDyx(dy, x) => l.arg(dy.f32()).arg(x.f32()),
             PartialInputs::DyXhatRows { dy, x, mean, rstd } => {
-                l.arg(&dy.data).arg(&x.data).arg(&mean.data).arg(&rstd.data)
+                l.arg(dy.f32()).arg(x.f32()).arg(mean.f32()).arg(rstd.f32())
             }
         };
         l.arg(&rows_i).arg(&cols_i).arg(&chunk);
@@ -359,12 +355,36 @@ impl Cuda {
             .map_err(|e| self.err("allocation", e))?;
         let n = len as i64;
         let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
-        l.arg(h).arg(&x.data).arg(&n);
+        l.arg(h).arg(x.f32()).arg(&n);
         // SAFETY: both buffers hold at least `len` elements.
         self.timed("f32_to_bf16", || {
             unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))
         })?;
         Ok(())
+    }
+
+    /// `out`'s f32 data to write, and the address of its bf16 copy for the same kernel to
+    /// write alongside in bf16 precision (0, i.e. none, in f32).
+    fn with_half_copy<'a>(&self, out: &'a mut CudaBuf) -> Result<(&'a mut CudaSlice<f32>, u64)> {
+        if self.precision == Precision::F32 {
+            return Ok((out.f32_mut(), 0));
+        }
+        let (data, half) = out
+            .f32_and_half_mut(&self.stream)
+            .map_err(|e| self.err("allocation", e))?;
+        Ok((data, self.ptr(half)))
+    }
+
+    /// The address of `x`'s bf16 form: its own fresh copy if it has one, else a conversion
+    /// into the scratch slot `slot`.
+    fn half_of(&self, scratch: &mut Scratch, slot: usize, x: &CudaBuf) -> Result<u64> {
+        match x.fresh_half() {
+            Some(h) => Ok(self.ptr(h)),
+            None => {
+                self.f32_to_half(scratch, slot, x, x.len())?;
+                Ok(self.raw(&scratch.half[slot]))
+            }
+        }
     }
 
     /// out (f32) = or += the bf16 values of `half`.
@@ -374,13 +394,14 @@ impl Cuda {
         half: &CudaSlice<u16>,
         accumulate: bool,
     ) -> Result<()> {
-        let n = out.len as i64;
+        let n = out.len() as i64;
         let acc = accumulate as i32;
+        let cfg = nvrtc::elementwise(out.len());
         let mut l = self.stream.launch_builder(self.f("bf16_to_f32"));
-        l.arg(&mut out.data).arg(half).arg(&n).arg(&acc);
-        // SAFETY: `half` holds at least `out.len` elements (sized by the same shape).
+        l.arg(out.f32_mut()).arg(half).arg(&n).arg(&acc);
+        // SAFETY: `half` holds at least `out.len()` elements (sized by the same shape).
         self.timed("bf16_to_f32", || {
-            unsafe { l.launch(nvrtc::elementwise(out.len)) }.map_err(|e| self.err("bf16_to_f32", e))
+            unsafe { l.launch(cfg) }.map_err(|e| self.err("bf16_to_f32", e))
         })?;
         Ok(())
     }
@@ -396,29 +417,24 @@ impl Cuda {
         s: ConvShape,
         keep_half: bool,
     ) -> Result<()> {
-        let (nx, nw, ny) = checks::conv_sizes(s);
+        let ny = checks::conv_sizes(s).2;
         self.plan(state, s)?;
         let half = self.precision == Precision::Bf16;
-        if half {
-            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-            grow(&self.stream, &mut state.scratch.half[2], ny)
-                .map_err(|e| self.err("allocation", e))?;
-        }
-        let sc = &state.scratch;
         let (x, w, y) = if half {
-            (
-                self.raw(&sc.half[0]),
-                self.raw(&sc.half[1]),
-                self.raw(&sc.half[2]),
-            )
+            let sc = &mut state.scratch;
+            let x = self.half_of(sc, 0, input)?;
+            let w = self.half_of(sc, 1, weight)?;
+            let y =
+                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?;
+            (x, w, self.ptr(y))
         } else {
             (
-                self.ptr(&input.data),
-                self.ptr(&weight.data),
-                self.ptr(&out.data),
+                self.ptr(input.f32()),
+                self.ptr(weight.f32()),
+                self.ptr(out.f32_mut()),
             )
         };
+        let sc = &state.scratch;
         let ws = self.raw(&sc.workspace);
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
         self.timed("cudnn conv forward", || {
@@ -447,38 +463,35 @@ impl Cuda {
         let (nx, nw, ny) = checks::conv_sizes(s);
         self.plan(state, s)?;
         let half = self.precision == Precision::Bf16;
-        if half {
-            // bf16 copies of x, w and dy; dw (then dx) is computed into `half_dw` in bf16 and
-            // added to (copied into) the f32 gradient.
-            self.f32_to_half(&mut state.scratch, 0, input, nx)?;
-            self.f32_to_half(&mut state.scratch, 1, weight, nw)?;
-            if let Some(grad_out) = grad_out {
-                self.f32_to_half(&mut state.scratch, 2, grad_out, ny)?;
-            }
-            grow(&self.stream, &mut state.scratch.half_dw, nw.max(nx))
-                .map_err(|e| self.err("allocation", e))?;
-        }
-        let sc = &state.scratch;
-        let plan = &state.plans[&s];
-        let ws = self.raw(&sc.workspace);
         let (x, w, dy) = match (half, grad_out) {
-            (true, _) => (
-                self.raw(&sc.half[0]),
-                self.raw(&sc.half[1]),
-                self.raw(&sc.half[2]),
-            ),
+            (true, grad_out) => {
+                // bf16 forms of x, w and dy; dw (then dx) is computed into `half_dw` in bf16
+                // and added to (copied into) the f32 gradient.
+                let sc = &mut state.scratch;
+                let x = self.half_of(sc, 0, input)?;
+                let w = self.half_of(sc, 1, weight)?;
+                if let Some(grad_out) = grad_out {
+                    self.f32_to_half(sc, 2, grad_out, ny)?;
+                }
+                grow(&self.stream, &mut sc.half_dw, nw.max(nx))
+                    .map_err(|e| self.err("allocation", e))?;
+                (x, w, self.raw(&sc.half[2]))
+            }
             (false, Some(grad_out)) => (
-                self.ptr(&input.data),
-                self.ptr(&weight.data),
-                self.ptr(&grad_out.data),
+                self.ptr(input.f32()),
+                self.ptr(weight.f32()),
+                self.ptr(grad_out.f32()),
             ),
             (false, None) => unreachable!("d(output) comes in bf16 only in bf16"),
         };
+        let sc = &state.scratch;
+        let plan = &state.plans[&s];
+        let ws = self.raw(&sc.workspace);
         let half_out = sc.half_dw.as_ref();
         // f32 accumulates straight into the gradient (beta 1); bf16 assigns its scratch.
         let (dw, beta) = match half_out {
             Some(h) if half => (self.ptr(h), 0.0),
-            _ => (self.ptr(&grad_weight.data), 1.0),
+            _ => (self.ptr(grad_weight.f32_mut()), 1.0),
         };
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
         // `half_dw` holds at least max(nw, nx) elements.
@@ -492,7 +505,7 @@ impl Cuda {
         if let Some(gi) = grad_input {
             let dx = match half_out {
                 Some(h) if half => self.ptr(h),
-                _ => self.ptr(&gi.data),
+                _ => self.ptr(gi.f32_mut()),
             };
             // SAFETY: as above.
             self.timed("cudnn conv backward data", || {
@@ -541,7 +554,7 @@ impl Cuda {
         check(what, c, m * n)?;
         // SAFETY: each buffer holds its packed matrix (checked just above).
         self.timed("cublas sgemm", || {
-            unsafe { self.blas.gemm(cfg, &a.data, &b.data, &mut c.data) }
+            unsafe { self.blas.gemm(cfg, a.f32(), b.f32(), c.f32_mut()) }
                 .map_err(|e| self.err(what, e))
         })
     }
@@ -586,17 +599,18 @@ fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
 }
 
 fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
-    check_len(op, buf.len, len)
+    check_len(op, buf.len(), len)
 }
 
 /// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
 macro_rules! launch {
     ($self:ident, $kernel:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let cfg = $cfg;
         let mut l = $self.stream.launch_builder($self.f($kernel));
         $( l.arg($arg); )+
         // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
         // and every buffer was checked against the shape that sizes the launch.
-        $self.timed($kernel, || unsafe { l.launch($cfg) }.map_err(|e| $self.err($kernel, e)))?;
+        $self.timed($kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err($kernel, e)))?;
     }};
 }
 
@@ -649,36 +663,36 @@ impl Backend for Cuda {
         Ok(buf)
     }
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        let mut out = vec![0.0f32; buf.len];
-        if buf.len > 0 {
+        let mut out = vec![0.0f32; buf.len()];
+        if !buf.is_empty() {
             self.stream
-                .memcpy_dtoh(&buf.data.slice(0..buf.len), &mut out)
+                .memcpy_dtoh(&buf.f32().slice(0..buf.len()), &mut out)
                 .map_err(|e| self.err("download", e))?;
             self.synchronize()?;
         }
         Ok(out)
     }
     fn len(buf: &CudaBuf) -> usize {
-        buf.len
+        buf.len()
     }
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
-        let n = buf.len as i64;
+        let n = buf.len() as i64;
         launch!(
             self,
             "fill_f32",
-            nvrtc::elementwise(buf.len),
-            &mut buf.data,
+            nvrtc::elementwise(buf.len()),
+            buf.f32_mut(),
             &value,
             &n
         );
         Ok(())
     }
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
-        check_len("write", data.len(), dst.len)?;
+        check_len("write", data.len(), dst.len())?;
         if !data.is_empty() {
             self.timed("upload", || {
                 self.stream
-                    .memcpy_htod(data, &mut dst.data.slice_mut(0..data.len()))
+                    .memcpy_htod(data, &mut dst.f32_mut().slice_mut(0..data.len()))
                     .map_err(|e| self.err("upload", e))
             })?;
         }
@@ -686,13 +700,13 @@ impl Backend for Cuda {
     }
 
     fn copy_into(&self, dst: &mut CudaBuf, offset: usize, src: &CudaBuf) -> Result<()> {
-        check_copy(dst.len, offset, src.len)?;
-        if src.len > 0 {
+        check_copy(dst.len(), offset, src.len())?;
+        if !src.is_empty() {
             self.timed("copy", || {
                 self.stream
                     .memcpy_dtod(
-                        &src.data.slice(0..src.len),
-                        &mut dst.data.slice_mut(offset..offset + src.len),
+                        &src.f32().slice(0..src.len()),
+                        &mut dst.f32_mut().slice_mut(offset..offset + src.len()),
                     )
                     .map_err(|e| self.err("copy", e))
             })?;
@@ -719,10 +733,10 @@ impl Backend for Cuda {
         launch!(
             self,
             "embed_forward",
-            nvrtc::elementwise(out.len),
-            &mut out.data,
-            &images.data,
-            &table.data,
+            nvrtc::elementwise(out.len()),
+            out.f32_mut(),
+            images.f32(),
+            table.f32(),
             &*l,
             &n,
             &p,
@@ -738,7 +752,7 @@ impl Backend for Cuda {
         s: EmbedShape,
     ) -> Result<()> {
         checks::embed_backward::<Self>(grad_table, grad_input, labels, s)?;
-        let classes = grad_table.len / s.pixels.max(1);
+        let classes = grad_table.len() / s.pixels.max(1);
         let mut state = self.lock();
         let l = self.upload_labels(&mut state.scratch, labels)?;
         let (n, p, c, k) = (
@@ -751,8 +765,8 @@ impl Backend for Cuda {
             self,
             "embed_backward",
             nvrtc::elementwise(classes * s.pixels),
-            &mut grad_table.data,
-            &grad_input.data,
+            grad_table.f32_mut(),
+            grad_input.f32(),
             &*l,
             &n,
             &p,
@@ -835,16 +849,16 @@ impl Backend for Cuda {
         let save = save_activation as i32;
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
-        let pooled = pooled.map_or(0, |p| self.ptr(&p.data));
+        let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
         if self.precision == Precision::Bf16 {
             let y = self.raw(&state.scratch.half[2]);
             launch!(
                 self,
                 "relu_pool_goodness_bf16",
                 nvrtc::per_row(s.n),
-                &mut activation.data,
+                activation.f32_mut(),
                 &pooled,
-                &mut goodness.data,
+                goodness.f32_mut(),
                 &y,
                 &h,
                 &w,
@@ -853,14 +867,14 @@ impl Backend for Cuda {
                 &save
             );
         } else {
-            let y = self.ptr(&activation.data);
+            let y = self.ptr(activation.f32());
             launch!(
                 self,
                 "relu_pool_goodness_f32",
                 nvrtc::per_row(s.n),
-                &mut activation.data,
+                activation.f32_mut(),
                 &pooled,
-                &mut goodness.data,
+                goodness.f32_mut(),
                 &y,
                 &h,
                 &w,
@@ -924,8 +938,8 @@ impl Backend for Cuda {
                 "relu_maxpool2_backward_bf16",
                 nvrtc::elementwise(ny),
                 dy,
-                &grad_output.data,
-                &activation.data, // the bf16 record of relu_pool_goodness_bf16
+                grad_output.f32(),
+                activation.f32(), // the bf16 record of relu_pool_goodness_bf16
                 &n,
                 &h,
                 &w,
@@ -938,8 +952,8 @@ impl Backend for Cuda {
                 "relu_backward_bf16",
                 nvrtc::elementwise(ny),
                 dy,
-                &grad_output.data,
-                &activation.data,
+                grad_output.f32(),
+                activation.f32(),
                 &total
             );
         }
@@ -994,10 +1008,10 @@ impl Backend for Cuda {
             self,
             "batchnorm_finish_stats",
             nvrtc::per_column(c),
-            &mut mean.data,
-            &mut rstd.data,
-            &mut running_mean.data,
-            &mut running_var.data,
+            mean.f32_mut(),
+            rstd.f32_mut(),
+            running_mean.f32_mut(),
+            running_var.f32_mut(),
             sc.dmean.as_ref().expect("grown"),
             sc.part_a.as_ref().expect("grown"),
             &parts,
@@ -1007,16 +1021,18 @@ impl Backend for Cuda {
             &momentum
         );
         let total = (rows * c) as i64;
+        let (out, out_half) = self.with_half_copy(out)?;
         launch!(
             self,
             "batchnorm_apply",
             nvrtc::elementwise(rows * c),
-            &mut out.data,
-            &input.data,
-            &mean.data,
-            &rstd.data,
-            &gamma.data,
-            &beta.data,
+            out,
+            &out_half,
+            input.f32(),
+            mean.f32(),
+            rstd.f32(),
+            gamma.f32(),
+            beta.f32(),
             &cols,
             &total
         );
@@ -1044,16 +1060,18 @@ impl Backend for Cuda {
         )?;
         let (rows, c) = (s.rows, s.channels);
         let (cols, total) = (int("channels", c)?, (rows * c) as i64);
+        let (out, out_half) = self.with_half_copy(out)?;
         launch!(
             self,
             "batchnorm_apply_eval",
             nvrtc::elementwise(rows * c),
-            &mut out.data,
-            &input.data,
-            &gamma.data,
-            &beta.data,
-            &running_mean.data,
-            &running_var.data,
+            out,
+            &out_half,
+            input.f32(),
+            gamma.f32(),
+            beta.f32(),
+            running_mean.f32(),
+            running_var.f32(),
             &eps,
             &cols,
             &total
@@ -1097,8 +1115,8 @@ impl Backend for Cuda {
                 self,
                 "batchnorm_backward_finish",
                 nvrtc::per_column(c),
-                &mut grad_gamma.data,
-                &mut grad_beta.data,
+                grad_gamma.f32_mut(),
+                grad_beta.f32_mut(),
                 &mut k,
                 &mut slope,
                 &mut offset,
@@ -1107,9 +1125,9 @@ impl Backend for Cuda {
                 &parts,
                 &cols,
                 &rows_i,
-                &mean.data,
-                &rstd.data,
-                &gamma.data
+                mean.f32(),
+                rstd.f32(),
+                gamma.f32()
             );
         }
         if let Some(gi) = grad_input {
@@ -1124,9 +1142,9 @@ impl Backend for Cuda {
                 self,
                 "batchnorm_backward_apply",
                 nvrtc::elementwise(rows * c),
-                &mut gi.data,
-                &grad_out.data,
-                &input.data,
+                gi.f32_mut(),
+                grad_out.f32(),
+                input.f32(),
                 &k,
                 &slope,
                 &offset,
@@ -1158,12 +1176,12 @@ impl Backend for Cuda {
             self,
             "layernorm_forward",
             nvrtc::per_row(s.n),
-            &mut out.data,
-            &mut mean.data,
-            &mut rstd.data,
-            &input.data,
-            &gamma.data,
-            &beta.data,
+            out.f32_mut(),
+            mean.f32_mut(),
+            rstd.f32_mut(),
+            input.f32(),
+            gamma.f32(),
+            beta.f32(),
             &fi,
             &eps
         );
@@ -1214,8 +1232,8 @@ impl Backend for Cuda {
             self,
             "finish_add",
             nvrtc::per_column(f),
-            &mut grad_gamma.data,
-            &mut grad_beta.data,
+            grad_gamma.f32_mut(),
+            grad_beta.f32_mut(),
             sc.part_a.as_ref().expect("grown"),
             sc.part_b.as_ref().expect("grown"),
             &parts,
@@ -1226,12 +1244,12 @@ impl Backend for Cuda {
                 self,
                 "layernorm_backward_input",
                 nvrtc::per_row(s.n),
-                &mut gi.data,
-                &grad_out.data,
-                &input.data,
-                &mean.data,
-                &rstd.data,
-                &gamma.data,
+                gi.f32_mut(),
+                grad_out.f32(),
+                input.f32(),
+                mean.f32(),
+                rstd.f32(),
+                gamma.f32(),
                 &cols
             );
         }
@@ -1239,25 +1257,25 @@ impl Backend for Cuda {
     }
 
     fn relu_forward(&self, x: &mut CudaBuf) -> Result<()> {
-        let n = x.len as i64;
+        let n = x.len() as i64;
         launch!(
             self,
             "relu_forward",
-            nvrtc::elementwise(x.len),
-            &mut x.data,
+            nvrtc::elementwise(x.len()),
+            x.f32_mut(),
             &n
         );
         Ok(())
     }
     fn relu_backward(&self, grad: &mut CudaBuf, activation: &CudaBuf) -> Result<()> {
         checks::relu_backward::<Self>(grad, activation)?;
-        let n = grad.len as i64;
+        let n = grad.len() as i64;
         launch!(
             self,
             "relu_backward",
-            nvrtc::elementwise(grad.len),
-            &mut grad.data,
-            &activation.data,
+            nvrtc::elementwise(grad.len()),
+            grad.f32_mut(),
+            activation.f32(),
             &n
         );
         Ok(())
@@ -1268,9 +1286,9 @@ impl Backend for Cuda {
         launch!(
             self,
             "maxpool2_forward",
-            nvrtc::elementwise(out.len),
-            &mut out.data,
-            &input.data,
+            nvrtc::elementwise(out.len()),
+            out.f32_mut(),
+            input.f32(),
             &n,
             &h,
             &w,
@@ -1292,9 +1310,9 @@ impl Backend for Cuda {
             self,
             "relu_maxpool2_backward",
             nvrtc::elementwise(total),
-            &mut grad_input.data,
-            &grad_out.data,
-            &activation.data,
+            grad_input.f32_mut(),
+            grad_out.f32(),
+            activation.f32(),
             &n,
             &h,
             &w,
@@ -1318,8 +1336,8 @@ impl Backend for Cuda {
             self,
             "goodness_forward",
             nvrtc::per_row(s.n),
-            &mut goodness.data,
-            &input.data,
+            goodness.f32_mut(),
+            input.f32(),
             &f
         );
         Ok(())
@@ -1337,9 +1355,9 @@ impl Backend for Cuda {
             self,
             "goodness_backward",
             nvrtc::elementwise(s.n * s.features),
-            &mut grad_input.data,
-            &grad_goodness.data,
-            &input.data,
+            grad_input.f32_mut(),
+            grad_goodness.f32(),
+            input.f32(),
             &f,
             &total
         );
@@ -1363,9 +1381,9 @@ impl Backend for Cuda {
             self,
             "ff_loss",
             nvrtc::single_block(),
-            &mut loss.data,
-            &mut grad_goodness.data,
-            &goodness.data,
+            loss.f32_mut(),
+            grad_goodness.f32_mut(),
+            goodness.f32(),
             &p,
             &k,
             &param
@@ -1388,8 +1406,8 @@ impl Backend for Cuda {
             self,
             "avgpool_forward",
             nvrtc::elementwise(n * s.channels),
-            &mut out.data,
-            &input.data,
+            out.f32_mut(),
+            input.f32(),
             &ni,
             &p,
             &c
@@ -1411,8 +1429,8 @@ impl Backend for Cuda {
             self,
             "avgpool_backward",
             nvrtc::elementwise(total),
-            &mut grad_input.data,
-            &grad_out.data,
+            grad_input.f32_mut(),
+            grad_out.f32(),
             &p,
             &c,
             &t
@@ -1438,8 +1456,8 @@ impl Backend for Cuda {
             self,
             "bias_rows",
             nvrtc::elementwise(n * outputs),
-            &mut out.data,
-            &bias.data,
+            out.f32_mut(),
+            bias.f32(),
             &o,
             &total
         );
@@ -1487,7 +1505,7 @@ impl Backend for Cuda {
                 self,
                 "finish_add",
                 nvrtc::per_column(outputs),
-                &mut grad_bias.data,
+                grad_bias.f32_mut(),
                 &none,
                 sc.part_a.as_ref().expect("grown"),
                 sc.part_b.as_ref().expect("grown"),
@@ -1536,9 +1554,9 @@ impl Backend for Cuda {
             self,
             "cross_entropy",
             nvrtc::single_block(),
-            &mut loss.data,
-            &mut grad_logits.data,
-            &logits.data,
+            loss.f32_mut(),
+            grad_logits.f32_mut(),
+            logits.f32(),
             &*l,
             &ni,
             &k
@@ -1561,15 +1579,15 @@ impl Backend for Cuda {
         let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
         let step_size = (hp.lr as f64 / bias1) as f32;
         let bias2_sqrt = bias2.sqrt() as f32;
-        let n = param.len as i64;
+        let n = param.len() as i64;
         launch!(
             self,
             "adam_step",
-            nvrtc::elementwise(param.len),
-            &mut param.data,
-            &mut m.data,
-            &mut v.data,
-            &grad.data,
+            nvrtc::elementwise(param.len()),
+            param.f32_mut(),
+            m.f32_mut(),
+            v.f32_mut(),
+            grad.f32(),
             &n,
             &hp.beta1,
             &hp.beta2,
