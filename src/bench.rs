@@ -78,6 +78,8 @@ pub struct EpochReport {
     pub batch: usize,
     pub train_images: usize,
     pub train_seconds: f64,
+    /// Of `train_seconds`, the time spent waiting for the next batch.
+    pub data_wait_seconds: f64,
     pub test_images: usize,
     pub classes: usize,
     pub eval_seconds: f64,
@@ -142,6 +144,7 @@ pub fn run_epoch<B: Backend>(
         batch: config.batch,
         train_images,
         train_seconds: stats.seconds,
+        data_wait_seconds: stats.data_wait_seconds,
         test_images,
         classes,
         eval_seconds: start.elapsed().as_secs_f64(),
@@ -188,12 +191,13 @@ impl BenchReport {
         }
         if let Some(e) = &self.epoch {
             text.push_str(&format!(
-                "\nepoch (Trifecta: APL, BatchNorm, augmentation; batch {}): {} training images in {:.2} s ({:.0} images/s); \
-                 evaluation of {} images x {} labels in {:.3} s",
+                "\nepoch (Trifecta: APL, BatchNorm, augmentation; batch {}): {} training images in {:.2} s ({:.0} images/s, \
+                 {:.2} s of it waiting for batches); evaluation of {} images x {} labels in {:.3} s",
                 e.batch,
                 e.train_images,
                 e.train_seconds,
                 e.train_images as f64 / e.train_seconds,
+                e.data_wait_seconds,
                 e.test_images,
                 e.classes,
                 e.eval_seconds,

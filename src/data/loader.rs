@@ -60,6 +60,32 @@ pub fn with_epoch_batches<R>(
     })
 }
 
+/// Batches from another iterator, adding up the time spent waiting for each (the feeder not
+/// keeping up with training).
+pub struct Waited<'a> {
+    inner: &'a mut dyn Iterator<Item = Batch>,
+    pub seconds: f64,
+}
+
+impl<'a> Waited<'a> {
+    pub fn new(inner: &'a mut dyn Iterator<Item = Batch>) -> Self {
+        Waited {
+            inner,
+            seconds: 0.0,
+        }
+    }
+}
+
+impl Iterator for Waited<'_> {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        let start = std::time::Instant::now();
+        let batch = self.inner.next();
+        self.seconds += start.elapsed().as_secs_f64();
+        batch
+    }
+}
+
 struct ReceiverIter(Receiver<Batch>);
 
 impl Iterator for ReceiverIter {

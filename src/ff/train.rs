@@ -6,7 +6,7 @@ use super::net::{FfNet, StepMetrics};
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::data::augment::Augment;
-use crate::data::loader::with_epoch_batches;
+use crate::data::loader::{Waited, with_epoch_batches};
 use crate::error::{Error, Result};
 use std::time::Instant;
 
@@ -29,6 +29,9 @@ impl LayerStats {
 pub struct EpochStats {
     pub layers: Vec<LayerStats>,
     pub seconds: f64,
+    /// Of `seconds`, the time the training loop waited for the next batch (the feeder thread
+    /// not keeping up).
+    pub data_wait_seconds: f64,
     /// Positive samples seen.
     pub samples: usize,
 }
@@ -76,6 +79,7 @@ pub fn train_epoch<B: Backend>(
     let mut stats = EpochStats {
         layers: vec![LayerStats::default(); net.blocks.len()],
         seconds: 0.0,
+        data_wait_seconds: 0.0,
         samples: 0,
     };
     with_epoch_batches(
@@ -85,13 +89,15 @@ pub fn train_epoch<B: Backend>(
         epoch,
         augment,
         |steps, batches| -> Result<()> {
-            for (step, batch) in batches.enumerate() {
+            let mut waited = Waited::new(batches);
+            for (step, batch) in waited.by_ref().enumerate() {
                 let metrics =
                     net.train_step(backend, &batch.images, &batch.positive, &batch.negative)?;
                 stats.add(&metrics);
                 stats.samples += batch.positive.len();
                 on_step(step, steps, &metrics);
             }
+            stats.data_wait_seconds = waited.seconds;
             Ok(())
         },
     )?;

@@ -25,6 +25,10 @@ pub struct EpochRecord {
     pub ensemble_layers: Vec<usize>,
     pub ensemble_accuracy: f64,
     pub train_seconds: f64,
+    /// Of `train_seconds`, the time training waited for the next batch (0 in files written
+    /// before it was recorded).
+    #[serde(default)]
+    pub data_wait_seconds: f64,
     pub eval_seconds: f64,
     /// Training samples (positives) per second.
     pub samples_per_second: f64,

@@ -336,6 +336,7 @@ fn epoch_record(
         ensemble_layers: eval.ensemble_layers.clone(),
         ensemble_accuracy: eval.ensemble_accuracy,
         train_seconds: stats.seconds,
+        data_wait_seconds: stats.data_wait_seconds,
         eval_seconds,
         samples_per_second: stats.samples as f64 / stats.seconds,
     }
@@ -343,10 +344,11 @@ fn epoch_record(
 
 fn print_epoch(r: &EpochRecord, epochs: u64) {
     println!(
-        "epoch {}/{epochs}: train {:.1} s ({:.0} samples/s), eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
+        "epoch {}/{epochs}: train {:.1} s ({:.0} samples/s, {:.1} s waiting for batches), eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
         r.epoch,
         r.train_seconds,
         r.samples_per_second,
+        r.data_wait_seconds,
         r.eval_seconds,
         r.lr,
         r.ensemble_layers,
@@ -452,6 +454,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         let started = Instant::now();
         let mut loss_sums = vec![0.0f64; layers.len()];
         let mut seen = 0usize;
+        let mut data_wait_seconds = 0.0;
         data::loader::with_epoch_batches(
             &train,
             config.batch_size,
@@ -459,7 +462,8 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             epoch,
             augment,
             |_, batches| -> Result<()> {
-                for batch in batches {
+                let mut waited = data::loader::Waited::new(batches);
+                for batch in waited.by_ref() {
                     let losses = net.train_step(backend, &batch.images, &batch.positive)?;
                     for (sum, l) in loss_sums.iter_mut().zip(&losses) {
                         *sum += *l as f64;
@@ -468,6 +472,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
                     let rate = seen as f64 / started.elapsed().as_secs_f64();
                     progress.step(losses.last().copied(), rate);
                 }
+                data_wait_seconds = waited.seconds;
                 Ok(())
             },
         )?;
@@ -508,6 +513,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             ensemble_layers: vec![*layers.last().expect("at least one head")],
             ensemble_accuracy: *accuracy.last().expect("at least one head"),
             train_seconds,
+            data_wait_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         };
