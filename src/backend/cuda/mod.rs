@@ -405,9 +405,10 @@ impl Cuda {
         })?;
         Ok(())
     }
-    /// out = conv(input, weight) through cuDNN. In bf16 the operands are converted into the
-    /// scratch slots 0 and 1 and the result lands in slot 2; with `keep_half` it stays there
-    /// (`out` untouched) for a kernel that reads bf16, else it is copied into `out`.
+    /// out = conv(input, weight) through cuDNN. In bf16 the operands' bf16 forms are read
+    /// (their own fresh copies, else conversions into the scratch slots 0 and 1) and the
+    /// result lands in slot 2; with `keep_half` it stays there (`out` untouched) for a kernel
+    /// that reads bf16, else it is copied into `out`.
     fn conv_forward(
         &self,
         state: &mut State,
