@@ -212,7 +212,7 @@ impl BenchReport {
             ));
             for (op, seconds, calls) in &self.kernels {
                 text.push_str(&format!(
-                    "\n  {op:<36} {:9.3} ms  {:5.1}%  ({calls:.0} calls)",
+                    "\n  {:9.3} ms  {:5.1}%  {calls:>4.0} calls  {op}",
                     seconds * 1e3,
                     100.0 * seconds / self.step_seconds
                 ));

@@ -859,8 +859,8 @@ fn bench_profile_times_every_kernel_and_library_call() {
         &b,
         &[
             "cudnn conv forward",
-            "cudnn conv backward filter",
-            "cudnn conv backward data",
+            "cudnn conv backward-filter",
+            "cudnn conv backward-data",
             "f32_to_bf16",
             "bf16_to_f32",
             "embed_forward",

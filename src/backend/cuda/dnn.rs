@@ -115,6 +115,8 @@ fn nhwc(math: ConvMath, n: usize, c: usize, h: usize, w: usize) -> DnnResult<Ten
 trait Perf {
     fn usable(&self) -> bool;
     fn deterministic(&self) -> bool;
+    /// The algorithm's name without cuDNN's prefix, e.g. `IMPLICIT_PRECOMP_GEMM`.
+    fn name(&self) -> String;
 }
 
 macro_rules! perf {
@@ -127,6 +129,13 @@ macro_rules! perf {
             fn deterministic(&self) -> bool {
                 self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
             }
+            fn name(&self) -> String {
+                let full = format!("{:?}", self.algo);
+                match full.split_once("_ALGO_") {
+                    Some((_, short)) => short.to_string(),
+                    None => full,
+                }
+            }
         }
     )*};
 }
@@ -136,14 +145,29 @@ perf!(
     sys::cudnnConvolutionBwdFilterAlgoPerf_t
 );
 
-/// The best-ranked usable algorithm that is deterministic, else the best-ranked usable one.
-fn pick<'a, P: Perf>(offered: &'a [P], pass: &str) -> DnnResult<&'a P> {
-    offered
+/// The best-ranked usable algorithm that is deterministic, else the best-ranked usable one,
+/// with a profile label that names it (and the better-ranked one passed over, if any).
+fn pick<'a, P: Perf>(
+    offered: &'a [P],
+    pass: &str,
+    shape: &str,
+) -> DnnResult<(&'a P, &'static str)> {
+    let usable: Vec<&P> = offered.iter().filter(|p| p.usable()).collect();
+    let best = usable
         .iter()
-        .filter(|p| p.usable())
         .find(|p| p.deterministic())
-        .or_else(|| offered.iter().find(|p| p.usable()))
-        .ok_or_else(|| format!("cuDNN offers no {pass} algorithm for this shape"))
+        .or(usable.first())
+        .copied()
+        .ok_or_else(|| format!("cuDNN offers no {pass} algorithm for this shape"))?;
+    let mut label = format!("cudnn conv {pass} {shape} {}", best.name());
+    if let Some(first) = usable.first().filter(|first| first.name() != best.name()) {
+        label.push_str(&format!(" (over non-deterministic {})", first.name()));
+    }
+    if !best.deterministic() {
+        label.push_str(" (non-deterministic)");
+    }
+    // One label per plan, and plans live as long as the backend: leaking them is bounded.
+    Ok((best, Box::leak(label.into_boxed_str())))
 }
 
 /// The descriptors and chosen algorithms of one convolution shape.
@@ -157,6 +181,10 @@ pub struct ConvPlan {
     bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
     /// Bytes of workspace the largest of the three needs.
     pub workspace: usize,
+    /// Profile names of the three passes (forward, backward data, backward filter): the
+    /// shape and the algorithm chosen.
+    pub labels: [&'static str; 3],
+    shape: String,
 }
 
 // SAFETY: the descriptors are plain host objects; they are used under the backend's lock.
@@ -220,6 +248,8 @@ impl ConvPlan {
             bwd_data: sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
             bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
             workspace: 0,
+            labels: [""; 3],
+            shape: format!("{}x{} {}->{}", s.h, s.w, s.c_in, s.c_out),
         };
         plan.choose(dnn)?;
         Ok(plan)
@@ -246,8 +276,9 @@ impl ConvPlan {
                     fwd.as_mut_ptr(),
                 ),
             )?;
-            let best = pick(&fwd[..count.max(0) as usize], "forward")?;
+            let (best, label) = pick(&fwd[..count.max(0) as usize], "forward", &self.shape)?;
             self.fwd = best.algo;
+            self.labels[0] = label;
             self.workspace = self.workspace.max(best.memory);
 
             let mut data = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); 6];
@@ -264,8 +295,9 @@ impl ConvPlan {
                     data.as_mut_ptr(),
                 ),
             )?;
-            let best = pick(&data[..count.max(0) as usize], "backward-data")?;
+            let (best, label) = pick(&data[..count.max(0) as usize], "backward-data", &self.shape)?;
             self.bwd_data = best.algo;
+            self.labels[1] = label;
             self.workspace = self.workspace.max(best.memory);
 
             let mut filter = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); 7];
@@ -282,8 +314,13 @@ impl ConvPlan {
                     filter.as_mut_ptr(),
                 ),
             )?;
-            let best = pick(&filter[..count.max(0) as usize], "backward-filter")?;
+            let (best, label) = pick(
+                &filter[..count.max(0) as usize],
+                "backward-filter",
+                &self.shape,
+            )?;
             self.bwd_filter = best.algo;
+            self.labels[2] = label;
             self.workspace = self.workspace.max(best.memory);
 
             // The heuristics' memory figures can be low; ask for each chosen one's size.

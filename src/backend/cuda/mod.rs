@@ -438,8 +438,9 @@ impl Cuda {
         let sc = &state.scratch;
         let ws = self.raw(&sc.workspace);
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
-        self.timed("cudnn conv forward", || {
-            unsafe { state.plans[&s].forward(&state.dnn, x, w, y, ws) }
+        let plan = &state.plans[&s];
+        self.timed(plan.labels[0], || {
+            unsafe { plan.forward(&state.dnn, x, w, y, ws) }
                 .map_err(|e| self.err("conv3x3_forward", e))
         })?;
         if half && !keep_half {
@@ -496,7 +497,7 @@ impl Cuda {
         };
         // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
         // `half_dw` holds at least max(nw, nx) elements.
-        self.timed("cudnn conv backward filter", || {
+        self.timed(plan.labels[2], || {
             unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
                 .map_err(|e| self.err("conv3x3_backward (filter)", e))
         })?;
@@ -509,7 +510,7 @@ impl Cuda {
                 _ => self.ptr(gi.f32_mut()),
             };
             // SAFETY: as above.
-            self.timed("cudnn conv backward data", || {
+            self.timed(plan.labels[1], || {
                 unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
                     .map_err(|e| self.err("conv3x3_backward (data)", e))
             })?;
