@@ -289,3 +289,35 @@ fn bench_profile_times_every_kernel_of_the_step() {
 fn every_op_refuses_buffers_of_the_wrong_size() {
     common::check_ops_refuse_wrong_sizes(&Cpu::new(1).unwrap());
 }
+
+#[test]
+fn evaluation_does_not_depend_on_the_batch_size() {
+    // Batches come from a thread of their own, in order: any batch size gives the same counts.
+    let backend = Cpu::new(2).unwrap();
+    let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
+    config.layers.truncate(3);
+    let mut net = FfNet::new(&backend, config, 5).unwrap();
+    let mut rng = Rng::new(6);
+    let n = 37;
+    let data = trifecta::data::Dataset {
+        shape: MNIST_LIKE,
+        classes: 10,
+        pixels: (0..n * MNIST_LIKE.numel())
+            .map(|_| rng.below(256) as u8)
+            .collect(),
+        labels: (0..n).map(|_| rng.below(10)).collect(),
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let whole = trifecta::ff::train::evaluate(&mut net, &backend, &data, 100, &[1, 2]).unwrap();
+    assert_eq!(whole.samples, n);
+    for batch in [1, 7, 36] {
+        let e = trifecta::ff::train::evaluate(&mut net, &backend, &data, batch, &[1, 2]).unwrap();
+        assert_eq!(e.samples, n, "batch {batch}");
+        assert_eq!(e.layer_accuracy, whole.layer_accuracy, "batch {batch}");
+        assert_eq!(
+            e.ensemble_accuracy, whole.ensemble_accuracy,
+            "batch {batch}"
+        );
+    }
+}

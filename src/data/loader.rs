@@ -1,6 +1,7 @@
 //! The batches of one training epoch, prepared on a thread of their own while the current step
 //! trains. Shuffling, negatives and augmentation all draw from one stream seeded by (run seed,
 //! epoch), in order, so an epoch is the same whether or not the run was interrupted before it.
+//! Evaluation batches (in order, no augmentation) are prepared ahead the same way.
 
 use super::Dataset;
 use super::augment::Augment;
@@ -57,6 +58,27 @@ pub fn with_epoch_batches<R>(
         });
         let mut batches = ReceiverIter(receiver);
         consume(steps, &mut batches)
+    })
+}
+
+/// Runs `consume` on `data` in order, in batches of `batch_size` (normalised images, labels),
+/// each prepared on another thread while the previous one is consumed.
+pub fn with_eval_batches<R>(
+    data: &Dataset,
+    batch_size: usize,
+    consume: impl FnOnce(&mut dyn Iterator<Item = (Vec<f32>, Vec<u32>)>) -> R,
+) -> R {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = sync_channel::<(Vec<f32>, Vec<u32>)>(1);
+        scope.spawn(move || {
+            let indices: Vec<usize> = (0..data.len()).collect();
+            for chunk in indices.chunks(batch_size.max(1)) {
+                if sender.send(data.batch(chunk, None)).is_err() {
+                    return; // the consumer stopped early (an error)
+                }
+            }
+        });
+        consume(&mut std::iter::from_fn(|| receiver.recv().ok()))
     })
 }
 

@@ -6,7 +6,7 @@ use super::net::{FfNet, StepMetrics};
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::data::augment::Augment;
-use crate::data::loader::{Waited, with_epoch_batches};
+use crate::data::loader::{Waited, with_epoch_batches, with_eval_batches};
 use crate::error::{Error, Result};
 use std::time::Instant;
 
@@ -107,7 +107,8 @@ pub fn train_epoch<B: Backend>(
     Ok(stats)
 }
 
-/// Accuracy of every layer and of the ensemble over `ensemble_layers`.
+/// Accuracy of every layer and of the ensemble over `ensemble_layers`, with the next batch
+/// prepared on another thread while one is evaluated.
 pub fn evaluate<B: Backend>(
     net: &mut FfNet<B>,
     backend: &B,
@@ -116,10 +117,11 @@ pub fn evaluate<B: Backend>(
     ensemble_layers: &[usize],
 ) -> Result<Evaluation> {
     let mut evaluator = Evaluator::new(net.blocks.len(), ensemble_layers)?;
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let (images, labels) = data.batch(chunk, None);
-        evaluator.add_batch(net, backend, &images, &labels)?;
-    }
+    with_eval_batches(data, batch_size, |batches| -> Result<()> {
+        for (images, labels) in batches {
+            evaluator.add_batch(net, backend, &images, &labels)?;
+        }
+        Ok(())
+    })?;
     Ok(evaluator.finish())
 }

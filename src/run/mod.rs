@@ -480,17 +480,18 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         let train_seconds = started.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let mut correct = vec![0usize; layers.len()];
-        let indices: Vec<usize> = (0..test.len()).collect();
-        for chunk in indices.chunks(config.eval_batch_size) {
-            let (images, labels) = test.batch(chunk, None);
-            for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
-                *c += predictions
-                    .iter()
-                    .zip(&labels)
-                    .filter(|(p, y)| p == y)
-                    .count();
+        data::loader::with_eval_batches(&test, config.eval_batch_size, |batches| -> Result<()> {
+            for (images, labels) in batches {
+                for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
+                    *c += predictions
+                        .iter()
+                        .zip(&labels)
+                        .filter(|(p, y)| p == y)
+                        .count();
+                }
             }
-        }
+            Ok(())
+        })?;
         let accuracy: Vec<f64> = correct
             .iter()
             .map(|c| *c as f64 / test.len().max(1) as f64)
