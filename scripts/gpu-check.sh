@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine, from the project root, with .device/ from scripts/gpu-prepare.sh:
 # the CUDA tests (ops against the CPU, golden FF step, repeatability), the benchmark in bf16
-# and f32, a per-kernel profile of the bf16 step, and 10 epochs of the Trifecta on the
-# CIFAR-10 JPEG copy. Logs go to $OUT (or ./gpu-logs).
+# and f32 (bf16 also unfused, and with any cuDNN algorithm), a per-kernel profile of the bf16
+# step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy. Logs go to $OUT (or
+# ./gpu-logs).
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
@@ -21,6 +22,11 @@ timeout 120 .device/trifecta bench --device cuda --steps 50 --warmup 5 2>&1 | te
 echo "== bench, f32 step"
 timeout 60 .device/trifecta bench --device cuda --precision f32 --steps 50 --warmup 5 --epoch-images 0 2>&1 |
     tee -a "$out/bench.log" || status=1
+echo "== bench, bf16 step: unfused, then any cuDNN algorithm (what fusion and determinism are worth)"
+timeout 60 .device/trifecta bench --device cuda --unfused --steps 50 --warmup 5 --epoch-images 0 2>&1 |
+    tee -a "$out/bench.log" || status=1
+timeout 60 .device/trifecta bench --device cuda --any-cudnn-algorithm --steps 50 --warmup 5 \
+    --epoch-images 0 2>&1 | tee -a "$out/bench.log" || status=1
 echo "== bench, bf16 step, time per kernel (GPU events)"
 timeout 60 .device/trifecta bench --device cuda --profile --steps 20 --warmup 5 --epoch-images 0 2>&1 |
     tee "$out/profile.log" || status=1

@@ -354,6 +354,8 @@ fn bad_flag_values_and_config_keys() {
     // what is missing. Either way: one line, naming the device.
     let out = trifecta(&["bench", "--device", "cuda:1"]);
     assert_one_line_error(&out, &["cuda:1"]);
+    let out = trifecta(&["bench", "--unfused"]);
+    assert_one_line_error(&out, &["--unfused", "--device cuda"]);
 
     let tmp = TempDir::new("config");
     let config = tmp.path().join("run.toml");

@@ -78,10 +78,33 @@ pub enum Precision {
     Bf16,
 }
 
+/// How the GPU backend computes: the arithmetic, and two speed knobs that `bench` can turn to
+/// measure what they are worth (both on their reference setting by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuOptions {
+    pub precision: Precision,
+    /// The fused block ops and the norms' bf16 copies (default); off, every op runs on its own
+    /// and each convolution converts its inputs.
+    pub fused: bool,
+    /// A deterministic cuDNN algorithm wherever cuDNN offers one (default, so that runs repeat
+    /// bit for bit); off, cuDNN's first-ranked algorithm.
+    pub deterministic: bool,
+}
+
+impl GpuOptions {
+    pub fn new(precision: Precision) -> Self {
+        GpuOptions {
+            precision,
+            fused: true,
+            deterministic: true,
+        }
+    }
+}
+
 /// Opens the backend that `$device` (`cpu`, `cuda`, `cuda:N`) names and evaluates `$body`
-/// with `$b` bound to it. `$precision` is the GPU's [`Precision`]; the CPU ignores it.
+/// with `$b` bound to it. `$gpu` are the GPU's [`GpuOptions`]; the CPU ignores them.
 macro_rules! with_backend {
-    ($device:expr, $threads:expr, $precision:expr, |$b:ident| $body:expr) => {
+    ($device:expr, $threads:expr, $gpu:expr, |$b:ident| $body:expr) => {
         match $crate::cli::DeviceArg::parse($device)? {
             $crate::cli::DeviceArg::Cpu => {
                 let backend = $crate::backend::cpu::Cpu::new($threads)?;
@@ -90,13 +113,13 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             $crate::cli::DeviceArg::Cuda(n) => {
-                let backend = $crate::backend::cuda::Cuda::new(n, $precision)?;
+                let backend = $crate::backend::cuda::Cuda::with_options(n, $gpu)?;
                 let $b = &backend;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
             device @ $crate::cli::DeviceArg::Cuda(_) => {
-                let _ = $precision;
+                let _ = $gpu;
                 Err(device.unavailable())
             }
         }
@@ -284,28 +307,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         save_activation: bool,
     ) -> Result<()> {
         let _ = save_activation; // the separate ops need the activation anyway
-        checks::conv3x3_relu_pool_goodness::<Self>(
-            activation,
-            pooled.as_deref(),
-            goodness,
-            input,
-            weight,
-            s,
-        )?;
-        self.conv3x3_forward(activation, input, weight, s)?;
-        self.relu_forward(activation)?;
-        let features = |buf: &Self::Buf| Self::len(buf) / s.n.max(1);
-        match pooled {
-            Some(pooled) => {
-                self.maxpool2_forward(pooled, activation, s.output_pool())?;
-                let features = features(pooled);
-                self.goodness_forward(goodness, pooled, SampleShape { n: s.n, features })
-            }
-            None => {
-                let features = features(activation);
-                self.goodness_forward(goodness, activation, SampleShape { n: s.n, features })
-            }
-        }
+        conv3x3_relu_pool_goodness_composed(self, activation, pooled, goodness, input, weight, s)
     }
     /// The backward of [`Self::conv3x3_relu_pool_goodness`] from d(block output)
     /// `grad_output` (pooled shape with `pool`, else the activation's; may be overwritten):
@@ -517,8 +519,43 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 }
 
+/// [`Backend::conv3x3_relu_pool_goodness`] as the separate ops (its default, which a backend
+/// that fuses it can still use when asked not to).
+pub fn conv3x3_relu_pool_goodness_composed<B: Backend>(
+    b: &B,
+    activation: &mut B::Buf,
+    pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+) -> Result<()> {
+    checks::conv3x3_relu_pool_goodness::<B>(
+        activation,
+        pooled.as_deref(),
+        goodness,
+        input,
+        weight,
+        s,
+    )?;
+    b.conv3x3_forward(activation, input, weight, s)?;
+    b.relu_forward(activation)?;
+    let features = |buf: &B::Buf| B::len(buf) / s.n.max(1);
+    match pooled {
+        Some(pooled) => {
+            b.maxpool2_forward(pooled, activation, s.output_pool())?;
+            let features = features(pooled);
+            b.goodness_forward(goodness, pooled, SampleShape { n: s.n, features })
+        }
+        None => {
+            let features = features(activation);
+            b.goodness_forward(goodness, activation, SampleShape { n: s.n, features })
+        }
+    }
+}
+
 /// [`Backend::relu_pool_conv3x3_backward`] as the separate ops (its default, which a backend
-/// that fuses it in one precision can still use in another).
+/// that fuses it can still use where it does not).
 #[allow(clippy::too_many_arguments)]
 pub fn relu_pool_conv3x3_backward_composed<B: Backend>(
     b: &B,

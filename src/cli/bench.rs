@@ -3,7 +3,7 @@
 use super::train::{ArchArg, NormArg, PrecisionArg};
 use super::{DeviceArg, device_arg, positive_f64};
 use crate::backend::cpu::Cpu;
-use crate::backend::{Precision, with_backend};
+use crate::backend::{GpuOptions, Precision, with_backend};
 use crate::bench::{BenchConfig, run_cpu, run_epoch};
 use crate::error::{Error, Result};
 use crate::ff::ImageShape;
@@ -51,6 +51,14 @@ pub struct BenchArgs {
     pub eval_images: usize,
     #[arg(long, default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_batch_size: u64,
+    /// CUDA: run every op of a block on its own and convert each convolution's inputs (no
+    /// fused block ops, no bf16 copies), to measure what the fusion saves.
+    #[arg(long)]
+    pub unfused: bool,
+    /// CUDA: cuDNN's first-ranked algorithms even where they are not deterministic (runs then
+    /// need not repeat bit for bit), to measure what determinism costs.
+    #[arg(long)]
+    pub any_cudnn_algorithm: bool,
     /// Also print the time per step of every kernel: wall-clock on the CPU, GPU events around
     /// every kernel and library call on CUDA (the events add a little time of their own).
     #[arg(long)]
@@ -60,6 +68,11 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = DeviceArg::parse(&args.device)?;
     let cpu = device == DeviceArg::Cpu;
+    if cpu && (args.unfused || args.any_cudnn_algorithm) {
+        return Err(Error::Config(
+            "--unfused and --any-cudnn-algorithm are CUDA settings; they need --device cuda".into(),
+        ));
+    }
     device.check_available()?;
     let precision = match args.precision {
         Some(PrecisionArg::F32) => Precision::F32,
@@ -110,7 +123,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         report
     } else {
-        with_backend!(&args.device, args.threads, precision, |backend| {
+        let gpu = GpuOptions {
+            fused: !args.unfused,
+            deterministic: !args.any_cudnn_algorithm,
+            ..GpuOptions::new(precision)
+        };
+        with_backend!(&args.device, args.threads, gpu, |backend| {
             let mut report = crate::bench::run(backend, &config)?;
             if epoch_images > 0 {
                 let e = run_epoch(backend, &config, epoch_images, args.eval_images, eval_batch)?;

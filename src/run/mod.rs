@@ -190,7 +190,7 @@ pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
     with_backend!(
         &config.device,
         config.threads,
-        config.gpu_precision(),
+        crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| train_ff(backend, config, resume)
     )
 }
@@ -390,7 +390,7 @@ pub fn evaluate_checkpoint(
     let eval = with_backend!(
         &config.device,
         config.threads,
-        config.gpu_precision(),
+        crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| {
             let (train, test) = load_data(&config)?;
             let mut net = build_net(backend, &config, &train)?;
@@ -416,7 +416,7 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
     with_backend!(
         &config.device,
         config.threads,
-        config.gpu_precision(),
+        crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| train_classifier(backend, config)
     )
 }

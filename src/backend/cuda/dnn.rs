@@ -145,17 +145,19 @@ perf!(
     sys::cudnnConvolutionBwdFilterAlgoPerf_t
 );
 
-/// The best-ranked usable algorithm that is deterministic, else the best-ranked usable one,
-/// with a profile label that names it (and the better-ranked one passed over, if any).
+/// The best-ranked usable algorithm that is deterministic (when `deterministic`), else the
+/// best-ranked usable one, with a profile label that names it (and the better-ranked one
+/// passed over, if any).
 fn pick<'a, P: Perf>(
     offered: &'a [P],
     pass: &str,
     shape: &str,
+    deterministic: bool,
 ) -> DnnResult<(&'a P, &'static str)> {
     let usable: Vec<&P> = offered.iter().filter(|p| p.usable()).collect();
     let best = usable
         .iter()
-        .find(|p| p.deterministic())
+        .find(|p| p.deterministic() || !deterministic)
         .or(usable.first())
         .copied()
         .ok_or_else(|| format!("cuDNN offers no {pass} algorithm for this shape"))?;
@@ -194,7 +196,13 @@ unsafe impl Send for ConvPlan {}
 const MAX_WORKSPACE: usize = 1 << 30;
 
 impl ConvPlan {
-    pub fn new(dnn: &Dnn, s: ConvShape, math: ConvMath) -> DnnResult<ConvPlan> {
+    /// The plan of shape `s`; `deterministic` prefers deterministic algorithms (see `pick`).
+    pub fn new(
+        dnn: &Dnn,
+        s: ConvShape,
+        math: ConvMath,
+        deterministic: bool,
+    ) -> DnnResult<ConvPlan> {
         let x = nhwc(math, s.n, s.c_in, s.h, s.w)?;
         let y = nhwc(math, s.n, s.c_out, s.h, s.w)?;
         let w = Filter(
@@ -251,12 +259,12 @@ impl ConvPlan {
             labels: [""; 3],
             shape: format!("{}x{} {}->{}", s.h, s.w, s.c_in, s.c_out),
         };
-        plan.choose(dnn)?;
+        plan.choose(dnn, deterministic)?;
         Ok(plan)
     }
 
     /// Picks the best-ranked usable algorithm of each pass and sizes the workspace.
-    fn choose(&mut self, dnn: &Dnn) -> DnnResult<()> {
+    fn choose(&mut self, dnn: &Dnn, deterministic: bool) -> DnnResult<()> {
         let h = dnn.handle;
         let mut count = 0i32;
         // SAFETY: live handle and descriptors; the result arrays hold as many entries as
@@ -276,7 +284,12 @@ impl ConvPlan {
                     fwd.as_mut_ptr(),
                 ),
             )?;
-            let (best, label) = pick(&fwd[..count.max(0) as usize], "forward", &self.shape)?;
+            let (best, label) = pick(
+                &fwd[..count.max(0) as usize],
+                "forward",
+                &self.shape,
+                deterministic,
+            )?;
             self.fwd = best.algo;
             self.labels[0] = label;
             self.workspace = self.workspace.max(best.memory);
@@ -295,7 +308,12 @@ impl ConvPlan {
                     data.as_mut_ptr(),
                 ),
             )?;
-            let (best, label) = pick(&data[..count.max(0) as usize], "backward-data", &self.shape)?;
+            let (best, label) = pick(
+                &data[..count.max(0) as usize],
+                "backward-data",
+                &self.shape,
+                deterministic,
+            )?;
             self.bwd_data = best.algo;
             self.labels[1] = label;
             self.workspace = self.workspace.max(best.memory);
@@ -318,6 +336,7 @@ impl ConvPlan {
                 &filter[..count.max(0) as usize],
                 "backward-filter",
                 &self.shape,
+                deterministic,
             )?;
             self.bwd_filter = best.algo;
             self.labels[2] = label;

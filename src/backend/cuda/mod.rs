@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, Precision,
-    SampleShape, check_copy, check_len, checks,
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, PoolShape,
+    Precision, SampleShape, check_copy, check_len, checks,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
@@ -78,6 +78,9 @@ pub struct Cuda {
     functions: HashMap<&'static str, CudaFunction>,
     blas: CudaBlas,
     precision: Precision,
+    /// See [`GpuOptions`].
+    fused: bool,
+    deterministic: bool,
     sms: usize,
     state: Mutex<State>,
     profile: GpuProfile,
@@ -122,9 +125,15 @@ fn grow<'a, T: DeviceRepr + ValidAsZeroBits>(
 }
 
 impl Cuda {
+    /// Opens GPU `ordinal` with the default options for `precision`.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda> {
+        Cuda::with_options(ordinal, GpuOptions::new(precision))
+    }
+
     /// Opens GPU `ordinal`: loads the CUDA libraries, compiles the kernels, creates the
     /// cuBLAS and cuDNN handles.
-    pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda> {
+    pub fn with_options(ordinal: usize, options: GpuOptions) -> Result<Cuda> {
+        let precision = options.precision;
         let e = |what: &str, x: &dyn std::fmt::Debug| err(ordinal, what, x);
         let plain = |msg: String| Error::Device {
             device: format!("cuda:{ordinal}"),
@@ -188,6 +197,8 @@ impl Cuda {
             functions,
             blas,
             precision,
+            fused: options.fused,
+            deterministic: options.deterministic,
             sms,
             state: Mutex::new(State {
                 dnn,
@@ -283,7 +294,8 @@ impl Cuda {
             Precision::Bf16 => ConvMath::Bf16,
         };
         if !state.plans.contains_key(&s) {
-            let plan = ConvPlan::new(&state.dnn, s, math).map_err(|x| self.err("cuDNN plan", x))?;
+            let plan = ConvPlan::new(&state.dnn, s, math, self.deterministic)
+                .map_err(|x| self.err("cuDNN plan", x))?;
             grow(&self.stream, &mut state.scratch.workspace, plan.workspace)
                 .map_err(|x| self.err("cuDNN workspace", x))?;
             state.plans.insert(s, plan);
@@ -366,7 +378,7 @@ impl Cuda {
     /// `out`'s f32 data to write, and the address of its bf16 copy for the same kernel to
     /// write alongside in bf16 precision (0, i.e. none, in f32).
     fn with_half_copy<'a>(&self, out: &'a mut CudaBuf) -> Result<(&'a mut CudaSlice<f32>, u64)> {
-        if self.precision == Precision::F32 {
+        if self.precision == Precision::F32 || !self.fused {
             return Ok((out.f32_mut(), 0));
         }
         let (data, half) = out
@@ -620,11 +632,18 @@ impl Backend for Cuda {
     type Buf = CudaBuf;
 
     fn name(&self) -> String {
-        let precision = match self.precision {
+        let mut how = match self.precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16 convolutions",
-        };
-        format!("cuda:{} ({}, {precision})", self.ordinal, self.device_name)
+        }
+        .to_string();
+        if !self.fused {
+            how.push_str(", unfused");
+        }
+        if !self.deterministic {
+            how.push_str(", any cuDNN algorithm");
+        }
+        format!("cuda:{} ({}, {how})", self.ordinal, self.device_name)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -832,6 +851,11 @@ impl Backend for Cuda {
         s: ConvShape,
         save_activation: bool,
     ) -> Result<()> {
+        if !self.fused {
+            return super::conv3x3_relu_pool_goodness_composed(
+                self, activation, pooled, goodness, input, weight, s,
+            );
+        }
         checks::conv3x3_relu_pool_goodness::<Self>(
             activation,
             pooled.as_deref(),
@@ -903,7 +927,7 @@ impl Backend for Cuda {
         s: ConvShape,
         pool: bool,
     ) -> Result<()> {
-        if self.precision == Precision::F32 {
+        if self.precision == Precision::F32 || !self.fused {
             return super::relu_pool_conv3x3_backward_composed(
                 self,
                 grad_input,
