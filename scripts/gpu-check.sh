@@ -34,4 +34,14 @@ echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs"
 timeout 300 .device/trifecta train --device cuda --dataset folder --data-dir .device/cifar10-jpeg \
     --epochs 10 --out /tmp/trifecta-cifar 2>&1 | tee "$out/train.log" || status=1
 cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
+# The lines that matter, last (a remote runner may return only the end of the output).
+echo "== summary"
+cat "$out/gpu.txt"
+grep -h "^test result" "$out/tests.log"
+grep -h -A2 "panicked at" "$out/tests.log" | head -12
+awk '/^failures:$/ {f = 1; n++} f && n == 2' "$out/tests.log" | head -25
+grep -h -E "^device:|^step:|^convolutions:|^epoch \(" "$out/bench.log"
+grep -h -E "ms in all|^ +[0-9.]+ ms" "$out/profile.log" | head -30
+grep -E "^epoch [0-9]+/[0-9]+:" "$out/train.log" | tail -3
+grep -A7 "^epoch 10/10:" "$out/train.log" | tail -6
 exit $status
