@@ -335,8 +335,11 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         .collect();
     let positive: Vec<u32> = (0..config.batch).map(|_| rng.below(10)).collect();
     let negative = crate::data::wrong_labels(&positive, 10, &mut rng);
-    for _ in 0..config.warmup {
-        net.train_step(backend, &images, &positive, &negative)?;
+    // As in training: each step uploads the next step's images (here the same ones) behind its
+    // own work.
+    net.train_step_ahead(backend, Some(&images), &positive, &negative, Some(&images))?;
+    for _ in 1..config.warmup {
+        net.train_step_ahead(backend, None, &positive, &negative, Some(&images))?;
     }
     backend.synchronize()?;
     if config.profile {
@@ -345,7 +348,7 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
     let mut times = Vec::with_capacity(config.steps);
     for _ in 0..config.steps {
         let start = Instant::now();
-        net.train_step(backend, &images, &positive, &negative)?;
+        net.train_step_ahead(backend, None, &positive, &negative, Some(&images))?;
         backend.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }

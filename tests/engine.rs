@@ -321,3 +321,51 @@ fn evaluation_does_not_depend_on_the_batch_size() {
         );
     }
 }
+
+#[test]
+fn staging_the_next_images_ahead_changes_nothing() {
+    let backend = Cpu::new(2).unwrap();
+    let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
+    config.layers.truncate(3);
+    let mut rng = Rng::new(9);
+    let steps: Vec<(Vec<f32>, Vec<u32>, Vec<u32>)> = (0..3)
+        .map(|_| {
+            let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
+            let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
+            let negatives = wrong_labels(&labels, 10, &mut rng);
+            (images, labels, negatives)
+        })
+        .collect();
+    let params = |net: &FfNet<Cpu>| -> Vec<Vec<f32>> {
+        net.named_params()
+            .iter()
+            .map(|(_, p)| p.to_torch(&backend).unwrap())
+            .collect()
+    };
+    let mut plain = FfNet::new(&backend, config.clone(), 1).unwrap();
+    let mut ahead = FfNet::new(&backend, config, 1).unwrap();
+    // Nothing staged yet: the images must be given.
+    let (_, labels, negatives) = &steps[0];
+    let err = ahead
+        .train_step_ahead(&backend, None, labels, negatives, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("train_step images"), "{err}");
+    for (k, (images, labels, negatives)) in steps.iter().enumerate() {
+        let a = plain
+            .train_step(&backend, images, labels, negatives)
+            .unwrap();
+        let given = (k == 0).then_some(images.as_slice());
+        let next = steps.get(k + 1).map(|s| s.0.as_slice());
+        let b = ahead
+            .train_step_ahead(&backend, given, labels, negatives, next)
+            .unwrap();
+        assert_eq!(a, b, "step {k}: metrics");
+    }
+    assert_eq!(params(&plain), params(&ahead));
+    // The last step staged nothing: a step without images is refused again.
+    assert!(
+        ahead
+            .train_step_ahead(&backend, None, labels, negatives, None)
+            .is_err()
+    );
+}

@@ -60,6 +60,8 @@ pub struct FfNet<B: Backend> {
     images: Tensor<B>,
     /// (B, H, W, C): a training batch as uploaded, before it is doubled on the device.
     staged: Tensor<B>,
+    /// `staged` holds the images of the next step (staged by [`Self::train_step_ahead`]).
+    staged_ahead: bool,
     /// Each updated block's goodness (N) and loss (1), gathered for one download per step.
     metrics: Tensor<B>,
     /// (N, H, W, C+1): images with their label planes.
@@ -116,6 +118,7 @@ impl<B: Backend> FfNet<B> {
             iteration: 0,
             images: Tensor::zeros(backend, &[0])?,
             staged: Tensor::zeros(backend, &[0])?,
+            staged_ahead: false,
             metrics: Tensor::zeros(backend, &[0])?,
             input: Tensor::zeros(backend, &[0])?,
             grad_output: Tensor::zeros(backend, &[0])?,
@@ -189,6 +192,28 @@ impl<B: Backend> FfNet<B> {
         self.train_step_observed(backend, images, positive, negative, &mut |_, _| Ok(()))
     }
 
+    /// [`Self::train_step`], also uploading the next step's images `next` once this step's
+    /// work is queued: with an asynchronous backend (CUDA) the upload then overlaps the
+    /// step instead of delaying the next one. `images` None: the images `next` staged in the
+    /// previous call (an error if it staged none, or a different number).
+    pub fn train_step_ahead(
+        &mut self,
+        backend: &B,
+        images: Option<&[f32]>,
+        positive: &[u32],
+        negative: &[u32],
+        next: Option<&[f32]>,
+    ) -> Result<StepMetrics> {
+        self.step(
+            backend,
+            images,
+            positive,
+            negative,
+            next,
+            &mut |_, _| Ok(()),
+        )
+    }
+
     /// [`Self::train_step`], calling `observe(block, net)` right after each block is done
     /// (after its update, if it updated). Gradients are intact at that point; the next
     /// block's update may zero some of them. Tests use this to read intermediate values.
@@ -198,6 +223,35 @@ impl<B: Backend> FfNet<B> {
         images: &[f32],
         positive: &[u32],
         negative: &[u32],
+        observe: &mut dyn FnMut(usize, &Self) -> Result<()>,
+    ) -> Result<StepMetrics> {
+        self.step(backend, Some(images), positive, negative, None, observe)
+    }
+
+    /// Stages `images` `(B, H, W, C)` on the device for a step (the upload may still be in
+    /// flight on return).
+    fn stage(&mut self, backend: &B, images: &[f32]) -> Result<()> {
+        let image = self.config.image;
+        if image.numel() == 0 || !images.len().is_multiple_of(image.numel()) {
+            return Err(Error::Shape {
+                op: "train_step images",
+                expected: vec![image.height, image.width, image.channels],
+                got: vec![images.len()],
+            });
+        }
+        let batch = images.len() / image.numel();
+        self.staged
+            .resize(backend, &[batch, image.height, image.width, image.channels])?;
+        backend.write(&mut self.staged.buf, images)
+    }
+
+    fn step(
+        &mut self,
+        backend: &B,
+        images: Option<&[f32]>,
+        positive: &[u32],
+        negative: &[u32],
+        next: Option<&[f32]>,
         observe: &mut dyn FnMut(usize, &Self) -> Result<()>,
     ) -> Result<StepMetrics> {
         let pairs = positive.len();
@@ -210,17 +264,23 @@ impl<B: Backend> FfNet<B> {
         }
         // The images go to the device once and are doubled there (positives, then negatives).
         let image = self.config.image;
-        if images.len() != pairs * image.numel() {
+        let staged = match images {
+            Some(images) => images.len(),
+            None if self.staged_ahead => B::len(&self.staged.buf),
+            None => 0,
+        };
+        if staged != pairs * image.numel() {
             return Err(Error::Shape {
                 op: "train_step images",
                 expected: vec![pairs, image.height, image.width, image.channels],
-                got: vec![images.len()],
+                got: vec![staged],
             });
         }
+        self.staged_ahead = false;
+        if let Some(images) = images {
+            self.stage(backend, images)?;
+        }
         let n = 2 * pairs;
-        self.staged
-            .resize(backend, &[pairs, image.height, image.width, image.channels])?;
-        backend.write(&mut self.staged.buf, images)?;
         self.images
             .resize(backend, &[n, image.height, image.width, image.channels])?;
         backend.copy_into(&mut self.images.buf, 0, &self.staged.buf)?;
@@ -240,6 +300,12 @@ impl<B: Backend> FfNet<B> {
                 self.update_block(backend, i, pairs, &labels)?;
             }
             observe(i, self)?;
+        }
+        // The next step's images go up behind this step's work (which has read the staged
+        // ones by then, in stream order), before the wait for the metrics below.
+        if let Some(next) = next {
+            self.stage(backend, next)?;
+            self.staged_ahead = true;
         }
         // The metrics, read after the step: each block's goodness and loss stay in place
         // until the next step. They are gathered on the device and read in one download (one

@@ -90,13 +90,22 @@ pub fn train_epoch<B: Backend>(
         augment,
         |steps, batches| -> Result<()> {
             let mut waited = Waited::new(batches);
-            for (step, batch) in waited.by_ref().enumerate() {
+            let mut batches = waited.by_ref().peekable();
+            // Each step uploads the next step's images behind its own work.
+            let mut staged = false;
+            let mut step = 0;
+            while let Some(batch) = batches.next() {
+                let next = batches.peek().map(|b| b.images.as_slice());
+                let images = (!staged).then_some(batch.images.as_slice());
                 let metrics =
-                    net.train_step(backend, &batch.images, &batch.positive, &batch.negative)?;
+                    net.train_step_ahead(backend, images, &batch.positive, &batch.negative, next)?;
+                staged = next.is_some();
                 stats.add(&metrics);
                 stats.samples += batch.positive.len();
                 on_step(step, steps, &metrics);
+                step += 1;
             }
+            drop(batches);
             stats.data_wait_seconds = waited.seconds;
             Ok(())
         },

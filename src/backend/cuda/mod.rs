@@ -20,7 +20,7 @@ pub use buf::CudaBuf;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    PushKernelArg, ValidAsZeroBits,
+    PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,27 @@ struct Scratch {
     half: [Option<CudaSlice<u16>>; 3],
     /// bf16 weight gradient before it is added to the f32 one.
     half_dw: Option<CudaSlice<u16>>,
+    /// Page-locked host memory that large uploads go through, two buffers used in turn.
+    staging: [Option<Staging>; 2],
+    next_staging: usize,
+}
+
+/// Uploads of at least this many floats go through page-locked staging memory.
+const STAGED_UPLOAD: usize = 1 << 16;
+
+/// A page-locked upload buffer and the event recorded after the last copy out of it.
+struct Staging {
+    host: PinnedHostSlice<f32>,
+    copied: Option<CudaEvent>,
+}
+
+impl Drop for Staging {
+    /// The memory goes back only once the GPU has copied out of it.
+    fn drop(&mut self) {
+        if let Some(copied) = &self.copied {
+            let _ = copied.synchronize();
+        }
+    }
 }
 
 struct State {
@@ -373,6 +394,50 @@ impl Cuda {
             unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))
         })?;
         Ok(())
+    }
+
+    /// Uploads `data` into `dst` through page-locked memory: the host copies it there and the
+    /// GPU copies it on asynchronously, in stream order. The two staging buffers take turns,
+    /// and one is refilled only after the GPU has copied out of it. False (nothing done) where
+    /// page-locked memory cannot be had; the caller then copies from pageable memory.
+    fn upload_staged(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<bool> {
+        let mut guard = self.lock();
+        let sc = &mut guard.scratch;
+        let slot = &mut sc.staging[sc.next_staging];
+        sc.next_staging = 1 - sc.next_staging;
+        if slot.as_ref().is_none_or(|s| s.host.len() < data.len()) {
+            *slot = None; // free before allocating the bigger one
+            // SAFETY: the memory is written below before any copy reads it.
+            match unsafe { self.stream.context().alloc_pinned::<f32>(data.len()) } {
+                Ok(host) => *slot = Some(Staging { host, copied: None }),
+                Err(_) => return Ok(false),
+            }
+        }
+        let staging = slot.as_mut().expect("just filled");
+        if let Some(copied) = &staging.copied {
+            copied
+                .synchronize()
+                .map_err(|e| self.err("upload staging", e))?;
+        }
+        let host = staging
+            .host
+            .as_mut_slice()
+            .map_err(|e| self.err("upload staging", e))?;
+        let host = &mut host[..data.len()];
+        host.copy_from_slice(data);
+        let to = self.ptr(dst.f32_mut());
+        self.timed("upload", || {
+            // SAFETY: `to` holds `dst.len() == data.len()` floats (checked by the caller), and
+            // `host` stays alive and untouched until the event below says the copy is done.
+            unsafe { cudarc::driver::result::memcpy_htod_async(to, host, self.stream.cu_stream()) }
+                .map_err(|e| self.err("upload", e))
+        })?;
+        staging.copied = Some(
+            self.stream
+                .record_event(None)
+                .map_err(|e| self.err("upload staging", e))?,
+        );
+        Ok(true)
     }
 
     /// `out`'s f32 data to write, and the address of its bf16 copy for the same kernel to
@@ -708,8 +773,13 @@ impl Backend for Cuda {
         );
         Ok(())
     }
+    /// Large uploads are asynchronous: the host copies the data into page-locked memory and
+    /// returns while the GPU copies it on, in stream order.
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
         check_len("write", data.len(), dst.len())?;
+        if data.len() >= STAGED_UPLOAD && self.upload_staged(dst, data)? {
+            return Ok(());
+        }
         if !data.is_empty() {
             self.timed("upload", || {
                 self.stream
