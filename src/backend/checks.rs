@@ -193,34 +193,6 @@ pub fn batchnorm_forward_eval<B: Backend>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward<B: Backend>(
-    grad_input: Option<&B::Buf>,
-    grad_gamma: &B::Buf,
-    grad_beta: &B::Buf,
-    grad_out: &B::Buf,
-    mean: &B::Buf,
-    rstd: &B::Buf,
-    input: &B::Buf,
-    gamma: &B::Buf,
-    s: ChannelShape,
-) -> Result<()> {
-    let (all, c) = (s.rows * s.channels, s.channels);
-    if let Some(grad_input) = grad_input {
-        lens!(B, "batchnorm_backward"; grad_input => all);
-    }
-    lens!(B, "batchnorm_backward";
-        grad_gamma => c,
-        grad_beta => c,
-        grad_out => all,
-        mean => c,
-        rstd => c,
-        input => all,
-        gamma => c,
-    );
-    Ok(())
-}
-
 pub fn layernorm_forward<B: Backend>(
     out: &B::Buf,
     mean: &B::Buf,
@@ -242,33 +214,50 @@ pub fn layernorm_forward<B: Backend>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward<B: Backend>(
-    grad_input: Option<&B::Buf>,
-    grad_gamma: &B::Buf,
-    grad_beta: &B::Buf,
-    grad_out: &B::Buf,
-    mean: &B::Buf,
-    rstd: &B::Buf,
-    input: &B::Buf,
-    gamma: &B::Buf,
-    s: SampleShape,
-) -> Result<()> {
-    let (all, f) = (s.n * s.features, s.features);
-    if let Some(grad_input) = grad_input {
-        lens!(B, "layernorm_backward"; grad_input => all);
-    }
-    lens!(B, "layernorm_backward";
-        grad_gamma => f,
-        grad_beta => f,
-        grad_out => all,
-        mean => s.n,
-        rstd => s.n,
-        input => all,
-        gamma => f,
-    );
-    Ok(())
+/// The backward of a norm, from its shape: (all values, saved statistics, gamma's length).
+macro_rules! norm_backward {
+    ($name:ident, $op:literal, $shape:ty, |$s:ident| $sizes:expr) => {
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name<B: Backend>(
+            grad_input: Option<&B::Buf>,
+            grad_gamma: &B::Buf,
+            grad_beta: &B::Buf,
+            grad_out: &B::Buf,
+            mean: &B::Buf,
+            rstd: &B::Buf,
+            input: &B::Buf,
+            gamma: &B::Buf,
+            $s: $shape,
+        ) -> Result<()> {
+            let (all, stats, params): (usize, usize, usize) = $sizes;
+            if let Some(grad_input) = grad_input {
+                lens!(B, $op; grad_input => all);
+            }
+            lens!(B, $op;
+                grad_gamma => params,
+                grad_beta => params,
+                grad_out => all,
+                mean => stats,
+                rstd => stats,
+                input => all,
+                gamma => params,
+            );
+            Ok(())
+        }
+    };
 }
+
+norm_backward!(
+    batchnorm_backward,
+    "batchnorm_backward",
+    ChannelShape,
+    |s| (s.rows * s.channels, s.channels, s.channels)
+);
+norm_backward!(layernorm_backward, "layernorm_backward", SampleShape, |s| (
+    s.n * s.features,
+    s.n,
+    s.features
+));
 
 pub fn relu_backward<B: Backend>(grad: &B::Buf, activation: &B::Buf) -> Result<()> {
     lens!(B, "relu_backward"; activation => B::len(grad));

@@ -683,13 +683,13 @@ fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
 
 /// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
 macro_rules! launch {
-    ($self:ident, $kernel:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let cfg = $cfg;
-        let mut l = $self.stream.launch_builder($self.f($kernel));
+    ($self:ident, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let (kernel, cfg): (&'static str, _) = ($kernel, $cfg);
+        let mut l = $self.stream.launch_builder($self.f(kernel));
         $( l.arg($arg); )+
         // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
         // and every buffer was checked against the shape that sizes the launch.
-        $self.timed($kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err($kernel, e)))?;
+        $self.timed(kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err(kernel, e)))?;
     }};
 }
 
@@ -946,39 +946,24 @@ impl Backend for Cuda {
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
-        if self.precision == Precision::Bf16 {
-            let y = self.raw(&state.scratch.half[2]);
-            launch!(
-                self,
-                "relu_pool_goodness_bf16",
-                nvrtc::per_row(s.n),
-                activation.f32_mut(),
-                &pooled,
-                goodness.f32_mut(),
-                &y,
-                &h,
-                &w,
-                &c,
-                &pool,
-                &save
-            );
-        } else {
-            let y = self.ptr(activation.f32());
-            launch!(
-                self,
-                "relu_pool_goodness_f32",
-                nvrtc::per_row(s.n),
-                activation.f32_mut(),
-                &pooled,
-                goodness.f32_mut(),
-                &y,
-                &h,
-                &w,
-                &c,
-                &pool,
-                &save
-            );
-        }
+        let (kernel, y) = match self.precision {
+            Precision::Bf16 => ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2])),
+            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32())),
+        };
+        launch!(
+            self,
+            kernel,
+            nvrtc::per_row(s.n),
+            activation.f32_mut(),
+            &pooled,
+            goodness.f32_mut(),
+            &y,
+            &h,
+            &w,
+            &c,
+            &pool,
+            &save
+        );
         Ok(())
     }
 
