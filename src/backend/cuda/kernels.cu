@@ -171,6 +171,12 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 // ReLU(y) of a bf16 value is one. goodness = the mean square of the block's output. The
 // values and the goodness sum come out exactly as from relu_forward, maxpool2_forward and
 // goodness_forward (the same float operations, the same summation order).
+// Each thread takes TAIL_UNROLL of its items at a time and issues all their loads before any
+// store: the stores may alias the loads (f32 works in place), so the compiler cannot move a
+// later load above an earlier store itself, and one load in flight per warp would leave the
+// kernel waiting on memory. The items are still summed in the thread's own order.
+#define TAIL_UNROLL 4
+
 template <typename In, typename Saved>
 __device__ void relu_pool_goodness(float* activation, Saved* saved, float* pooled,
                                    float* goodness, const In* y, int h, int w, int c, int pool,
@@ -186,20 +192,36 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
         int oh = h / 2, ow = w / 2;
         features = oh * ow * c;
         float* ps = pooled + s * features;
-        for (int i = threadIdx.x; i < features; i += blockDim.x) {
-            int ch = i % c, rest = i / c;
-            int ox = rest % ow, oy = rest / ow;
-            long long base = ((long long)(2 * oy) * w + 2 * ox) * c + ch;
-            long long at[4] = {base, base + c, base + (long long)w * c, base + (long long)w * c + c};
-            float v[4];
-            for (int q = 0; q < 4; q++) {
-                v[q] = fmaxf(load(ys, at[q]), 0.0f);
-                if (save) store(as, at[q], v[q]);
+        for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
+            long long at[TAIL_UNROLL][4];
+            float v[TAIL_UNROLL][4];
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= features) break;
+                int ch = i % c, rest = i / c;
+                int ox = rest % ow, oy = rest / ow;
+                long long base = ((long long)(2 * oy) * w + 2 * ox) * c + ch;
+                at[u][0] = base;
+                at[u][1] = base + c;
+                at[u][2] = base + (long long)w * c;
+                at[u][3] = base + (long long)w * c + c;
+#pragma unroll
+                for (int q = 0; q < 4; q++) v[u][q] = fmaxf(load(ys, at[u][q]), 0.0f);
             }
-            float m = fmaxf(fmaxf(fmaxf(v[0], v[1]), v[2]), v[3]);
-            ps[i] = m;
-            double d = (double)m;
-            sum += d * d;
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= features) break;
+                if (save) {
+#pragma unroll
+                    for (int q = 0; q < 4; q++) store(as, at[u][q], v[u][q]);
+                }
+                float m = fmaxf(fmaxf(fmaxf(v[u][0], v[u][1]), v[u][2]), v[u][3]);
+                ps[i] = m;
+                double d = (double)m;
+                sum += d * d;
+            }
         }
         if (save && ((h | w) & 1)) {
             // The last row or column of an odd size is in no window: ReLU alone.
@@ -212,11 +234,22 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
     } else {
         float* as = activation + s * per_sample;
         features = (int)per_sample;
-        for (int i = threadIdx.x; i < features; i += blockDim.x) {
-            float v = fmaxf(load(ys, i), 0.0f);
-            as[i] = v;
-            double d = (double)v;
-            sum += d * d;
+        for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
+            float v[TAIL_UNROLL];
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= features) break;
+                v[u] = fmaxf(load(ys, i), 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= features) break;
+                as[i] = v[u];
+                double d = (double)v[u];
+                sum += d * d;
+            }
         }
     }
     sum = block_sum(sum, shared);
