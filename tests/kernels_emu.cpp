@@ -595,14 +595,16 @@ static void check_embedding_heads_adam() {
     size_t len = 1001;
     auto p = randn(len);
     std::vector<float> m(len, 0), v(len, 0);
+    std::vector<unsigned short> p_half(len, 0x7fff);
     std::vector<double> wp2(p.begin(), p.end()), wm(len, 0), wv(len, 0);
     for (int step = 1; step <= 2; step++) {
         auto g = randn(len);
         double b1 = 1 - std::pow(0.9, step), b2 = 1 - std::pow(0.999, step);
         float step_size = (float)(1e-3 / b1), bias2_sqrt = (float)std::sqrt(b2);
+        // The second step also writes the bf16 copy of the new parameters.
         launch(elementwise(len), {BLOCK}, [&] {
-            adam_step(p.data(), m.data(), v.data(), g.data(), (long long)len, 0.9f, 0.999f, 1e-8f,
-                      step_size, bias2_sqrt);
+            adam_step(p.data(), step == 2 ? p_half.data() : nullptr, m.data(), v.data(),
+                      g.data(), (long long)len, 0.9f, 0.999f, 1e-8f, step_size, bias2_sqrt);
         });
         for (size_t i = 0; i < len; i++) {
             wm[i] = 0.9 * wm[i] + 0.1 * g[i];
@@ -612,6 +614,9 @@ static void check_embedding_heads_adam() {
     }
     close("adam param", p, wp2, 1e-5, 1e-6);
     close("adam m", m, wm, 1e-5, 1e-7);
+    std::vector<unsigned short> want_half(len);
+    launch(elementwise(len), {BLOCK}, [&] { f32_to_bf16(want_half.data(), p.data(), (long long)len); });
+    close("adam bf16 copy", as_f32(p_half), widen(as_f32(want_half)), 0, 0);
 
     // bf16 round trip: exact for values with 8 significant bits, nearest-even otherwise.
     std::vector<float> src = {1.0f, -2.5f, 0.375f, 1.00390625f /* 1 + 2^-8: ties to even */,

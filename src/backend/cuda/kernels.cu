@@ -554,15 +554,19 @@ extern "C" __global__ void layernorm_backward_input(float* dx, const float* dy, 
 // ---- Adam (PyTorch semantics; step_size = lr / (1 - beta1^t) and
 // bias2_sqrt = sqrt(1 - beta2^t) come from the host) ----
 
-extern "C" __global__ void adam_step(float* param, float* m, float* v, const float* grad,
-                                     long long n, float beta1, float beta2, float eps,
-                                     float step_size, float bias2_sqrt) {
+// `param_half`, when not null, also gets the bf16 rounding of the new parameter (the copy a
+// bf16 convolution reads its weights from).
+extern "C" __global__ void adam_step(float* param, unsigned short* param_half, float* m, float* v,
+                                     const float* grad, long long n, float beta1, float beta2,
+                                     float eps, float step_size, float bias2_sqrt) {
     GRID_STRIDE(i, n) {
         float g = grad[i];
         m[i] = beta1 * m[i] + (1.0f - beta1) * g;
         v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
         float denom = sqrtf(v[i]) / bias2_sqrt + eps;
-        param[i] -= step_size * m[i] / denom;
+        float p = param[i] - step_size * m[i] / denom;
+        param[i] = p;
+        if (param_half) param_half[i] = to_bf16(p);
     }
 }
 

@@ -1661,11 +1661,15 @@ impl Backend for Cuda {
         let step_size = (hp.lr as f64 / bias1) as f32;
         let bias2_sqrt = bias2.sqrt() as f32;
         let n = param.len() as i64;
+        let cfg = nvrtc::elementwise(param.len());
+        // In bf16 the new weights' bf16 copy is written beside them, for the convolutions.
+        let (param, param_half) = self.with_half_copy(param)?;
         launch!(
             self,
             "adam_step",
-            nvrtc::elementwise(param.len()),
-            param.f32_mut(),
+            cfg,
+            param,
+            &param_half,
             m.f32_mut(),
             v.f32_mut(),
             grad.f32(),
