@@ -109,38 +109,47 @@ extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, i
     }
 }
 
-// One thread per input element: it finds its window's first maximum (PyTorch's choice) and
-// takes the output gradient if that is itself and the maximum is a live ReLU (> 0). `Out` is
-// float, or bf16 when the result goes straight to a bf16 convolution backward; `Saved`, the
-// activation's type (bf16: the record of relu_pool_goodness_bf16).
+// One thread per 2x2 window: it finds the window's first maximum (PyTorch's choice) and gives
+// it the output gradient if the maximum is a live ReLU (> 0), zero to the other three; then
+// the elements in no window (the last row or column of an odd size) get zero. A window's
+// index arithmetic and loads serve its four elements at once. `Out` is float, or bf16 when
+// the result goes straight to a bf16 convolution backward; `Saved`, the activation's type
+// (bf16: the record of relu_pool_goodness_bf16). Launch over the windows (grid-stride).
 template <typename Out, typename Saved>
 __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out, const Saved* x,
                                           int n, int h, int w, int c) {
     int oh = h / 2, ow = w / 2;
-    long long total = (long long)n * h * w * c;
-    GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        long long rest = i / c;
-        int xx = (int)(rest % w);
-        rest /= w;
-        int yy = (int)(rest % h);
-        long long s = rest / h;
-        int oy = yy / 2, ox = xx / 2;
-        if (oy >= oh || ox >= ow) {
-            store(grad_input, i, 0.0f);  // the last row or column of an odd size is in no window
-            continue;
-        }
-        const Saved* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
-        long long row = (long long)w * c;
-        float a = load(at, 0), b = load(at, c), cc = load(at, row), d = load(at, row + c);
+    long long row = (long long)w * c;
+    long long windows = (long long)n * oh * ow * c;
+    GRID_STRIDE(j, windows) {
+        int ch = (int)(j % c);
+        long long rest = j / c;
+        int ox = (int)(rest % ow);
+        rest /= ow;
+        int oy = (int)(rest % oh);
+        long long s = rest / oh;
+        long long base = ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        long long at[4] = {base, base + c, base + row, base + row + c};
+        float a = load(x, at[0]), b = load(x, at[1]), cc = load(x, at[2]), d = load(x, at[3]);
         bool pick_a = a >= b && a >= cc && a >= d;
         bool pick_b = !pick_a && b >= cc && b >= d;
         bool pick_c = !pick_a && !pick_b && cc >= d;
         int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
-        int mine = (yy - 2 * oy) * 2 + (xx - 2 * ox);
         bool live = fmaxf(fmaxf(fmaxf(a, b), cc), d) > 0.0f;
-        store(grad_input, i,
-              (picked == mine && live) ? grad_out[((s * oh + oy) * ow + ox) * c + ch] : 0.0f);
+        float g = live ? grad_out[j] : 0.0f;  // the pooled layout is the windows' order
+        for (int q = 0; q < 4; q++) store(grad_input, at[q], q == picked ? g : 0.0f);
+    }
+    // The elements in no window, per sample: the last row when h is odd, then the last
+    // column of the rows above it when w is odd.
+    long long last_row = (h & 1) ? row : 0, last_col = (w & 1) ? 2LL * oh * c : 0;
+    long long left = last_row + last_col;
+    GRID_STRIDE(k, (long long)n * left) {
+        long long s = k / left, r = k % left;
+        long long at = r < last_row
+                           ? (s * h + h - 1) * row + r
+                           : (s * h + (r - last_row) / c) * row + (long long)(w - 1) * c +
+                                 (r - last_row) % c;
+        store(grad_input, at, 0.0f);
     }
 }
 

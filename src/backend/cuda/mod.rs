@@ -1017,7 +1017,7 @@ impl Backend for Cuda {
             launch!(
                 self,
                 "relu_maxpool2_backward_bf16",
-                nvrtc::elementwise(ny),
+                nvrtc::elementwise(checks::pool_sizes(s.output_pool()).1),
                 dy,
                 grad_output.f32(),
                 activation.f32(), // the bf16 record of relu_pool_goodness_bf16
@@ -1385,12 +1385,11 @@ impl Backend for Cuda {
         s: PoolShape,
     ) -> Result<()> {
         checks::relu_maxpool2_backward::<Self>(grad_input, grad_out, activation, s)?;
-        let total = s.n * s.h * s.w * s.c;
         let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
             "relu_maxpool2_backward",
-            nvrtc::elementwise(total),
+            nvrtc::elementwise(checks::pool_sizes(s).1), // one thread per window
             grad_input.f32_mut(),
             grad_out.f32(),
             activation.f32(),
