@@ -8,6 +8,7 @@
 use cudarc::driver::LaunchConfig;
 use cudarc::nvrtc::{Ptx, result, sys};
 use std::ffi::{CStr, CString, c_char};
+use std::sync::Mutex;
 
 /// The CUDA C source of every kernel of ours.
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -59,9 +60,19 @@ pub fn options(major: i32, minor: i32) -> Vec<String> {
     ]
 }
 
-/// Compiles [`SOURCE`] into a cubin for `sm_{major}{minor}`, ready to load.
+/// Compiles [`SOURCE`] into a cubin for `sm_{major}{minor}`, ready to load. Compiled once per
+/// process and architecture (a second backend, e.g. in the tests, reuses it).
 pub fn compile(major: i32, minor: i32) -> Result<Ptx, String> {
-    compile_cubin(major, minor).map(Ptx::from_binary)
+    /// (major, minor) and the cubin compiled for it.
+    type Cubin = ((i32, i32), Vec<u8>);
+    static CUBINS: Mutex<Vec<Cubin>> = Mutex::new(Vec::new());
+    let mut cubins = CUBINS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, cubin)) = cubins.iter().find(|(arch, _)| *arch == (major, minor)) {
+        return Ok(Ptx::from_binary(cubin.clone()));
+    }
+    let cubin = compile_cubin(major, minor)?;
+    cubins.push(((major, minor), cubin.clone()));
+    Ok(Ptx::from_binary(cubin))
 }
 
 /// The cubin (an ELF image) of [`SOURCE`] for `sm_{major}{minor}`. The error carries NVRTC's
