@@ -92,18 +92,24 @@ extern "C" __global__ void relu_backward(float* grad, const float* activation, l
     }
 }
 
+// The input index of the top-left element of 2x2 window `j` (the index of its output in the
+// pooled NHWC tensor) of an (n, h, w, c) input.
+__device__ long long window_origin(long long j, int h, int w, int c) {
+    int oh = h / 2, ow = w / 2;
+    int ch = (int)(j % c);
+    long long rest = j / c;
+    int ox = (int)(rest % ow);
+    rest /= ow;
+    int oy = (int)(rest % oh);
+    long long s = rest / oh;
+    return ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+}
+
 extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, int h, int w,
                                             int c) {
-    int oh = h / 2, ow = w / 2;
-    long long total = (long long)n * oh * ow * c;
+    long long total = (long long)n * (h / 2) * (w / 2) * c;
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        long long rest = i / c;
-        int ox = (int)(rest % ow);
-        rest /= ow;
-        int oy = (int)(rest % oh);
-        long long s = rest / oh;
-        const float* at = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        const float* at = x + window_origin(i, h, w, c);
         float a = at[0], b = at[c], e = at[(long long)w * c], f = at[(long long)w * c + c];
         out[i] = fmaxf(fmaxf(fmaxf(a, b), e), f);
     }
@@ -122,13 +128,7 @@ __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out
     long long row = (long long)w * c;
     long long windows = (long long)n * oh * ow * c;
     GRID_STRIDE(j, windows) {
-        int ch = (int)(j % c);
-        long long rest = j / c;
-        int ox = (int)(rest % ow);
-        rest /= ow;
-        int oy = (int)(rest % oh);
-        long long s = rest / oh;
-        long long base = ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
+        long long base = window_origin(j, h, w, c);
         long long at[4] = {base, base + c, base + row, base + row + c};
         float a = load(x, at[0]), b = load(x, at[1]), cc = load(x, at[2]), d = load(x, at[3]);
         bool pick_a = a >= b && a >= cc && a >= d;
@@ -208,9 +208,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             for (int u = 0; u < TAIL_UNROLL; u++) {
                 int i = i0 + u * blockDim.x;
                 if (i >= features) break;
-                int ch = i % c, rest = i / c;
-                int ox = rest % ow, oy = rest / ow;
-                long long base = ((long long)(2 * oy) * w + 2 * ox) * c + ch;
+                long long base = window_origin(i, h, w, c);  // within this sample
                 at[u][0] = base;
                 at[u][1] = base + c;
                 at[u][2] = base + (long long)w * c;
