@@ -234,13 +234,6 @@ impl Cuda {
         self.precision
     }
 
-    /// Waits for all queued work (for timing).
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|x| self.err("synchronize", x))
-    }
-
     fn err(&self, what: &str, e: impl std::fmt::Debug) -> Error {
         err(self.ordinal, what, e)
     }
@@ -843,7 +836,7 @@ impl Backend for Cuda {
         s: EmbedShape,
     ) -> Result<()> {
         checks::embed_backward::<Self>(grad_table, grad_input, labels, s)?;
-        let classes = grad_table.len() / s.pixels.max(1);
+        let classes = checks::embed_classes::<Self>(grad_table, s);
         let mut state = self.lock();
         let l = self.upload_labels(&mut state.scratch, labels)?;
         let (n, p, c, k) = (
