@@ -17,8 +17,9 @@ python3 -m pip list 2>/dev/null | grep -i -E "^nvidia-(cudnn|cublas|cuda-nvrtc|c
 status=0
 echo "== CUDA tests"
 timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
-echo "== bench, bf16 (default workload at batch 512, epoch and evaluation)"
-timeout 120 .device/trifecta bench --device cuda --steps 50 --warmup 5 2>&1 | tee "$out/bench.log" || status=1
+echo "== bench, bf16 (default workload at batch 512, epoch and evaluation, the latter also unshared)"
+timeout 120 .device/trifecta bench --device cuda --steps 50 --warmup 5 --compare-unshared-eval 2>&1 |
+    tee "$out/bench.log" || status=1
 echo "== bench, f32 step"
 timeout 60 .device/trifecta bench --device cuda --precision f32 --steps 50 --warmup 5 --epoch-images 0 2>&1 |
     tee -a "$out/bench.log" || status=1

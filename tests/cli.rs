@@ -356,6 +356,8 @@ fn bad_flag_values_and_config_keys() {
     assert_one_line_error(&out, &["cuda:1"]);
     let out = trifecta(&["bench", "--unfused"]);
     assert_one_line_error(&out, &["--unfused", "--device cuda"]);
+    let out = trifecta(&["bench", "--compare-unshared-eval"]);
+    assert_one_line_error(&out, &["--compare-unshared-eval", "--epoch-images"]);
 
     let tmp = TempDir::new("config");
     let config = tmp.path().join("run.toml");

@@ -223,6 +223,12 @@ fn op_bodies_run_on_the_cpu() {
         adam_op(b, n, seed);
     }
     fused_matches_separate("cpu", b);
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        for pool in [false, true] {
+            let fused = bias_tail_op(b, s, pool, true, i as u64);
+            assert!(fused == bias_tail_op(b, s, pool, false, i as u64));
+        }
+    }
     uploads_op(b);
     assert!(train_steps(b).iter().all(|v| v.is_finite()));
 }
@@ -312,6 +318,29 @@ fn conv3x3_bf16_is_close_to_cpu() {
     }
 }
 
+/// ReLU in place, the optional pool and the goodness, op by op (what the fused tails stand
+/// for).
+fn tail_separately<B: Backend>(
+    b: &B,
+    activation: &mut B::Buf,
+    pooled: &mut B::Buf,
+    goodness: &mut B::Buf,
+    s: ConvShape,
+    pool: bool,
+) {
+    b.relu_forward(activation).unwrap();
+    let out = if pool {
+        b.maxpool2_forward(pooled, activation, s.output_pool())
+            .unwrap();
+        pooled
+    } else {
+        activation
+    };
+    let features = B::len(out) / s.n;
+    b.goodness_forward(goodness, out, SampleShape { n: s.n, features })
+        .unwrap();
+}
+
 /// A block's convolution, ReLU, optional pool and goodness, forward and backward: through
 /// the fused ops (`fused`), or through the separate ops they stand for.
 fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: u64) -> Outputs {
@@ -332,17 +361,7 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
             .unwrap();
     } else {
         b.conv3x3_forward(&mut activation, &x, &w, s).unwrap();
-        b.relu_forward(&mut activation).unwrap();
-        let out = if pool {
-            b.maxpool2_forward(&mut pooled, &activation, s.output_pool())
-                .unwrap();
-            &pooled
-        } else {
-            &activation
-        };
-        let features = B::len(out) / s.n;
-        b.goodness_forward(&mut goodness, out, SampleShape { n: s.n, features })
-            .unwrap();
+        tail_separately(b, &mut activation, &mut pooled, &mut goodness, s, pool);
     }
     let mut grad_output = up(b, &random(seed + 2, if pool { np } else { ny }));
     let mut grad_activation = b.zeros(if pool { ny } else { 0 }).unwrap();
@@ -602,6 +621,73 @@ fn relu_and_maxpool_match_cpu_exactly() {
             0.0,
         );
     }
+}
+
+/// Evaluation's block tail from a kept convolution output plus a bias map: through the
+/// fused op (`fused`), or through add_bias_map and the separate ops it stands for.
+fn bias_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: u64) -> Outputs {
+    let features = s.h * s.w * s.c_out;
+    let ny = s.n * features;
+    let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
+    let pre = up(b, &ties(seed, ny));
+    let maps = up(b, &random(seed + 1, 3 * features));
+    let mut activation = up(b, &random(seed + 2, ny));
+    let mut pooled = b.zeros(np).unwrap();
+    let mut goodness = b.zeros(s.n).unwrap();
+    if fused {
+        let p = if pool { Some(&mut pooled) } else { None };
+        b.bias_relu_pool_goodness(&mut activation, p, &mut goodness, &pre, &maps, 2, s)
+            .unwrap();
+    } else {
+        let shape = SampleShape { n: s.n, features };
+        b.add_bias_map(&mut activation, &pre, &maps, 2, shape)
+            .unwrap();
+        tail_separately(b, &mut activation, &mut pooled, &mut goodness, s, pool);
+    }
+    let mut out = vec![("goodness".to_string(), down(b, &goodness))];
+    // A pooled block leaves no activation in evaluation: only the pooled values count.
+    if pool {
+        out.push(("pooled".into(), down(b, &pooled)));
+    } else {
+        out.push(("activation".into(), down(b, &activation)));
+    }
+    out
+}
+
+/// The fused evaluation tail gives what add_bias_map and the separate ops give on the same
+/// backend, bit for bit, in both precisions (it reads f32 in both), and what the CPU gives.
+#[test]
+fn bias_tail_matches_the_separate_ops_and_cpu() {
+    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+        for pool in [false, true] {
+            let seed = 60 + 10 * i as u64;
+            let want = bias_tail_op(&cpu(), s, pool, false, seed);
+            for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
+                let fused = bias_tail_op(b, s, pool, true, seed);
+                let separate = bias_tail_op(b, s, pool, false, seed);
+                assert!(
+                    fused == separate,
+                    "{name} {s:?} pool {pool}: fused bias tail differs from the separate ops"
+                );
+                compare(
+                    &format!("{name} bias tail {s:?} pool {pool}"),
+                    fused,
+                    want.clone(),
+                    1e-6,
+                    1e-7,
+                );
+            }
+        }
+    }
+}
+
+/// On the GPU too, evaluation with block 0 shared between the labels gives the goodness of
+/// running each label through the whole network: within float rounding in f32; in bf16
+/// the convolution rounds the label plane's change rather than the whole plane.
+#[test]
+fn evaluation_shares_block_0_on_the_gpu() {
+    common::check_eval_sharing(gpu(), 1e-4, 1e-6);
+    common::check_eval_sharing(gpu_bf16(), 2e-2, 1e-3);
 }
 
 fn goodness_loss_op<B: Backend>(b: &B, pairs: usize, f: usize, kind: FfLoss, seed: u64) -> Outputs {

@@ -290,6 +290,50 @@ fn every_op_refuses_buffers_of_the_wrong_size() {
     common::check_ops_refuse_wrong_sizes(&Cpu::new(1).unwrap());
 }
 
+/// Sharing block 0's convolution between the labels changes the goodness only by float
+/// rounding, and it does share: one block-0 tail from the kept output per label, and one
+/// convolution fewer per label than the network has blocks.
+#[test]
+fn evaluation_shares_block_0_between_labels() {
+    let b = Cpu::new(2).unwrap();
+    common::check_eval_sharing(&b, 1e-4, 1e-6);
+    let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
+    config.layers.truncate(3);
+    let mut net = FfNet::new(&b, config, 1).unwrap();
+    let images = vec![0.5; 4 * MNIST_LIKE.numel()];
+    trifecta::backend::Backend::enable_profile(&b);
+    net.goodness_per_label(&b, &images).unwrap();
+    let profile = trifecta::backend::Backend::profile(&b).unwrap();
+    let calls = |name: &str| -> u64 {
+        profile
+            .iter()
+            .filter(|row| row.0.starts_with(name))
+            .map(|row| row.2)
+            .sum()
+    };
+    assert_eq!(calls("add_bias_map"), 10, "{profile:?}");
+    // Per label blocks 1 and 2; once block 0, once the label offsets.
+    assert_eq!(calls("conv3x3_forward"), 10 * 2 + 2, "{profile:?}");
+}
+
+/// The bench's epoch: a training epoch, then the evaluation timed shared and, asked for,
+/// unshared.
+#[test]
+fn bench_epoch_times_training_and_both_evaluations() {
+    let b = Cpu::new(2).unwrap();
+    let config = trifecta::bench::BenchConfig {
+        width: 0.125,
+        image: MNIST_LIKE,
+        batch: 4,
+        compare_unshared_eval: true,
+        ..Default::default()
+    };
+    let e = trifecta::bench::run_epoch(&b, &config, 10, 6, 4).unwrap();
+    assert_eq!((e.train_images, e.test_images, e.classes), (10, 6, 10));
+    assert!(e.train_seconds > 0.0 && e.eval_seconds > 0.0, "{e:?}");
+    assert!(e.unshared_eval_seconds.is_some_and(|s| s > 0.0), "{e:?}");
+}
+
 #[test]
 fn evaluation_does_not_depend_on_the_batch_size() {
     // Batches come from a thread of their own, in order: any batch size gives the same counts.

@@ -161,6 +161,7 @@ static std::vector<float> randn(size_t n, double scale = 1.0, double shift = 0.0
 }
 
 static std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+static int features_of(const std::vector<float>& v, int n) { return (int)(v.size() / n); }
 
 static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
     std::vector<float> back(hv.size());
@@ -372,6 +373,42 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                   std::vector<double>(full, 99.0), 0, 0);
             close((t + " (no activation saved) pooled").c_str(), p, widen(pooled), 0, 0);
             close((t + " (no activation saved) goodness").c_str(), gg, widen(g), 0, 0);
+        }
+        // Evaluation from a kept output plus a bias map: add_bias_map (against a plain loop),
+        // then the separate kernels; the fused kernel gives the same values bit for bit, and
+        // writes no activation with pool.
+        {
+            size_t features = (size_t)h * w * c;
+            auto maps = randn(3 * features);
+            const float* map = maps.data() + 2 * features;
+            std::vector<float> sum(full), ps(pooled_size), gs(n);
+            launch(elementwise(full), {BLOCK}, [&] {
+                add_bias_map(sum.data(), x.data(), map, (long long)features, (long long)full);
+            });
+            std::vector<double> want_sum(full);
+            for (size_t i = 0; i < full; i++) want_sum[i] = (double)(x[i] + map[i % features]);
+            close((t + " add_bias_map").c_str(), sum, want_sum, 0, 0);
+            launch(elementwise(full), {BLOCK}, [&] { relu_forward(sum.data(), (long long)full); });
+            if (pool) {
+                launch(elementwise(pooled_size), {BLOCK},
+                       [&] { maxpool2_forward(ps.data(), sum.data(), n, h, w, c); });
+            }
+            const std::vector<float>& outs = pool ? ps : sum;
+            launch({(unsigned)n}, {BLOCK},
+                   [&] { goodness_forward(gs.data(), outs.data(), features_of(outs, n)); });
+            std::vector<float> a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                bias_relu_pool_goodness(a.data(), p.data(), gg.data(), x.data(), map, h, w, c,
+                                        pool);
+            });
+            std::string u = t + " (bias map)";
+            if (pool) {
+                close((u + " activation").c_str(), a, std::vector<double>(full, 99.0), 0, 0);
+                close((u + " pooled").c_str(), p, widen(ps), 0, 0);
+            } else {
+                close((u + " activation").c_str(), a, widen(sum), 0, 0);
+            }
+            close((u + " goodness").c_str(), gg, widen(gs), 0, 0);
         }
         // bf16 input: the same as the separate kernels on the bf16-rounded values.
         std::vector<unsigned short> yh(full);

@@ -113,6 +113,51 @@ pub fn conv3x3_relu_pool_goodness<B: Backend>(
     Ok(())
 }
 
+/// `maps` holds whole maps of `features` elements each, map `index` among them.
+fn bias_maps<B: Backend>(
+    op: &'static str,
+    maps: &B::Buf,
+    index: usize,
+    features: usize,
+) -> Result<()> {
+    let count = B::len(maps) / features.max(1);
+    check_len(op, B::len(maps), count.max(index + 1) * features)
+}
+
+pub fn add_bias_map<B: Backend>(
+    out: &B::Buf,
+    pre: &B::Buf,
+    maps: &B::Buf,
+    index: usize,
+    s: SampleShape,
+) -> Result<()> {
+    lens!(B, "add_bias_map"; out => s.n * s.features, pre => s.n * s.features);
+    bias_maps::<B>("add_bias_map.maps", maps, index, s.features)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bias_relu_pool_goodness<B: Backend>(
+    activation: &B::Buf,
+    pooled: Option<&B::Buf>,
+    goodness: &B::Buf,
+    pre: &B::Buf,
+    maps: &B::Buf,
+    index: usize,
+    s: ConvShape,
+) -> Result<()> {
+    let ny = conv_sizes(s).2;
+    if let Some(pooled) = pooled {
+        lens!(B, "bias_relu_pool_goodness"; pooled => pool_sizes(s.output_pool()).1);
+    }
+    lens!(B, "bias_relu_pool_goodness"; activation => ny, goodness => s.n, pre => ny);
+    bias_maps::<B>(
+        "bias_relu_pool_goodness.maps",
+        maps,
+        index,
+        s.h * s.w * s.c_out,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn relu_pool_conv3x3_backward<B: Backend>(
     grad_input: Option<&B::Buf>,

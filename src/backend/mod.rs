@@ -309,6 +309,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
         let _ = save_activation; // the separate ops need the activation anyway
         conv3x3_relu_pool_goodness_composed(self, activation, pooled, goodness, input, weight, s)
     }
+    /// Evaluation from a convolution's output kept aside: `activation` = ReLU(`pre` +
+    /// map `index` of `maps`, the map added to every sample), then the pool and goodness of
+    /// [`Self::conv3x3_relu_pool_goodness`] without `save_activation`. `pre` is
+    /// `(N, H, W, Cout)`, `maps` `(M, H, W, Cout)`. Evaluation uses it to share block 0's
+    /// convolution between the labels. The default is [`Self::add_bias_map`] followed by
+    /// the separate ops.
+    #[allow(clippy::too_many_arguments)]
+    fn bias_relu_pool_goodness(
+        &self,
+        activation: &mut Self::Buf,
+        pooled: Option<&mut Self::Buf>,
+        goodness: &mut Self::Buf,
+        pre: &Self::Buf,
+        maps: &Self::Buf,
+        index: usize,
+        s: ConvShape,
+    ) -> Result<()> {
+        bias_relu_pool_goodness_composed(self, activation, pooled, goodness, pre, maps, index, s)
+    }
+
     /// The backward of [`Self::conv3x3_relu_pool_goodness`] from d(block output)
     /// `grad_output` (pooled shape with `pool`, else the activation's; may be overwritten):
     /// the ReLU (and pool) backward, then [`Self::conv3x3_backward`]. `activation` is what
@@ -413,6 +433,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 
     // ---- ReLU and max-pool ----
+    /// out (N, F) = pre (N, F) + maps[index] (F): one of the `len(maps) / F` maps, added to
+    /// every sample.
+    fn add_bias_map(
+        &self,
+        out: &mut Self::Buf,
+        pre: &Self::Buf,
+        maps: &Self::Buf,
+        index: usize,
+        s: SampleShape,
+    ) -> Result<()>;
     fn relu_forward(&self, x: &mut Self::Buf) -> Result<()>;
     /// grad (in place) *= (activation > 0), where `activation` is the ReLU output.
     fn relu_backward(&self, grad: &mut Self::Buf, activation: &Self::Buf) -> Result<()>;
@@ -539,6 +569,51 @@ pub fn conv3x3_relu_pool_goodness_composed<B: Backend>(
         s,
     )?;
     b.conv3x3_forward(activation, input, weight, s)?;
+    relu_pool_goodness_composed(b, activation, pooled, goodness, s)
+}
+
+/// [`Backend::bias_relu_pool_goodness`] as the separate ops (its default, which a backend
+/// that fuses it can still use when asked not to).
+#[allow(clippy::too_many_arguments)]
+pub fn bias_relu_pool_goodness_composed<B: Backend>(
+    b: &B,
+    activation: &mut B::Buf,
+    pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    pre: &B::Buf,
+    maps: &B::Buf,
+    index: usize,
+    s: ConvShape,
+) -> Result<()> {
+    checks::bias_relu_pool_goodness::<B>(
+        activation,
+        pooled.as_deref(),
+        goodness,
+        pre,
+        maps,
+        index,
+        s,
+    )?;
+    let features = s.h * s.w * s.c_out;
+    b.add_bias_map(
+        activation,
+        pre,
+        maps,
+        index,
+        SampleShape { n: s.n, features },
+    )?;
+    relu_pool_goodness_composed(b, activation, pooled, goodness, s)
+}
+
+/// ReLU of `activation` in place, then the pool and the goodness: the tail that both composed
+/// forwards share.
+fn relu_pool_goodness_composed<B: Backend>(
+    b: &B,
+    activation: &mut B::Buf,
+    pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    s: ConvShape,
+) -> Result<()> {
     b.relu_forward(activation)?;
     let features = |buf: &B::Buf| B::len(buf) / s.n.max(1);
     match pooled {

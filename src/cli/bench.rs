@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// need not repeat bit for bit), to measure what determinism costs.
     #[arg(long)]
     pub any_cudnn_algorithm: bool,
+    /// Also time the epoch's evaluation with every label through the whole network, i.e.
+    /// without sharing block 0's convolution between the labels, to measure the sharing.
+    #[arg(long)]
+    pub compare_unshared_eval: bool,
     /// Also print the time per step of every kernel: wall-clock on the CPU, GPU events around
     /// every kernel and library call on CUDA (the events add a little time of their own).
     #[arg(long)]
@@ -86,6 +90,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let batch = args.batch_size.unwrap_or(if cpu { 32 } else { 512 }) as usize;
     let epoch_images = args.epoch_images.unwrap_or(if cpu { 0 } else { 50_000 });
     let eval_batch = args.eval_batch_size as usize;
+    if args.compare_unshared_eval && (epoch_images == 0 || args.eval_images == 0) {
+        return Err(Error::Config(
+            "--compare-unshared-eval times the epoch's evaluation: it needs --epoch-images and \
+             --eval-images above 0 (on the CPU --epoch-images is 0 unless given)"
+                .into(),
+        ));
+    }
     let config = BenchConfig {
         arch: match args.arch {
             ArchArg::Small => crate::ff::Arch::Small,
@@ -106,6 +117,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup as usize,
         steps: args.steps as usize,
         profile: args.profile,
+        compare_unshared_eval: args.compare_unshared_eval,
         ..BenchConfig::default()
     };
     let report = if cpu {

@@ -75,6 +75,10 @@ pub struct FfNet<B: Backend> {
     /// Each block's loss of the current step (1 each): read once, after the whole step, so
     /// that a device backend is not made to wait in the middle of a step.
     losses: Vec<Tensor<B>>,
+    /// Evaluation computes block 0's convolution once for all labels where its norm allows
+    /// (BatchNorm; see [`Self::goodness_per_label`]). On by default; off, every label goes
+    /// through the whole network, which `bench --unshared-eval` times against it.
+    pub share_labels_in_eval: bool,
 }
 
 fn sizes<B: Backend>(params: &[&Param<B>]) -> Vec<usize> {
@@ -127,6 +131,7 @@ impl<B: Backend> FfNet<B> {
             losses: (0..specs.len())
                 .map(|_| Tensor::zeros(backend, &[1]))
                 .collect::<Result<Vec<_>>>()?,
+            share_labels_in_eval: true,
         })
     }
 
@@ -172,7 +177,13 @@ impl<B: Backend> FfNet<B> {
 
     /// Runs every block on the prepared input (`n` samples), in training or eval mode.
     fn forward_all(&mut self, backend: &B, n: usize, train: bool) -> Result<()> {
-        for i in 0..self.blocks.len() {
+        self.forward_from(backend, 0, n, train)
+    }
+
+    /// Runs the blocks from `first` on, each on the output of the one before it (block 0 on
+    /// the prepared input).
+    fn forward_from(&mut self, backend: &B, first: usize, n: usize, train: bool) -> Result<()> {
+        for i in first..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.input.buf, |b| b.output());
             rest[0].forward(backend, input, n, train)?;
@@ -420,21 +431,76 @@ impl<B: Backend> FfNet<B> {
 
     /// Goodness of every (label, layer, image) for `images` `(n, H, W, C)`, in eval mode:
     /// returns `[classes][layers][n]`, flattened.
+    ///
+    /// The images go to the device once; per label only the label plane changes. With
+    /// BatchNorm, block 0's convolution is also computed once: in eval mode BatchNorm scales
+    /// and shifts each channel, and the convolution is linear, so the input with label `l`
+    /// gives the convolution output for label 0 plus that of an input holding only the
+    /// label plane's change, `scale * (E_l - E_0)` ([`Self::label_offsets`]), the same for
+    /// every image. (LayerNorm's statistics mix the label plane into every channel; it runs
+    /// each label through the whole network.)
     pub fn goodness_per_label(&mut self, backend: &B, images: &[f32]) -> Result<Vec<f32>> {
         let n = images.len() / self.config.image.numel().max(1);
         let layers = self.blocks.len();
-        // The images go to the device once; per label only the label plane changes. The
-        // goodness of every (label, layer) is gathered on the device and read once.
         self.load_images(backend, images, n)?;
+        let offsets = match self.share_labels_in_eval {
+            true => self.label_offsets(backend)?,
+            false => None,
+        };
+        if offsets.is_some() {
+            self.embed_labels(backend, &vec![0; n])?;
+            self.blocks[0].forward_kept(backend, &self.input.buf, n)?;
+        }
+        // The goodness of every (label, layer) is gathered on the device and read once.
         let mut all = backend.zeros(self.config.classes * layers * n)?;
         for label in 0..self.config.classes {
-            self.embed_labels(backend, &vec![label as u32; n])?;
-            self.forward_all(backend, n, false)?;
+            match &offsets {
+                Some(maps) => {
+                    self.blocks[0].forward_from_kept(backend, maps, label)?;
+                    self.forward_from(backend, 1, n, false)?;
+                }
+                None => {
+                    self.embed_labels(backend, &vec![label as u32; n])?;
+                    self.forward_all(backend, n, false)?;
+                }
+            }
             for (layer, block) in self.blocks.iter().enumerate() {
                 backend.copy_into(&mut all, (label * layers + layer) * n, &block.goodness.buf)?;
             }
         }
         backend.download(&all)
+    }
+
+    /// With BatchNorm in block 0: the change of block 0's convolution output from label 0 to
+    /// each label, `(classes, H, W, Cout)`, i.e. the convolution of inputs that are zero but
+    /// for the label channel, which holds `scale * (E_l - E_0)` (`scale` being BatchNorm's
+    /// for that channel in eval mode, `E` the embedding table). None with LayerNorm.
+    fn label_offsets(&self, backend: &B) -> Result<Option<B::Buf>> {
+        let block = &self.blocks[0];
+        let Some(scale) = block.norm.eval_scale(backend)? else {
+            return Ok(None);
+        };
+        let (classes, pixels, c) = (
+            self.config.classes,
+            self.config.image.pixels(),
+            self.config.image.channels,
+        );
+        let table = self.embedding.table.value.to_host(backend)?;
+        let mut input = vec![0.0f32; classes * pixels * (c + 1)];
+        for (planes, row) in input
+            .chunks_exact_mut(pixels * (c + 1))
+            .zip(table.chunks_exact(pixels))
+        {
+            for (p, (e, e0)) in row.iter().zip(&table[..pixels]).enumerate() {
+                planes[p * (c + 1) + c] = scale[c] * (e - e0);
+            }
+        }
+        let spec = block.spec;
+        let s = block.conv.shape(classes, spec.h, spec.w);
+        let mut maps = backend.zeros(classes * spec.h * spec.w * spec.c_out)?;
+        let input = backend.upload(&input)?;
+        backend.conv3x3_forward(&mut maps, &input, &block.conv.weight.value.buf, s)?;
+        Ok(Some(maps))
     }
 
     /// Every parameter with its PyTorch name, in registration order.

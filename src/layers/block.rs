@@ -52,6 +52,9 @@ pub struct Block<B: Backend> {
     pooled: Tensor<B>,
     /// (N)
     pub goodness: Tensor<B>,
+    /// Evaluation only: the convolution's output kept for [`Block::forward_from_kept`],
+    /// (N, H, W, Cout).
+    kept: Tensor<B>,
     /// backward scratch: (N, H, W, Cout) and (N, H, W, Cin)
     grad_activation: Tensor<B>,
     grad_normed: Tensor<B>,
@@ -68,6 +71,7 @@ impl<B: Backend> Block<B> {
             activation: Tensor::zeros(backend, &[0])?,
             pooled: Tensor::zeros(backend, &[0])?,
             goodness: Tensor::zeros(backend, &[0])?,
+            kept: Tensor::zeros(backend, &[0])?,
             grad_activation: Tensor::zeros(backend, &[0])?,
             grad_normed: Tensor::zeros(backend, &[0])?,
         })
@@ -123,23 +127,29 @@ impl<B: Backend> Block<B> {
         }
     }
 
+    /// Sizes the activation, the pooled output (with pool) and the goodness for the batch
+    /// of the current forward.
+    fn size_outputs(&mut self, backend: &B) -> Result<()> {
+        let (s, n) = (self.spec, self.n);
+        self.activation.resize(backend, &[n, s.h, s.w, s.c_out])?;
+        self.goodness.resize(backend, &[n])?;
+        if s.pool {
+            let (oh, ow) = s.out_hw();
+            self.pooled.resize(backend, &[n, oh, ow, s.c_out])?;
+        }
+        Ok(())
+    }
+
     /// Runs the block on `n` samples and computes their goodness.
     pub fn forward(&mut self, backend: &B, input: &B::Buf, n: usize, train: bool) -> Result<()> {
         let s = self.spec;
         self.n = n;
         self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
-        self.activation.resize(backend, &[n, s.h, s.w, s.c_out])?;
-        self.goodness.resize(backend, &[n])?;
+        self.size_outputs(backend)?;
         self.norm
             .forward(backend, &mut self.normed.buf, input, n, train)?;
         let cs = self.conv_shape();
-        let pooled = if s.pool {
-            let (oh, ow) = s.out_hw();
-            self.pooled.resize(backend, &[n, oh, ow, s.c_out])?;
-            Some(&mut self.pooled.buf)
-        } else {
-            None
-        };
+        let pooled = s.pool.then_some(&mut self.pooled.buf);
         backend.conv3x3_relu_pool_goodness(
             &mut self.activation.buf,
             pooled,
@@ -148,6 +158,41 @@ impl<B: Backend> Block<B> {
             &self.conv.weight.value.buf,
             cs,
             train,
+        )
+    }
+
+    /// Evaluation, first half: norm (eval mode) and convolution of `n` samples, the
+    /// convolution's output kept for [`Self::forward_from_kept`].
+    pub fn forward_kept(&mut self, backend: &B, input: &B::Buf, n: usize) -> Result<()> {
+        let s = self.spec;
+        self.n = n;
+        self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
+        self.kept.resize(backend, &[n, s.h, s.w, s.c_out])?;
+        self.norm
+            .forward(backend, &mut self.normed.buf, input, n, false)?;
+        let cs = self.conv_shape();
+        backend.conv3x3_forward(
+            &mut self.kept.buf,
+            &self.normed.buf,
+            &self.conv.weight.value.buf,
+            cs,
+        )
+    }
+
+    /// Evaluation, second half: the block's output and goodness as if its convolution had
+    /// given the kept output plus map `index` of `maps` `(M, H, W, Cout)` in every sample.
+    pub fn forward_from_kept(&mut self, backend: &B, maps: &B::Buf, index: usize) -> Result<()> {
+        let cs = self.conv_shape();
+        self.size_outputs(backend)?;
+        let pooled = self.spec.pool.then_some(&mut self.pooled.buf);
+        backend.bias_relu_pool_goodness(
+            &mut self.activation.buf,
+            pooled,
+            &mut self.goodness.buf,
+            &self.kept.buf,
+            maps,
+            index,
+            cs,
         )
     }
 

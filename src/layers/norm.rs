@@ -146,6 +146,24 @@ impl<B: Backend> Norm<B> {
         }
     }
 
+    /// BatchNorm in eval mode is `x * scale + shift` per channel: `scale` = weight /
+    /// sqrt(running variance + eps), read from the device. None for LayerNorm, whose
+    /// statistics depend on each sample.
+    pub fn eval_scale(&self, backend: &B) -> Result<Option<Vec<f32>>> {
+        let Some(running_var) = &self.running_var else {
+            return Ok(None);
+        };
+        let gamma = self.weight.value.to_host(backend)?;
+        let var = running_var.to_host(backend)?;
+        Ok(Some(
+            gamma
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| (f64::from(*g) / (f64::from(*v) + f64::from(NORM_EPS)).sqrt()) as f32)
+                .collect(),
+        ))
+    }
+
     /// Accumulates weight and bias gradients; assigns `grad_input` when asked for. Must follow
     /// a training-mode forward on the same `input`.
     pub fn backward(

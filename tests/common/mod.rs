@@ -412,6 +412,26 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
             }),
         ),
         (
+            "bias_relu_pool_goodness",
+            vec![96, 24, 2, 96, 96],
+            Box::new(move |b, x| {
+                let [activation, pooled, goodness, pre, maps] = x else {
+                    unreachable!()
+                };
+                b.bias_relu_pool_goodness(activation, Some(pooled), goodness, pre, maps, 1, block)
+            }),
+        ),
+        (
+            "bias_relu_pool_goodness",
+            vec![96, 2, 96, 48],
+            Box::new(move |b, x| {
+                let [activation, goodness, pre, maps] = x else {
+                    unreachable!()
+                };
+                b.bias_relu_pool_goodness(activation, None, goodness, pre, maps, 0, block)
+            }),
+        ),
+        (
             "relu_pool_conv3x3_backward",
             vec![64, 54, 96, 24, 96, 64, 54],
             Box::new(move |b, x| {
@@ -503,6 +523,14 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                     unreachable!()
                 };
                 b.layernorm_backward(Some(gi), gg, gb, go, mean, rstd, input, gamma, ln)
+            }),
+        ),
+        (
+            "add_bias_map",
+            vec![12, 12, 18],
+            Box::new(|b, x| {
+                let [out, pre, maps] = x else { unreachable!() };
+                b.add_bias_map(out, pre, maps, 2, SampleShape { n: 2, features: 6 })
             }),
         ),
         (
@@ -634,4 +662,49 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
             }
         }
     }
+}
+
+/// Evaluation with block 0's convolution shared between the labels gives the goodness of
+/// running each label through the whole network, within `rel`/`abs`: for `small` (block 0
+/// pooled) and `large` (not pooled) with BatchNorm, after a few training steps have moved
+/// the running statistics, the embedding and the weights. Returns the shared goodness.
+pub fn check_eval_sharing<B: trifecta::backend::Backend>(b: &B, rel: f64, abs: f64) -> Vec<f32> {
+    use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
+    use trifecta::rng::Rng;
+    let image = ImageShape {
+        channels: 3,
+        height: 8,
+        width: 8,
+    };
+    let mut all = Vec::new();
+    for arch in [Arch::Small, Arch::Large] {
+        let mut config = FfConfig::trifecta(arch, 0.125, image, 10).unwrap();
+        config.layers.truncate(3);
+        let mut net = FfNet::new(b, config, 11).unwrap();
+        let mut rng = Rng::new(12);
+        let batch = 16;
+        let mut images =
+            |n: usize| -> Vec<f32> { (0..n * image.numel()).map(|_| rng.normal()).collect() };
+        for _ in 0..3 {
+            let x = images(batch);
+            let positive: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+            let negative: Vec<u32> = positive.iter().map(|p| (p + 3) % 10).collect();
+            net.train_step(b, &x, &positive, &negative).unwrap();
+        }
+        let test = images(7);
+        assert!(net.share_labels_in_eval, "sharing is the default");
+        let shared = net.goodness_per_label(b, &test).unwrap();
+        net.share_labels_in_eval = false;
+        let each = net.goodness_per_label(b, &test).unwrap();
+        let each: Vec<f64> = each.iter().map(|v| *v as f64).collect();
+        assert_close(
+            &format!("{arch:?}: shared vs per-label evaluation"),
+            &shared,
+            &each,
+            rel,
+            abs,
+        );
+        all.extend(shared);
+    }
+    all
 }

@@ -37,6 +37,17 @@ pub fn embed_backward(grad_table: &mut [f32], grad_input: &[f32], labels: &[u32]
     }
 }
 
+/// out = pre + map, the map (one sample's worth) added to every sample.
+pub fn add_bias_map(out: &mut [f32], pre: &[f32], map: &[f32]) {
+    out.par_chunks_mut(map.len().max(1))
+        .zip(pre.par_chunks(map.len().max(1)))
+        .for_each(|(o, p)| {
+            for ((o, p), m) in o.iter_mut().zip(p).zip(map) {
+                *o = p + m;
+            }
+        });
+}
+
 pub fn relu_forward(x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).for_each(|x| {
         for v in x {

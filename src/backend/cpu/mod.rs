@@ -444,6 +444,19 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn add_bias_map(
+        &self,
+        out: &mut Vec<f32>,
+        pre: &Vec<f32>,
+        maps: &Vec<f32>,
+        index: usize,
+        s: SampleShape,
+    ) -> Result<()> {
+        checks::add_bias_map::<Self>(out, pre, maps, index, s)?;
+        let map = &maps[index * s.features..][..s.features];
+        self.run("add_bias_map", || elementwise::add_bias_map(out, pre, map));
+        Ok(())
+    }
     fn relu_forward(&self, x: &mut Vec<f32>) -> Result<()> {
         self.run("relu_forward", || elementwise::relu_forward(x));
         Ok(())

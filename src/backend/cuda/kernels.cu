@@ -82,6 +82,12 @@ extern "C" __global__ void embed_backward(float* grad_table, const float* grad_i
 
 // ---- ReLU and max-pool ----
 
+// out = pre + bias[i % features]: one map added to every sample.
+extern "C" __global__ void add_bias_map(float* out, const float* pre, const float* bias,
+                                        long long features, long long total) {
+    GRID_STRIDE(i, total) out[i] = pre[i] + bias[i % features];
+}
+
 extern "C" __global__ void relu_forward(float* x, long long n) {
     GRID_STRIDE(i, n) x[i] = fmaxf(x[i], 0.0f);
 }
@@ -186,10 +192,17 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 // kernel waiting on memory. The items are still summed in the thread's own order.
 #define TAIL_UNROLL 4
 
+// y[at] as f32, plus bias[at] where there is a bias map (`at` is within one sample).
+template <typename In>
+__device__ float biased(const In* ys, const float* bias, long long at) {
+    float v = load(ys, at);
+    return bias ? v + bias[at] : v;
+}
+
 template <typename In, typename Saved>
 __device__ void relu_pool_goodness(float* activation, Saved* saved, float* pooled,
-                                   float* goodness, const In* y, int h, int w, int c, int pool,
-                                   int save) {
+                                   float* goodness, const In* y, const float* bias, int h, int w,
+                                   int c, int pool, int save) {
     __shared__ double shared[256];
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
@@ -214,7 +227,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                 at[u][2] = base + (long long)w * c;
                 at[u][3] = base + (long long)w * c + c;
 #pragma unroll
-                for (int q = 0; q < 4; q++) v[u][q] = fmaxf(load(ys, at[u][q]), 0.0f);
+                for (int q = 0; q < 4; q++) v[u][q] = fmaxf(biased(ys, bias, at[u][q]), 0.0f);
             }
 #pragma unroll
             for (int u = 0; u < TAIL_UNROLL; u++) {
@@ -235,7 +248,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
                 long long rest = i / c;
                 int xx = (int)(rest % w), yy = (int)(rest / w);
-                if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(load(ys, i), 0.0f));
+                if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(biased(ys, bias, i), 0.0f));
             }
         }
     } else {
@@ -247,7 +260,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             for (int u = 0; u < TAIL_UNROLL; u++) {
                 int i = i0 + u * blockDim.x;
                 if (i >= features) break;
-                v[u] = fmaxf(load(ys, i), 0.0f);
+                v[u] = fmaxf(biased(ys, bias, i), 0.0f);
             }
 #pragma unroll
             for (int u = 0; u < TAIL_UNROLL; u++) {
@@ -267,15 +280,26 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
 extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pooled,
                                                   float* goodness, const float* y, int h, int w,
                                                   int c, int pool, int save) {
-    relu_pool_goodness(activation, activation, pooled, goodness, y, h, w, c, pool, save);
+    relu_pool_goodness(activation, activation, pooled, goodness, y, nullptr, h, w, c, pool,
+                       save);
 }
 
 // bf16: the record of a pooled block is bf16, in the first half of the activation buffer.
 extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* pooled,
                                                    float* goodness, const unsigned short* y,
                                                    int h, int w, int c, int pool, int save) {
-    relu_pool_goodness(activation, (unsigned short*)activation, pooled, goodness, y, h, w, c,
-                       pool, save);
+    relu_pool_goodness(activation, (unsigned short*)activation, pooled, goodness, y, nullptr, h,
+                       w, c, pool, save);
+}
+
+// Evaluation from a convolution's output `y` (f32) kept aside: the tail above on y + bias,
+// one map (h x w x c) added to every sample, with no record saved. The values come out as
+// from add_bias_map followed by the separate kernels (the same float addition).
+extern "C" __global__ void bias_relu_pool_goodness(float* activation, float* pooled,
+                                                   float* goodness, const float* y,
+                                                   const float* bias, int h, int w, int c,
+                                                   int pool) {
+    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0);
 }
 
 // ---- goodness and the FF losses ----

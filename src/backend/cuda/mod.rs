@@ -364,6 +364,12 @@ impl Cuda {
         buf.device_ptr(&self.stream).0
     }
 
+    /// The address of map `index` of `maps`, maps of `features` elements each (checked by
+    /// the caller).
+    fn map_ptr(&self, maps: &CudaBuf, index: usize, features: usize) -> u64 {
+        self.ptr(maps.f32()) + (index * features * std::mem::size_of::<f32>()) as u64
+    }
+
     /// [`Self::ptr`] of a scratch slot (0 if it was never needed, e.g. an empty workspace).
     fn raw<T>(&self, slot: &Option<CudaSlice<T>>) -> u64 {
         slot.as_ref().map_or(0, |b| self.ptr(b))
@@ -960,6 +966,57 @@ impl Backend for Cuda {
         Ok(())
     }
 
+    /// One pass: the kernel of [`Self::conv3x3_relu_pool_goodness`]'s tail, reading the
+    /// kept f32 output and adding the map as it loads.
+    fn bias_relu_pool_goodness(
+        &self,
+        activation: &mut CudaBuf,
+        pooled: Option<&mut CudaBuf>,
+        goodness: &mut CudaBuf,
+        pre: &CudaBuf,
+        maps: &CudaBuf,
+        index: usize,
+        s: ConvShape,
+    ) -> Result<()> {
+        if !self.fused {
+            return super::bias_relu_pool_goodness_composed(
+                self, activation, pooled, goodness, pre, maps, index, s,
+            );
+        }
+        checks::bias_relu_pool_goodness::<Self>(
+            activation,
+            pooled.as_deref(),
+            goodness,
+            pre,
+            maps,
+            index,
+            s,
+        )?;
+        if s.n == 0 {
+            return Ok(());
+        }
+        let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
+        let pool = pooled.is_some() as i32;
+        // Absent without pool: the kernel then never touches it.
+        let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
+        let map = self.map_ptr(maps, index, s.h * s.w * s.c_out);
+        launch!(
+            self,
+            "bias_relu_pool_goodness",
+            nvrtc::per_row(s.n),
+            activation.f32_mut(),
+            &pooled,
+            goodness.f32_mut(),
+            pre.f32(),
+            &map,
+            &h,
+            &w,
+            &c,
+            &pool
+        );
+        Ok(())
+    }
+
     /// In bf16, the ReLU (and pool) backward reads the forward's bf16 record and writes
     /// d(conv output) as bf16 straight into the convolution's operand: no f32 copy of it and
     /// no conversion pass.
@@ -1330,6 +1387,29 @@ impl Backend for Cuda {
         Ok(())
     }
 
+    fn add_bias_map(
+        &self,
+        out: &mut CudaBuf,
+        pre: &CudaBuf,
+        maps: &CudaBuf,
+        index: usize,
+        s: SampleShape,
+    ) -> Result<()> {
+        checks::add_bias_map::<Self>(out, pre, maps, index, s)?;
+        let (features, total) = (s.features as i64, (s.n * s.features) as i64);
+        let map = self.map_ptr(maps, index, s.features);
+        launch!(
+            self,
+            "add_bias_map",
+            nvrtc::elementwise(s.n * s.features),
+            out.f32_mut(),
+            pre.f32(),
+            &map,
+            &features,
+            &total
+        );
+        Ok(())
+    }
     fn relu_forward(&self, x: &mut CudaBuf) -> Result<()> {
         let n = x.len() as i64;
         launch!(
