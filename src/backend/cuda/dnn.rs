@@ -117,6 +117,8 @@ trait Perf {
     fn deterministic(&self) -> bool;
     /// The algorithm's name without cuDNN's prefix, e.g. `IMPLICIT_PRECOMP_GEMM`.
     fn name(&self) -> String;
+    /// The math type the algorithm runs with (cuDNN may offer one other than the asked-for).
+    fn math_type(&self) -> sys::cudnnMathType_t;
 }
 
 macro_rules! perf {
@@ -136,6 +138,9 @@ macro_rules! perf {
                     None => full,
                 }
             }
+            fn math_type(&self) -> sys::cudnnMathType_t {
+                self.mathType
+            }
         }
     )*};
 }
@@ -147,12 +152,13 @@ perf!(
 
 /// The best-ranked usable algorithm that is deterministic (when `deterministic`), else the
 /// best-ranked usable one, with a profile label that names it (and the better-ranked one
-/// passed over, if any).
+/// passed over, if any, and its math type where that is adopted and not the one `asked`).
 fn pick<'a, P: Perf>(
     offered: &'a [P],
     pass: &str,
     shape: &str,
     deterministic: bool,
+    asked: Option<sys::cudnnMathType_t>,
 ) -> DnnResult<(&'a P, &'static str)> {
     let usable: Vec<&P> = offered.iter().filter(|p| p.usable()).collect();
     let best = usable
@@ -168,6 +174,9 @@ fn pick<'a, P: Perf>(
     if !best.deterministic() {
         label.push_str(" (non-deterministic)");
     }
+    if asked.is_some_and(|asked| best.math_type() != asked) {
+        label.push_str(&format!(" ({:?})", best.math_type()));
+    }
     // One label per plan, and plans live as long as the backend: leaking them is bounded.
     Ok((best, Box::leak(label.into_boxed_str())))
 }
@@ -177,7 +186,11 @@ pub struct ConvPlan {
     x: Tensor,
     y: Tensor,
     w: Filter,
-    conv: Conv,
+    /// One convolution descriptor per pass (forward, backward data, backward filter), each
+    /// set to the math type of the algorithm chosen for that pass, as cuDNN wants.
+    conv: [Conv; 3],
+    /// The math type asked for.
+    math_type: sys::cudnnMathType_t,
     fwd: sys::cudnnConvolutionFwdAlgo_t,
     bwd_data: sys::cudnnConvolutionBwdDataAlgo_t,
     bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
@@ -191,6 +204,37 @@ pub struct ConvPlan {
 
 // SAFETY: the descriptors are plain host objects; they are used under the backend's lock.
 unsafe impl Send for ConvPlan {}
+
+/// A 3x3, padding 1, stride 1 cross-correlation with f32 accumulation (cuDNN's "pseudo"
+/// bf16 configuration in bf16: its only one for convolutions), with math type `math_type`.
+fn conv_descriptor(math_type: sys::cudnnMathType_t) -> DnnResult<Conv> {
+    let conv = Conv(
+        result::create_convolution_descriptor()
+            .map_err(|e| format!("convolution descriptor: {:?}", e.0))?,
+    );
+    // SAFETY: a live descriptor.
+    unsafe {
+        check(
+            "convolution descriptor",
+            result::set_convolution2d_descriptor(
+                conv.0,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ),
+        )?;
+        check(
+            "math type",
+            result::set_convolution_math_type(conv.0, math_type),
+        )?;
+    }
+    Ok(conv)
+}
 
 /// Largest workspace an algorithm may ask for (bigger ones are passed over).
 const MAX_WORKSPACE: usize = 1 << 30;
@@ -209,49 +253,30 @@ impl ConvPlan {
             result::create_filter_descriptor()
                 .map_err(|e| format!("filter descriptor: {:?}", e.0))?,
         );
-        let conv = Conv(
-            result::create_convolution_descriptor()
-                .map_err(|e| format!("convolution descriptor: {:?}", e.0))?,
-        );
         let math_type = match math {
             ConvMath::F32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
             ConvMath::Bf16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
-        // SAFETY: live descriptors; OHWI weights are cuDNN's KRSC, i.e. an NHWC filter.
-        unsafe {
-            check(
-                "filter descriptor",
-                result::set_filter4d_descriptor(
-                    w.0,
-                    data_type(math),
-                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                    [dim(s.c_out)?, dim(s.c_in)?, 3, 3],
-                ),
-            )?;
-            check(
-                "convolution descriptor",
-                result::set_convolution2d_descriptor(
-                    conv.0,
-                    1,
-                    1,
-                    1,
-                    1,
-                    1,
-                    1,
-                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                ),
-            )?;
-            check(
-                "math type",
-                result::set_convolution_math_type(conv.0, math_type),
-            )?;
-        }
+        // SAFETY: a live descriptor; OHWI weights are cuDNN's KRSC, i.e. an NHWC filter.
+        check("filter descriptor", unsafe {
+            result::set_filter4d_descriptor(
+                w.0,
+                data_type(math),
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                [dim(s.c_out)?, dim(s.c_in)?, 3, 3],
+            )
+        })?;
+        let conv = [
+            conv_descriptor(math_type)?,
+            conv_descriptor(math_type)?,
+            conv_descriptor(math_type)?,
+        ];
         let mut plan = ConvPlan {
             x,
             y,
             w,
             conv,
+            math_type,
             fwd: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
             bwd_data: sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
             bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
@@ -261,6 +286,25 @@ impl ConvPlan {
         };
         plan.choose(dnn, deterministic)?;
         Ok(plan)
+    }
+
+    /// The math type asked for, where the chosen algorithms' own are adopted (bf16).
+    fn adopted(&self) -> Option<sys::cudnnMathType_t> {
+        (self.math_type != sys::cudnnMathType_t::CUDNN_FMA_MATH).then_some(self.math_type)
+    }
+
+    /// Sets pass `pass`'s descriptor to the math type of the algorithm chosen for it, as
+    /// cuDNN asks (it decides by algorithm and math type together whether tensor cores run;
+    /// in bf16 it may offer a non-tensor-core algorithm, e.g. for few channels). In f32 the
+    /// descriptors stay on FMA math: no TF32.
+    fn adopt_math(&mut self, pass: usize, chosen: sys::cudnnMathType_t) -> DnnResult<()> {
+        if self.adopted().is_none_or(|asked| chosen == asked) {
+            return Ok(());
+        }
+        // SAFETY: a live descriptor.
+        check("math type", unsafe {
+            result::set_convolution_math_type(self.conv[pass].0, chosen)
+        })
     }
 
     /// Picks the best-ranked usable algorithm of each pass and sizes the workspace.
@@ -277,7 +321,7 @@ impl ConvPlan {
                     h,
                     self.x.0,
                     self.w.0,
-                    self.conv.0,
+                    self.conv[0].0,
                     self.y.0,
                     fwd.len() as i32,
                     &mut count,
@@ -289,7 +333,9 @@ impl ConvPlan {
                 "forward",
                 &self.shape,
                 deterministic,
+                self.adopted(),
             )?;
+            self.adopt_math(0, best.math_type())?;
             self.fwd = best.algo;
             self.labels[0] = label;
             self.workspace = self.workspace.max(best.memory);
@@ -301,7 +347,7 @@ impl ConvPlan {
                     h,
                     self.w.0,
                     self.y.0,
-                    self.conv.0,
+                    self.conv[1].0,
                     self.x.0,
                     data.len() as i32,
                     &mut count,
@@ -313,7 +359,9 @@ impl ConvPlan {
                 "backward-data",
                 &self.shape,
                 deterministic,
+                self.adopted(),
             )?;
+            self.adopt_math(1, best.math_type())?;
             self.bwd_data = best.algo;
             self.labels[1] = label;
             self.workspace = self.workspace.max(best.memory);
@@ -325,7 +373,7 @@ impl ConvPlan {
                     h,
                     self.x.0,
                     self.y.0,
-                    self.conv.0,
+                    self.conv[2].0,
                     self.w.0,
                     filter.len() as i32,
                     &mut count,
@@ -337,7 +385,9 @@ impl ConvPlan {
                 "backward-filter",
                 &self.shape,
                 deterministic,
+                self.adopted(),
             )?;
+            self.adopt_math(2, best.math_type())?;
             self.bwd_filter = best.algo;
             self.labels[2] = label;
             self.workspace = self.workspace.max(best.memory);
@@ -350,7 +400,7 @@ impl ConvPlan {
                     h,
                     self.x.0,
                     self.w.0,
-                    self.conv.0,
+                    self.conv[0].0,
                     self.y.0,
                     self.fwd,
                     &mut size,
@@ -364,7 +414,7 @@ impl ConvPlan {
                     h,
                     self.w.0,
                     self.y.0,
-                    self.conv.0,
+                    self.conv[1].0,
                     self.x.0,
                     self.bwd_data,
                     &mut size,
@@ -378,7 +428,7 @@ impl ConvPlan {
                     h,
                     self.x.0,
                     self.y.0,
-                    self.conv.0,
+                    self.conv[2].0,
                     self.w.0,
                     self.bwd_filter,
                     &mut size,
@@ -412,7 +462,7 @@ impl ConvPlan {
                 x as *const c_void,
                 self.w.0,
                 w as *const c_void,
-                self.conv.0,
+                self.conv[0].0,
                 self.fwd,
                 workspace as *mut c_void,
                 self.workspace,
@@ -444,7 +494,7 @@ impl ConvPlan {
                 w as *const c_void,
                 self.y.0,
                 dy as *const c_void,
-                self.conv.0,
+                self.conv[1].0,
                 self.bwd_data,
                 workspace as *mut c_void,
                 self.workspace,
@@ -477,7 +527,7 @@ impl ConvPlan {
                 x as *const c_void,
                 self.y.0,
                 dy as *const c_void,
-                self.conv.0,
+                self.conv[2].0,
                 self.bwd_filter,
                 workspace as *mut c_void,
                 self.workspace,
