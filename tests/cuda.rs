@@ -225,8 +225,10 @@ fn op_bodies_run_on_the_cpu() {
     fused_matches_separate("cpu", b);
     for (i, s) in CONV_SHAPES.into_iter().enumerate() {
         for pool in [false, true] {
-            let fused = bias_tail_op(b, s, pool, true, i as u64);
-            assert!(fused == bias_tail_op(b, s, pool, false, i as u64));
+            for from_conv in [false, true] {
+                let fused = bias_tail_op(b, s, pool, true, from_conv, i as u64);
+                assert!(fused == bias_tail_op(b, s, pool, false, from_conv, i as u64));
+            }
         }
     }
     uploads_op(b);
@@ -624,12 +626,26 @@ fn relu_and_maxpool_match_cpu_exactly() {
 }
 
 /// Evaluation's block tail from a kept convolution output plus a bias map: through the
-/// fused op (`fused`), or through add_bias_map and the separate ops it stands for.
-fn bias_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: u64) -> Outputs {
+/// fused op (`fused`), or through add_bias_map and the separate ops it stands for. The kept
+/// output is uploaded (ties on purpose), or with `from_conv` a convolution's output (which
+/// on CUDA in bf16 carries its bf16 copy, and the fused op reads that).
+fn bias_tail_op<B: Backend>(
+    b: &B,
+    s: ConvShape,
+    pool: bool,
+    fused: bool,
+    from_conv: bool,
+    seed: u64,
+) -> Outputs {
     let features = s.h * s.w * s.c_out;
     let ny = s.n * features;
     let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
-    let pre = up(b, &ties(seed, ny));
+    let mut pre = up(b, &ties(seed, ny));
+    if from_conv {
+        let x = up(b, &random(seed + 3, s.n * s.h * s.w * s.c_in));
+        let w = up(b, &random(seed + 4, s.c_out * 9 * s.c_in));
+        b.conv3x3_forward(&mut pre, &x, &w, s).unwrap();
+    }
     let maps = up(b, &random(seed + 1, 3 * features));
     let mut activation = up(b, &random(seed + 2, ny));
     let mut pooled = b.zeros(np).unwrap();
@@ -655,23 +671,27 @@ fn bias_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: 
 }
 
 /// The fused evaluation tail gives what add_bias_map and the separate ops give on the same
-/// backend, bit for bit, in both precisions (it reads f32 in both), and what the CPU gives.
+/// backend, bit for bit, in both precisions (from f32 data, or from a convolution's bf16
+/// copy, which holds the same values), and what the CPU gives.
 #[test]
 fn bias_tail_matches_the_separate_ops_and_cpu() {
     for (i, s) in CONV_SHAPES.into_iter().enumerate() {
         for pool in [false, true] {
             let seed = 60 + 10 * i as u64;
-            let want = bias_tail_op(&cpu(), s, pool, false, seed);
+            let want = bias_tail_op(&cpu(), s, pool, false, false, seed);
             for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
-                let fused = bias_tail_op(b, s, pool, true, seed);
-                let separate = bias_tail_op(b, s, pool, false, seed);
-                assert!(
-                    fused == separate,
-                    "{name} {s:?} pool {pool}: fused bias tail differs from the separate ops"
-                );
+                for from_conv in [false, true] {
+                    let fused = bias_tail_op(b, s, pool, true, from_conv, seed);
+                    let separate = bias_tail_op(b, s, pool, false, from_conv, seed);
+                    assert!(
+                        fused == separate,
+                        "{name} {s:?} pool {pool} from_conv {from_conv}: fused bias tail \
+                         differs from the separate ops"
+                    );
+                }
                 compare(
                     &format!("{name} bias tail {s:?} pool {pool}"),
-                    fused,
+                    bias_tail_op(b, s, pool, true, false, seed),
                     want.clone(),
                     1e-6,
                     1e-7,

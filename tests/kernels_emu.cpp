@@ -409,6 +409,25 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                 close((u + " activation").c_str(), a, widen(sum), 0, 0);
             }
             close((u + " goodness").c_str(), gg, widen(gs), 0, 0);
+            // From a bf16 copy of y: the f32 kernel on the widened values, bit for bit.
+            std::vector<unsigned short> yh(full);
+            launch(elementwise(full), {BLOCK},
+                   [&] { f32_to_bf16(yh.data(), x.data(), (long long)full); });
+            std::vector<float> xr(full), af(full, 99.0f), pf(pooled_size, 99.0f), gf(n, 99.0f);
+            launch(elementwise(full), {BLOCK},
+                   [&] { bf16_to_f32(xr.data(), yh.data(), (long long)full, 0); });
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                bias_relu_pool_goodness(af.data(), pf.data(), gf.data(), xr.data(), map, h, w, c,
+                                        pool);
+            });
+            std::vector<float> ah(full, 99.0f), ph(pooled_size, 99.0f), gh(n, 99.0f);
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                bias_relu_pool_goodness_bf16(ah.data(), ph.data(), gh.data(), yh.data(), map, h,
+                                             w, c, pool);
+            });
+            close((u + " bf16 activation").c_str(), ah, widen(af), 0, 0);
+            if (pool) close((u + " bf16 pooled").c_str(), ph, widen(pf), 0, 0);
+            close((u + " bf16 goodness").c_str(), gh, widen(gf), 0, 0);
         }
         // bf16 input: the same as the separate kernels on the bf16-rounded values.
         std::vector<unsigned short> yh(full);

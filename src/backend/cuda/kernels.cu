@@ -292,13 +292,21 @@ extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* poo
                        w, c, pool, save);
 }
 
-// Evaluation from a convolution's output `y` (f32) kept aside: the tail above on y + bias,
+// Evaluation from a convolution's output `y` kept aside: the tail above on y + bias,
 // one map (h x w x c) added to every sample, with no record saved. The values come out as
 // from add_bias_map followed by the separate kernels (the same float addition).
 extern "C" __global__ void bias_relu_pool_goodness(float* activation, float* pooled,
                                                    float* goodness, const float* y,
                                                    const float* bias, int h, int w, int c,
                                                    int pool) {
+    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0);
+}
+
+// The same from the kept output's bf16 copy (its f32 data being the same values widened).
+extern "C" __global__ void bias_relu_pool_goodness_bf16(float* activation, float* pooled,
+                                                        float* goodness, const unsigned short* y,
+                                                        const float* bias, int h, int w, int c,
+                                                        int pool) {
     relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0);
 }
 

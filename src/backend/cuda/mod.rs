@@ -470,21 +470,35 @@ impl Cuda {
         half: &CudaSlice<u16>,
         accumulate: bool,
     ) -> Result<()> {
-        let n = out.len() as i64;
+        let len = out.len();
+        self.widen(out.f32_mut(), half, len, accumulate)
+    }
+
+    /// The first `len` elements of `out` = or += those of `half`.
+    fn widen(
+        &self,
+        out: &mut CudaSlice<f32>,
+        half: &CudaSlice<u16>,
+        len: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = len as i64;
         let acc = accumulate as i32;
-        let cfg = nvrtc::elementwise(out.len());
+        let cfg = nvrtc::elementwise(len);
         let mut l = self.stream.launch_builder(self.f("bf16_to_f32"));
-        l.arg(out.f32_mut()).arg(half).arg(&n).arg(&acc);
-        // SAFETY: `half` holds at least `out.len()` elements (sized by the same shape).
+        l.arg(out).arg(half).arg(&n).arg(&acc);
+        // SAFETY: both hold at least `len` elements (sized by the same shape).
         self.timed("bf16_to_f32", || {
             unsafe { l.launch(cfg) }.map_err(|e| self.err("bf16_to_f32", e))
         })?;
         Ok(())
     }
     /// out = conv(input, weight) through cuDNN. In bf16 the operands' bf16 forms are read
-    /// (their own fresh copies, else conversions into the scratch slots 0 and 1) and the
-    /// result lands in slot 2; with `keep_half` it stays there (`out` untouched) for a kernel
-    /// that reads bf16, else it is copied into `out`.
+    /// (their own fresh copies, else conversions into the scratch slots 0 and 1); with
+    /// `keep_half` the result lands in slot 2 (`out` untouched) for a kernel that reads bf16,
+    /// else in `out`'s bf16 copy, which is then widened into its f32 data (so `out` leaves
+    /// with a fresh copy, the very values its f32 data holds; unfused: through slot 2, no
+    /// copy).
     fn conv_forward(
         &self,
         state: &mut State,
@@ -501,8 +515,14 @@ impl Cuda {
             let sc = &mut state.scratch;
             let x = self.half_of(sc, 0, input)?;
             let w = self.half_of(sc, 1, weight)?;
-            let y =
-                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?;
+            let y = if keep_half || !self.fused {
+                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?
+            } else {
+                let (_, half) = out
+                    .f32_and_half_mut(&self.stream)
+                    .map_err(|e| self.err("allocation", e))?;
+                half
+            };
             (x, w, self.ptr(y))
         } else {
             (
@@ -519,7 +539,12 @@ impl Cuda {
             unsafe { plan.forward(&state.dnn, x, w, y, ws) }
                 .map_err(|e| self.err("conv3x3_forward", e))
         })?;
-        if half && !keep_half {
+        if half && !keep_half && self.fused {
+            let (data, copy) = out
+                .f32_and_half_mut(&self.stream)
+                .map_err(|e| self.err("allocation", e))?;
+            self.widen(data, copy, ny, false)?;
+        } else if half && !keep_half {
             self.half_to_f32(out, sc.half[2].as_ref().expect("grown"), false)?;
         }
         Ok(())
@@ -967,7 +992,7 @@ impl Backend for Cuda {
     }
 
     /// One pass: the kernel of [`Self::conv3x3_relu_pool_goodness`]'s tail, reading the
-    /// kept f32 output and adding the map as it loads.
+    /// kept output (its bf16 copy where it has one) and adding the map as it loads.
     fn bias_relu_pool_goodness(
         &self,
         activation: &mut CudaBuf,
@@ -1000,14 +1025,19 @@ impl Backend for Cuda {
         // Absent without pool: the kernel then never touches it.
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
         let map = self.map_ptr(maps, index, s.h * s.w * s.c_out);
+        // A convolution's output in bf16 carries its bf16 copy: half the bytes to read.
+        let (kernel, y) = match pre.fresh_half() {
+            Some(half) => ("bias_relu_pool_goodness_bf16", self.ptr(half)),
+            None => ("bias_relu_pool_goodness", self.ptr(pre.f32())),
+        };
         launch!(
             self,
-            "bias_relu_pool_goodness",
+            kernel,
             nvrtc::per_row(s.n),
             activation.f32_mut(),
             &pooled,
             goodness.f32_mut(),
-            pre.f32(),
+            &y,
             &map,
             &h,
             &w,

@@ -28,6 +28,7 @@ pub const KERNELS: &[&str] = &[
     "relu_pool_goodness_f32",
     "relu_pool_goodness_bf16",
     "bias_relu_pool_goodness",
+    "bias_relu_pool_goodness_bf16",
     "goodness_forward",
     "goodness_backward",
     "ff_loss",
