@@ -223,16 +223,13 @@ fn op_bodies_run_on_the_cpu() {
         adam_op(b, n, seed);
     }
     fused_matches_separate("cpu", b);
-    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
-        for pool in [false, true] {
-            for from_conv in [false, true] {
-                let fused = bias_tail_op(b, s, pool, true, from_conv, i as u64);
-                assert!(fused == bias_tail_op(b, s, pool, false, from_conv, i as u64));
-            }
-        }
+    for (s, pool, source, next, seed) in eval_tail_cases() {
+        let fused = eval_tail_op(b, s, pool, true, source, next, seed);
+        assert!(fused == eval_tail_op(b, s, pool, false, source, next, seed));
     }
     uploads_op(b);
     assert!(train_steps(b).iter().all(|v| v.is_finite()));
+    assert!(trained_eval(b) == cpu_trained_eval(b));
 }
 
 /// Large uploads (through the CUDA backend's page-locked staging, two buffers in turn) arrive
@@ -359,7 +356,7 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
     let mut goodness = b.zeros(s.n).unwrap();
     if fused {
         let p = if pool { Some(&mut pooled) } else { None };
-        b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s, true)
+        b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s)
             .unwrap();
     } else {
         b.conv3x3_forward(&mut activation, &x, &w, s).unwrap();
@@ -430,34 +427,14 @@ fn fused_matches_separate<B: Backend>(name: &str, b: &B) {
                 );
             }
         }
-        // Evaluation (no activation saved): the same pooled values and goodness.
+        // Evaluation: the same pooled values and goodness as in training.
         let seed = 20 + 10 * i as u64;
-        let (nx, nw) = (s.n * s.h * s.w * s.c_in, s.c_out * 9 * s.c_in);
-        let x = up(b, &random(seed, nx));
-        let w = up(b, &random(seed + 1, nw));
-        let mut activation = b.zeros(s.n * s.h * s.w * s.c_out).unwrap();
-        let mut pooled = b.zeros(s.n * (s.h / 2) * (s.w / 2) * s.c_out).unwrap();
-        let mut goodness = b.zeros(s.n).unwrap();
-        b.conv3x3_relu_pool_goodness(
-            &mut activation,
-            Some(&mut pooled),
-            &mut goodness,
-            &x,
-            &w,
-            s,
-            false,
-        )
-        .unwrap();
+        let eval = eval_tail_op(b, s, true, true, Source::Conv, false, seed);
         let trained = block_tail_op(b, s, true, true, seed);
-        let find = |what: &str| &trained.iter().find(|(k, _)| k == what).unwrap().1;
-        assert!(
-            down(b, &pooled) == *find("pooled"),
-            "{name} {s:?}: eval pooled"
-        );
-        assert!(
-            down(b, &goodness) == *find("goodness"),
-            "{name} {s:?}: eval goodness"
-        );
+        for what in ["goodness", "pooled"] {
+            let find = |o: &Outputs| o.iter().find(|(k, _)| k == what).unwrap().1.clone();
+            assert!(find(&eval) == find(&trained), "{name} {s:?}: eval {what}");
+        }
     }
 }
 
@@ -625,44 +602,109 @@ fn relu_and_maxpool_match_cpu_exactly() {
     }
 }
 
-/// Evaluation's block tail from a kept convolution output plus a bias map: through the
-/// fused op (`fused`), or through add_bias_map and the separate ops it stands for. The kept
-/// output is uploaded (ties on purpose), or with `from_conv` a convolution's output (which
-/// on CUDA in bf16 carries its bf16 copy, and the fused op reads that).
-fn bias_tail_op<B: Backend>(
+/// Where an evaluation tail's values come from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// A convolution, inside the op.
+    Conv,
+    /// A convolution's output kept aside, plus a bias map: uploaded values (ties on purpose),
+    /// or with `from_conv` a convolution's output (which on CUDA in bf16 carries its bf16
+    /// copy, and the fused op reads that).
+    Kept { from_conv: bool },
+}
+
+/// An evaluation tail: through the fused op (`fused`), or through the separate ops it stands
+/// for; with `next`, the next block's BatchNorm applied to the block's output (whose own
+/// values then need not be written, so only the normalised ones count).
+fn eval_tail_op<B: Backend>(
     b: &B,
     s: ConvShape,
     pool: bool,
     fused: bool,
-    from_conv: bool,
+    source: Source,
+    next: bool,
     seed: u64,
 ) -> Outputs {
     let features = s.h * s.w * s.c_out;
-    let ny = s.n * features;
+    let (nx, nw, ny) = (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * features,
+    );
     let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
-    let mut pre = up(b, &ties(seed, ny));
-    if from_conv {
-        let x = up(b, &random(seed + 3, s.n * s.h * s.w * s.c_in));
-        let w = up(b, &random(seed + 4, s.c_out * 9 * s.c_in));
+    let x = up(b, &random(seed, nx));
+    let w = up(b, &random(seed + 1, nw));
+    let mut pre = up(b, &ties(seed + 2, ny));
+    if let Source::Kept { from_conv: true } = source {
         b.conv3x3_forward(&mut pre, &x, &w, s).unwrap();
     }
-    let maps = up(b, &random(seed + 1, 3 * features));
-    let mut activation = up(b, &random(seed + 2, ny));
+    let maps = up(b, &random(seed + 3, 3 * features));
+    let mut activation = up(b, &random(seed + 4, ny));
     let mut pooled = b.zeros(np).unwrap();
     let mut goodness = b.zeros(s.n).unwrap();
+    let c = s.c_out;
+    let (gamma, beta) = (up(b, &random(seed + 5, c)), up(b, &random(seed + 6, c)));
+    let mean = up(b, &random(seed + 7, c));
+    let var: Vec<f32> = random(seed + 8, c).iter().map(|v| v.abs() + 0.5).collect();
+    let var = up(b, &var);
+    let mut normed = b.zeros(if pool { np } else { ny }).unwrap();
+    let norm = next.then(|| common::next_norm::<B>(&mut normed, &gamma, &beta, &mean, &var));
     if fused {
         let p = if pool { Some(&mut pooled) } else { None };
-        b.bias_relu_pool_goodness(&mut activation, p, &mut goodness, &pre, &maps, 2, s)
-            .unwrap();
+        match source {
+            Source::Conv => b.conv3x3_relu_pool_goodness_eval(
+                &mut activation,
+                p,
+                &mut goodness,
+                &x,
+                &w,
+                s,
+                norm,
+            ),
+            Source::Kept { .. } => b.bias_relu_pool_goodness(
+                &mut activation,
+                p,
+                &mut goodness,
+                &pre,
+                &maps,
+                2,
+                s,
+                norm,
+            ),
+        }
+        .unwrap();
     } else {
-        let shape = SampleShape { n: s.n, features };
-        b.add_bias_map(&mut activation, &pre, &maps, 2, shape)
-            .unwrap();
+        match source {
+            Source::Conv => b.conv3x3_forward(&mut activation, &x, &w, s),
+            Source::Kept { .. } => {
+                let shape = SampleShape { n: s.n, features };
+                b.add_bias_map(&mut activation, &pre, &maps, 2, shape)
+            }
+        }
+        .unwrap();
         tail_separately(b, &mut activation, &mut pooled, &mut goodness, s, pool);
+        if let Some(n) = norm {
+            let output = if pool { &pooled } else { &activation };
+            let rows = B::len(output) / c;
+            let cs = ChannelShape { rows, channels: c };
+            b.batchnorm_forward_eval(
+                n.out,
+                output,
+                n.gamma,
+                n.beta,
+                n.running_mean,
+                n.running_var,
+                cs,
+                n.eps,
+            )
+            .unwrap();
+        }
     }
     let mut out = vec![("goodness".to_string(), down(b, &goodness))];
-    // A pooled block leaves no activation in evaluation: only the pooled values count.
-    if pool {
+    if next {
+        out.push(("next block's normalised input".into(), down(b, &normed)));
+    } else if pool {
+        // A pooled block leaves no activation in evaluation: only the pooled values count.
         out.push(("pooled".into(), down(b, &pooled)));
     } else {
         out.push(("activation".into(), down(b, &activation)));
@@ -670,31 +712,49 @@ fn bias_tail_op<B: Backend>(
     out
 }
 
-/// The fused evaluation tail gives what add_bias_map and the separate ops give on the same
-/// backend, bit for bit, in both precisions (from f32 data, or from a convolution's bf16
-/// copy, which holds the same values), and what the CPU gives.
-#[test]
-fn bias_tail_matches_the_separate_ops_and_cpu() {
+/// Every source, pool or not, next BatchNorm or not.
+fn eval_tail_cases() -> Vec<(ConvShape, bool, Source, bool, u64)> {
+    let mut cases = Vec::new();
     for (i, s) in CONV_SHAPES.into_iter().enumerate() {
         for pool in [false, true] {
-            let seed = 60 + 10 * i as u64;
-            let want = bias_tail_op(&cpu(), s, pool, false, false, seed);
-            for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
-                for from_conv in [false, true] {
-                    let fused = bias_tail_op(b, s, pool, true, from_conv, seed);
-                    let separate = bias_tail_op(b, s, pool, false, from_conv, seed);
-                    assert!(
-                        fused == separate,
-                        "{name} {s:?} pool {pool} from_conv {from_conv}: fused bias tail \
-                         differs from the separate ops"
-                    );
+            for source in [
+                Source::Conv,
+                Source::Kept { from_conv: false },
+                Source::Kept { from_conv: true },
+            ] {
+                for next in [false, true] {
+                    cases.push((s, pool, source, next, 60 + 10 * i as u64));
                 }
+            }
+        }
+    }
+    cases
+}
+
+/// The fused evaluation tails give what the separate ops give on the same backend, bit for
+/// bit, in both precisions (a kept output from f32 data, or from a convolution's bf16 copy,
+/// which holds the same values; the next block's BatchNorm by the same float operations),
+/// and from uploaded values what the CPU gives.
+#[test]
+fn eval_tails_match_the_separate_ops_and_cpu() {
+    for (s, pool, source, next, seed) in eval_tail_cases() {
+        for (name, b) in [("f32", gpu()), ("bf16", gpu_bf16())] {
+            let fused = eval_tail_op(b, s, pool, true, source, next, seed);
+            let separate = eval_tail_op(b, s, pool, false, source, next, seed);
+            for ((what, got), (_, want)) in fused.iter().zip(&separate) {
+                assert!(
+                    got == want,
+                    "{name} {s:?} pool {pool} {source:?} next {next}: fused {what} differs \
+                     from the separate ops"
+                );
+            }
+            if let Source::Kept { from_conv: false } = source {
                 compare(
-                    &format!("{name} bias tail {s:?} pool {pool}"),
-                    bias_tail_op(b, s, pool, true, false, seed),
-                    want.clone(),
+                    &format!("{name} eval tail {s:?} pool {pool} {source:?} next {next}"),
+                    fused,
+                    eval_tail_op(&cpu(), s, pool, false, source, next, seed),
+                    1e-5,
                     1e-6,
-                    1e-7,
                 );
             }
         }
@@ -920,9 +980,8 @@ fn golden_trifecta_on_gpu() {
     common::golden::run_variant(gpu(), "trifecta");
 }
 
-/// A few Trifecta steps on the `small` network at width 0.25: the same seed gives the same
-/// parameters twice on the GPU, and stays close to the CPU.
-fn train_steps<B: Backend>(b: &B) -> Vec<f32> {
+/// The `small` network at width 0.25 on 16x16 images after 4 Trifecta steps of 24.
+fn trained_net<B: Backend>(b: &B) -> trifecta::ff::FfNet<B> {
     use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
     let image = ImageShape {
         channels: 3,
@@ -942,10 +1001,48 @@ fn train_steps<B: Backend>(b: &B) -> Vec<f32> {
             .collect();
         net.train_step(b, &images, &positive, &negative).unwrap();
     }
-    net.named_params()
+    net
+}
+
+/// A few Trifecta steps on the `small` network at width 0.25: the same seed gives the same
+/// parameters twice on the GPU, and stays close to the CPU.
+fn train_steps<B: Backend>(b: &B) -> Vec<f32> {
+    trained_net(b)
+        .named_params()
         .into_iter()
         .flat_map(|(_, p)| p.to_torch(b).unwrap())
         .collect()
+}
+
+/// The goodness of every label and layer for 9 random images after [`trained_net`].
+fn trained_eval<B: Backend>(b: &B) -> Vec<f32> {
+    let mut net = trained_net(b);
+    net.goodness_per_label(b, &random(300, 9 * 16 * 16 * 3))
+        .unwrap()
+}
+
+/// As [`trained_eval`] on `b`, with the parameters and running statistics that training
+/// on the CPU gave: the evaluation alone compared with the CPU's.
+fn cpu_trained_eval<B: Backend>(b: &B) -> Vec<f32> {
+    let cpu = cpu();
+    let mut trained = trained_net(&cpu);
+    let mut net = trifecta::ff::FfNet::new(b, trained.config.clone(), 7).unwrap();
+    for ((_, from), (_, to)) in trained
+        .named_params()
+        .into_iter()
+        .zip(net.named_params_mut())
+    {
+        to.load_torch(b, &from.to_torch(&cpu).unwrap()).unwrap();
+    }
+    for ((_, from), (_, to)) in trained
+        .named_buffers_mut()
+        .into_iter()
+        .zip(net.named_buffers_mut())
+    {
+        b.write(&mut to.buf, &from.to_host(&cpu).unwrap()).unwrap();
+    }
+    net.goodness_per_label(b, &random(300, 9 * 16 * 16 * 3))
+        .unwrap()
 }
 
 #[test]
@@ -977,6 +1074,30 @@ fn fused_and_unfused_training_agree_bit_for_bit() {
             train_steps(fused) == train_steps(&unfused),
             "{name}: fused and unfused training differ"
         );
+    }
+}
+
+/// Evaluation through the fused tails (block 0's kept output and its bf16 copy, the next
+/// block's BatchNorm applied by each tail) gives the goodness of the separate ops bit for
+/// bit, in both precisions, and in f32 that of the CPU within float rounding.
+#[test]
+fn fused_and_unfused_evaluation_agree_bit_for_bit() {
+    for (name, fused) in [("f32", gpu()), ("bf16", gpu_bf16())] {
+        let options = GpuOptions {
+            fused: false,
+            ..GpuOptions::new(fused.precision())
+        };
+        let unfused = Cuda::with_options(0, options).expect("these tests need a CUDA device");
+        let got = trained_eval(fused);
+        assert!(
+            got == trained_eval(&unfused),
+            "{name}: fused and unfused evaluation differ"
+        );
+        if name == "f32" {
+            let want: Vec<f64> = trained_eval(&cpu()).iter().map(|v| *v as f64).collect();
+            let got = cpu_trained_eval(fused);
+            assert_close("f32 evaluation vs the CPU", &got, &want, 1e-3, 1e-5);
+        }
     }
 }
 

@@ -398,8 +398,8 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                    [&] { goodness_forward(gs.data(), outs.data(), features_of(outs, n)); });
             std::vector<float> a(full, 99.0f), p(pooled_size, 99.0f), gg(n, 99.0f);
             launch({(unsigned)n}, {BLOCK}, [&] {
-                bias_relu_pool_goodness(a.data(), p.data(), gg.data(), x.data(), map, h, w, c,
-                                        pool);
+                eval_tail_f32(a.data(), p.data(), gg.data(), x.data(), map, h, w, c, pool,
+                              NextNorm{});
             });
             std::string u = t + " (bias map)";
             if (pool) {
@@ -417,17 +417,53 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
             launch(elementwise(full), {BLOCK},
                    [&] { bf16_to_f32(xr.data(), yh.data(), (long long)full, 0); });
             launch({(unsigned)n}, {BLOCK}, [&] {
-                bias_relu_pool_goodness(af.data(), pf.data(), gf.data(), xr.data(), map, h, w, c,
-                                        pool);
+                eval_tail_f32(af.data(), pf.data(), gf.data(), xr.data(), map, h, w, c, pool,
+                              NextNorm{});
             });
             std::vector<float> ah(full, 99.0f), ph(pooled_size, 99.0f), gh(n, 99.0f);
             launch({(unsigned)n}, {BLOCK}, [&] {
-                bias_relu_pool_goodness_bf16(ah.data(), ph.data(), gh.data(), yh.data(), map, h,
-                                             w, c, pool);
+                eval_tail_bf16(ah.data(), ph.data(), gh.data(), yh.data(), map, h, w, c, pool,
+                              NextNorm{});
             });
             close((u + " bf16 activation").c_str(), ah, widen(af), 0, 0);
             if (pool) close((u + " bf16 pooled").c_str(), ph, widen(pf), 0, 0);
             close((u + " bf16 goodness").c_str(), gh, widen(gf), 0, 0);
+            // With the next block's BatchNorm: batchnorm_apply_eval of the output (f32 and
+            // bf16), the same goodness, and the output itself not written; without a map too.
+            size_t out_size = outs.size();
+            auto gamma = randn(c), beta = randn(c), mean = randn(c), var = randn(c, 0.3, 1.0);
+            for (int biased = 0; biased < 2; biased++) {
+                const float* m = biased ? map : nullptr;
+                std::vector<float> plain(full), pp(pooled_size), pg(n);
+                launch({(unsigned)n}, {BLOCK}, [&] {
+                    eval_tail_f32(plain.data(), pp.data(), pg.data(), x.data(), m, h, w, c, pool,
+                                  NextNorm{});
+                });
+                const std::vector<float>& out = pool ? pp : plain;
+                std::vector<float> want(out_size);
+                std::vector<unsigned short> want_half(out_size);
+                launch(elementwise(out_size), {BLOCK}, [&] {
+                    batchnorm_apply_eval(want.data(), want_half.data(), out.data(), gamma.data(),
+                                         beta.data(), mean.data(), var.data(), 1e-5f, c,
+                                         (long long)out_size);
+                });
+                std::vector<float> a2(full, 99.0f), p2(pooled_size, 99.0f), g2(n, 99.0f);
+                std::vector<float> next(out_size, 99.0f);
+                std::vector<unsigned short> next_half(out_size, 7);
+                NextNorm nn{next.data(), next_half.data(), gamma.data(), beta.data(),
+                            mean.data(),  var.data(),       1e-5f};
+                launch({(unsigned)n}, {BLOCK}, [&] {
+                    eval_tail_f32(a2.data(), p2.data(), g2.data(), x.data(), m, h, w, c, pool,
+                                  nn);
+                });
+                std::string v = u + (biased ? " next norm" : " next norm, no map");
+                close((v + " normalised").c_str(), next, widen(want), 0, 0);
+                close((v + " normalised bf16").c_str(), as_f32(next_half), widen(as_f32(want_half)),
+                      0, 0);
+                close((v + " goodness").c_str(), g2, widen(pg), 0, 0);
+                close((v + " activation").c_str(), a2, std::vector<double>(full, 99.0), 0, 0);
+                close((v + " pooled").c_str(), p2, std::vector<double>(pooled_size, 99.0), 0, 0);
+            }
         }
         // bf16 input: the same as the separate kernels on the bf16-rounded values.
         std::vector<unsigned short> yh(full);

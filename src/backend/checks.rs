@@ -92,6 +92,18 @@ pub fn conv3x3_backward<B: Backend>(
     Ok(())
 }
 
+/// The checks of a block's convolution with its tail, named `$op`.
+macro_rules! conv_tail {
+    ($B:ty, $op:literal, $activation:ident, $pooled:ident, $goodness:ident, $input:ident,
+     $weight:ident, $s:ident) => {{
+        let (nx, nw, ny) = conv_sizes($s);
+        if let Some(pooled) = $pooled {
+            lens!($B, $op; pooled => pool_sizes($s.output_pool()).1);
+        }
+        lens!($B, $op; $activation => ny, $goodness => $s.n, $input => nx, $weight => nw);
+    }};
+}
+
 pub fn conv3x3_relu_pool_goodness<B: Backend>(
     activation: &B::Buf,
     pooled: Option<&B::Buf>,
@@ -100,15 +112,15 @@ pub fn conv3x3_relu_pool_goodness<B: Backend>(
     weight: &B::Buf,
     s: ConvShape,
 ) -> Result<()> {
-    let (nx, nw, ny) = conv_sizes(s);
-    if let Some(pooled) = pooled {
-        lens!(B, "conv3x3_relu_pool_goodness"; pooled => pool_sizes(s.output_pool()).1);
-    }
-    lens!(B, "conv3x3_relu_pool_goodness";
-        activation => ny,
-        goodness => s.n,
-        input => nx,
-        weight => nw,
+    conv_tail!(
+        B,
+        "conv3x3_relu_pool_goodness",
+        activation,
+        pooled,
+        goodness,
+        input,
+        weight,
+        s
     );
     Ok(())
 }
@@ -135,6 +147,33 @@ pub fn add_bias_map<B: Backend>(
     bias_maps::<B>("add_bias_map.maps", maps, index, s.features)
 }
 
+pub fn conv3x3_relu_pool_goodness_eval<B: Backend>(
+    activation: &B::Buf,
+    pooled: Option<&B::Buf>,
+    goodness: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+    next: Option<&super::NextNorm<'_, B>>,
+) -> Result<()> {
+    conv_tail!(
+        B,
+        "conv3x3_relu_pool_goodness_eval",
+        activation,
+        pooled,
+        goodness,
+        input,
+        weight,
+        s
+    );
+    next_norm::<B>(
+        "conv3x3_relu_pool_goodness_eval.next",
+        next,
+        s,
+        pooled.is_some(),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn bias_relu_pool_goodness<B: Backend>(
     activation: &B::Buf,
@@ -144,7 +183,9 @@ pub fn bias_relu_pool_goodness<B: Backend>(
     maps: &B::Buf,
     index: usize,
     s: ConvShape,
+    next: Option<&super::NextNorm<'_, B>>,
 ) -> Result<()> {
+    next_norm::<B>("bias_relu_pool_goodness.next", next, s, pooled.is_some())?;
     let ny = conv_sizes(s).2;
     if let Some(pooled) = pooled {
         lens!(B, "bias_relu_pool_goodness"; pooled => pool_sizes(s.output_pool()).1);
@@ -156,6 +197,29 @@ pub fn bias_relu_pool_goodness<B: Backend>(
         index,
         s.h * s.w * s.c_out,
     )
+}
+
+/// The next block's BatchNorm of an evaluation tail, if any: its output as long as the
+/// block's output (pooled with `pool`), its parameters one per output channel. `op` names
+/// the op's `next` argument.
+pub fn next_norm<B: Backend>(
+    op: &'static str,
+    next: Option<&super::NextNorm<'_, B>>,
+    s: ConvShape,
+    pool: bool,
+) -> Result<()> {
+    let Some(next) = next else {
+        return Ok(());
+    };
+    let output = match pool {
+        true => pool_sizes(s.output_pool()).1,
+        false => conv_sizes(s).2,
+    };
+    check_len(op, B::len(next.out), output)?;
+    for buf in [next.gamma, next.beta, next.running_mean, next.running_var] {
+        check_len(op, B::len(buf), s.c_out)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -186,6 +186,18 @@ pub struct EmbedShape {
     pub channels: usize,
 }
 
+/// The next block's BatchNorm in eval mode, for an evaluation op to apply to a block's
+/// output as it writes it: `out` (the next block's normalised input, shaped as the output)
+/// = batchnorm_forward_eval(output) with these parameters (`Cout` each) and `eps`.
+pub struct NextNorm<'a, B: Backend> {
+    pub out: &'a mut B::Buf,
+    pub gamma: &'a B::Buf,
+    pub beta: &'a B::Buf,
+    pub running_mean: &'a B::Buf,
+    pub running_var: &'a B::Buf,
+    pub eps: f32,
+}
+
 /// The Forward-Forward losses on goodness. `goodness` holds `pairs` positives, then `pairs`
 /// negatives (negative i is positive i with a wrong label).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -287,15 +299,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 
     // ---- a block's convolution with what follows it, for backends that fuse them ----
-    /// `activation` (N, H, W, Cout) = ReLU(conv3x3(input, weight)); with `pooled`, its 2x2
-    /// max-pool; `goodness` (N) of the block's output (`pooled`, or the activation). The
-    /// same as those five ops one after the other, which is what this default does.
-    ///
-    /// With `pooled`, `activation` is only this op's record for
+    /// Training: `activation` (N, H, W, Cout) = ReLU(conv3x3(input, weight)); with
+    /// `pooled`, its 2x2 max-pool; `goodness` (N) of the block's output (`pooled`, or the
+    /// activation). The same as those five ops one after the other, which is what this
+    /// default does. With `pooled`, `activation` is only this op's record for
     /// [`Self::relu_pool_conv3x3_backward`], in a form of the backend's choosing (the CPU:
-    /// the ReLU output; CUDA in bf16: bf16 values), and without `save_activation`
-    /// (evaluation: no backward follows) it may be left unwritten.
-    #[allow(clippy::too_many_arguments)]
+    /// the ReLU output; CUDA in bf16: bf16 values).
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut Self::Buf,
@@ -304,14 +313,32 @@ pub trait Backend: Send + Sync + Sized + 'static {
         input: &Self::Buf,
         weight: &Self::Buf,
         s: ConvShape,
-        save_activation: bool,
     ) -> Result<()> {
-        let _ = save_activation; // the separate ops need the activation anyway
         conv3x3_relu_pool_goodness_composed(self, activation, pooled, goodness, input, weight, s)
     }
+    /// Evaluation: the values of [`Self::conv3x3_relu_pool_goodness`] with no backward to
+    /// follow, so a pooled block's `activation` may be left unwritten. With `next`, the next
+    /// block's BatchNorm (eval mode) is applied to the block's output as well, into
+    /// `next.out`, and then the output itself may be left unwritten too. The default is the
+    /// separate ops.
+    #[allow(clippy::too_many_arguments)]
+    fn conv3x3_relu_pool_goodness_eval(
+        &self,
+        activation: &mut Self::Buf,
+        pooled: Option<&mut Self::Buf>,
+        goodness: &mut Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
+    ) -> Result<()> {
+        conv3x3_relu_pool_goodness_eval_composed(
+            self, activation, pooled, goodness, input, weight, s, next,
+        )
+    }
     /// Evaluation from a convolution's output kept aside: `activation` = ReLU(`pre` +
-    /// map `index` of `maps`, the map added to every sample), then the pool and goodness of
-    /// [`Self::conv3x3_relu_pool_goodness`] without `save_activation`. `pre` is
+    /// map `index` of `maps`, the map added to every sample), then the pool, goodness and
+    /// optional next BatchNorm of [`Self::conv3x3_relu_pool_goodness_eval`]. `pre` is
     /// `(N, H, W, Cout)`, `maps` `(M, H, W, Cout)`. Evaluation uses it to share block 0's
     /// convolution between the labels. The default is [`Self::add_bias_map`] followed by
     /// the separate ops.
@@ -325,8 +352,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
         maps: &Self::Buf,
         index: usize,
         s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
     ) -> Result<()> {
-        bias_relu_pool_goodness_composed(self, activation, pooled, goodness, pre, maps, index, s)
+        bias_relu_pool_goodness_composed(
+            self, activation, pooled, goodness, pre, maps, index, s, next,
+        )
     }
 
     /// The backward of [`Self::conv3x3_relu_pool_goodness`] from d(block output)
@@ -578,12 +608,13 @@ pub fn conv3x3_relu_pool_goodness_composed<B: Backend>(
 pub fn bias_relu_pool_goodness_composed<B: Backend>(
     b: &B,
     activation: &mut B::Buf,
-    pooled: Option<&mut B::Buf>,
+    mut pooled: Option<&mut B::Buf>,
     goodness: &mut B::Buf,
     pre: &B::Buf,
     maps: &B::Buf,
     index: usize,
     s: ConvShape,
+    next: Option<NextNorm<'_, B>>,
 ) -> Result<()> {
     checks::bias_relu_pool_goodness::<B>(
         activation,
@@ -593,6 +624,7 @@ pub fn bias_relu_pool_goodness_composed<B: Backend>(
         maps,
         index,
         s,
+        next.as_ref(),
     )?;
     let features = s.h * s.w * s.c_out;
     b.add_bias_map(
@@ -602,7 +634,71 @@ pub fn bias_relu_pool_goodness_composed<B: Backend>(
         index,
         SampleShape { n: s.n, features },
     )?;
-    relu_pool_goodness_composed(b, activation, pooled, goodness, s)
+    relu_pool_goodness_composed(b, activation, pooled.as_deref_mut(), goodness, s)?;
+    apply_next_norm(b, next, activation, pooled, s)
+}
+
+/// [`Backend::conv3x3_relu_pool_goodness_eval`] as the separate ops (its default, which a
+/// backend that fuses it can still use when asked not to).
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_relu_pool_goodness_eval_composed<B: Backend>(
+    b: &B,
+    activation: &mut B::Buf,
+    mut pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+    next: Option<NextNorm<'_, B>>,
+) -> Result<()> {
+    checks::conv3x3_relu_pool_goodness_eval::<B>(
+        activation,
+        pooled.as_deref(),
+        goodness,
+        input,
+        weight,
+        s,
+        next.as_ref(),
+    )?;
+    conv3x3_relu_pool_goodness_composed(
+        b,
+        activation,
+        pooled.as_deref_mut(),
+        goodness,
+        input,
+        weight,
+        s,
+    )?;
+    apply_next_norm(b, next, activation, pooled, s)
+}
+
+/// `next.out` = the next block's BatchNorm (eval mode) of the block's output (`pooled`
+/// with pool, else `activation`), if there is a `next`.
+fn apply_next_norm<B: Backend>(
+    b: &B,
+    next: Option<NextNorm<'_, B>>,
+    activation: &B::Buf,
+    pooled: Option<&mut B::Buf>,
+    s: ConvShape,
+) -> Result<()> {
+    let Some(next) = next else {
+        return Ok(());
+    };
+    let output = pooled.map_or(activation, |p| &*p);
+    let rows = B::len(output) / s.c_out.max(1);
+    b.batchnorm_forward_eval(
+        next.out,
+        output,
+        next.gamma,
+        next.beta,
+        next.running_mean,
+        next.running_var,
+        ChannelShape {
+            rows,
+            channels: s.c_out,
+        },
+        next.eps,
+    )
 }
 
 /// ReLU of `activation` in place, then the pool and the goodness: the tail that both composed

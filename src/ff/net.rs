@@ -175,18 +175,33 @@ impl<B: Backend> FfNet<B> {
             .forward(backend, &mut self.input.buf, &self.images.buf, labels, s)
     }
 
-    /// Runs every block on the prepared input (`n` samples), in training or eval mode.
-    fn forward_all(&mut self, backend: &B, n: usize, train: bool) -> Result<()> {
-        self.forward_from(backend, 0, n, train)
-    }
-
-    /// Runs the blocks from `first` on, each on the output of the one before it (block 0 on
-    /// the prepared input).
-    fn forward_from(&mut self, backend: &B, first: usize, n: usize, train: bool) -> Result<()> {
+    /// Evaluation of the blocks from `first` on, `n` samples. Where a block is followed by
+    /// a BatchNorm, it applies that as it writes its output (one pass over memory fewer per
+    /// block: [`Block::norm_for_previous`]). `normed`: block `first`'s normalised input is
+    /// already there; else it normalises the output of the block before it (block 0: the
+    /// prepared input).
+    fn forward_eval_from(
+        &mut self,
+        backend: &B,
+        first: usize,
+        n: usize,
+        mut normed: bool,
+    ) -> Result<()> {
         for i in first..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
-            let input = before.last().map_or(&self.input.buf, |b| b.output());
-            rest[0].forward(backend, input, n, train)?;
+            let Some((block, after)) = rest.split_first_mut() else {
+                break;
+            };
+            let input = match normed {
+                true => None,
+                false => Some(before.last().map_or(&self.input.buf, |b| b.output())),
+            };
+            let next = match after.first_mut() {
+                Some(next) => next.norm_for_previous(backend, n)?,
+                None => None,
+            };
+            normed = next.is_some();
+            block.forward_eval(backend, input, n, next)?;
         }
         Ok(())
     }
@@ -456,12 +471,18 @@ impl<B: Backend> FfNet<B> {
         for label in 0..self.config.classes {
             match &offsets {
                 Some(maps) => {
-                    self.blocks[0].forward_from_kept(backend, maps, label)?;
-                    self.forward_from(backend, 1, n, false)?;
+                    let (first, rest) = self.blocks.split_at_mut(1);
+                    let next = match rest.first_mut() {
+                        Some(block) => block.norm_for_previous(backend, n)?,
+                        None => None,
+                    };
+                    let normed = next.is_some();
+                    first[0].forward_from_kept(backend, maps, label, next)?;
+                    self.forward_eval_from(backend, 1, n, normed)?;
                 }
                 None => {
                     self.embed_labels(backend, &vec![label as u32; n])?;
-                    self.forward_all(backend, n, false)?;
+                    self.forward_eval_from(backend, 0, n, false)?;
                 }
             }
             for (layer, block) in self.blocks.iter().enumerate() {

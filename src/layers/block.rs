@@ -6,8 +6,8 @@
 
 use super::Param;
 use super::conv::Conv3x3;
-use super::norm::{Norm, NormKind};
-use crate::backend::{Backend, ConvShape, SampleShape};
+use super::norm::{NORM_EPS, Norm, NormKind};
+use crate::backend::{Backend, ConvShape, NextNorm, SampleShape};
 use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -140,36 +140,99 @@ impl<B: Backend> Block<B> {
         Ok(())
     }
 
-    /// Runs the block on `n` samples and computes their goodness.
+    /// Runs the block on `n` samples and computes their goodness (training or eval mode;
+    /// either way the block's output is written, for whoever reads it).
     pub fn forward(&mut self, backend: &B, input: &B::Buf, n: usize, train: bool) -> Result<()> {
+        match train {
+            true => {
+                self.normalise(backend, Some(input), n, true)?;
+                let cs = self.conv_shape();
+                let pooled = self.spec.pool.then_some(&mut self.pooled.buf);
+                backend.conv3x3_relu_pool_goodness(
+                    &mut self.activation.buf,
+                    pooled,
+                    &mut self.goodness.buf,
+                    &self.normed.buf,
+                    &self.conv.weight.value.buf,
+                    cs,
+                )
+            }
+            false => self.forward_eval(backend, Some(input), n, None),
+        }
+    }
+
+    /// Sizes the buffers for `n` samples and normalises `input` into `normed`; None: the
+    /// block before already wrote `normed` (see [`Self::norm_for_previous`]).
+    fn normalise(
+        &mut self,
+        backend: &B,
+        input: Option<&B::Buf>,
+        n: usize,
+        train: bool,
+    ) -> Result<()> {
         let s = self.spec;
         self.n = n;
         self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
         self.size_outputs(backend)?;
-        self.norm
-            .forward(backend, &mut self.normed.buf, input, n, train)?;
+        match input {
+            Some(input) => self
+                .norm
+                .forward(backend, &mut self.normed.buf, input, n, train),
+            None => Ok(()),
+        }
+    }
+
+    /// Evaluation of `n` samples: from `input`, or with None from the normalised input that
+    /// the block before wrote. With `next`, the next block's BatchNorm is applied to this
+    /// block's output as it goes out, into the next block's `normed` (and this block's
+    /// output need not be written): see [`Self::norm_for_previous`].
+    pub fn forward_eval(
+        &mut self,
+        backend: &B,
+        input: Option<&B::Buf>,
+        n: usize,
+        next: Option<NextNorm<'_, B>>,
+    ) -> Result<()> {
+        self.normalise(backend, input, n, false)?;
         let cs = self.conv_shape();
-        let pooled = s.pool.then_some(&mut self.pooled.buf);
-        backend.conv3x3_relu_pool_goodness(
+        let pooled = self.spec.pool.then_some(&mut self.pooled.buf);
+        backend.conv3x3_relu_pool_goodness_eval(
             &mut self.activation.buf,
             pooled,
             &mut self.goodness.buf,
             &self.normed.buf,
             &self.conv.weight.value.buf,
             cs,
-            train,
+            next,
         )
+    }
+
+    /// For the block before this one, in evaluation of `n` samples: this block's BatchNorm
+    /// in eval mode, writing into this block's `normed` input, so that the block before
+    /// applies it as it writes its output and this block skips its own pass
+    /// ([`Self::forward_eval`] with no input). None with LayerNorm.
+    pub fn norm_for_previous(&mut self, backend: &B, n: usize) -> Result<Option<NextNorm<'_, B>>> {
+        let (Some(mean), Some(var)) = (&self.norm.running_mean, &self.norm.running_var) else {
+            return Ok(None);
+        };
+        let s = self.spec;
+        self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
+        Ok(Some(NextNorm {
+            out: &mut self.normed.buf,
+            gamma: &self.norm.weight.value.buf,
+            beta: &self.norm.bias.value.buf,
+            running_mean: &mean.buf,
+            running_var: &var.buf,
+            eps: NORM_EPS,
+        }))
     }
 
     /// Evaluation, first half: norm (eval mode) and convolution of `n` samples, the
     /// convolution's output kept for [`Self::forward_from_kept`].
     pub fn forward_kept(&mut self, backend: &B, input: &B::Buf, n: usize) -> Result<()> {
         let s = self.spec;
-        self.n = n;
-        self.normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
+        self.normalise(backend, Some(input), n, false)?;
         self.kept.resize(backend, &[n, s.h, s.w, s.c_out])?;
-        self.norm
-            .forward(backend, &mut self.normed.buf, input, n, false)?;
         let cs = self.conv_shape();
         backend.conv3x3_forward(
             &mut self.kept.buf,
@@ -180,8 +243,15 @@ impl<B: Backend> Block<B> {
     }
 
     /// Evaluation, second half: the block's output and goodness as if its convolution had
-    /// given the kept output plus map `index` of `maps` `(M, H, W, Cout)` in every sample.
-    pub fn forward_from_kept(&mut self, backend: &B, maps: &B::Buf, index: usize) -> Result<()> {
+    /// given the kept output plus map `index` of `maps` `(M, H, W, Cout)` in every sample;
+    /// `next` as in [`Self::forward_eval`].
+    pub fn forward_from_kept(
+        &mut self,
+        backend: &B,
+        maps: &B::Buf,
+        index: usize,
+        next: Option<NextNorm<'_, B>>,
+    ) -> Result<()> {
         let cs = self.conv_shape();
         self.size_outputs(backend)?;
         let pooled = self.spec.pool.then_some(&mut self.pooled.buf);
@@ -193,6 +263,7 @@ impl<B: Backend> Block<B> {
             maps,
             index,
             cs,
+            next,
         )
     }
 

@@ -288,6 +288,24 @@ pub fn check_profile<B: trifecta::backend::Backend>(backend: &B, expected: &[&st
     assert!(report.kernels.windows(2).all(|w| w[0].1 >= w[1].1));
 }
 
+/// A next block's BatchNorm (eval mode) over these buffers, eps 1e-5.
+pub fn next_norm<'a, B: trifecta::backend::Backend>(
+    out: &'a mut B::Buf,
+    gamma: &'a B::Buf,
+    beta: &'a B::Buf,
+    running_mean: &'a B::Buf,
+    running_var: &'a B::Buf,
+) -> trifecta::backend::NextNorm<'a, B> {
+    trifecta::backend::NextNorm {
+        out,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        eps: 1e-5,
+    }
+}
+
 /// One op under test: the lengths of its buffers (in argument order) and a call of it.
 type OpCase<'a, B> = (
     &'static str,
@@ -395,30 +413,69 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                     input,
                     weight,
                     block,
-                    true,
                 )
             }),
         ),
         (
-            "conv3x3_relu_pool_goodness",
-            vec![96, 2, 64, 54],
+            "conv3x3_relu_pool_goodness_eval",
+            vec![96, 2, 64, 54, 96, 3, 3, 3, 3],
             Box::new(move |b, x| {
-                let [activation, goodness, input, weight] = x else {
+                let [
+                    activation,
+                    goodness,
+                    input,
+                    weight,
+                    out,
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                ] = x
+                else {
                     unreachable!()
                 };
-                b.conv3x3_relu_pool_goodness(
-                    activation, None, goodness, input, weight, block, false,
+                let next = next_norm(out, gamma, beta, mean, var);
+                b.conv3x3_relu_pool_goodness_eval(
+                    activation,
+                    None,
+                    goodness,
+                    input,
+                    weight,
+                    block,
+                    Some(next),
                 )
             }),
         ),
         (
             "bias_relu_pool_goodness",
-            vec![96, 24, 2, 96, 96],
+            vec![96, 24, 2, 96, 96, 24, 3, 3, 3, 3],
             Box::new(move |b, x| {
-                let [activation, pooled, goodness, pre, maps] = x else {
+                let [
+                    activation,
+                    pooled,
+                    goodness,
+                    pre,
+                    maps,
+                    out,
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                ] = x
+                else {
                     unreachable!()
                 };
-                b.bias_relu_pool_goodness(activation, Some(pooled), goodness, pre, maps, 1, block)
+                let next = next_norm(out, gamma, beta, mean, var);
+                b.bias_relu_pool_goodness(
+                    activation,
+                    Some(pooled),
+                    goodness,
+                    pre,
+                    maps,
+                    1,
+                    block,
+                    Some(next),
+                )
             }),
         ),
         (
@@ -428,7 +485,7 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
                 let [activation, goodness, pre, maps] = x else {
                     unreachable!()
                 };
-                b.bias_relu_pool_goodness(activation, None, goodness, pre, maps, 0, block)
+                b.bias_relu_pool_goodness(activation, None, goodness, pre, maps, 0, block, None)
             }),
         ),
         (

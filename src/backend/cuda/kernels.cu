@@ -192,6 +192,43 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 // kernel waiting on memory. The items are still summed in the thread's own order.
 #define TAIL_UNROLL 4
 
+// BatchNorm in eval mode of one value of channel `ch`: what batchnorm_apply_eval computes.
+__device__ float bn_eval(float x, int ch, const float* gamma, const float* beta,
+                         const float* running_mean, const float* running_var, float eps) {
+    float rstd = 1.0f / sqrtf(running_var[ch] + eps);
+    float scale = rstd * gamma[ch];
+    float shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
+    return x * scale + shift;
+}
+
+// The next block's BatchNorm in eval mode, for a tail in evaluation to apply to the block's
+// output as it goes out (null `out`: none). `out` then gets the normalised values instead of
+// the block's output getting the values themselves, and `out_half` (if not null) their bf16
+// rounding: what batchnorm_apply_eval would write from the output. Passed by value; the
+// Rust side mirrors the layout (NextNormArgs).
+struct NextNorm {
+    float* out;
+    unsigned short* out_half;
+    const float* gamma;
+    const float* beta;
+    const float* running_mean;
+    const float* running_var;
+    float eps;
+};
+
+// Writes a tail's output value `v` (element `at` of the output, channel `ch`): to `out`, or
+// normalised to the next block's input.
+__device__ void put_output(float* out, const NextNorm& next, long long at, int ch, float v) {
+    if (!next.out) {
+        out[at] = v;
+        return;
+    }
+    float z = bn_eval(v, ch, next.gamma, next.beta, next.running_mean, next.running_var,
+                      next.eps);
+    next.out[at] = z;
+    if (next.out_half) next.out_half[at] = to_bf16(z);
+}
+
 // y[at] as f32, plus bias[at] where there is a bias map (`at` is within one sample).
 template <typename In>
 __device__ float biased(const In* ys, const float* bias, long long at) {
@@ -202,7 +239,7 @@ __device__ float biased(const In* ys, const float* bias, long long at) {
 template <typename In, typename Saved>
 __device__ void relu_pool_goodness(float* activation, Saved* saved, float* pooled,
                                    float* goodness, const In* y, const float* bias, int h, int w,
-                                   int c, int pool, int save) {
+                                   int c, int pool, int save, NextNorm next) {
     __shared__ double shared[256];
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
@@ -213,7 +250,6 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
         Saved* as = saved + s * per_sample;
         int oh = h / 2, ow = w / 2;
         features = oh * ow * c;
-        float* ps = pooled + s * features;
         for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
             long long at[TAIL_UNROLL][4];
             float v[TAIL_UNROLL][4];
@@ -238,7 +274,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                     for (int q = 0; q < 4; q++) store(as, at[u][q], v[u][q]);
                 }
                 float m = fmaxf(fmaxf(fmaxf(v[u][0], v[u][1]), v[u][2]), v[u][3]);
-                ps[i] = m;
+                put_output(pooled, next, s * features + i, i % c, m);
                 double d = (double)m;
                 sum += d * d;
             }
@@ -252,7 +288,6 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             }
         }
     } else {
-        float* as = activation + s * per_sample;
         features = (int)per_sample;
         for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
             float v[TAIL_UNROLL];
@@ -266,7 +301,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             for (int u = 0; u < TAIL_UNROLL; u++) {
                 int i = i0 + u * blockDim.x;
                 if (i >= features) break;
-                as[i] = v[u];
+                put_output(activation, next, s * per_sample + i, i % c, v[u]);
                 double d = (double)v[u];
                 sum += d * d;
             }
@@ -281,7 +316,7 @@ extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pool
                                                   float* goodness, const float* y, int h, int w,
                                                   int c, int pool, int save) {
     relu_pool_goodness(activation, activation, pooled, goodness, y, nullptr, h, w, c, pool,
-                       save);
+                       save, NextNorm{});
 }
 
 // bf16: the record of a pooled block is bf16, in the first half of the activation buffer.
@@ -289,25 +324,28 @@ extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* poo
                                                    float* goodness, const unsigned short* y,
                                                    int h, int w, int c, int pool, int save) {
     relu_pool_goodness(activation, (unsigned short*)activation, pooled, goodness, y, nullptr, h,
-                       w, c, pool, save);
+                       w, c, pool, save, NextNorm{});
 }
 
-// Evaluation from a convolution's output `y` kept aside: the tail above on y + bias,
-// one map (h x w x c) added to every sample, with no record saved. The values come out as
-// from add_bias_map followed by the separate kernels (the same float addition).
-extern "C" __global__ void bias_relu_pool_goodness(float* activation, float* pooled,
-                                                   float* goodness, const float* y,
-                                                   const float* bias, int h, int w, int c,
-                                                   int pool) {
-    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0);
+// Evaluation: the tail above with no record saved, on y plus, where `bias` is not null, one
+// map (h x w x c) added to every sample (a convolution's output kept aside, see
+// add_bias_map), and with the next block's BatchNorm applied to the output where `next`
+// has one. The values come out as from add_bias_map, the separate kernels and
+// batchnorm_apply_eval (the same float operations).
+extern "C" __global__ void eval_tail_f32(float* activation, float* pooled, float* goodness,
+                                         const float* y, const float* bias, int h, int w, int c,
+                                         int pool, NextNorm next) {
+    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0,
+                       next);
 }
 
-// The same from the kept output's bf16 copy (its f32 data being the same values widened).
-extern "C" __global__ void bias_relu_pool_goodness_bf16(float* activation, float* pooled,
-                                                        float* goodness, const unsigned short* y,
-                                                        const float* bias, int h, int w, int c,
-                                                        int pool) {
-    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0);
+// The same from bf16 values: a tensor-core convolution's output, or a kept output's bf16
+// copy (its f32 data being the same values widened).
+extern "C" __global__ void eval_tail_bf16(float* activation, float* pooled, float* goodness,
+                                          const unsigned short* y, const float* bias, int h,
+                                          int w, int c, int pool, NextNorm next) {
+    relu_pool_goodness(activation, activation, pooled, goodness, y, bias, h, w, c, pool, 0,
+                       next);
 }
 
 // ---- goodness and the FF losses ----
@@ -495,11 +533,7 @@ extern "C" __global__ void batchnorm_apply_eval(float* out, unsigned short* out_
                                                 const float* running_var, float eps, int c,
                                                 long long total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        float rstd = 1.0f / sqrtf(running_var[ch] + eps);
-        float scale = rstd * gamma[ch];
-        float shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
-        float v = x[i] * scale + shift;
+        float v = bn_eval(x[i], (int)(i % c), gamma, beta, running_mean, running_var, eps);
         out[i] = v;
         if (out_half) out_half[i] = to_bf16(v);
     }

@@ -26,11 +26,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, PoolShape,
-    Precision, SampleShape, check_copy, check_len, checks,
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, NextNorm,
+    PoolShape, Precision, SampleShape, check_copy, check_len, checks,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
+
+/// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
+macro_rules! launch {
+    ($self:ident, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let (kernel, cfg): (&'static str, _) = ($kernel, $cfg);
+        let mut l = $self.stream.launch_builder($self.f(kernel));
+        $( l.arg($arg); )+
+        // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
+        // and every buffer was checked against the shape that sizes the launch.
+        $self.timed(kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err(kernel, e)))?;
+    }};
+}
 
 /// Growable device scratch space, guarded by the backend's lock.
 #[derive(Default)]
@@ -364,6 +376,67 @@ impl Cuda {
         buf.device_ptr(&self.stream).0
     }
 
+    /// Launches an evaluation tail kernel (`from`: the kernel and the address of the values
+    /// it reads) with the bias map at `bias` (0: none) and the next block's BatchNorm, if
+    /// any, into `next.out` (with its bf16 copy in bf16).
+    #[allow(clippy::too_many_arguments)]
+    fn eval_tail(
+        &self,
+        from: (&'static str, u64),
+        bias: u64,
+        activation: &mut CudaBuf,
+        pooled: Option<&mut CudaBuf>,
+        goodness: &mut CudaBuf,
+        s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
+    ) -> Result<()> {
+        if s.n == 0 {
+            return Ok(());
+        }
+        let (kernel, y) = from;
+        let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
+        let pool = pooled.is_some() as i32;
+        // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
+        // absent without pool (the kernel then never touches it).
+        let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
+        let next = match next {
+            None => NextNormArgs::default(),
+            Some(n) => {
+                let (gamma, beta) = (self.ptr(n.gamma.f32()), self.ptr(n.beta.f32()));
+                let (mean, var) = (
+                    self.ptr(n.running_mean.f32()),
+                    self.ptr(n.running_var.f32()),
+                );
+                let (out, out_half) = self.with_half_copy(n.out)?;
+                NextNormArgs {
+                    out: self.ptr(out),
+                    out_half,
+                    gamma,
+                    beta,
+                    running_mean: mean,
+                    running_var: var,
+                    eps: n.eps,
+                }
+            }
+        };
+        launch!(
+            self,
+            kernel,
+            nvrtc::per_row(s.n),
+            activation.f32_mut(),
+            &pooled,
+            goodness.f32_mut(),
+            &y,
+            &bias,
+            &h,
+            &w,
+            &c,
+            &pool,
+            &next
+        );
+        Ok(())
+    }
+
     /// The address of map `index` of `maps`, maps of `features` elements each (checked by
     /// the caller).
     fn map_ptr(&self, maps: &CudaBuf, index: usize, features: usize) -> u64 {
@@ -692,6 +765,24 @@ fn load_library<T>(
 }
 
 /// A pool shape as the kernels' ints.
+/// The kernels' `NextNorm` (kernels.cu), field for field: device addresses (0: none) and
+/// eps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct NextNormArgs {
+    out: u64,
+    out_half: u64,
+    gamma: u64,
+    beta: u64,
+    running_mean: u64,
+    running_var: u64,
+    eps: f32,
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (six 8-byte addresses, a float,
+// and padding to 8 bytes in both).
+unsafe impl DeviceRepr for NextNormArgs {}
+
 fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
     Ok((
         int("n", s.n)?,
@@ -703,18 +794,6 @@ fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
 
 fn check(op: &'static str, buf: &CudaBuf, len: usize) -> Result<()> {
     check_len(op, buf.len(), len)
-}
-
-/// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
-macro_rules! launch {
-    ($self:ident, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let (kernel, cfg): (&'static str, _) = ($kernel, $cfg);
-        let mut l = $self.stream.launch_builder($self.f(kernel));
-        $( l.arg($arg); )+
-        // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
-        // and every buffer was checked against the shape that sizes the launch.
-        $self.timed(kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err(kernel, e)))?;
-    }};
 }
 
 impl Backend for Cuda {
@@ -934,7 +1013,7 @@ impl Backend for Cuda {
     /// One pass over the convolution's output does ReLU, pool and goodness; in bf16 that pass
     /// reads the tensor cores' bf16 output directly (no f32 copy of it, no separate ReLU),
     /// and a pooled block's record of its activation is bf16 (exact: ReLU of a bf16 value),
-    /// in the first half of `activation`. In evaluation a pooled block writes no record.
+    /// in the first half of `activation`.
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut CudaBuf,
@@ -943,7 +1022,6 @@ impl Backend for Cuda {
         input: &CudaBuf,
         weight: &CudaBuf,
         s: ConvShape,
-        save_activation: bool,
     ) -> Result<()> {
         if !self.fused {
             return super::conv3x3_relu_pool_goodness_composed(
@@ -966,7 +1044,7 @@ impl Backend for Cuda {
         }
         let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
         let pool = pooled.is_some() as i32;
-        let save = save_activation as i32;
+        let save = 1i32;
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
@@ -991,8 +1069,44 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    /// One pass: the kernel of [`Self::conv3x3_relu_pool_goodness`]'s tail, reading the
-    /// kept output (its bf16 copy where it has one) and adding the map as it loads.
+    /// The same tail as in training, with no record: a pooled block writes only its pooled
+    /// values, and with `next` the next block's normalised input instead of its output.
+    fn conv3x3_relu_pool_goodness_eval(
+        &self,
+        activation: &mut CudaBuf,
+        pooled: Option<&mut CudaBuf>,
+        goodness: &mut CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
+    ) -> Result<()> {
+        if !self.fused {
+            return super::conv3x3_relu_pool_goodness_eval_composed(
+                self, activation, pooled, goodness, input, weight, s, next,
+            );
+        }
+        checks::conv3x3_relu_pool_goodness_eval::<Self>(
+            activation,
+            pooled.as_deref(),
+            goodness,
+            input,
+            weight,
+            s,
+            next.as_ref(),
+        )?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.conv_forward(state, activation, input, weight, s, true)?;
+        let from = match self.precision {
+            Precision::Bf16 => ("eval_tail_bf16", self.raw(&state.scratch.half[2])),
+            Precision::F32 => ("eval_tail_f32", self.ptr(activation.f32())),
+        };
+        self.eval_tail(from, 0, activation, pooled, goodness, s, next)
+    }
+
+    /// One pass: the evaluation tail, reading the kept output (its bf16 copy where it has
+    /// one) and adding the map as it loads.
     fn bias_relu_pool_goodness(
         &self,
         activation: &mut CudaBuf,
@@ -1002,10 +1116,11 @@ impl Backend for Cuda {
         maps: &CudaBuf,
         index: usize,
         s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
     ) -> Result<()> {
         if !self.fused {
             return super::bias_relu_pool_goodness_composed(
-                self, activation, pooled, goodness, pre, maps, index, s,
+                self, activation, pooled, goodness, pre, maps, index, s, next,
             );
         }
         checks::bias_relu_pool_goodness::<Self>(
@@ -1016,35 +1131,15 @@ impl Backend for Cuda {
             maps,
             index,
             s,
+            next.as_ref(),
         )?;
-        if s.n == 0 {
-            return Ok(());
-        }
-        let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
-        let pool = pooled.is_some() as i32;
-        // Absent without pool: the kernel then never touches it.
-        let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
         let map = self.map_ptr(maps, index, s.h * s.w * s.c_out);
         // A convolution's output in bf16 carries its bf16 copy: half the bytes to read.
-        let (kernel, y) = match pre.fresh_half() {
-            Some(half) => ("bias_relu_pool_goodness_bf16", self.ptr(half)),
-            None => ("bias_relu_pool_goodness", self.ptr(pre.f32())),
+        let from = match pre.fresh_half() {
+            Some(half) => ("eval_tail_bf16", self.ptr(half)),
+            None => ("eval_tail_f32", self.ptr(pre.f32())),
         };
-        launch!(
-            self,
-            kernel,
-            nvrtc::per_row(s.n),
-            activation.f32_mut(),
-            &pooled,
-            goodness.f32_mut(),
-            &y,
-            &map,
-            &h,
-            &w,
-            &c,
-            &pool
-        );
-        Ok(())
+        self.eval_tail(from, map, activation, pooled, goodness, s, next)
     }
 
     /// In bf16, the ReLU (and pool) backward reads the forward's bf16 record and writes
