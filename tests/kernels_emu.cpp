@@ -431,7 +431,8 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
             // With the next block's BatchNorm: batchnorm_apply_eval of the output (f32 and
             // bf16), the same goodness, and the output itself not written; without a map too.
             size_t out_size = outs.size();
-            auto gamma = randn(c), beta = randn(c), mean = randn(c), var = randn(c, 0.3, 1.0);
+            auto gamma = randn(c), beta = randn(c), mean = randn(c), var = randn(c);
+            for (auto& v : var) v = std::fabs(v) + 0.5f;
             for (int biased = 0; biased < 2; biased++) {
                 const float* m = biased ? map : nullptr;
                 std::vector<float> plain(full), pp(pooled_size), pg(n);
@@ -734,6 +735,9 @@ int main() {
     check_pool(3, 8, 8, 40);
     check_fused_tails(randn(2 * 6 * 6 * 8), randn(2 * 3 * 3 * 8), 2, 6, 6, 8, "random 2x6x6x8");
     check_fused_tails(randn(3 * 5 * 7 * 4), randn(3 * 2 * 3 * 4), 3, 5, 7, 4, "random 3x5x7x4");
+    // More channels than the tails keep next-norm coefficients for in shared memory.
+    check_fused_tails(randn(1 * 2 * 3 * 1030), randn(1 * 1 * 1 * 1030), 1, 2, 3, 1030,
+                      "random 1x2x3x1030");
     check_goodness_and_losses(1, 3);
     check_goodness_and_losses(37, 128);
     check_goodness_and_losses(300, 700);

@@ -192,14 +192,26 @@ extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const 
 // kernel waiting on memory. The items are still summed in the thread's own order.
 #define TAIL_UNROLL 4
 
+// BatchNorm in eval mode is x * scale + shift per channel; these are channel `ch`'s.
+__device__ void bn_eval_coefficients(int ch, const float* gamma, const float* beta,
+                                     const float* running_mean, const float* running_var,
+                                     float eps, float* scale, float* shift) {
+    float rstd = 1.0f / sqrtf(running_var[ch] + eps);
+    *scale = rstd * gamma[ch];
+    *shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
+}
+
 // BatchNorm in eval mode of one value of channel `ch`: what batchnorm_apply_eval computes.
 __device__ float bn_eval(float x, int ch, const float* gamma, const float* beta,
                          const float* running_mean, const float* running_var, float eps) {
-    float rstd = 1.0f / sqrtf(running_var[ch] + eps);
-    float scale = rstd * gamma[ch];
-    float shift = beta[ch] - running_mean[ch] * rstd * gamma[ch];
+    float scale, shift;
+    bn_eval_coefficients(ch, gamma, beta, running_mean, running_var, eps, &scale, &shift);
     return x * scale + shift;
 }
+
+// Channels up to which a tail keeps the next BatchNorm's coefficients in shared memory
+// (computed once per block, not once per element); above, it computes them per element.
+#define NEXT_NORM_CHANNELS 1024
 
 // The next block's BatchNorm in eval mode, for a tail in evaluation to apply to the block's
 // output as it goes out (null `out`: none). `out` then gets the normalised values instead of
@@ -217,14 +229,17 @@ struct NextNorm {
 };
 
 // Writes a tail's output value `v` (element `at` of the output, channel `ch`): to `out`, or
-// normalised to the next block's input.
-__device__ void put_output(float* out, const NextNorm& next, long long at, int ch, float v) {
+// normalised to the next block's input, with the coefficients of `scale` and `shift` where
+// given (the same values bn_eval computes).
+__device__ void put_output(float* out, const NextNorm& next, const float* scale,
+                           const float* shift, long long at, int ch, float v) {
     if (!next.out) {
         out[at] = v;
         return;
     }
-    float z = bn_eval(v, ch, next.gamma, next.beta, next.running_mean, next.running_var,
-                      next.eps);
+    float z = scale ? v * scale[ch] + shift[ch]
+                    : bn_eval(v, ch, next.gamma, next.beta, next.running_mean,
+                              next.running_var, next.eps);
     next.out[at] = z;
     if (next.out_half) next.out_half[at] = to_bf16(z);
 }
@@ -241,11 +256,24 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                                    float* goodness, const In* y, const float* bias, int h, int w,
                                    int c, int pool, int save, NextNorm next) {
     __shared__ double shared[256];
+    __shared__ float next_scale[NEXT_NORM_CHANNELS], next_shift[NEXT_NORM_CHANNELS];
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
     const In* ys = y + s * per_sample;
     double sum = 0.0;
     int features;
+    // The next BatchNorm's coefficients, once per block (the condition is the same for the
+    // whole block, so all of it reaches the barrier).
+    const float *scale = nullptr, *shift = nullptr;
+    if (next.out && c <= NEXT_NORM_CHANNELS) {
+        for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
+            bn_eval_coefficients(ch, next.gamma, next.beta, next.running_mean, next.running_var,
+                                 next.eps, &next_scale[ch], &next_shift[ch]);
+        }
+        __syncthreads();
+        scale = next_scale;
+        shift = next_shift;
+    }
     if (pool) {
         Saved* as = saved + s * per_sample;
         int oh = h / 2, ow = w / 2;
@@ -274,7 +302,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                     for (int q = 0; q < 4; q++) store(as, at[u][q], v[u][q]);
                 }
                 float m = fmaxf(fmaxf(fmaxf(v[u][0], v[u][1]), v[u][2]), v[u][3]);
-                put_output(pooled, next, s * features + i, i % c, m);
+                put_output(pooled, next, scale, shift, s * features + i, i % c, m);
                 double d = (double)m;
                 sum += d * d;
             }
@@ -301,7 +329,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
             for (int u = 0; u < TAIL_UNROLL; u++) {
                 int i = i0 + u * blockDim.x;
                 if (i >= features) break;
-                put_output(activation, next, s * per_sample + i, i % c, v[u]);
+                put_output(activation, next, scale, shift, s * per_sample + i, i % c, v[u]);
                 double d = (double)v[u];
                 sum += d * d;
             }
