@@ -764,7 +764,6 @@ fn load_library<T>(
     }
 }
 
-/// A pool shape as the kernels' ints.
 /// The kernels' `NextNorm` (kernels.cu), field for field: device addresses (0: none) and
 /// eps.
 #[repr(C)]
@@ -783,6 +782,7 @@ struct NextNormArgs {
 // and padding to 8 bytes in both).
 unsafe impl DeviceRepr for NextNormArgs {}
 
+/// A pool shape as the kernels' ints.
 fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
     Ok((
         int("n", s.n)?,
