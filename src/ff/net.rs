@@ -77,7 +77,7 @@ pub struct FfNet<B: Backend> {
     losses: Vec<Tensor<B>>,
     /// Evaluation computes block 0's convolution once for all labels where its norm allows
     /// (BatchNorm; see [`Self::goodness_per_label`]). On by default; off, every label goes
-    /// through the whole network, which `bench --unshared-eval` times against it.
+    /// through the whole network, which `bench --compare-unshared-eval` times against it.
     pub share_labels_in_eval: bool,
 }
 
