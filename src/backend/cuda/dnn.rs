@@ -538,3 +538,99 @@ impl ConvPlan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sys::cudnnConvolutionFwdAlgo_t as Algo;
+    use sys::cudnnMathType_t as Math;
+
+    fn perf(
+        algo: Algo,
+        ok: bool,
+        memory: usize,
+        deterministic: bool,
+        math: Math,
+    ) -> sys::cudnnConvolutionFwdAlgoPerf_t {
+        // SAFETY: a plain C struct of enums and numbers; zero is valid for each field.
+        let mut p: sys::cudnnConvolutionFwdAlgoPerf_t = unsafe { std::mem::zeroed() };
+        p.algo = algo;
+        p.status = match ok {
+            true => sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
+            false => sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED,
+        };
+        p.memory = memory;
+        p.determinism = match deterministic {
+            true => sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
+            false => sys::cudnnDeterminism_t::CUDNN_NON_DETERMINISTIC,
+        };
+        p.mathType = math;
+        p
+    }
+
+    const TC: Math = Math::CUDNN_TENSOR_OP_MATH;
+
+    #[test]
+    fn pick_takes_the_best_ranked_usable_deterministic_algorithm() {
+        let offered = [
+            perf(Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT, false, 0, true, TC),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+                true,
+                2 * MAX_WORKSPACE,
+                true,
+                TC,
+            ),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+                true,
+                0,
+                false,
+                TC,
+            ),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                true,
+                0,
+                true,
+                TC,
+            ),
+        ];
+        let (best, label) = pick(&offered, "forward", "8x8 4->16", true, Some(TC)).unwrap();
+        assert_eq!(best.algo, Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
+        assert_eq!(
+            label,
+            "cudnn conv forward 8x8 4->16 IMPLICIT_GEMM (over non-deterministic WINOGRAD)"
+        );
+        // Determinism not asked for: the best-ranked usable one, marked as such.
+        let (best, label) = pick(&offered, "forward", "8x8 4->16", false, Some(TC)).unwrap();
+        assert_eq!(best.algo, Algo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD);
+        assert!(label.ends_with("WINOGRAD (non-deterministic)"), "{label}");
+    }
+
+    #[test]
+    fn pick_names_an_adopted_math_type_and_fails_without_a_usable_algorithm() {
+        let fma = Math::CUDNN_FMA_MATH;
+        let offered = [perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            true,
+            0,
+            true,
+            fma,
+        )];
+        let (_, label) = pick(&offered, "forward", "s", true, Some(TC)).unwrap();
+        assert!(label.ends_with("GEMM (CUDNN_FMA_MATH)"), "{label}");
+        // f32 adopts nothing (it stays on FMA math), so the label says nothing of it.
+        let (_, label) = pick(&offered, "forward", "s", true, None).unwrap();
+        assert!(label.ends_with("GEMM"), "{label}");
+        let none = [perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            false,
+            0,
+            true,
+            TC,
+        )];
+        let err = pick(&none, "forward", "s", true, Some(TC)).unwrap_err();
+        assert!(err.contains("no forward algorithm"), "{err}");
+    }
+}
