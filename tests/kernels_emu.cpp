@@ -247,6 +247,19 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
     close((tag + " eval out").c_str(), eval, want_eval, 1e-4, abs);
     close((tag + " eval out, with its bf16 copy").c_str(), eval2, widen(eval), 0, 0);
     close((tag + " eval bf16 copy").c_str(), as_f32(eval_half), widen(as_f32(want_eval_half)), 0, 0);
+    // The bf16 copy alone (no f32 output): the same bf16 values.
+    std::vector<unsigned short> alone(rows * c, 0x7fff), eval_alone(rows * c, 0x7fff);
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_apply(nullptr, alone.data(), x.data(), mean.data(), rstd.data(), gamma.data(),
+                        beta.data(), c, rows * c);
+    });
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_apply_eval(nullptr, eval_alone.data(), x.data(), gamma.data(), beta.data(),
+                             rm.data(), rv.data(), 1e-5f, c, rows * c);
+    });
+    close((tag + " bf16 alone").c_str(), as_f32(alone), widen(as_f32(want_half)), 0, 0);
+    close((tag + " eval bf16 alone").c_str(), as_f32(eval_alone), widen(as_f32(want_eval_half)),
+          0, 0);
 
     // Backward.
     std::vector<float> dgamma(c, 0.25f), dbeta(c, -0.5f), coef(3 * c), dx(rows * c);
@@ -464,6 +477,16 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                 close((v + " goodness").c_str(), g2, widen(pg), 0, 0);
                 close((v + " activation").c_str(), a2, std::vector<double>(full, 99.0), 0, 0);
                 close((v + " pooled").c_str(), p2, std::vector<double>(pooled_size, 99.0), 0, 0);
+                // The bf16 values alone (no f32 output): the same bf16 values.
+                std::vector<unsigned short> alone(out_size, 7);
+                NextNorm half_only{nullptr,     alone.data(), gamma.data(), beta.data(),
+                                   mean.data(), var.data(),   1e-5f};
+                launch({(unsigned)n}, {BLOCK}, [&] {
+                    eval_tail_f32(a2.data(), p2.data(), g2.data(), x.data(), m, h, w, c, pool,
+                                  half_only);
+                });
+                close((v + " normalised bf16 alone").c_str(), as_f32(alone),
+                      widen(as_f32(want_half)), 0, 0);
             }
         }
         // bf16 input: the same as the separate kernels on the bf16-rounded values.

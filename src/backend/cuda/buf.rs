@@ -6,6 +6,10 @@
 //! while fresh, and every way to change the f32 data goes through [`CudaBuf::f32_mut`], which
 //! marks the copy stale: the fields are private to this module, so the compiler holds every
 //! writer to that.
+//!
+//! Where only a convolution reads what an op writes (BatchNorm's output in bf16), the op may
+//! write the copy alone ([`CudaBuf::half_only_mut`]); the f32 data is then stale, and reading
+//! it through [`CudaBuf::f32`] is an error, not stale numbers.
 
 use cudarc::driver::{CudaSlice, CudaStream, DriverError};
 use std::sync::Arc;
@@ -17,6 +21,8 @@ pub struct CudaBuf {
     len: usize,
     half: Option<CudaSlice<u16>>,
     half_fresh: bool,
+    /// False after [`CudaBuf::half_only_mut`], until the f32 data is written again.
+    f32_fresh: bool,
 }
 
 impl CudaBuf {
@@ -26,6 +32,7 @@ impl CudaBuf {
             len,
             half: None,
             half_fresh: false,
+            f32_fresh: true,
         }
     }
 
@@ -38,16 +45,41 @@ impl CudaBuf {
         self.len == 0
     }
 
-    /// The f32 data, to read.
-    pub(super) fn f32(&self) -> &CudaSlice<f32> {
-        &self.data
+    /// The f32 data, to read; an error if only the bf16 copy holds the current values.
+    pub(super) fn f32(&self) -> Result<&CudaSlice<f32>, StaleF32> {
+        match self.f32_fresh {
+            true => Ok(&self.data),
+            false => Err(StaleF32),
+        }
     }
 
-    /// The f32 data, to write (directly or through a raw address taken from it): the bf16
-    /// copy is stale from here on.
+    /// The f32 data, to write (directly or through a raw address taken from it), all of it:
+    /// the bf16 copy is stale from here on, and the f32 data current.
     pub(super) fn f32_mut(&mut self) -> &mut CudaSlice<f32> {
         self.half_fresh = false;
+        self.f32_fresh = true;
         &mut self.data
+    }
+
+    /// Room for the bf16 copy alone, for a kernel that writes only it (for a convolution to
+    /// read): the f32 data is stale from here on, until written again.
+    pub(super) fn half_only_mut(
+        &mut self,
+        stream: &Arc<CudaStream>,
+    ) -> Result<&mut CudaSlice<u16>, DriverError> {
+        self.grow_half(stream)?;
+        self.half_fresh = true;
+        self.f32_fresh = false;
+        Ok(self.half.as_mut().expect("just grown"))
+    }
+
+    /// Allocates the bf16 copy if there is none of the data's length.
+    fn grow_half(&mut self, stream: &Arc<CudaStream>) -> Result<(), DriverError> {
+        if self.half.as_ref().is_none_or(|h| h.len() < self.data.len()) {
+            self.half = None;
+            self.half = Some(stream.alloc_zeros::<u16>(self.data.len())?);
+        }
+        Ok(())
     }
 
     /// The bf16 copy, if it holds the current f32 data.
@@ -61,11 +93,23 @@ impl CudaBuf {
         &mut self,
         stream: &Arc<CudaStream>,
     ) -> Result<(&mut CudaSlice<f32>, &mut CudaSlice<u16>), DriverError> {
-        if self.half.as_ref().is_none_or(|h| h.len() < self.data.len()) {
-            self.half = None;
-            self.half = Some(stream.alloc_zeros::<u16>(self.data.len())?);
-        }
+        self.grow_half(stream)?;
         self.half_fresh = true;
-        Ok((&mut self.data, self.half.as_mut().expect("just allocated")))
+        self.f32_fresh = true;
+        Ok((&mut self.data, self.half.as_mut().expect("just grown")))
+    }
+}
+
+/// A read of f32 data that only a buffer's bf16 copy holds (a backend bug, reported as an
+/// error rather than read as stale numbers).
+#[derive(Debug)]
+pub struct StaleF32;
+
+impl From<StaleF32> for crate::error::Error {
+    fn from(_: StaleF32) -> Self {
+        crate::error::Error::Device {
+            device: "cuda".into(),
+            msg: "internal: an op read f32 data that only the buffer's bf16 copy holds".into(),
+        }
     }
 }

@@ -214,10 +214,10 @@ __device__ float bn_eval(float x, int ch, const float* gamma, const float* beta,
 #define NEXT_NORM_CHANNELS 1024
 
 // The next block's BatchNorm in eval mode, for a tail in evaluation to apply to the block's
-// output as it goes out (null `out`: none). `out` then gets the normalised values instead of
-// the block's output getting the values themselves, and `out_half` (if not null) their bf16
-// rounding: what batchnorm_apply_eval would write from the output. Passed by value; the
-// Rust side mirrors the layout (NextNormArgs).
+// output as it goes out (null `gamma`: none). `out` (if not null) then gets the normalised
+// values instead of the block's output getting the values themselves, and `out_half` (if
+// not null) their bf16 rounding: what batchnorm_apply_eval would write from the output.
+// Passed by value; the Rust side mirrors the layout (NextNormArgs).
 struct NextNorm {
     float* out;
     unsigned short* out_half;
@@ -233,14 +233,14 @@ struct NextNorm {
 // given (the same values bn_eval computes).
 __device__ void put_output(float* out, const NextNorm& next, const float* scale,
                            const float* shift, long long at, int ch, float v) {
-    if (!next.out) {
+    if (!next.gamma) {
         out[at] = v;
         return;
     }
     float z = scale ? v * scale[ch] + shift[ch]
                     : bn_eval(v, ch, next.gamma, next.beta, next.running_mean,
                               next.running_var, next.eps);
-    next.out[at] = z;
+    if (next.out) next.out[at] = z;
     if (next.out_half) next.out_half[at] = to_bf16(z);
 }
 
@@ -265,7 +265,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
     // The next BatchNorm's coefficients, once per block (the condition is the same for the
     // whole block, so all of it reaches the barrier).
     const float *scale = nullptr, *shift = nullptr;
-    if (next.out && c <= NEXT_NORM_CHANNELS) {
+    if (next.gamma && c <= NEXT_NORM_CHANNELS) {
         for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
             bn_eval_coefficients(ch, next.gamma, next.beta, next.running_mean, next.running_var,
                                  next.eps, &next_scale[ch], &next_shift[ch]);
@@ -540,7 +540,8 @@ extern "C" __global__ void finish_add(float* out_a, float* out_b, const double* 
 // ---- BatchNorm ----
 
 // `out_half`, when not null, also gets the bf16 rounding of `out` (for a bf16 convolution
-// that reads the normed values next); likewise in batchnorm_apply_eval.
+// that reads the normed values next), and then `out` may be null: the bf16 values alone;
+// likewise in batchnorm_apply_eval.
 extern "C" __global__ void batchnorm_apply(float* out, unsigned short* out_half, const float* x,
                                            const float* mean, const float* rstd,
                                            const float* gamma, const float* beta, int c,
@@ -550,7 +551,7 @@ extern "C" __global__ void batchnorm_apply(float* out, unsigned short* out_half,
         float scale = rstd[ch] * gamma[ch];
         float shift = beta[ch] - mean[ch] * rstd[ch] * gamma[ch];
         float v = x[i] * scale + shift;
-        out[i] = v;
+        if (out) out[i] = v;
         if (out_half) out_half[i] = to_bf16(v);
     }
 }
@@ -562,7 +563,7 @@ extern "C" __global__ void batchnorm_apply_eval(float* out, unsigned short* out_
                                                 long long total) {
     GRID_STRIDE(i, total) {
         float v = bn_eval(x[i], (int)(i % c), gamma, beta, running_mean, running_var, eps);
-        out[i] = v;
+        if (out) out[i] = v;
         if (out_half) out_half[i] = to_bf16(v);
     }
 }

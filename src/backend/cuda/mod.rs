@@ -352,14 +352,16 @@ impl Cuda {
         let mut l = self.stream.launch_builder(self.f(kernel));
         l.arg(a).arg(b);
         match inputs {
-            PartialInputs::Sum(x) => l.arg(x.f32()),
+            PartialInputs::Sum(x) => l.arg(x.f32()?),
             PartialInputs::CenteredSq(x) => l
-                .arg(x.f32())
+                .arg(x.f32()?)
                 .arg(scratch.dmean.as_ref().expect("finish_mean ran first")),
-            PartialInputs::DyDyx(dy, x) => l.arg(dy.f32()).arg(x.f32()),
-            PartialInputs::DyXhatRows { dy, x, mean, rstd } => {
-                l.arg(dy.f32()).arg(x.f32()).arg(mean.f32()).arg(rstd.f32())
-            }
+            PartialInputs::DyDyx(dy, x) => l.arg(dy.f32()?).arg(x.f32()?),
+            PartialInputs::DyXhatRows { dy, x, mean, rstd } => l
+                .arg(dy.f32()?)
+                .arg(x.f32()?)
+                .arg(mean.f32()?)
+                .arg(rstd.f32()?),
         };
         l.arg(&rows_i).arg(&cols_i).arg(&chunk);
         // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
@@ -402,14 +404,14 @@ impl Cuda {
         let next = match next {
             None => NextNormArgs::default(),
             Some(n) => {
-                let (gamma, beta) = (self.ptr(n.gamma.f32()), self.ptr(n.beta.f32()));
+                let (gamma, beta) = (self.ptr(n.gamma.f32()?), self.ptr(n.beta.f32()?));
                 let (mean, var) = (
-                    self.ptr(n.running_mean.f32()),
-                    self.ptr(n.running_var.f32()),
+                    self.ptr(n.running_mean.f32()?),
+                    self.ptr(n.running_var.f32()?),
                 );
-                let (out, out_half) = self.with_half_copy(n.out)?;
+                let (out, out_half) = self.conv_operand_out(n.out)?;
                 NextNormArgs {
-                    out: self.ptr(out),
+                    out,
                     out_half,
                     gamma,
                     beta,
@@ -439,8 +441,8 @@ impl Cuda {
 
     /// The address of map `index` of `maps`, maps of `features` elements each (checked by
     /// the caller).
-    fn map_ptr(&self, maps: &CudaBuf, index: usize, features: usize) -> u64 {
-        self.ptr(maps.f32()) + (index * features * std::mem::size_of::<f32>()) as u64
+    fn map_ptr(&self, maps: &CudaBuf, index: usize, features: usize) -> Result<u64> {
+        Ok(self.ptr(maps.f32()?) + (index * features * std::mem::size_of::<f32>()) as u64)
     }
 
     /// [`Self::ptr`] of a scratch slot (0 if it was never needed, e.g. an empty workspace).
@@ -460,7 +462,7 @@ impl Cuda {
             .map_err(|e| self.err("allocation", e))?;
         let n = len as i64;
         let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
-        l.arg(h).arg(x.f32()).arg(&n);
+        l.arg(h).arg(x.f32()?).arg(&n);
         // SAFETY: both buffers hold at least `len` elements.
         self.timed("f32_to_bf16", || {
             unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))
@@ -522,6 +524,20 @@ impl Cuda {
             .f32_and_half_mut(&self.stream)
             .map_err(|e| self.err("allocation", e))?;
         Ok((data, self.ptr(half)))
+    }
+
+    /// Where BatchNorm writes its output, which only a convolution reads next: in bf16 (fused)
+    /// the bf16 copy alone, the f32 data left stale (its f32 write would be read by no one);
+    /// else the f32 data. The addresses of the f32 data and of the copy, 0 for the one not
+    /// written.
+    fn conv_operand_out(&self, out: &mut CudaBuf) -> Result<(u64, u64)> {
+        if self.precision == Precision::F32 || !self.fused {
+            return Ok((self.ptr(out.f32_mut()), 0));
+        }
+        let half = out
+            .half_only_mut(&self.stream)
+            .map_err(|e| self.err("allocation", e))?;
+        Ok((0, self.ptr(half)))
     }
 
     /// The address of `x`'s bf16 form: its own fresh copy if it has one, else a conversion
@@ -599,8 +615,8 @@ impl Cuda {
             (x, w, self.ptr(y))
         } else {
             (
-                self.ptr(input.f32()),
-                self.ptr(weight.f32()),
+                self.ptr(input.f32()?),
+                self.ptr(weight.f32()?),
                 self.ptr(out.f32_mut()),
             )
         };
@@ -654,9 +670,9 @@ impl Cuda {
                 (x, w, self.raw(&sc.half[2]))
             }
             (false, Some(grad_out)) => (
-                self.ptr(input.f32()),
-                self.ptr(weight.f32()),
-                self.ptr(grad_out.f32()),
+                self.ptr(input.f32()?),
+                self.ptr(weight.f32()?),
+                self.ptr(grad_out.f32()?),
             ),
             (false, None) => unreachable!("d(output) comes in bf16 only in bf16"),
         };
@@ -730,7 +746,7 @@ impl Cuda {
         check(what, c, m * n)?;
         // SAFETY: each buffer holds its packed matrix (checked just above).
         self.timed("cublas sgemm", || {
-            unsafe { self.blas.gemm(cfg, a.f32(), b.f32(), c.f32_mut()) }
+            unsafe { self.blas.gemm(cfg, a.f32()?, b.f32()?, c.f32_mut()) }
                 .map_err(|e| self.err(what, e))
         })
     }
@@ -851,13 +867,30 @@ impl Backend for Cuda {
         self.write(&mut buf, data)?;
         Ok(buf)
     }
+    /// A buffer that holds only its bf16 copy (BatchNorm's output in bf16) comes back as
+    /// those values, widened.
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; buf.len()];
-        if !buf.is_empty() {
-            self.stream
-                .memcpy_dtoh(&buf.f32().slice(0..buf.len()), &mut out)
-                .map_err(|e| self.err("download", e))?;
-            self.synchronize()?;
+        if buf.is_empty() {
+            return Ok(out);
+        }
+        match (buf.f32(), buf.fresh_half()) {
+            (Err(_), Some(half)) => {
+                let mut bits = vec![0u16; buf.len()];
+                self.stream
+                    .memcpy_dtoh(&half.slice(0..buf.len()), &mut bits)
+                    .map_err(|e| self.err("download", e))?;
+                self.synchronize()?;
+                for (o, b) in out.iter_mut().zip(&bits) {
+                    *o = f32::from_bits(u32::from(*b) << 16);
+                }
+            }
+            (data, _) => {
+                self.stream
+                    .memcpy_dtoh(&data?.slice(0..buf.len()), &mut out)
+                    .map_err(|e| self.err("download", e))?;
+                self.synchronize()?;
+            }
         }
         Ok(out)
     }
@@ -899,7 +932,7 @@ impl Backend for Cuda {
             self.timed("copy", || {
                 self.stream
                     .memcpy_dtod(
-                        &src.f32().slice(0..src.len()),
+                        &src.f32()?.slice(0..src.len()),
                         &mut dst.f32_mut().slice_mut(offset..offset + src.len()),
                     )
                     .map_err(|e| self.err("copy", e))
@@ -929,8 +962,8 @@ impl Backend for Cuda {
             "embed_forward",
             nvrtc::elementwise(out.len()),
             out.f32_mut(),
-            images.f32(),
-            table.f32(),
+            images.f32()?,
+            table.f32()?,
             &*l,
             &n,
             &p,
@@ -960,7 +993,7 @@ impl Backend for Cuda {
             "embed_backward",
             nvrtc::elementwise(classes * s.pixels),
             grad_table.f32_mut(),
-            grad_input.f32(),
+            grad_input.f32()?,
             &*l,
             &n,
             &p,
@@ -1050,7 +1083,7 @@ impl Backend for Cuda {
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
         let (kernel, y) = match self.precision {
             Precision::Bf16 => ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2])),
-            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32())),
+            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
         };
         launch!(
             self,
@@ -1100,7 +1133,7 @@ impl Backend for Cuda {
         self.conv_forward(state, activation, input, weight, s, true)?;
         let from = match self.precision {
             Precision::Bf16 => ("eval_tail_bf16", self.raw(&state.scratch.half[2])),
-            Precision::F32 => ("eval_tail_f32", self.ptr(activation.f32())),
+            Precision::F32 => ("eval_tail_f32", self.ptr(activation.f32()?)),
         };
         self.eval_tail(from, 0, activation, pooled, goodness, s, next)
     }
@@ -1133,11 +1166,11 @@ impl Backend for Cuda {
             s,
             next.as_ref(),
         )?;
-        let map = self.map_ptr(maps, index, s.h * s.w * s.c_out);
+        let map = self.map_ptr(maps, index, s.h * s.w * s.c_out)?;
         // A convolution's output in bf16 carries its bf16 copy: half the bytes to read.
         let from = match pre.fresh_half() {
             Some(half) => ("eval_tail_bf16", self.ptr(half)),
-            None => ("eval_tail_f32", self.ptr(pre.f32())),
+            None => ("eval_tail_f32", self.ptr(pre.f32()?)),
         };
         self.eval_tail(from, map, activation, pooled, goodness, s, next)
     }
@@ -1194,8 +1227,8 @@ impl Backend for Cuda {
                 "relu_maxpool2_backward_bf16",
                 nvrtc::elementwise(checks::pool_sizes(s.output_pool()).1),
                 dy,
-                grad_output.f32(),
-                activation.f32(), // the bf16 record of relu_pool_goodness_bf16
+                grad_output.f32()?,
+                activation.f32()?, // the bf16 record of relu_pool_goodness_bf16
                 &n,
                 &h,
                 &w,
@@ -1208,8 +1241,8 @@ impl Backend for Cuda {
                 "relu_backward_bf16",
                 nvrtc::elementwise(ny),
                 dy,
-                grad_output.f32(),
-                activation.f32(),
+                grad_output.f32()?,
+                activation.f32()?,
                 &total
             );
         }
@@ -1277,18 +1310,18 @@ impl Backend for Cuda {
             &momentum
         );
         let total = (rows * c) as i64;
-        let (out, out_half) = self.with_half_copy(out)?;
+        let (out, out_half) = self.conv_operand_out(out)?;
         launch!(
             self,
             "batchnorm_apply",
             nvrtc::elementwise(rows * c),
-            out,
+            &out,
             &out_half,
-            input.f32(),
-            mean.f32(),
-            rstd.f32(),
-            gamma.f32(),
-            beta.f32(),
+            input.f32()?,
+            mean.f32()?,
+            rstd.f32()?,
+            gamma.f32()?,
+            beta.f32()?,
             &cols,
             &total
         );
@@ -1316,18 +1349,18 @@ impl Backend for Cuda {
         )?;
         let (rows, c) = (s.rows, s.channels);
         let (cols, total) = (int("channels", c)?, (rows * c) as i64);
-        let (out, out_half) = self.with_half_copy(out)?;
+        let (out, out_half) = self.conv_operand_out(out)?;
         launch!(
             self,
             "batchnorm_apply_eval",
             nvrtc::elementwise(rows * c),
-            out,
+            &out,
             &out_half,
-            input.f32(),
-            gamma.f32(),
-            beta.f32(),
-            running_mean.f32(),
-            running_var.f32(),
+            input.f32()?,
+            gamma.f32()?,
+            beta.f32()?,
+            running_mean.f32()?,
+            running_var.f32()?,
             &eps,
             &cols,
             &total
@@ -1381,9 +1414,9 @@ impl Backend for Cuda {
                 &parts,
                 &cols,
                 &rows_i,
-                mean.f32(),
-                rstd.f32(),
-                gamma.f32()
+                mean.f32()?,
+                rstd.f32()?,
+                gamma.f32()?
             );
         }
         if let Some(gi) = grad_input {
@@ -1399,8 +1432,8 @@ impl Backend for Cuda {
                 "batchnorm_backward_apply",
                 nvrtc::elementwise(rows * c),
                 gi.f32_mut(),
-                grad_out.f32(),
-                input.f32(),
+                grad_out.f32()?,
+                input.f32()?,
                 &k,
                 &slope,
                 &offset,
@@ -1435,9 +1468,9 @@ impl Backend for Cuda {
             out.f32_mut(),
             mean.f32_mut(),
             rstd.f32_mut(),
-            input.f32(),
-            gamma.f32(),
-            beta.f32(),
+            input.f32()?,
+            gamma.f32()?,
+            beta.f32()?,
             &fi,
             &eps
         );
@@ -1501,11 +1534,11 @@ impl Backend for Cuda {
                 "layernorm_backward_input",
                 nvrtc::per_row(s.n),
                 gi.f32_mut(),
-                grad_out.f32(),
-                input.f32(),
-                mean.f32(),
-                rstd.f32(),
-                gamma.f32(),
+                grad_out.f32()?,
+                input.f32()?,
+                mean.f32()?,
+                rstd.f32()?,
+                gamma.f32()?,
                 &cols
             );
         }
@@ -1522,13 +1555,13 @@ impl Backend for Cuda {
     ) -> Result<()> {
         checks::add_bias_map::<Self>(out, pre, maps, index, s)?;
         let (features, total) = (s.features as i64, (s.n * s.features) as i64);
-        let map = self.map_ptr(maps, index, s.features);
+        let map = self.map_ptr(maps, index, s.features)?;
         launch!(
             self,
             "add_bias_map",
             nvrtc::elementwise(s.n * s.features),
             out.f32_mut(),
-            pre.f32(),
+            pre.f32()?,
             &map,
             &features,
             &total
@@ -1554,7 +1587,7 @@ impl Backend for Cuda {
             "relu_backward",
             nvrtc::elementwise(grad.len()),
             grad.f32_mut(),
-            activation.f32(),
+            activation.f32()?,
             &n
         );
         Ok(())
@@ -1567,7 +1600,7 @@ impl Backend for Cuda {
             "maxpool2_forward",
             nvrtc::elementwise(out.len()),
             out.f32_mut(),
-            input.f32(),
+            input.f32()?,
             &n,
             &h,
             &w,
@@ -1589,8 +1622,8 @@ impl Backend for Cuda {
             "relu_maxpool2_backward",
             nvrtc::elementwise(checks::pool_sizes(s).1), // one thread per window
             grad_input.f32_mut(),
-            grad_out.f32(),
-            activation.f32(),
+            grad_out.f32()?,
+            activation.f32()?,
             &n,
             &h,
             &w,
@@ -1615,7 +1648,7 @@ impl Backend for Cuda {
             "goodness_forward",
             nvrtc::per_row(s.n),
             goodness.f32_mut(),
-            input.f32(),
+            input.f32()?,
             &f
         );
         Ok(())
@@ -1634,8 +1667,8 @@ impl Backend for Cuda {
             "goodness_backward",
             nvrtc::elementwise(s.n * s.features),
             grad_input.f32_mut(),
-            grad_goodness.f32(),
-            input.f32(),
+            grad_goodness.f32()?,
+            input.f32()?,
             &f,
             &total
         );
@@ -1661,7 +1694,7 @@ impl Backend for Cuda {
             nvrtc::single_block(),
             loss.f32_mut(),
             grad_goodness.f32_mut(),
-            goodness.f32(),
+            goodness.f32()?,
             &p,
             &k,
             &param
@@ -1685,7 +1718,7 @@ impl Backend for Cuda {
             "avgpool_forward",
             nvrtc::elementwise(n * s.channels),
             out.f32_mut(),
-            input.f32(),
+            input.f32()?,
             &ni,
             &p,
             &c
@@ -1708,7 +1741,7 @@ impl Backend for Cuda {
             "avgpool_backward",
             nvrtc::elementwise(total),
             grad_input.f32_mut(),
-            grad_out.f32(),
+            grad_out.f32()?,
             &p,
             &c,
             &t
@@ -1735,7 +1768,7 @@ impl Backend for Cuda {
             "bias_rows",
             nvrtc::elementwise(n * outputs),
             out.f32_mut(),
-            bias.f32(),
+            bias.f32()?,
             &o,
             &total
         );
@@ -1834,7 +1867,7 @@ impl Backend for Cuda {
             nvrtc::single_block(),
             loss.f32_mut(),
             grad_logits.f32_mut(),
-            logits.f32(),
+            logits.f32()?,
             &*l,
             &ni,
             &k
@@ -1869,7 +1902,7 @@ impl Backend for Cuda {
             &param_half,
             m.f32_mut(),
             v.f32_mut(),
-            grad.f32(),
+            grad.f32()?,
             &n,
             &hp.beta1,
             &hp.beta2,
