@@ -229,6 +229,14 @@ fn op_bodies_run_on_the_cpu() {
     }
     uploads_op(b);
     assert!(train_steps(b).iter().all(|v| v.is_finite()));
+    let layer = trained_net_with(b, trifecta::layers::norm::NormKind::Layer);
+    assert!(
+        layer.named_params().iter().all(|(_, p)| p
+            .to_torch(b)
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()))
+    );
     assert!(trained_eval(b) == cpu_trained_eval(b));
 }
 
@@ -996,13 +1004,23 @@ fn golden_trifecta_on_gpu() {
 
 /// The `small` network at width 0.25 on 16x16 images after 4 Trifecta steps of 24.
 fn trained_net<B: Backend>(b: &B) -> trifecta::ff::FfNet<B> {
+    trained_net_with(b, trifecta::layers::norm::NormKind::Batch)
+}
+
+/// [`trained_net`] with the norm `norm` (the Trifecta's BatchNorm, or the LayerNorm of the
+/// ablations).
+fn trained_net_with<B: Backend>(
+    b: &B,
+    norm: trifecta::layers::norm::NormKind,
+) -> trifecta::ff::FfNet<B> {
     use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
     let image = ImageShape {
         channels: 3,
         height: 16,
         width: 16,
     };
-    let config = FfConfig::trifecta(Arch::Small, 0.25, image, 10).unwrap();
+    let mut config = FfConfig::trifecta(Arch::Small, 0.25, image, 10).unwrap();
+    config.norm = norm;
     let mut net = FfNet::new(b, config, 7).unwrap();
     let batch = 24;
     for step in 0..4u64 {
@@ -1072,11 +1090,20 @@ fn bf16_training_is_repeatable_and_close_to_cpu() {
     training_check(gpu_bf16(), 50);
 }
 
-/// The fused block ops and the norms' bf16 copies change no number: 4 training steps give
-/// the same parameters, bit for bit, as with every op on its own (`--unfused`), in both
-/// precisions.
+/// The fused block ops and the bf16 values kept alone (BatchNorm's output, a convolution's
+/// input gradient, which the norms' backward reads as bf16) change no number: 4 training
+/// steps give the same parameters, bit for bit, as with every op on its own (`--unfused`),
+/// in both precisions, with BatchNorm and with LayerNorm.
 #[test]
 fn fused_and_unfused_training_agree_bit_for_bit() {
+    use trifecta::layers::norm::NormKind;
+    let params = |b: &Cuda, norm| -> Vec<f32> {
+        trained_net_with(b, norm)
+            .named_params()
+            .into_iter()
+            .flat_map(|(_, p)| p.to_torch(b).unwrap())
+            .collect()
+    };
     for (name, fused) in [("f32", gpu()), ("bf16", gpu_bf16())] {
         let precision = fused.precision();
         let options = GpuOptions {
@@ -1084,10 +1111,12 @@ fn fused_and_unfused_training_agree_bit_for_bit() {
             ..GpuOptions::new(precision)
         };
         let unfused = Cuda::with_options(0, options).expect("these tests need a CUDA device");
-        assert!(
-            train_steps(fused) == train_steps(&unfused),
-            "{name}: fused and unfused training differ"
-        );
+        for norm in [NormKind::Batch, NormKind::Layer] {
+            assert!(
+                params(fused, norm) == params(&unfused, norm),
+                "{name} {norm:?}: fused and unfused training differ"
+            );
+        }
     }
 }
 

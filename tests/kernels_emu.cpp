@@ -152,6 +152,19 @@ static void close(const char* what, const std::vector<float>& got, const std::ve
     std::printf("ok   %s (%zu values)\n", what, got.size());
 }
 
+// Double partial sums, the same to the bit.
+static void same(const char* what, const std::vector<double>& got,
+                 const std::vector<double>& want) {
+    for (size_t i = 0; i < got.size() || i < want.size(); i++) {
+        if (i >= got.size() || i >= want.size() || got[i] != want[i]) {
+            std::printf("FAIL %s[%zu] differs\n", what, i);
+            failures++;
+            return;
+        }
+    }
+    std::printf("ok   %s (%zu values)\n", what, got.size());
+}
+
 static std::mt19937_64 rng(7);
 static std::vector<float> randn(size_t n, double scale = 1.0, double shift = 0.0) {
     std::normal_distribution<double> d(0.0, 1.0);
@@ -294,6 +307,31 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
     close((tag + " dgamma").c_str(), dgamma, wdg, 1e-4, 1e-4);
     close((tag + " dbeta").c_str(), dbeta, wdb, 1e-5, 1e-4);
     close((tag + " dx").c_str(), dx, wdx, 1e-3, abs / 10);
+
+    // dy as bf16 values (a bf16 convolution's input gradient): the f32 kernels' results on
+    // the widened values, bit for bit.
+    std::vector<unsigned short> dyh(rows * c);
+    launch(elementwise(rows * c), {BLOCK},
+           [&] { f32_to_bf16(dyh.data(), dy.data(), rows * c); });
+    std::vector<float> dyr = as_f32(dyh);
+    std::vector<double> qa(p.parts * c), qb(p.parts * c), ra(p.parts * c), rb(p.parts * c);
+    launch(grid, block,
+           [&] { partial_dy_dyx(qa.data(), qb.data(), dyr.data(), x.data(), rows, c, p.chunk); });
+    launch(grid, block, [&] {
+        partial_dy_dyx_bf16(ra.data(), rb.data(), dyh.data(), x.data(), rows, c, p.chunk);
+    });
+    std::vector<float> dxr(rows * c), dxh(rows * c, 99.0f);
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_backward_apply(dxr.data(), dyr.data(), x.data(), coef.data(), coef.data() + c,
+                                 coef.data() + 2 * c, c, rows * c);
+    });
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        batchnorm_backward_apply_bf16(dxh.data(), dyh.data(), x.data(), coef.data(),
+                                      coef.data() + c, coef.data() + 2 * c, c, rows * c);
+    });
+    same((tag + " bf16 dy: sum dy").c_str(), ra, qa);
+    same((tag + " bf16 dy: sum dy x").c_str(), rb, qb);
+    close((tag + " bf16 dy: dx").c_str(), dxh, widen(dxr), 0, 0);
 }
 
 static void check_layernorm(int n, int f) {
@@ -315,6 +353,35 @@ static void check_layernorm(int n, int f) {
     });
     launch({(unsigned)((f + BLOCK - 1) / BLOCK)}, {BLOCK},
            [&] { finish_add(dg.data(), db.data(), pa.data(), pb.data(), (int)p.parts, f); });
+    {
+        // dy as bf16 values: the f32 kernels' results on the widened values, bit for bit.
+        std::vector<unsigned short> dyh((size_t)n * f);
+        launch(elementwise(dyh.size()), {BLOCK},
+               [&] { f32_to_bf16(dyh.data(), dy.data(), (long long)dyh.size()); });
+        std::vector<float> dyr = as_f32(dyh), dxr((size_t)n * f), dxh((size_t)n * f, 99.0f);
+        launch({(unsigned)n}, {BLOCK}, [&] {
+            layernorm_backward_input(dxr.data(), dyr.data(), x.data(), mean.data(), rstd.data(),
+                                     gamma.data(), f);
+        });
+        launch({(unsigned)n}, {BLOCK}, [&] {
+            layernorm_backward_input_bf16(dxh.data(), dyh.data(), x.data(), mean.data(),
+                                          rstd.data(), gamma.data(), f);
+        });
+        std::vector<double> qa(p.parts * f), qb(p.parts * f), ra(p.parts * f), rb(p.parts * f);
+        dim3 g{(unsigned)((f + 31) / 32), (unsigned)p.parts};
+        launch(g, {32, 8}, [&] {
+            partial_dy_xhat_rows(qa.data(), qb.data(), dyr.data(), x.data(), mean.data(),
+                                 rstd.data(), n, f, p.chunk);
+        });
+        launch(g, {32, 8}, [&] {
+            partial_dy_xhat_rows_bf16(ra.data(), rb.data(), dyh.data(), x.data(), mean.data(),
+                                      rstd.data(), n, f, p.chunk);
+        });
+        std::string t = "layernorm " + std::to_string(n) + "x" + std::to_string(f) + " bf16 dy";
+        close((t + " dx").c_str(), dxh, widen(dxr), 0, 0);
+        same((t + " sum dy xhat").c_str(), ra, qa);
+        same((t + " sum dy").c_str(), rb, qb);
+    }
     std::vector<double> wout((size_t)n * f), wdx((size_t)n * f), wdg(f, 0), wdb(f, 0);
     for (int s = 0; s < n; s++) {
         const float* r = &x[(size_t)s * f];

@@ -472,27 +472,58 @@ extern "C" __global__ void partial_centered_sq(double* part_a, double* part_b, c
     PARTIALS_END
 }
 
+// The norms' backward kernels read dy as f32, or (the `_bf16` forms) as the bf16 values a
+// bf16 convolution's input gradient is kept as: the same float arithmetic on the values.
+
 // a = sum dy, b = sum dy * x (BatchNorm backward).
-extern "C" __global__ void partial_dy_dyx(double* part_a, double* part_b, const float* dy,
-                                          const float* x, long long rows, int cols,
-                                          long long chunk) {
+template <typename Dy>
+__device__ void partial_dy_dyx_of(double* part_a, double* part_b, const Dy* dy, const float* x,
+                                  long long rows, int cols, long long chunk) {
     PARTIALS_BEGIN
-    double g = (double)dy[at];
+    double g = (double)load(dy, at);
     a += g;
     b += g * (double)x[at];
     PARTIALS_END
 }
 
+extern "C" __global__ void partial_dy_dyx(double* part_a, double* part_b, const float* dy,
+                                          const float* x, long long rows, int cols,
+                                          long long chunk) {
+    partial_dy_dyx_of(part_a, part_b, dy, x, rows, cols, chunk);
+}
+
+extern "C" __global__ void partial_dy_dyx_bf16(double* part_a, double* part_b,
+                                               const unsigned short* dy, const float* x,
+                                               long long rows, int cols, long long chunk) {
+    partial_dy_dyx_of(part_a, part_b, dy, x, rows, cols, chunk);
+}
+
 // a = sum dy * xhat, b = sum dy, with xhat from per-row statistics (LayerNorm's parameters).
+template <typename Dy>
+__device__ void partial_dy_xhat_rows_of(double* part_a, double* part_b, const Dy* dy,
+                                        const float* x, const float* mean, const float* rstd,
+                                        long long rows, int cols, long long chunk) {
+    PARTIALS_BEGIN
+    float xhat = (x[at] - mean[r]) * rstd[r];
+    float g = load(dy, at);
+    a += (double)(g * xhat);
+    b += (double)g;
+    PARTIALS_END
+}
+
 extern "C" __global__ void partial_dy_xhat_rows(double* part_a, double* part_b,
                                                 const float* dy, const float* x,
                                                 const float* mean, const float* rstd,
                                                 long long rows, int cols, long long chunk) {
-    PARTIALS_BEGIN
-    float xhat = (x[at] - mean[r]) * rstd[r];
-    a += (double)(dy[at] * xhat);
-    b += (double)dy[at];
-    PARTIALS_END
+    partial_dy_xhat_rows_of(part_a, part_b, dy, x, mean, rstd, rows, cols, chunk);
+}
+
+extern "C" __global__ void partial_dy_xhat_rows_bf16(double* part_a, double* part_b,
+                                                     const unsigned short* dy, const float* x,
+                                                     const float* mean, const float* rstd,
+                                                     long long rows, int cols,
+                                                     long long chunk) {
+    partial_dy_xhat_rows_of(part_a, part_b, dy, x, mean, rstd, rows, cols, chunk);
 }
 
 // mean[c] = sum of parts / rows, kept in double for the variance pass.
@@ -595,14 +626,29 @@ extern "C" __global__ void batchnorm_backward_finish(float* grad_gamma, float* g
     offset[c] = (float)(kc * (r * mean_dy_xhat * (double)mean[c] - mean_dy));
 }
 
+template <typename Dy>
+__device__ void batchnorm_backward_apply_of(float* dx, const Dy* dy, const float* x,
+                                            const float* k, const float* slope,
+                                            const float* offset, int c, long long total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        dx[i] = k[ch] * load(dy, i) + slope[ch] * x[i] + offset[ch];
+    }
+}
+
 extern "C" __global__ void batchnorm_backward_apply(float* dx, const float* dy, const float* x,
                                                     const float* k, const float* slope,
                                                     const float* offset, int c,
                                                     long long total) {
-    GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        dx[i] = k[ch] * dy[i] + slope[ch] * x[i] + offset[ch];
-    }
+    batchnorm_backward_apply_of(dx, dy, x, k, slope, offset, c, total);
+}
+
+extern "C" __global__ void batchnorm_backward_apply_bf16(float* dx, const unsigned short* dy,
+                                                         const float* x, const float* k,
+                                                         const float* slope,
+                                                         const float* offset, int c,
+                                                         long long total) {
+    batchnorm_backward_apply_of(dx, dy, x, k, slope, offset, c, total);
 }
 
 // ---- LayerNorm (one block per sample) ----
@@ -631,15 +677,16 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
         out[base + i] = (x[base + i] - mu) * rs * gamma[i] + beta[i];
 }
 
-extern "C" __global__ void layernorm_backward_input(float* dx, const float* dy, const float* x,
-                                                    const float* mean, const float* rstd,
-                                                    const float* gamma, int features) {
+template <typename Dy>
+__device__ void layernorm_backward_input_of(float* dx, const Dy* dy, const float* x,
+                                            const float* mean, const float* rstd,
+                                            const float* gamma, int features) {
     __shared__ double shared[256];
     long long base = (long long)blockIdx.x * features;
     float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
     double sum = 0.0, sum_xhat = 0.0;
     for (int i = threadIdx.x; i < features; i += blockDim.x) {
-        float dxhat = dy[base + i] * gamma[i];
+        float dxhat = load(dy, base + i) * gamma[i];
         sum += (double)dxhat;
         sum_xhat += (double)(dxhat * (x[base + i] - mu) * rs);
     }
@@ -649,8 +696,21 @@ extern "C" __global__ void layernorm_backward_input(float* dx, const float* dy, 
     float mean_dxhat_xhat = (float)(sum_xhat / features);
     for (int i = threadIdx.x; i < features; i += blockDim.x) {
         float xhat = (x[base + i] - mu) * rs;
-        dx[base + i] = rs * (dy[base + i] * gamma[i] - mean_dxhat - xhat * mean_dxhat_xhat);
+        dx[base + i] = rs * (load(dy, base + i) * gamma[i] - mean_dxhat - xhat * mean_dxhat_xhat);
     }
+}
+
+extern "C" __global__ void layernorm_backward_input(float* dx, const float* dy, const float* x,
+                                                    const float* mean, const float* rstd,
+                                                    const float* gamma, int features) {
+    layernorm_backward_input_of(dx, dy, x, mean, rstd, gamma, features);
+}
+
+extern "C" __global__ void layernorm_backward_input_bf16(float* dx, const unsigned short* dy,
+                                                         const float* x, const float* mean,
+                                                         const float* rstd, const float* gamma,
+                                                         int features) {
+    layernorm_backward_input_of(dx, dy, x, mean, rstd, gamma, features);
 }
 
 // ---- Adam (PyTorch semantics; step_size = lr / (1 - beta1^t) and

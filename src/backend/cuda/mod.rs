@@ -343,12 +343,23 @@ impl Cuda {
         let b = grow(&self.stream, &mut scratch.part_b, p.parts * cols)
             .map_err(|x| self.err("allocation", x))?;
         let (rows_i, cols_i, chunk) = (rows as i64, int("columns", cols)?, p.chunk as i64);
-        let kernel = match inputs {
-            PartialInputs::Sum(_) => "partial_sum",
-            PartialInputs::CenteredSq(_) => "partial_centered_sq",
-            PartialInputs::DyDyx(..) => "partial_dy_dyx",
-            PartialInputs::DyXhatRows { .. } => "partial_dy_xhat_rows",
+        // A gradient may be held as bf16 values alone (`grad_values`): the `_bf16` kernels.
+        let dy = match inputs {
+            PartialInputs::DyDyx(dy, _) | PartialInputs::DyXhatRows { dy, .. } => {
+                Some(self.grad_values(dy)?)
+            }
+            _ => None,
         };
+        let half = dy.is_some_and(|(half, _)| half);
+        let kernel = match (&inputs, half) {
+            (PartialInputs::Sum(_), _) => "partial_sum",
+            (PartialInputs::CenteredSq(_), _) => "partial_centered_sq",
+            (PartialInputs::DyDyx(..), false) => "partial_dy_dyx",
+            (PartialInputs::DyDyx(..), true) => "partial_dy_dyx_bf16",
+            (PartialInputs::DyXhatRows { .. }, false) => "partial_dy_xhat_rows",
+            (PartialInputs::DyXhatRows { .. }, true) => "partial_dy_xhat_rows_bf16",
+        };
+        let dy = dy.map_or(0, |(_, ptr)| ptr);
         let mut l = self.stream.launch_builder(self.f(kernel));
         l.arg(a).arg(b);
         match inputs {
@@ -356,12 +367,10 @@ impl Cuda {
             PartialInputs::CenteredSq(x) => l
                 .arg(x.f32()?)
                 .arg(scratch.dmean.as_ref().expect("finish_mean ran first")),
-            PartialInputs::DyDyx(dy, x) => l.arg(dy.f32()?).arg(x.f32()?),
-            PartialInputs::DyXhatRows { dy, x, mean, rstd } => l
-                .arg(dy.f32()?)
-                .arg(x.f32()?)
-                .arg(mean.f32()?)
-                .arg(rstd.f32()?),
+            PartialInputs::DyDyx(_, x) => l.arg(&dy).arg(x.f32()?),
+            PartialInputs::DyXhatRows { x, mean, rstd, .. } => {
+                l.arg(&dy).arg(x.f32()?).arg(mean.f32()?).arg(rstd.f32()?)
+            }
         };
         l.arg(&rows_i).arg(&cols_i).arg(&chunk);
         // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
@@ -526,6 +535,17 @@ impl Cuda {
         Ok((data, self.ptr(half)))
     }
 
+    /// A gradient's values to read: its f32 data, or, where only its bf16 copy holds them (a
+    /// bf16 convolution's input gradient, which only a norm's backward reads), that copy.
+    /// True for the copy: the `_bf16` form of the kernel reads it.
+    fn grad_values(&self, dy: &CudaBuf) -> Result<(bool, u64)> {
+        match (dy.f32(), dy.fresh_half()) {
+            (Ok(data), _) => Ok((false, self.ptr(data))),
+            (Err(_), Some(half)) => Ok((true, self.ptr(half))),
+            (Err(stale), None) => Err(stale.into()),
+        }
+    }
+
     /// Where BatchNorm writes its output, which only a convolution reads next: in bf16 (fused)
     /// the bf16 copy alone, the f32 data left stale (its f32 write would be read by no one);
     /// else the f32 data. The addresses of the f32 data and of the copy, 0 for the one not
@@ -640,7 +660,8 @@ impl Cuda {
     }
 
     /// The convolution's weight gradient (accumulated) and input gradient (assigned) through
-    /// cuDNN. `grad_out` None: in bf16, d(output) is already in the scratch slot 2.
+    /// cuDNN. `grad_out` None: in bf16, d(output) is already in the scratch slot 2. In fused
+    /// bf16 the input gradient is kept as bf16 values alone (`grad_values` reads it).
     #[allow(clippy::too_many_arguments)]
     fn conv_backward(
         &self,
@@ -657,8 +678,8 @@ impl Cuda {
         let half = self.precision == Precision::Bf16;
         let (x, w, dy) = match (half, grad_out) {
             (true, grad_out) => {
-                // bf16 forms of x, w and dy; dw (then dx) is computed into `half_dw` in bf16
-                // and added to (copied into) the f32 gradient.
+                // bf16 forms of x, w and dy; dw is computed into `half_dw` in bf16 and added
+                // to the f32 gradient; dx stays bf16 (fused) or goes the same way (unfused).
                 let sc = &mut state.scratch;
                 let x = self.half_of(sc, 0, input)?;
                 let w = self.half_of(sc, 1, weight)?;
@@ -695,16 +716,23 @@ impl Cuda {
             self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
         }
         if let Some(gi) = grad_input {
+            // Fused bf16: dx stays bf16, in `gi`'s copy alone (a norm's backward reads it
+            // there); unfused: through the scratch into the f32 data.
+            let alone = half && self.fused;
             let dx = match half_out {
+                Some(_) if alone => self.ptr(
+                    gi.half_only_mut(&self.stream)
+                        .map_err(|e| self.err("allocation", e))?,
+                ),
                 Some(h) if half => self.ptr(h),
                 _ => self.ptr(gi.f32_mut()),
             };
-            // SAFETY: as above.
+            // SAFETY: as above (`gi`'s copy holds as many elements as its data).
             self.timed(plan.labels[1], || {
                 unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
                     .map_err(|e| self.err("conv3x3_backward (data)", e))
             })?;
-            if half {
+            if half && !alone {
                 self.half_to_f32(gi, half_out.expect("grown"), false)?;
             }
         }
@@ -1427,12 +1455,16 @@ impl Backend for Cuda {
                 coef.slice(2 * c..3 * c),
             );
             let total = (rows * c) as i64;
+            let (half, dy) = self.grad_values(grad_out)?;
             launch!(
                 self,
-                "batchnorm_backward_apply",
+                match half {
+                    false => "batchnorm_backward_apply",
+                    true => "batchnorm_backward_apply_bf16",
+                },
                 nvrtc::elementwise(rows * c),
                 gi.f32_mut(),
-                grad_out.f32()?,
+                &dy,
                 input.f32()?,
                 &k,
                 &slope,
@@ -1529,12 +1561,16 @@ impl Backend for Cuda {
             &cols
         );
         if let Some(gi) = grad_input {
+            let (half, dy) = self.grad_values(grad_out)?;
             launch!(
                 self,
-                "layernorm_backward_input",
+                match half {
+                    false => "layernorm_backward_input",
+                    true => "layernorm_backward_input_bf16",
+                },
                 nvrtc::per_row(s.n),
                 gi.f32_mut(),
-                grad_out.f32()?,
+                &dy,
                 input.f32()?,
                 mean.f32()?,
                 rstd.f32()?,
