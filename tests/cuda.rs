@@ -419,6 +419,71 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
     out
 }
 
+/// A block's backward from d(goodness) after its forward: through the fused op (`fused`),
+/// or through goodness_backward and the separate backward ops.
+fn goodness_backward_op<B: Backend>(
+    b: &B,
+    s: ConvShape,
+    pool: bool,
+    fused: bool,
+    seed: u64,
+) -> Outputs {
+    let (nx, nw, ny) = (
+        s.n * s.h * s.w * s.c_in,
+        s.c_out * 9 * s.c_in,
+        s.n * s.h * s.w * s.c_out,
+    );
+    let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
+    let x = up(b, &random(seed, nx));
+    let w = up(b, &random(seed + 1, nw));
+    let mut activation = b.zeros(ny).unwrap();
+    let mut pooled = b.zeros(np).unwrap();
+    let mut goodness = b.zeros(s.n).unwrap();
+    let p = if pool { Some(&mut pooled) } else { None };
+    b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s)
+        .unwrap();
+    let grad_goodness = up(b, &random(seed + 2, s.n));
+    let mut grad_output = b.zeros(if pool { np } else { ny }).unwrap();
+    let mut grad_activation = b.zeros(if pool { ny } else { 0 }).unwrap();
+    let mut dx = b.zeros(nx).unwrap();
+    let mut dw = up(b, &random(seed + 3, nw)); // accumulates
+    let output = if pool { &pooled } else { &activation };
+    if fused {
+        b.goodness_relu_pool_conv3x3_backward(
+            Some(&mut dx),
+            &mut dw,
+            &mut grad_activation,
+            &mut grad_output,
+            &grad_goodness,
+            output,
+            &activation,
+            &x,
+            &w,
+            s,
+            pool,
+        )
+        .unwrap();
+    } else {
+        let features = B::len(output) / s.n;
+        let shape = SampleShape { n: s.n, features };
+        b.goodness_backward(&mut grad_output, &grad_goodness, output, shape)
+            .unwrap();
+        b.relu_pool_conv3x3_backward(
+            Some(&mut dx),
+            &mut dw,
+            &mut grad_activation,
+            &mut grad_output,
+            &activation,
+            &x,
+            &w,
+            s,
+            pool,
+        )
+        .unwrap();
+    }
+    vec![("dx".into(), down(b, &dx)), ("dw".into(), down(b, &dw))]
+}
+
 /// The fused block ops give what the separate ops give, bit for bit: the same convolution
 /// results go through the same float operations. In evaluation (no activation saved), the
 /// same pooled values and goodness.
@@ -432,6 +497,19 @@ fn fused_matches_separate<B: Backend>(name: &str, b: &B) {
                 assert!(
                     got == want,
                     "{name} {s:?} pool {pool}: fused {what} differs from the separate ops"
+                );
+            }
+        }
+        // The backward from d(goodness) in one pass, as goodness_backward and the backward.
+        for pool in [false, true] {
+            let seed = 40 + 10 * i as u64;
+            let fused = goodness_backward_op(b, s, pool, true, seed);
+            let separate = goodness_backward_op(b, s, pool, false, seed);
+            for ((what, got), (_, want)) in fused.iter().zip(&separate) {
+                assert!(
+                    got == want,
+                    "{name} {s:?} pool {pool}: {what} from d(goodness) differs from the \
+                     separate ops"
                 );
             }
         }

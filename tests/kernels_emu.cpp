@@ -622,6 +622,40 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
         relu_backward_bf16(rh.data(), dy.data(), act.data(), (long long)full);
     });
     close((tag + " relu backward to bf16").c_str(), as_f32(rh), rounded(masked), 0, 0);
+
+    // From d(goodness) in one pass: goodness_backward of the block's output, then the bf16
+    // backward kernels above, bit for bit.
+    auto gg = randn(n);
+    std::vector<float> pooled(pooled_size), dpool(pooled_size);
+    launch(elementwise(pooled_size), {BLOCK},
+           [&] { maxpool2_forward(pooled.data(), act.data(), n, h, w, c); });
+    int pf = oh * ow * c;
+    launch(elementwise(pooled_size), {BLOCK}, [&] {
+        goodness_backward(dpool.data(), gg.data(), pooled.data(), pf, (long long)pooled_size);
+    });
+    std::vector<unsigned short> want_pool(full, 0x7fff), got_pool(full, 0x7fff);
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_maxpool2_backward_bf16(want_pool.data(), dpool.data(), record.data(), n, h, w, c);
+    });
+    launch(elementwise(full), {BLOCK}, [&] {
+        goodness_relu_maxpool2_backward_bf16(got_pool.data(), gg.data(), record.data(), n, h, w,
+                                             c);
+    });
+    close((tag + " goodness+relu+pool backward to bf16").c_str(), as_f32(got_pool),
+          widen(as_f32(want_pool)), 0, 0);
+    int f = h * w * c;
+    std::vector<float> dact(full);
+    launch(elementwise(full), {BLOCK},
+           [&] { goodness_backward(dact.data(), gg.data(), act.data(), f, (long long)full); });
+    std::vector<unsigned short> want_relu(full, 0x7fff), got_relu(full, 0x7fff);
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_backward_bf16(want_relu.data(), dact.data(), act.data(), (long long)full);
+    });
+    launch(elementwise(full), {BLOCK}, [&] {
+        goodness_relu_backward_bf16(got_relu.data(), gg.data(), act.data(), f, (long long)full);
+    });
+    close((tag + " goodness+relu backward to bf16").c_str(), as_f32(got_relu),
+          widen(as_f32(want_relu)), 0, 0);
 }
 
 static void check_pool(int n, int h, int w, int c) {

@@ -222,6 +222,32 @@ pub fn next_norm<B: Backend>(
     Ok(())
 }
 
+/// The checks of a block's backward through its tail and convolution, named `$op`.
+macro_rules! tail_backward {
+    ($B:ty, $op:literal, $grad_input:ident, $grad_weight:ident, $grad_activation:ident,
+     $grad_output:ident, $activation:ident, $input:ident, $weight:ident, $s:ident,
+     $pool:ident) => {{
+        let (nx, nw, ny) = conv_sizes($s);
+        if let Some(grad_input) = $grad_input {
+            lens!($B, $op; grad_input => nx);
+        }
+        if $pool {
+            lens!($B, $op;
+                $grad_activation => ny,
+                $grad_output => pool_sizes($s.output_pool()).1,
+            );
+        } else {
+            lens!($B, $op; $grad_output => ny);
+        }
+        lens!($B, $op;
+            $grad_weight => nw,
+            $activation => ny,
+            $input => nx,
+            $weight => nw,
+        );
+    }};
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn relu_pool_conv3x3_backward<B: Backend>(
     grad_input: Option<&B::Buf>,
@@ -234,23 +260,54 @@ pub fn relu_pool_conv3x3_backward<B: Backend>(
     s: ConvShape,
     pool: bool,
 ) -> Result<()> {
-    let (nx, nw, ny) = conv_sizes(s);
-    if let Some(grad_input) = grad_input {
-        lens!(B, "relu_pool_conv3x3_backward"; grad_input => nx);
-    }
-    if pool {
-        lens!(B, "relu_pool_conv3x3_backward";
-            grad_activation => ny,
-            grad_output => pool_sizes(s.output_pool()).1,
-        );
-    } else {
-        lens!(B, "relu_pool_conv3x3_backward"; grad_output => ny);
-    }
-    lens!(B, "relu_pool_conv3x3_backward";
-        grad_weight => nw,
-        activation => ny,
-        input => nx,
-        weight => nw,
+    tail_backward!(
+        B,
+        "relu_pool_conv3x3_backward",
+        grad_input,
+        grad_weight,
+        grad_activation,
+        grad_output,
+        activation,
+        input,
+        weight,
+        s,
+        pool
+    );
+    Ok(())
+}
+
+/// [`relu_pool_conv3x3_backward`]'s checks, and d(goodness) one per sample and the block's
+/// output as long as d(output).
+#[allow(clippy::too_many_arguments)]
+pub fn goodness_relu_pool_conv3x3_backward<B: Backend>(
+    grad_input: Option<&B::Buf>,
+    grad_weight: &B::Buf,
+    grad_activation: &B::Buf,
+    grad_output: &B::Buf,
+    grad_goodness: &B::Buf,
+    output: &B::Buf,
+    activation: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
+    s: ConvShape,
+    pool: bool,
+) -> Result<()> {
+    tail_backward!(
+        B,
+        "goodness_relu_pool_conv3x3_backward",
+        grad_input,
+        grad_weight,
+        grad_activation,
+        grad_output,
+        activation,
+        input,
+        weight,
+        s,
+        pool
+    );
+    lens!(B, "goodness_relu_pool_conv3x3_backward";
+        grad_goodness => s.n,
+        output => B::len(grad_output),
     );
     Ok(())
 }

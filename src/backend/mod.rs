@@ -391,6 +391,54 @@ pub trait Backend: Send + Sync + Sized + 'static {
         )
     }
 
+    /// The backward of a block whose loss is on its own goodness, from d(goodness)
+    /// `grad_goodness` (N): d(output) = [`Self::goodness_backward`] of `output` (the block's
+    /// output: the pooled values with `pool`, else `activation` itself), then
+    /// [`Self::relu_pool_conv3x3_backward`]. `grad_output` (the output's shape) is scratch for
+    /// d(output), which a backend that fuses the two need not write. The default is the
+    /// separate ops.
+    #[allow(clippy::too_many_arguments)]
+    fn goodness_relu_pool_conv3x3_backward(
+        &self,
+        grad_input: Option<&mut Self::Buf>,
+        grad_weight: &mut Self::Buf,
+        grad_activation: &mut Self::Buf,
+        grad_output: &mut Self::Buf,
+        grad_goodness: &Self::Buf,
+        output: &Self::Buf,
+        activation: &Self::Buf,
+        input: &Self::Buf,
+        weight: &Self::Buf,
+        s: ConvShape,
+        pool: bool,
+    ) -> Result<()> {
+        checks::goodness_relu_pool_conv3x3_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_activation,
+            grad_output,
+            grad_goodness,
+            output,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )?;
+        goodness_backward_of_output(self, grad_output, grad_goodness, output, s)?;
+        self.relu_pool_conv3x3_backward(
+            grad_input,
+            grad_weight,
+            grad_activation,
+            grad_output,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )
+    }
+
     // ---- BatchNorm over (N, H, W) per channel ----
     /// Training mode: normalise with batch statistics, save mean and 1/std, and update the
     /// running statistics (unbiased variance) with `momentum`.
@@ -723,6 +771,24 @@ fn relu_pool_goodness_composed<B: Backend>(
             b.goodness_forward(goodness, activation, SampleShape { n: s.n, features })
         }
     }
+}
+
+/// d(output) of a block's `output` (N, ...) from d(goodness): the first half of
+/// [`Backend::goodness_relu_pool_conv3x3_backward`] as a separate op.
+pub fn goodness_backward_of_output<B: Backend>(
+    b: &B,
+    grad_output: &mut B::Buf,
+    grad_goodness: &B::Buf,
+    output: &B::Buf,
+    s: ConvShape,
+) -> Result<()> {
+    let features = B::len(output) / s.n.max(1);
+    b.goodness_backward(
+        grad_output,
+        grad_goodness,
+        output,
+        SampleShape { n: s.n, features },
+    )
 }
 
 /// [`Backend::relu_pool_conv3x3_backward`] as the separate ops (its default, which a backend

@@ -236,11 +236,12 @@ impl<B: Backend> ClassifierNet<B> {
                     backend,
                     Some(&mut self.grad_input.buf),
                     &mut self.grad_output.buf,
+                    None,
                     input,
                 )?;
                 std::mem::swap(&mut self.grad_input, &mut self.grad_output);
             } else {
-                rest[0].backward(backend, None, &mut self.grad_output.buf, input)?;
+                rest[0].backward(backend, None, &mut self.grad_output.buf, None, input)?;
             }
         }
         for i in 0..self.blocks.len() {
@@ -264,7 +265,7 @@ impl<B: Backend> ClassifierNet<B> {
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.images.buf, |b| b.output());
             // The gradient stops at the block's input.
-            rest[0].backward(backend, None, &mut self.grad_output.buf, input)?;
+            rest[0].backward(backend, None, &mut self.grad_output.buf, None, input)?;
             self.step(backend, i)?;
         }
         Ok(losses)

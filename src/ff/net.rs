@@ -392,11 +392,6 @@ impl<B: Backend> FfNet<B> {
         let spec = self.blocks[i].spec;
         self.grad_output
             .resize(backend, &[n, spec.out_features()])?;
-        self.blocks[i].goodness_backward(
-            backend,
-            &mut self.grad_output.buf,
-            &self.grad_goodness.buf,
-        )?;
         if attached {
             self.grad_input
                 .resize(backend, &[n, spec.h * spec.w * spec.c_in])?;
@@ -408,6 +403,7 @@ impl<B: Backend> FfNet<B> {
                 backend,
                 attached.then_some(&mut self.grad_input.buf),
                 &mut self.grad_output.buf,
+                Some(&self.grad_goodness.buf),
                 input,
             )?;
         }
@@ -421,7 +417,7 @@ impl<B: Backend> FfNet<B> {
                 // in this optimiser (the embedding, for block 0), so no input gradient.
                 let (before, rest) = self.blocks.split_at_mut(i - 1);
                 let input = before.last().map_or(&self.input.buf, |b| b.output());
-                rest[0].backward(backend, None, &mut self.grad_input.buf, input)?;
+                rest[0].backward(backend, None, &mut self.grad_input.buf, None, input)?;
             }
         }
 

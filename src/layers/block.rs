@@ -7,7 +7,7 @@
 use super::Param;
 use super::conv::Conv3x3;
 use super::norm::{NORM_EPS, Norm, NormKind};
-use crate::backend::{Backend, ConvShape, NextNorm, SampleShape};
+use crate::backend::{Backend, ConvShape, NextNorm};
 use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -79,13 +79,6 @@ impl<B: Backend> Block<B> {
 
     fn conv_shape(&self) -> ConvShape {
         self.conv.shape(self.n, self.spec.h, self.spec.w)
-    }
-
-    fn out_shape(&self) -> SampleShape {
-        SampleShape {
-            n: self.n,
-            features: self.spec.out_features(),
-        }
     }
 
     /// Parameters in PyTorch's registration order: norm weight, norm bias, conv weight.
@@ -267,24 +260,17 @@ impl<B: Backend> Block<B> {
         )
     }
 
-    /// d(output) from d(goodness), written into `grad_output` `(N, H', W', Cout)`.
-    pub fn goodness_backward(
-        &self,
-        backend: &B,
-        grad_output: &mut B::Buf,
-        grad_goodness: &B::Buf,
-    ) -> Result<()> {
-        backend.goodness_backward(grad_output, grad_goodness, self.output(), self.out_shape())
-    }
-
-    /// Backward from d(output). Accumulates into the norm and conv parameter gradients;
-    /// assigns `grad_input` `(N, H, W, Cin)` when asked for. `input` is the one given to the
-    /// last (training-mode) forward. `grad_output` is used as scratch when there is no pool.
+    /// Backward from d(output) `grad_output` (used as scratch when there is no pool), or
+    /// with `grad_goodness` from d(goodness) (N) of this block's own loss, `grad_output` then
+    /// being scratch for d(output) that a backend may not write. Accumulates into the norm
+    /// and conv parameter gradients; assigns `grad_input` `(N, H, W, Cin)` when asked for.
+    /// `input` is the one given to the last (training-mode) forward.
     pub fn backward(
         &mut self,
         backend: &B,
         grad_input: Option<&mut B::Buf>,
         grad_output: &mut B::Buf,
+        grad_goodness: Option<&B::Buf>,
         input: &B::Buf,
     ) -> Result<()> {
         let s = self.spec;
@@ -296,17 +282,36 @@ impl<B: Backend> Block<B> {
         }
         // The conv's input gradient is always needed: the norm's weight and bias learn from it.
         self.grad_normed.resize(backend, &[n, s.h, s.w, s.c_in])?;
-        backend.relu_pool_conv3x3_backward(
-            Some(&mut self.grad_normed.buf),
-            &mut self.conv.weight.grad.buf,
-            &mut self.grad_activation.buf,
-            grad_output,
-            &self.activation.buf,
-            &self.normed.buf,
-            &self.conv.weight.value.buf,
-            cs,
-            s.pool,
-        )?;
+        let output = match s.pool {
+            true => &self.pooled.buf,
+            false => &self.activation.buf,
+        };
+        match grad_goodness {
+            Some(grad_goodness) => backend.goodness_relu_pool_conv3x3_backward(
+                Some(&mut self.grad_normed.buf),
+                &mut self.conv.weight.grad.buf,
+                &mut self.grad_activation.buf,
+                grad_output,
+                grad_goodness,
+                output,
+                &self.activation.buf,
+                &self.normed.buf,
+                &self.conv.weight.value.buf,
+                cs,
+                s.pool,
+            )?,
+            None => backend.relu_pool_conv3x3_backward(
+                Some(&mut self.grad_normed.buf),
+                &mut self.conv.weight.grad.buf,
+                &mut self.grad_activation.buf,
+                grad_output,
+                &self.activation.buf,
+                &self.normed.buf,
+                &self.conv.weight.value.buf,
+                cs,
+                s.pool,
+            )?,
+        }
         self.norm
             .backward(backend, grad_input, &self.grad_normed.buf, input, n)
     }

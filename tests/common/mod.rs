@@ -489,6 +489,28 @@ pub fn check_ops_refuse_wrong_sizes<B: trifecta::backend::Backend>(b: &B) {
             }),
         ),
         (
+            "goodness_relu_pool_conv3x3_backward",
+            vec![64, 54, 96, 24, 2, 24, 96, 64, 54],
+            Box::new(move |b, x| {
+                let [gi, gw, ga, go, gg, output, activation, input, weight] = x else {
+                    unreachable!()
+                };
+                b.goodness_relu_pool_conv3x3_backward(
+                    Some(gi),
+                    gw,
+                    ga,
+                    go,
+                    gg,
+                    output,
+                    activation,
+                    input,
+                    weight,
+                    block,
+                    true,
+                )
+            }),
+        ),
+        (
             "relu_pool_conv3x3_backward",
             vec![64, 54, 96, 24, 96, 64, 54],
             Box::new(move |b, x| {

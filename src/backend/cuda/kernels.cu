@@ -127,12 +127,18 @@ extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, i
 // index arithmetic and loads serve its four elements at once. `Out` is float, or bf16 when
 // the result goes straight to a bf16 convolution backward; `Saved`, the activation's type
 // (bf16: the record of relu_pool_goodness_bf16). Launch over the windows (grid-stride).
+// With `grad_goodness` (not null), d(pooled) is not read but made from d(goodness) the way
+// goodness_backward makes it: (grad_goodness[sample] * 2 / features) * pooled value, the
+// pooled value being the window's maximum, which the record holds exactly.
 template <typename Out, typename Saved>
 __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out, const Saved* x,
-                                          int n, int h, int w, int c) {
+                                          int n, int h, int w, int c,
+                                          const float* grad_goodness) {
     int oh = h / 2, ow = w / 2;
     long long row = (long long)w * c;
     long long windows = (long long)n * oh * ow * c;
+    int features = oh * ow * c;
+    float scale = 2.0f / (float)features;
     GRID_STRIDE(j, windows) {
         long long base = window_origin(j, h, w, c);
         long long at[4] = {base, base + c, base + row, base + row + c};
@@ -141,8 +147,12 @@ __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out
         bool pick_b = !pick_a && b >= cc && b >= d;
         bool pick_c = !pick_a && !pick_b && cc >= d;
         int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
-        bool live = fmaxf(fmaxf(fmaxf(a, b), cc), d) > 0.0f;
-        float g = live ? grad_out[j] : 0.0f;  // the pooled layout is the windows' order
+        float m = fmaxf(fmaxf(fmaxf(a, b), cc), d);
+        float g = 0.0f;
+        if (m > 0.0f) {
+            // The pooled layout is the windows' order.
+            g = grad_goodness ? (grad_goodness[j / features] * scale) * m : grad_out[j];
+        }
         for (int q = 0; q < 4; q++) store(grad_input, at[q], q == picked ? g : 0.0f);
     }
     // The elements in no window, per sample: the last row when h is odd, then the last
@@ -161,7 +171,7 @@ __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out
 
 extern "C" __global__ void relu_maxpool2_backward(float* grad_input, const float* grad_out,
                                                   const float* x, int n, int h, int w, int c) {
-    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
+    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c, nullptr);
 }
 
 // From the bf16 record of relu_pool_goodness_bf16, into bf16 for the convolution's backward.
@@ -169,13 +179,35 @@ extern "C" __global__ void relu_maxpool2_backward_bf16(unsigned short* grad_inpu
                                                        const float* grad_out,
                                                        const unsigned short* x, int n, int h,
                                                        int w, int c) {
-    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c);
+    relu_maxpool2_backward_to(grad_input, grad_out, x, n, h, w, c, nullptr);
+}
+
+// The same from d(goodness): goodness_backward and relu_maxpool2_backward_bf16 in one pass,
+// which reads neither the pooled values nor d(pooled).
+extern "C" __global__ void goodness_relu_maxpool2_backward_bf16(unsigned short* grad_input,
+                                                                const float* grad_goodness,
+                                                                const unsigned short* x, int n,
+                                                                int h, int w, int c) {
+    relu_maxpool2_backward_to(grad_input, (const float*)nullptr, x, n, h, w, c, grad_goodness);
 }
 
 // relu_backward into a bf16 buffer (not in place): grad_input = grad_out where x > 0.
 extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const float* grad_out,
                                               const float* x, long long n) {
     GRID_STRIDE(i, n) grad_input[i] = to_bf16(x[i] > 0.0f ? grad_out[i] : 0.0f);
+}
+
+// goodness_backward and relu_backward_bf16 in one pass, for an unpooled block whose output is
+// its activation `x`: d(output) = (grad_goodness[sample] * 2 / features) * x, where x > 0.
+extern "C" __global__ void goodness_relu_backward_bf16(unsigned short* grad_input,
+                                                       const float* grad_goodness,
+                                                       const float* x, int features,
+                                                       long long total) {
+    float scale = 2.0f / (float)features;
+    GRID_STRIDE(i, total) {
+        float v = x[i];
+        grad_input[i] = to_bf16(v > 0.0f ? (grad_goodness[i / features] * scale) * v : 0.0f);
+    }
 }
 
 // What follows a block's convolution, in one pass over its output `y` (f32, possibly the

@@ -448,6 +448,75 @@ impl Cuda {
         Ok(())
     }
 
+    /// The fused bf16 backward of a block's tail and convolution: d(conv output) in bf16
+    /// straight into the convolution's operand (the scratch slot 2), from d(output) or from
+    /// d(goodness), reading the forward's record in `activation` (bf16 with pool), then the
+    /// convolution's backward. The caller has checked the shapes.
+    #[allow(clippy::too_many_arguments)]
+    fn bf16_tail_backward(
+        &self,
+        from: TailGrad<'_>,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        activation: &CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+        pool: bool,
+    ) -> Result<()> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let ny = checks::conv_sizes(s).2;
+        let dy = grow(&self.stream, &mut state.scratch.half[2], ny)
+            .map_err(|e| self.err("allocation", e))?;
+        let (kernel, grad) = match (from, pool) {
+            (TailGrad::Output(g), true) => ("relu_maxpool2_backward_bf16", g.f32()?),
+            (TailGrad::Goodness(g), true) => ("goodness_relu_maxpool2_backward_bf16", g.f32()?),
+            (TailGrad::Output(g), false) => ("relu_backward_bf16", g.f32()?),
+            (TailGrad::Goodness(g), false) => ("goodness_relu_backward_bf16", g.f32()?),
+        };
+        if pool {
+            let (n, h, w, c) = pool_dims(s.output_pool())?;
+            launch!(
+                self,
+                kernel,
+                nvrtc::elementwise(checks::pool_sizes(s.output_pool()).1),
+                dy,
+                grad,
+                activation.f32()?, // the bf16 record of relu_pool_goodness_bf16
+                &n,
+                &h,
+                &w,
+                &c
+            );
+        } else if let TailGrad::Goodness(_) = from {
+            let features = int("features", ny / s.n.max(1))?;
+            let total = ny as i64;
+            launch!(
+                self,
+                kernel,
+                nvrtc::elementwise(ny),
+                dy,
+                grad,
+                activation.f32()?,
+                &features,
+                &total
+            );
+        } else {
+            let total = ny as i64;
+            launch!(
+                self,
+                kernel,
+                nvrtc::elementwise(ny),
+                dy,
+                grad,
+                activation.f32()?,
+                &total
+            );
+        }
+        self.conv_backward(state, grad_input, grad_weight, None, input, weight, s)
+    }
+
     /// The address of map `index` of `maps`, maps of `features` elements each (checked by
     /// the caller).
     fn map_ptr(&self, maps: &CudaBuf, index: usize, features: usize) -> Result<u64> {
@@ -806,6 +875,15 @@ fn load_library<T>(
             "{name} could not be loaded; put its folder on LD_LIBRARY_PATH"
         )),
     }
+}
+
+/// Where the backward of a block's tail starts.
+#[derive(Clone, Copy)]
+enum TailGrad<'a> {
+    /// d(block output).
+    Output(&'a CudaBuf),
+    /// d(goodness), one per sample: the goodness backward is part of the same pass.
+    Goodness(&'a CudaBuf),
 }
 
 /// The kernels' `NextNorm` (kernels.cu), field for field: device addresses (0: none) and
@@ -1243,38 +1321,74 @@ impl Backend for Cuda {
             s,
             pool,
         )?;
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let ny = checks::conv_sizes(s).2;
-        let dy = grow(&self.stream, &mut state.scratch.half[2], ny)
-            .map_err(|e| self.err("allocation", e))?;
-        if pool {
-            let (n, h, w, c) = pool_dims(s.output_pool())?;
-            launch!(
+        self.bf16_tail_backward(
+            TailGrad::Output(grad_output),
+            grad_input,
+            grad_weight,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )
+    }
+
+    /// In bf16, one pass makes d(conv output) in bf16 from d(goodness) and the forward's
+    /// record: goodness_backward and the ReLU (and pool) backward at once, reading neither
+    /// the block's output (with pool: the record's window maximum is the pooled value) nor
+    /// d(output), which is never written.
+    fn goodness_relu_pool_conv3x3_backward(
+        &self,
+        grad_input: Option<&mut CudaBuf>,
+        grad_weight: &mut CudaBuf,
+        grad_activation: &mut CudaBuf,
+        grad_output: &mut CudaBuf,
+        grad_goodness: &CudaBuf,
+        output: &CudaBuf,
+        activation: &CudaBuf,
+        input: &CudaBuf,
+        weight: &CudaBuf,
+        s: ConvShape,
+        pool: bool,
+    ) -> Result<()> {
+        checks::goodness_relu_pool_conv3x3_backward::<Self>(
+            grad_input.as_deref(),
+            grad_weight,
+            grad_activation,
+            grad_output,
+            grad_goodness,
+            output,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )?;
+        if self.precision == Precision::F32 || !self.fused {
+            super::goodness_backward_of_output(self, grad_output, grad_goodness, output, s)?;
+            return super::relu_pool_conv3x3_backward_composed(
                 self,
-                "relu_maxpool2_backward_bf16",
-                nvrtc::elementwise(checks::pool_sizes(s.output_pool()).1),
-                dy,
-                grad_output.f32()?,
-                activation.f32()?, // the bf16 record of relu_pool_goodness_bf16
-                &n,
-                &h,
-                &w,
-                &c
-            );
-        } else {
-            let total = ny as i64;
-            launch!(
-                self,
-                "relu_backward_bf16",
-                nvrtc::elementwise(ny),
-                dy,
-                grad_output.f32()?,
-                activation.f32()?,
-                &total
+                grad_input,
+                grad_weight,
+                grad_activation,
+                grad_output,
+                activation,
+                input,
+                weight,
+                s,
+                pool,
             );
         }
-        self.conv_backward(state, grad_input, grad_weight, None, input, weight, s)
+        self.bf16_tail_backward(
+            TailGrad::Goodness(grad_goodness),
+            grad_input,
+            grad_weight,
+            activation,
+            input,
+            weight,
+            s,
+            pool,
+        )
     }
 
     fn batchnorm_forward_train(
