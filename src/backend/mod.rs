@@ -759,6 +759,31 @@ fn relu_pool_goodness_composed<B: Backend>(
     s: ConvShape,
 ) -> Result<()> {
     b.relu_forward(activation)?;
+    pool_goodness_composed(b, activation, pooled, goodness, s)
+}
+
+/// The pool (with `pooled`) and the goodness of an activation that is already ReLU'd, then
+/// the next block's BatchNorm if there is a `next`: the end of the evaluation tails, for a
+/// backend that does the add and ReLU its own way.
+pub fn pool_goodness_next_composed<B: Backend>(
+    b: &B,
+    activation: &B::Buf,
+    mut pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    s: ConvShape,
+    next: Option<NextNorm<'_, B>>,
+) -> Result<()> {
+    pool_goodness_composed(b, activation, pooled.as_deref_mut(), goodness, s)?;
+    apply_next_norm(b, next, activation, pooled, s)
+}
+
+fn pool_goodness_composed<B: Backend>(
+    b: &B,
+    activation: &B::Buf,
+    pooled: Option<&mut B::Buf>,
+    goodness: &mut B::Buf,
+    s: ConvShape,
+) -> Result<()> {
     let features = |buf: &B::Buf| B::len(buf) / s.n.max(1);
     match pooled {
         Some(pooled) => {

@@ -48,6 +48,18 @@ pub fn add_bias_map(out: &mut [f32], pre: &[f32], map: &[f32]) {
         });
 }
 
+/// out = ReLU(pre + map), the map added to every sample: add_bias_map and relu_forward in
+/// one pass, the same values.
+pub fn add_bias_map_relu(out: &mut [f32], pre: &[f32], map: &[f32]) {
+    out.par_chunks_mut(map.len().max(1))
+        .zip(pre.par_chunks(map.len().max(1)))
+        .for_each(|(o, p)| {
+            for ((o, p), m) in o.iter_mut().zip(p).zip(map) {
+                *o = (p + m).max(0.0);
+            }
+        });
+}
+
 pub fn relu_forward(x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).for_each(|x| {
         for v in x {

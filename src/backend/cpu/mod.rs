@@ -14,8 +14,8 @@ pub const WINOGRAD_MIN_CHANNELS: usize = 128;
 pub use elementwise::softplus;
 
 use super::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, PoolShape, SampleShape,
-    check_copy, checks,
+    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, NextNorm, PoolShape,
+    SampleShape, check_copy, checks,
 };
 use crate::error::{Error, Result};
 use std::cell::RefCell;
@@ -442,6 +442,37 @@ impl Backend for Cpu {
             )
         });
         Ok(())
+    }
+
+    /// Evaluation from a kept output: the add and the ReLU in one pass (the CPU's only
+    /// fusion: here they are what the sharing of block 0 costs per label).
+    fn bias_relu_pool_goodness(
+        &self,
+        activation: &mut Vec<f32>,
+        pooled: Option<&mut Vec<f32>>,
+        goodness: &mut Vec<f32>,
+        pre: &Vec<f32>,
+        maps: &Vec<f32>,
+        index: usize,
+        s: ConvShape,
+        next: Option<NextNorm<'_, Self>>,
+    ) -> Result<()> {
+        checks::bias_relu_pool_goodness::<Self>(
+            activation,
+            pooled.as_deref(),
+            goodness,
+            pre,
+            maps,
+            index,
+            s,
+            next.as_ref(),
+        )?;
+        let features = s.h * s.w * s.c_out;
+        let map = &maps[index * features..][..features];
+        self.run("add_bias_map_relu", || {
+            elementwise::add_bias_map_relu(activation, pre, map)
+        });
+        super::pool_goodness_next_composed(self, activation, pooled, goodness, s, next)
     }
 
     fn add_bias_map(
