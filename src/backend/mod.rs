@@ -412,25 +412,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
         s: ConvShape,
         pool: bool,
     ) -> Result<()> {
-        checks::goodness_relu_pool_conv3x3_backward::<Self>(
-            grad_input.as_deref(),
+        goodness_relu_pool_conv3x3_backward_composed(
+            self,
+            grad_input,
             grad_weight,
             grad_activation,
             grad_output,
             grad_goodness,
             output,
-            activation,
-            input,
-            weight,
-            s,
-            pool,
-        )?;
-        goodness_backward_of_output(self, grad_output, grad_goodness, output, s)?;
-        self.relu_pool_conv3x3_backward(
-            grad_input,
-            grad_weight,
-            grad_activation,
-            grad_output,
             activation,
             input,
             weight,
@@ -647,7 +636,8 @@ pub fn conv3x3_relu_pool_goodness_composed<B: Backend>(
         s,
     )?;
     b.conv3x3_forward(activation, input, weight, s)?;
-    relu_pool_goodness_composed(b, activation, pooled, goodness, s)
+    b.relu_forward(activation)?;
+    pool_goodness_next_composed(b, activation, pooled, goodness, s, None)
 }
 
 /// [`Backend::bias_relu_pool_goodness`] as the separate ops (its default, which a backend
@@ -656,7 +646,7 @@ pub fn conv3x3_relu_pool_goodness_composed<B: Backend>(
 pub fn bias_relu_pool_goodness_composed<B: Backend>(
     b: &B,
     activation: &mut B::Buf,
-    mut pooled: Option<&mut B::Buf>,
+    pooled: Option<&mut B::Buf>,
     goodness: &mut B::Buf,
     pre: &B::Buf,
     maps: &B::Buf,
@@ -682,8 +672,8 @@ pub fn bias_relu_pool_goodness_composed<B: Backend>(
         index,
         SampleShape { n: s.n, features },
     )?;
-    relu_pool_goodness_composed(b, activation, pooled.as_deref_mut(), goodness, s)?;
-    apply_next_norm(b, next, activation, pooled, s)
+    b.relu_forward(activation)?;
+    pool_goodness_next_composed(b, activation, pooled, goodness, s, next)
 }
 
 /// [`Backend::conv3x3_relu_pool_goodness_eval`] as the separate ops (its default, which a
@@ -692,7 +682,7 @@ pub fn bias_relu_pool_goodness_composed<B: Backend>(
 pub fn conv3x3_relu_pool_goodness_eval_composed<B: Backend>(
     b: &B,
     activation: &mut B::Buf,
-    mut pooled: Option<&mut B::Buf>,
+    pooled: Option<&mut B::Buf>,
     goodness: &mut B::Buf,
     input: &B::Buf,
     weight: &B::Buf,
@@ -708,16 +698,9 @@ pub fn conv3x3_relu_pool_goodness_eval_composed<B: Backend>(
         s,
         next.as_ref(),
     )?;
-    conv3x3_relu_pool_goodness_composed(
-        b,
-        activation,
-        pooled.as_deref_mut(),
-        goodness,
-        input,
-        weight,
-        s,
-    )?;
-    apply_next_norm(b, next, activation, pooled, s)
+    b.conv3x3_forward(activation, input, weight, s)?;
+    b.relu_forward(activation)?;
+    pool_goodness_next_composed(b, activation, pooled, goodness, s, next)
 }
 
 /// `next.out` = the next block's BatchNorm (eval mode) of the block's output (`pooled`
@@ -749,22 +732,9 @@ fn apply_next_norm<B: Backend>(
     )
 }
 
-/// ReLU of `activation` in place, then the pool and the goodness: the tail that both composed
-/// forwards share.
-fn relu_pool_goodness_composed<B: Backend>(
-    b: &B,
-    activation: &mut B::Buf,
-    pooled: Option<&mut B::Buf>,
-    goodness: &mut B::Buf,
-    s: ConvShape,
-) -> Result<()> {
-    b.relu_forward(activation)?;
-    pool_goodness_composed(b, activation, pooled, goodness, s)
-}
-
 /// The pool (with `pooled`) and the goodness of an activation that is already ReLU'd, then
-/// the next block's BatchNorm if there is a `next`: the end of the evaluation tails, for a
-/// backend that does the add and ReLU its own way.
+/// the next block's BatchNorm if there is a `next`: the end of every composed block tail,
+/// and of a backend's own that does the add and ReLU its own way.
 pub fn pool_goodness_next_composed<B: Backend>(
     b: &B,
     activation: &B::Buf,
@@ -773,46 +743,63 @@ pub fn pool_goodness_next_composed<B: Backend>(
     s: ConvShape,
     next: Option<NextNorm<'_, B>>,
 ) -> Result<()> {
-    pool_goodness_composed(b, activation, pooled.as_deref_mut(), goodness, s)?;
+    if let Some(pooled) = pooled.as_deref_mut() {
+        b.maxpool2_forward(pooled, activation, s.output_pool())?;
+    }
+    let output = pooled.as_deref().unwrap_or(activation);
+    let features = B::len(output) / s.n.max(1);
+    b.goodness_forward(goodness, output, SampleShape { n: s.n, features })?;
     apply_next_norm(b, next, activation, pooled, s)
 }
 
-fn pool_goodness_composed<B: Backend>(
+/// [`Backend::goodness_relu_pool_conv3x3_backward`] as the separate ops (its default, which
+/// a backend that fuses it can still use where it does not): goodness_backward of the
+/// block's output, then [`Backend::relu_pool_conv3x3_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn goodness_relu_pool_conv3x3_backward_composed<B: Backend>(
     b: &B,
-    activation: &B::Buf,
-    pooled: Option<&mut B::Buf>,
-    goodness: &mut B::Buf,
-    s: ConvShape,
-) -> Result<()> {
-    let features = |buf: &B::Buf| B::len(buf) / s.n.max(1);
-    match pooled {
-        Some(pooled) => {
-            b.maxpool2_forward(pooled, activation, s.output_pool())?;
-            let features = features(pooled);
-            b.goodness_forward(goodness, pooled, SampleShape { n: s.n, features })
-        }
-        None => {
-            let features = features(activation);
-            b.goodness_forward(goodness, activation, SampleShape { n: s.n, features })
-        }
-    }
-}
-
-/// d(output) of a block's `output` (N, ...) from d(goodness): the first half of
-/// [`Backend::goodness_relu_pool_conv3x3_backward`] as a separate op.
-pub fn goodness_backward_of_output<B: Backend>(
-    b: &B,
+    grad_input: Option<&mut B::Buf>,
+    grad_weight: &mut B::Buf,
+    grad_activation: &mut B::Buf,
     grad_output: &mut B::Buf,
     grad_goodness: &B::Buf,
     output: &B::Buf,
+    activation: &B::Buf,
+    input: &B::Buf,
+    weight: &B::Buf,
     s: ConvShape,
+    pool: bool,
 ) -> Result<()> {
+    checks::goodness_relu_pool_conv3x3_backward::<B>(
+        grad_input.as_deref(),
+        grad_weight,
+        grad_activation,
+        grad_output,
+        grad_goodness,
+        output,
+        activation,
+        input,
+        weight,
+        s,
+        pool,
+    )?;
     let features = B::len(output) / s.n.max(1);
     b.goodness_backward(
         grad_output,
         grad_goodness,
         output,
         SampleShape { n: s.n, features },
+    )?;
+    b.relu_pool_conv3x3_backward(
+        grad_input,
+        grad_weight,
+        grad_activation,
+        grad_output,
+        activation,
+        input,
+        weight,
+        s,
+        pool,
     )
 }
 

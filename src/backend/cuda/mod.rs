@@ -1351,6 +1351,22 @@ impl Backend for Cuda {
         s: ConvShape,
         pool: bool,
     ) -> Result<()> {
+        if self.precision == Precision::F32 || !self.fused {
+            return super::goodness_relu_pool_conv3x3_backward_composed(
+                self,
+                grad_input,
+                grad_weight,
+                grad_activation,
+                grad_output,
+                grad_goodness,
+                output,
+                activation,
+                input,
+                weight,
+                s,
+                pool,
+            );
+        }
         checks::goodness_relu_pool_conv3x3_backward::<Self>(
             grad_input.as_deref(),
             grad_weight,
@@ -1364,21 +1380,6 @@ impl Backend for Cuda {
             s,
             pool,
         )?;
-        if self.precision == Precision::F32 || !self.fused {
-            super::goodness_backward_of_output(self, grad_output, grad_goodness, output, s)?;
-            return super::relu_pool_conv3x3_backward_composed(
-                self,
-                grad_input,
-                grad_weight,
-                grad_activation,
-                grad_output,
-                activation,
-                input,
-                weight,
-                s,
-                pool,
-            );
-        }
         self.bf16_tail_backward(
             TailGrad::Goodness(grad_goodness),
             grad_input,
