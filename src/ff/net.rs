@@ -175,33 +175,39 @@ impl<B: Backend> FfNet<B> {
             .forward(backend, &mut self.input.buf, &self.images.buf, labels, s)
     }
 
-    /// Evaluation of the blocks from `first` on, `n` samples. Where a block is followed by
-    /// a BatchNorm, it applies that as it writes its output (one pass over memory fewer per
-    /// block: [`Block::norm_for_previous`]). `normed`: block `first`'s normalised input is
-    /// already there; else it normalises the output of the block before it (block 0: the
-    /// prepared input).
-    fn forward_eval_from(
+    /// Evaluation of every block, `n` samples. Block 0 runs on the prepared input, or with
+    /// `kept` = (maps, label) from its kept convolution output plus that label's map
+    /// ([`Self::goodness_per_label`]). Where a block is followed by a BatchNorm, it applies
+    /// that as it writes its output, and the next block skips its own pass over memory
+    /// ([`Block::norm_for_previous`]).
+    fn forward_eval(
         &mut self,
         backend: &B,
-        first: usize,
         n: usize,
-        mut normed: bool,
+        kept: Option<(&B::Buf, usize)>,
     ) -> Result<()> {
-        for i in first..self.blocks.len() {
+        let mut normed = false;
+        for i in 0..self.blocks.len() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let Some((block, after)) = rest.split_first_mut() else {
                 break;
-            };
-            let input = match normed {
-                true => None,
-                false => Some(before.last().map_or(&self.input.buf, |b| b.output())),
             };
             let next = match after.first_mut() {
                 Some(next) => next.norm_for_previous(backend, n)?,
                 None => None,
             };
-            normed = next.is_some();
-            block.forward_eval(backend, input, n, next)?;
+            let next_normed = next.is_some();
+            match (i, kept) {
+                (0, Some((maps, label))) => block.forward_from_kept(backend, maps, label, next)?,
+                _ => {
+                    let input = match normed {
+                        true => None,
+                        false => Some(before.last().map_or(&self.input.buf, |b| b.output())),
+                    };
+                    block.forward_eval(backend, input, n, next)?
+                }
+            }
+            normed = next_normed;
         }
         Ok(())
     }
@@ -465,22 +471,10 @@ impl<B: Backend> FfNet<B> {
         // The goodness of every (label, layer) is gathered on the device and read once.
         let mut all = backend.zeros(self.config.classes * layers * n)?;
         for label in 0..self.config.classes {
-            match &offsets {
-                Some(maps) => {
-                    let (first, rest) = self.blocks.split_at_mut(1);
-                    let next = match rest.first_mut() {
-                        Some(block) => block.norm_for_previous(backend, n)?,
-                        None => None,
-                    };
-                    let normed = next.is_some();
-                    first[0].forward_from_kept(backend, maps, label, next)?;
-                    self.forward_eval_from(backend, 1, n, normed)?;
-                }
-                None => {
-                    self.embed_labels(backend, &vec![label as u32; n])?;
-                    self.forward_eval_from(backend, 0, n, false)?;
-                }
+            if offsets.is_none() {
+                self.embed_labels(backend, &vec![label as u32; n])?;
             }
+            self.forward_eval(backend, n, offsets.as_ref().map(|maps| (maps, label)))?;
             for (layer, block) in self.blocks.iter().enumerate() {
                 backend.copy_into(&mut all, (label * layers + layer) * n, &block.goodness.buf)?;
             }
