@@ -348,9 +348,17 @@ fn tail_separately<B: Backend>(
         .unwrap();
 }
 
-/// A block's convolution, ReLU, optional pool and goodness, forward and backward: through
-/// the fused ops (`fused`), or through the separate ops they stand for.
-fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed: u64) -> Outputs {
+/// A block's convolution, ReLU, optional pool and goodness, forward and backward (from
+/// d(output), or with `from_goodness` from d(goodness)): through the fused ops (`fused`), or
+/// through the separate ops they stand for.
+fn block_tail_op<B: Backend>(
+    b: &B,
+    s: ConvShape,
+    pool: bool,
+    fused: bool,
+    from_goodness: bool,
+    seed: u64,
+) -> Outputs {
     let (nx, nw, ny) = (
         s.n * s.h * s.w * s.c_in,
         s.c_out * 9 * s.c_in,
@@ -370,11 +378,33 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
         b.conv3x3_forward(&mut activation, &x, &w, s).unwrap();
         tail_separately(b, &mut activation, &mut pooled, &mut goodness, s, pool);
     }
-    let mut grad_output = up(b, &random(seed + 2, if pool { np } else { ny }));
+    // The backward starts from d(output), or with `from_goodness` from d(goodness).
+    let output_len = if pool { np } else { ny };
+    let grad_goodness = up(b, &random(seed + 2, s.n));
+    let mut grad_output = match from_goodness {
+        true => b.zeros(output_len).unwrap(),
+        false => up(b, &random(seed + 2, output_len)),
+    };
     let mut grad_activation = b.zeros(if pool { ny } else { 0 }).unwrap();
     let mut dx = b.zeros(nx).unwrap();
     let mut dw = up(b, &random(seed + 3, nw)); // accumulates
-    if fused {
+    let output = if pool { &pooled } else { &activation };
+    if fused && from_goodness {
+        b.goodness_relu_pool_conv3x3_backward(
+            Some(&mut dx),
+            &mut dw,
+            &mut grad_activation,
+            &mut grad_output,
+            &grad_goodness,
+            output,
+            &activation,
+            &x,
+            &w,
+            s,
+            pool,
+        )
+        .unwrap();
+    } else if fused {
         b.relu_pool_conv3x3_backward(
             Some(&mut dx),
             &mut dw,
@@ -388,6 +418,14 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
         )
         .unwrap();
     } else {
+        if from_goodness {
+            let shape = SampleShape {
+                n: s.n,
+                features: output_len / s.n,
+            };
+            b.goodness_backward(&mut grad_output, &grad_goodness, output, shape)
+                .unwrap();
+        }
         let grad = if pool {
             b.relu_maxpool2_backward(
                 &mut grad_activation,
@@ -419,104 +457,28 @@ fn block_tail_op<B: Backend>(b: &B, s: ConvShape, pool: bool, fused: bool, seed:
     out
 }
 
-/// A block's backward from d(goodness) after its forward: through the fused op (`fused`),
-/// or through goodness_backward and the separate backward ops.
-fn goodness_backward_op<B: Backend>(
-    b: &B,
-    s: ConvShape,
-    pool: bool,
-    fused: bool,
-    seed: u64,
-) -> Outputs {
-    let (nx, nw, ny) = (
-        s.n * s.h * s.w * s.c_in,
-        s.c_out * 9 * s.c_in,
-        s.n * s.h * s.w * s.c_out,
-    );
-    let np = s.n * (s.h / 2) * (s.w / 2) * s.c_out;
-    let x = up(b, &random(seed, nx));
-    let w = up(b, &random(seed + 1, nw));
-    let mut activation = b.zeros(ny).unwrap();
-    let mut pooled = b.zeros(np).unwrap();
-    let mut goodness = b.zeros(s.n).unwrap();
-    let p = if pool { Some(&mut pooled) } else { None };
-    b.conv3x3_relu_pool_goodness(&mut activation, p, &mut goodness, &x, &w, s)
-        .unwrap();
-    let grad_goodness = up(b, &random(seed + 2, s.n));
-    let mut grad_output = b.zeros(if pool { np } else { ny }).unwrap();
-    let mut grad_activation = b.zeros(if pool { ny } else { 0 }).unwrap();
-    let mut dx = b.zeros(nx).unwrap();
-    let mut dw = up(b, &random(seed + 3, nw)); // accumulates
-    let output = if pool { &pooled } else { &activation };
-    if fused {
-        b.goodness_relu_pool_conv3x3_backward(
-            Some(&mut dx),
-            &mut dw,
-            &mut grad_activation,
-            &mut grad_output,
-            &grad_goodness,
-            output,
-            &activation,
-            &x,
-            &w,
-            s,
-            pool,
-        )
-        .unwrap();
-    } else {
-        let features = B::len(output) / s.n;
-        let shape = SampleShape { n: s.n, features };
-        b.goodness_backward(&mut grad_output, &grad_goodness, output, shape)
-            .unwrap();
-        b.relu_pool_conv3x3_backward(
-            Some(&mut dx),
-            &mut dw,
-            &mut grad_activation,
-            &mut grad_output,
-            &activation,
-            &x,
-            &w,
-            s,
-            pool,
-        )
-        .unwrap();
-    }
-    vec![("dx".into(), down(b, &dx)), ("dw".into(), down(b, &dw))]
-}
-
 /// The fused block ops give what the separate ops give, bit for bit: the same convolution
 /// results go through the same float operations. In evaluation (no activation saved), the
 /// same pooled values and goodness.
 fn fused_matches_separate<B: Backend>(name: &str, b: &B) {
     for (i, s) in CONV_SHAPES.into_iter().enumerate() {
-        for pool in [false, true] {
+        // The backward from d(output), and from d(goodness) in one pass.
+        for (pool, from_goodness) in [(false, false), (true, false), (false, true), (true, true)] {
             let seed = 20 + 10 * i as u64;
-            let fused = block_tail_op(b, s, pool, true, seed);
-            let separate = block_tail_op(b, s, pool, false, seed);
+            let fused = block_tail_op(b, s, pool, true, from_goodness, seed);
+            let separate = block_tail_op(b, s, pool, false, from_goodness, seed);
             for ((what, got), (_, want)) in fused.iter().zip(&separate) {
                 assert!(
                     got == want,
-                    "{name} {s:?} pool {pool}: fused {what} differs from the separate ops"
-                );
-            }
-        }
-        // The backward from d(goodness) in one pass, as goodness_backward and the backward.
-        for pool in [false, true] {
-            let seed = 40 + 10 * i as u64;
-            let fused = goodness_backward_op(b, s, pool, true, seed);
-            let separate = goodness_backward_op(b, s, pool, false, seed);
-            for ((what, got), (_, want)) in fused.iter().zip(&separate) {
-                assert!(
-                    got == want,
-                    "{name} {s:?} pool {pool}: {what} from d(goodness) differs from the \
-                     separate ops"
+                    "{name} {s:?} pool {pool} from goodness {from_goodness}: fused {what} \
+                     differs from the separate ops"
                 );
             }
         }
         // Evaluation: the same pooled values and goodness as in training.
         let seed = 20 + 10 * i as u64;
         let eval = eval_tail_op(b, s, true, true, Source::Conv, false, seed);
-        let trained = block_tail_op(b, s, true, true, seed);
+        let trained = block_tail_op(b, s, true, true, false, seed);
         for what in ["goodness", "pooled"] {
             let find = |o: &Outputs| o.iter().find(|(k, _)| k == what).unwrap().1.clone();
             assert!(find(&eval) == find(&trained), "{name} {s:?}: eval {what}");
