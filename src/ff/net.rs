@@ -148,7 +148,6 @@ impl<B: Backend> FfNet<B> {
         }
     }
 
-    /// Uploads `images` `(n, H, W, C)` and builds the network input with `labels`.
     /// Copies `n` images `(n, H, W, C)` to the device.
     fn load_images(&mut self, backend: &B, images: &[f32], n: usize) -> Result<()> {
         let image = self.config.image;
