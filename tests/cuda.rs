@@ -16,14 +16,22 @@ use trifecta::backend::{
 };
 use trifecta::rng::Rng;
 
+/// Opens GPU 0, with the compiled kernels cached in a temporary folder (tests write nowhere
+/// else).
+fn open(options: GpuOptions) -> Cuda {
+    let cache = std::env::temp_dir().join(format!("trifecta-kernels-{}", std::process::id()));
+    nvrtc::set_cache_dir(Some(cache));
+    Cuda::with_options(0, options).expect("these tests need a CUDA device")
+}
+
 fn gpu() -> &'static Cuda {
     static GPU: OnceLock<Cuda> = OnceLock::new();
-    GPU.get_or_init(|| Cuda::new(0, Precision::F32).expect("these tests need a CUDA device"))
+    GPU.get_or_init(|| open(GpuOptions::new(Precision::F32)))
 }
 
 fn gpu_bf16() -> &'static Cuda {
     static GPU: OnceLock<Cuda> = OnceLock::new();
-    GPU.get_or_init(|| Cuda::new(0, Precision::Bf16).expect("these tests need a CUDA device"))
+    GPU.get_or_init(|| open(GpuOptions::new(Precision::Bf16)))
 }
 
 fn cpu() -> Cpu {
@@ -84,12 +92,8 @@ fn kernels_compile() {
     for (major, minor) in [(8, 0), (9, 0)] {
         let cubin =
             nvrtc::compile_cubin(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
-        for name in nvrtc::KERNELS {
-            let symbol = [b"\0", name.as_bytes(), b"\0"].concat();
-            assert!(
-                cubin.windows(symbol.len()).any(|w| w == symbol),
-                "sm_{major}{minor}: no kernel named {name} in the cubin"
-            );
+        if let Some(name) = nvrtc::missing_kernel(&cubin) {
+            panic!("sm_{major}{minor}: no kernel named {name} in the cubin");
         }
     }
 }
@@ -1150,7 +1154,7 @@ fn fused_and_unfused_training_agree_bit_for_bit() {
             fused: false,
             ..GpuOptions::new(precision)
         };
-        let unfused = Cuda::with_options(0, options).expect("these tests need a CUDA device");
+        let unfused = open(options);
         for norm in [NormKind::Batch, NormKind::Layer] {
             assert!(
                 params(fused, norm) == params(&unfused, norm),
@@ -1170,7 +1174,7 @@ fn fused_and_unfused_evaluation_agree_bit_for_bit() {
             fused: false,
             ..GpuOptions::new(fused.precision())
         };
-        let unfused = Cuda::with_options(0, options).expect("these tests need a CUDA device");
+        let unfused = open(options);
         let got = trained_eval(fused);
         assert!(
             got == trained_eval(&unfused),
@@ -1216,7 +1220,7 @@ fn training_check(b: &Cuda, rare: usize) {
 #[test]
 fn bench_profile_times_every_kernel_and_library_call() {
     // A backend of its own: the profile stays on once enabled.
-    let b = Cuda::new(0, Precision::Bf16).expect("these tests need a CUDA device");
+    let b = open(GpuOptions::new(Precision::Bf16));
     common::check_profile(
         &b,
         &[

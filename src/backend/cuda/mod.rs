@@ -198,11 +198,20 @@ impl Cuda {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(|x| e("multiprocessor count", &x))? as usize;
-        let image = load_library("NVRTC (libnvrtc.so)", || nvrtc::compile(major, minor))
-            .map_err(|x| plain(format!("compiling the kernels with NVRTC: {x}")))?;
-        let module = ctx
-            .load_module(image)
-            .map_err(|x| e("loading the kernels", &x))?;
+        let nvrtc_error = |x| plain(format!("compiling the kernels with NVRTC: {x}"));
+        let compiled = load_library("NVRTC (libnvrtc.so)", || nvrtc::compile(major, minor))
+            .map_err(nvrtc_error)?;
+        let module = match ctx.load_module(compiled.image) {
+            Ok(module) => module,
+            // A cached cubin the driver refuses (a new driver, say) is compiled afresh.
+            Err(_) if compiled.from_disk => {
+                let image = load_library("NVRTC (libnvrtc.so)", || nvrtc::recompile(major, minor))
+                    .map_err(nvrtc_error)?;
+                ctx.load_module(image)
+                    .map_err(|x| e("loading the kernels", &x))?
+            }
+            Err(x) => return Err(e("loading the kernels", &x)),
+        };
         let mut functions = HashMap::new();
         for name in nvrtc::KERNELS {
             let f = module

@@ -7,7 +7,9 @@
 
 use cudarc::driver::LaunchConfig;
 use cudarc::nvrtc::{Ptx, result, sys};
+use md5::{Digest, Md5};
 use std::ffi::{CStr, CString, c_char};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The CUDA C source of every kernel of ours.
@@ -69,19 +71,152 @@ pub fn options(major: i32, minor: i32) -> Vec<String> {
     ]
 }
 
-/// Compiles [`SOURCE`] into a cubin for `sm_{major}{minor}`, ready to load. Compiled once per
-/// process and architecture (a second backend, e.g. in the tests, reuses it).
-pub fn compile(major: i32, minor: i32) -> Result<Ptx, String> {
-    /// (major, minor) and the cubin compiled for it.
-    type Cubin = ((i32, i32), Vec<u8>);
-    static CUBINS: Mutex<Vec<Cubin>> = Mutex::new(Vec::new());
+/// A cubin of [`SOURCE`], ready to load, and whether it was read from the disk cache.
+pub struct Compiled {
+    pub image: Ptx,
+    pub from_disk: bool,
+}
+
+/// (major, minor), the cubin for it, and whether it came from the disk cache.
+type Cubin = ((i32, i32), Vec<u8>, bool);
+
+/// The cubins of this process, one per architecture (a second backend, e.g. in the tests,
+/// reuses it).
+static CUBINS: Mutex<Vec<Cubin>> = Mutex::new(Vec::new());
+
+/// [`SOURCE`] as a cubin for `sm_{major}{minor}`: this process' copy, else the disk cache's
+/// ([`cache_dir`]), else compiled by NVRTC (some seconds) and written to the cache.
+pub fn compile(major: i32, minor: i32) -> Result<Compiled, String> {
     let mut cubins = CUBINS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, cubin)) = cubins.iter().find(|(arch, _)| *arch == (major, minor)) {
-        return Ok(Ptx::from_binary(cubin.clone()));
+    if let Some((_, cubin, from_disk)) = cubins.iter().find(|(arch, ..)| *arch == (major, minor)) {
+        return Ok(Compiled {
+            image: Ptx::from_binary(cubin.clone()),
+            from_disk: *from_disk,
+        });
     }
+    let path = match cache_dir() {
+        Some(dir) => Some(cache_path(&dir, major, minor, nvrtc_version()?)),
+        None => None,
+    };
+    let (cubin, from_disk) = through_disk(path.as_deref(), || compile_cubin(major, minor))?;
+    cubins.push(((major, minor), cubin.clone(), from_disk));
+    Ok(Compiled {
+        image: Ptx::from_binary(cubin),
+        from_disk,
+    })
+}
+
+/// Compiles [`SOURCE`] for `sm_{major}{minor}` with NVRTC whatever the caches hold, and puts
+/// the result in both: for a cached cubin that the driver refused.
+pub fn recompile(major: i32, minor: i32) -> Result<Ptx, String> {
     let cubin = compile_cubin(major, minor)?;
-    cubins.push(((major, minor), cubin.clone()));
+    if let Some(dir) = cache_dir() {
+        write_cached(&cache_path(&dir, major, minor, nvrtc_version()?), &cubin);
+    }
+    let mut cubins = CUBINS.lock().unwrap_or_else(|p| p.into_inner());
+    cubins.retain(|(arch, ..)| *arch != (major, minor));
+    cubins.push(((major, minor), cubin.clone(), false));
     Ok(Ptx::from_binary(cubin))
+}
+
+/// The folder set by [`set_cache_dir`], if it was called.
+static CACHE_DIR: Mutex<Option<Option<PathBuf>>> = Mutex::new(None);
+
+/// Sets where this process keeps compiled kernels (None: nowhere), over [`cache_dir`]'s
+/// default; for backends opened after the call.
+pub fn set_cache_dir(dir: Option<PathBuf>) {
+    *CACHE_DIR.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+}
+
+/// Where compiled kernels are kept between runs: the folder given to [`set_cache_dir`], else
+/// `$TRIFECTA_KERNEL_CACHE`, else the platform cache folder (`~/.cache/trifecta/kernels` on
+/// Linux). An empty `TRIFECTA_KERNEL_CACHE` turns the cache off.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = CACHE_DIR.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        return dir;
+    }
+    match std::env::var_os("TRIFECTA_KERNEL_CACHE") {
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => dirs::cache_dir().map(|d| d.join("trifecta").join("kernels")),
+    }
+}
+
+/// NVRTC's version, (major, minor).
+fn nvrtc_version() -> Result<(i32, i32), String> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two plain out-parameters.
+    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("nvrtcVersion: {e:?}"))?;
+    Ok((major, minor))
+}
+
+/// The cache file of the cubin for `sm_{major}{minor}`: named by a digest of everything that
+/// decides its content (the source, NVRTC's options and version), so a changed kernel or a
+/// new NVRTC never meets an old cubin.
+fn cache_path(dir: &Path, major: i32, minor: i32, nvrtc: (i32, i32)) -> PathBuf {
+    let mut hasher = Md5::new();
+    hasher.update(SOURCE.as_bytes());
+    for option in options(major, minor) {
+        hasher.update(b"\0");
+        hasher.update(option.as_bytes());
+    }
+    hasher.update(format!("\0nvrtc {}.{}", nvrtc.0, nvrtc.1).as_bytes());
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("kernels-sm_{major}{minor}-{digest}.cubin"))
+}
+
+/// The cubin at `path` where it is one (else `compile`'s, written there), and whether it came
+/// from `path`. The cache is only a shortcut: a file that is not a cubin of every kernel is
+/// replaced, and a folder that cannot be written is left alone.
+fn through_disk(
+    path: Option<&Path>,
+    compile: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<(Vec<u8>, bool), String> {
+    if let Some(bytes) = path.and_then(|p| std::fs::read(p).ok())
+        && bytes.starts_with(b"\x7fELF")
+        && missing_kernel(&bytes).is_none()
+    {
+        return Ok((bytes, true));
+    }
+    let cubin = compile()?;
+    if let Some(path) = path {
+        write_cached(path, &cubin);
+    }
+    Ok((cubin, false))
+}
+
+/// Writes `cubin` to `path` through a temporary file and a rename, so that a reader never
+/// sees half a file; failures are ignored (the cache is only a shortcut).
+fn write_cached(path: &Path, cubin: &[u8]) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, cubin))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The first of [`KERNELS`] that is not a symbol of `cubin` (a NUL-terminated name in its
+/// string table), if any.
+pub fn missing_kernel(cubin: &[u8]) -> Option<&'static str> {
+    KERNELS.iter().copied().find(|name| {
+        let symbol = [b"\0", name.as_bytes(), b"\0"].concat();
+        !cubin.windows(symbol.len()).any(|w| w == symbol)
+    })
 }
 
 /// The cubin (an ELF image) of [`SOURCE`] for `sm_{major}{minor}`. The error carries NVRTC's
@@ -258,6 +393,93 @@ mod tests {
         }
         assert_eq!(per_column(257).grid_dim.0, 2);
         assert_eq!(per_row(0).grid_dim.0, 1);
+    }
+
+    /// An ELF-looking image that names every kernel, as a cubin does.
+    fn fake_cubin(tag: u8) -> Vec<u8> {
+        let mut bytes = b"\x7fELF".to_vec();
+        bytes.push(tag);
+        for name in KERNELS {
+            bytes.push(0);
+            bytes.extend_from_slice(name.as_bytes());
+        }
+        bytes.push(0);
+        bytes
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "trifecta-kernel-cache-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn the_disk_cache_returns_what_was_compiled() {
+        let dir = temp_dir("round-trip");
+        let path = cache_path(&dir, 9, 0, (13, 2));
+        let (first, from_disk) = through_disk(Some(&path), || Ok(fake_cubin(1))).unwrap();
+        assert_eq!((first.clone(), from_disk), (fake_cubin(1), false));
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        // The second time NVRTC is not asked.
+        let (second, from_disk) =
+            through_disk(Some(&path), || Err("compiled again".to_string())).unwrap();
+        assert_eq!((second, from_disk), (first, true));
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_cache_file_is_compiled_again_and_replaced() {
+        let dir = temp_dir("bad");
+        let path = cache_path(&dir, 8, 0, (13, 0));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut missing_one = fake_cubin(1);
+        missing_one.truncate(missing_one.len() - 3); // the last kernel's name cut short
+        for bad in [Vec::new(), b"not an ELF file".to_vec(), missing_one] {
+            std::fs::write(&path, &bad).unwrap();
+            let (cubin, from_disk) = through_disk(Some(&path), || Ok(fake_cubin(2))).unwrap();
+            assert_eq!((cubin, from_disk), (fake_cubin(2), false));
+            assert_eq!(std::fs::read(&path).unwrap(), fake_cubin(2));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_written_is_passed_by() {
+        // A folder that cannot be made: under a regular file.
+        let dir = temp_dir("unwritable");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        let path = cache_path(&dir.join("file"), 9, 0, (13, 0));
+        let (cubin, from_disk) = through_disk(Some(&path), || Ok(fake_cubin(3))).unwrap();
+        assert_eq!((cubin, from_disk), (fake_cubin(3), false));
+        // Compile errors still come through, with or without a cache.
+        for path in [Some(path.as_path()), None] {
+            let e = through_disk(path, || Err("NVRTC log".to_string())).unwrap_err();
+            assert_eq!(e, "NVRTC log");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cache_files_differ_by_architecture_and_nvrtc() {
+        let dir = Path::new("/cache");
+        let names = [
+            cache_path(dir, 9, 0, (13, 0)),
+            cache_path(dir, 8, 0, (13, 0)),
+            cache_path(dir, 9, 0, (13, 2)),
+        ];
+        assert_eq!(names[0], cache_path(dir, 9, 0, (13, 0)));
+        assert!(names[0] != names[1] && names[0] != names[2] && names[1] != names[2]);
+        let name = names[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("kernels-sm_90-") && name.ends_with(".cubin"),
+            "{name}"
+        );
     }
 
     #[test]
