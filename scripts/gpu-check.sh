@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine, from the project root, with .device/ from scripts/gpu-prepare.sh:
-# the CUDA tests (ops against the CPU, golden FF step, repeatability), the benchmark in bf16
-# (with the epoch, and the evaluation also without sharing block 0 between the labels) and
-# f32, bf16 also unfused (epoch and evaluation too) and with any cuDNN algorithm, a
-# per-kernel profile of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG
-# copy. Logs go to $OUT (or
-# ./gpu-logs).
+# a short bench that must find the CUDA libraries without LD_LIBRARY_PATH, the CUDA tests
+# (ops against the CPU, golden FF step, repeatability), the benchmark in bf16 (with the
+# epoch, and the evaluation also without sharing block 0 between the labels) and f32, bf16
+# also unfused (epoch and evaluation too) and with any cuDNN algorithm, a per-kernel profile
+# of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy. Logs go to $OUT
+# (or ./gpu-logs).
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
+# First without LD_LIBRARY_PATH: the backend should find the libraries itself (libs.rs). A
+# two-step bench also compiles the kernels into the on-disk cache for the runs below.
+echo "== libraries found without LD_LIBRARY_PATH"
+if env -u LD_LIBRARY_PATH timeout 90 .device/trifecta bench --device cuda --steps 2 --warmup 1 \
+    --epoch-images 0 >"$out/libraries.log" 2>&1; then
+    found="libraries: found without LD_LIBRARY_PATH"
+else
+    found="libraries: NOT found without LD_LIBRARY_PATH: $(tail -1 "$out/libraries.log")"
+fi
+echo "$found"
 # The CUDA libraries of the Python wheels (cuDNN, cuBLAS, NVRTC), then the driver's.
 libs=$(python3 -c 'import glob, os, nvidia
 print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/*/lib/lib*.so*")})))' 2>/dev/null)
@@ -40,6 +50,7 @@ cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
 # The lines that matter, last (a remote runner may return only the end of the output).
 echo "== summary"
 cat "$out/gpu.txt"
+echo "$found"
 grep -h "^test result" "$out/tests.log"
 grep -h -A2 "panicked at" "$out/tests.log" | head -12
 awk '/^failures:$/ {f = 1; n++} f && n == 2' "$out/tests.log" | head -25

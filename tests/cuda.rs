@@ -9,7 +9,7 @@ mod common;
 use common::assert_close;
 use std::sync::OnceLock;
 use trifecta::backend::cpu::Cpu;
-use trifecta::backend::cuda::{Cuda, nvrtc};
+use trifecta::backend::cuda::{Cuda, libs, nvrtc};
 use trifecta::backend::{
     AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, PoolShape,
     Precision, SampleShape,
@@ -87,8 +87,10 @@ fn compare_scaled(what: &str, gpu: Outputs, cpu: Outputs, fraction: f64) {
 
 #[test]
 fn kernels_compile() {
-    // Needs only NVRTC (no GPU): every kernel builds for Ampere and Hopper, and every name
-    // the backend loads is a symbol of the cubin (a NUL-terminated name in its string table).
+    // Needs only NVRTC (no GPU), on LD_LIBRARY_PATH or where `libs` finds it: every kernel
+    // builds for Ampere and Hopper, and every name the backend loads is a symbol of the cubin
+    // (a NUL-terminated name in its string table).
+    libs::preload();
     for (major, minor) in [(8, 0), (9, 0)] {
         let cubin =
             nvrtc::compile_cubin(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
@@ -96,6 +98,35 @@ fn kernels_compile() {
             panic!("sm_{major}{minor}: no kernel named {name} in the cubin");
         }
     }
+}
+
+#[test]
+fn libraries_are_found_in_pip_packages() {
+    // Needs cuDNN, cuBLAS and NVRTC (no GPU) where PyTorch's pip wheels put them, found with
+    // or without LD_LIBRARY_PATH: each answers a call that needs no device.
+    let loaded = libs::preload();
+    let outcome = std::panic::catch_unwind(|| {
+        let cudnn = cudarc::cudnn::result::get_version();
+        let mut cublas = 0;
+        // SAFETY: one plain out-parameter.
+        unsafe {
+            cudarc::cublas::sys::cublasGetProperty(
+                cudarc::cublas::sys::libraryPropertyType_t::MAJOR_VERSION,
+                &mut cublas,
+            )
+        };
+        let (mut nvrtc, mut minor) = (0, 0);
+        // SAFETY: two plain out-parameters.
+        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut nvrtc, &mut minor) };
+        (cudnn, cublas, nvrtc)
+    });
+    let (cudnn, cublas, nvrtc) =
+        outcome.unwrap_or_else(|_| panic!("a library is missing; loaded by path: {loaded:?}"));
+    assert!(cudnn >= 90000, "cuDNN {cudnn}");
+    assert!(
+        cublas >= 12 && nvrtc >= 12,
+        "cuBLAS {cublas}, NVRTC {nvrtc}"
+    );
 }
 
 const CONV_SHAPES: [ConvShape; 4] = [

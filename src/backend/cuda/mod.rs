@@ -13,6 +13,7 @@
 
 mod buf;
 pub mod dnn;
+pub mod libs;
 pub mod nvrtc;
 
 pub use buf::CudaBuf;
@@ -172,6 +173,9 @@ impl Cuda {
             device: format!("cuda:{ordinal}"),
             msg,
         };
+        // Libraries the loader cannot find by name are looked for where PyTorch users have
+        // them (pip's nvidia-* packages), the toolkit and the driver's folders.
+        libs::preload();
         let count = load_library("the CUDA driver library (libcuda.so)", || {
             CudaContext::device_count().map_err(|x| format!("{x:?}"))
         })
@@ -881,7 +885,9 @@ fn load_library<T>(
     match outcome {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "{name} could not be loaded; put its folder on LD_LIBRARY_PATH"
+            "{name} could not be loaded: it is not on LD_LIBRARY_PATH, nor in the nvidia-* pip \
+             packages of python3 or $VIRTUAL_ENV, $CUDA_HOME, /usr/local/cuda or the driver's \
+             folders; put its folder on LD_LIBRARY_PATH"
         )),
     }
 }
