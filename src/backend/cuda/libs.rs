@@ -11,37 +11,41 @@
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 /// The libraries the backend opens (the driver, NVRTC, cuBLAS, cuDNN), by cudarc's base name.
 pub const LIBRARIES: [&str; 4] = ["cuda", "nvrtc", "cublas", "cudnn"];
 
-/// Where each library was loaded from by path (the loader found the others by name).
-static FOUND: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
 /// Makes every library of [`LIBRARIES`] that the loader cannot open by name available from
-/// the folders of [`search_dirs`], if one holds it; returns the paths loaded that way (this
-/// call's and earlier ones'). A library found nowhere is left for cudarc to report.
+/// the folders of [`search_dirs`], if one holds it, once per process; returns the paths it
+/// loaded that way. A library found nowhere is left for cudarc to report. The libraries it
+/// opens stay loaded, as cudarc keeps them anyway (so they are not loaded twice).
 pub fn preload() -> Vec<PathBuf> {
-    let mut found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
-    let mut dirs: Option<Vec<PathBuf>> = None;
-    for base in LIBRARIES {
-        let names = cudarc::get_lib_name_candidates(base);
-        // SAFETY: loading a CUDA library runs only its own initialisers.
-        if names.iter().any(|n| unsafe { Library::new(n) }.is_ok()) {
-            continue;
-        }
-        let dirs = dirs.get_or_insert_with(search_dirs);
-        let Some(path) = find(dirs, &names) else {
-            continue;
-        };
-        // SAFETY: as above. The library stays loaded for the life of the process.
-        if let Ok(lib) = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) } {
-            std::mem::forget(lib);
-            found.push(path);
-        }
-    }
-    found.clone()
+    static FOUND: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let mut found = Vec::new();
+            let mut dirs: Option<Vec<PathBuf>> = None;
+            for base in LIBRARIES {
+                let names = cudarc::get_lib_name_candidates(base);
+                // SAFETY: loading a CUDA library runs only its own initialisers.
+                if let Some(lib) = names.iter().find_map(|n| unsafe { Library::new(n) }.ok()) {
+                    std::mem::forget(lib);
+                    continue;
+                }
+                let dirs = dirs.get_or_insert_with(search_dirs);
+                let Some(path) = find(dirs, &names) else {
+                    continue;
+                };
+                // SAFETY: as above.
+                if let Ok(lib) = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) } {
+                    std::mem::forget(lib);
+                    found.push(path);
+                }
+            }
+            found
+        })
+        .clone()
 }
 
 /// The first file named one of `names` (in that order of preference) in the first folder of
