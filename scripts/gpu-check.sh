@@ -4,8 +4,8 @@
 # (ops against the CPU, golden FF step, repeatability), the benchmark in bf16 (with the
 # epoch, and the evaluation also without sharing block 0 between the labels) and f32, bf16
 # also unfused (epoch and evaluation too) and with any cuDNN algorithm, a per-kernel profile
-# of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy. Logs go to $OUT
-# (or ./gpu-logs).
+# of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy (then 2 in f32,
+# to set beside the CPU's). Logs go to $OUT (or ./gpu-logs), eight files at most.
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
@@ -47,6 +47,10 @@ echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs"
 timeout 300 .device/trifecta train --device cuda --dataset folder --data-dir .device/cifar10-jpeg \
     --epochs 10 --out /tmp/trifecta-cifar 2>&1 | tee "$out/train.log" || status=1
 cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
+echo "== Trifecta, CIFAR-10 JPEG copy, 2 epochs in f32 (same seed as the CPU run in docs/cuda-performance.md)"
+timeout 120 .device/trifecta train --device cuda --precision f32 --dataset folder \
+    --data-dir .device/cifar10-jpeg --epochs 2 --out /tmp/trifecta-cifar-f32 2>&1 |
+    tee "$out/train-f32.log" || status=1
 # The lines that matter, last (a remote runner may return only the end of the output).
 echo "== summary"
 cat "$out/gpu.txt"
@@ -58,4 +62,5 @@ grep -h -E "^device:|^step:|^convolutions:|^epoch \(" "$out/bench.log"
 grep -h -E "ms in all|^ +[0-9.]+ ms" "$out/profile.log" | head -30
 grep -E "^epoch [0-9]+/[0-9]+:" "$out/train.log" | tail -3
 grep -A7 "^epoch 10/10:" "$out/train.log" | tail -6
+grep -h -A7 -E "^epoch [12]/2:" "$out/train-f32.log"
 exit $status
