@@ -26,6 +26,8 @@ export LD_LIBRARY_PATH="${libs}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 export TRIFECTA_SHARED="$PWD/.device/shared"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -m pip list 2>/dev/null | grep -i -E "^nvidia-(cudnn|cublas|cuda-nvrtc|cuda-runtime)" | tee -a "$out/gpu.txt"
+# The binaries were linked here against glibc 2.36 and need 2.35 there (objdump -T).
+ldd --version 2>/dev/null | head -1 | tee -a "$out/gpu.txt"
 status=0
 echo "== CUDA tests"
 timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
