@@ -49,7 +49,7 @@ echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs"
 timeout 300 .device/trifecta train --device cuda --dataset folder --data-dir .device/cifar10-jpeg \
     --epochs 10 --out /tmp/trifecta-cifar 2>&1 | tee "$out/train.log" || status=1
 cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
-echo "== Trifecta, CIFAR-10 JPEG copy, 2 epochs in f32 (same seed as the CPU run in docs/cuda-performance.md)"
+echo "== Trifecta, CIFAR-10 JPEG copy, 2 epochs in f32 (same seed as the CPU run in the README)"
 timeout 120 .device/trifecta train --device cuda --precision f32 --dataset folder \
     --data-dir .device/cifar10-jpeg --epochs 2 --out /tmp/trifecta-cifar-f32 2>&1 |
     tee "$out/train-f32.log" || status=1
