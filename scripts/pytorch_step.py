@@ -8,9 +8,13 @@ plus its own, a learned label-embedding plane, and BatchNorm statistics over pos
     python scripts/pytorch_step.py                      # trifecta bench's default workload
     python scripts/pytorch_step.py --width 0.25 --image-size 28 --channels 1 --batch-size 128 --apl
     python scripts/pytorch_step.py --width 0.25 --batch-size 128 --apl --mnist ../shared/datasets/mnist --epochs 2
+    python scripts/pytorch_step.py --batch-size 512 --apl --augment --cifar /tmp/cifar-jpeg/cifar-10-batches-bin --epochs 1
 
-Prints the median step time, positives/s and positives+negatives/s. With --mnist, trains on real
-MNIST instead (no augmentation) and prints each epoch's training time and per-layer test accuracy.
+Prints the median step time, positives/s and positives+negatives/s. With --mnist or --cifar
+(CIFAR-10's binary batches; `examples/to_cifar_bin.rs` writes the JPEG copy in that format),
+trains on the real images instead and prints each epoch's training time and per-layer test
+accuracy; --augment adds the reference's random crop (4 pixels of zero padding) and rotation
+(within +-15 degrees, nearest, zero fill).
 """
 
 import argparse
@@ -51,11 +55,15 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--mnist", type=Path, help="train on the IDX files in this folder")
+    p.add_argument("--cifar", type=Path, help="train on CIFAR-10's binary batches in this folder")
+    p.add_argument("--augment", action="store_true", help="random crop and rotation (with --mnist/--cifar)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     if a.mnist:
         a.image_size, a.channels = 28, 1
+    if a.cifar:
+        a.image_size, a.channels = 32, 3
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -119,8 +127,9 @@ def main():
             opts[i].step()
 
     run = step if a.apl else step_local
-    if a.mnist:
-        return train_mnist(a, blocks, embedding, step_on if a.apl else step_local_on)
+    if a.mnist or a.cifar:
+        data = load_mnist(a.mnist) if a.mnist else load_cifar(a.cifar)
+        return train_real(a, data, blocks, embedding, step_on if a.apl else step_local_on)
     times = []
     for t in range(a.warmup + a.steps):
         start = time.perf_counter()
@@ -141,21 +150,50 @@ def read_idx(path):
     return torch.frombuffer(bytearray(raw[4 + 4 * dims :]), dtype=torch.uint8).view(shape)
 
 
-def load_mnist(folder, split):
+def load_mnist(folder):
     def one(stem):
         for name in (stem, stem + ".gz"):
             if (folder / name).exists():
                 return read_idx(folder / name)
         raise SystemExit(f"{folder}: no {stem}[.gz]")
 
-    images = one(f"{split}-images-idx3-ubyte").float().div(255).sub(0.1307).div(0.3081)
-    return images.unsqueeze(1), one(f"{split}-labels-idx1-ubyte").long()
+    def split(name):
+        images = one(f"{name}-images-idx3-ubyte").float().div(255)
+        return images.unsqueeze(1), one(f"{name}-labels-idx1-ubyte").long()
+
+    return split("train"), split("t10k"), ([0.1307], [0.3081])
 
 
-def train_mnist(a, blocks, embedding, step_on):
-    train_x, train_y = load_mnist(a.mnist, "train")
-    test_x, test_y = load_mnist(a.mnist, "t10k")
-    b, s, t = a.batch_size, 28, 0
+def load_cifar(folder):
+    def batches(names):
+        raw = b"".join((folder / n).read_bytes() for n in names)
+        records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 3073)
+        return records[:, 1:].reshape(-1, 3, 32, 32).float().div(255), records[:, 0].long()
+
+    train = batches([f"data_batch_{i}.bin" for i in range(1, 6)])
+    # The reference's normalisation constants (TRIFECTA.md).
+    return train, batches(["test_batch.bin"]), ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+
+
+def augment(x, pad=4, degrees=15.0):
+    """Random crop with zero padding, then a random rotation about the centre (nearest, zero
+    fill), per image, on [0, 1] pixels before normalisation."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n)).tolist()
+    cropped = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    angle = (torch.rand(n) * 2 - 1) * degrees * torch.pi / 180
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(cropped.shape), align_corners=False)
+    return F.grid_sample(cropped, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def train_real(a, data, blocks, embedding, step_on):
+    (train_x, train_y), (test_x, test_y), (mean, std) = data
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    test_x = (test_x - mean) / std
+    b, s, t = a.batch_size, a.image_size, 0
     for epoch in range(a.epochs):
         blocks.train()
         order = torch.randperm(len(train_y))
@@ -163,6 +201,9 @@ def train_mnist(a, blocks, embedding, step_on):
         for first in range(0, len(order), b):
             idx = order[first : first + b]
             x, pos = train_x[idx], train_y[idx]
+            if a.augment:
+                x = augment(x)
+            x = (x - mean) / std
             neg = (pos + torch.randint(1, 10, pos.shape)) % 10
             step_on(t, torch.cat([x, x]), torch.cat([pos, neg]))
             t += 1
@@ -183,7 +224,7 @@ def train_mnist(a, blocks, embedding, step_on):
                 correct += (goodness.argmax(0) == y).float().sum(1)
         eval_s = time.perf_counter() - start
         acc = " / ".join(f"{100 * c / len(test_y):.1f}" for c in correct)
-        print(f"epoch {epoch + 1}: train {train_s:.1f} s, eval {eval_s:.1f} s, test accuracy per layer {acc}")
+        print(f"epoch {epoch + 1}: train {train_s:.1f} s, eval {eval_s:.1f} s, test accuracy per layer {acc}", flush=True)
 
 
 if __name__ == "__main__":
