@@ -142,7 +142,11 @@ pub fn run_epoch<B: Backend>(
         |_, _, _| {},
     )?;
     let last = net.blocks.len() - 1;
+    // Each evaluation is timed after a one-batch warm-up of its own (the evaluation's
+    // convolution plans and allocations), as the epoch is.
+    let warm_test = synthetic(eval_batch.min(test_images), 5);
     let time_eval = |net: &mut FfNet<B>| -> Result<f64> {
+        evaluate(net, backend, &warm_test, eval_batch, &[last])?;
         backend.synchronize()?;
         let start = Instant::now();
         evaluate(net, backend, &test, eval_batch, &[last])?;

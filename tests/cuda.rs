@@ -1154,15 +1154,18 @@ fn cpu_trained_eval<B: Backend>(b: &B) -> Vec<f32> {
 
 #[test]
 fn training_is_repeatable_and_close_to_cpu() {
-    training_check(gpu(), 200);
+    training_check(gpu(), 200, 1e-4);
 }
 
 /// In bf16 the convolutions read the norms' bf16 copies and the fused block ops run in their
-/// bf16 forms; gradients carry bf16 rounding, so a few more parameters may go the other way
-/// where a gradient is near zero (1 in 50 allowed), while a wrong kernel moves most of them.
+/// bf16 forms; gradients carry bf16 rounding, which Adam turns into whole steps wherever a
+/// gradient is near zero. Measured on an H200 (the first GPU runs): |GPU - CPU| after 4 steps
+/// has median 4.1e-5, 90% 2.3e-4, 99% 2.2e-3, max 5.8e-3 (Adam's reach is 4e-3, 8e-3 both
+/// ways). So the check is on the median, lr / 10 (at most half the parameters beyond 1e-4),
+/// and the worst (8 lr): a wrong kernel moves most parameters by about lr a step.
 #[test]
 fn bf16_training_is_repeatable_and_close_to_cpu() {
-    training_check(gpu_bf16(), 50);
+    training_check(gpu_bf16(), 2, 1e-4);
 }
 
 /// The fused block ops and the bf16 values kept alone (BatchNorm's output, a convolution's
@@ -1220,8 +1223,8 @@ fn fused_and_unfused_evaluation_agree_bit_for_bit() {
 }
 
 /// Two runs of [`train_steps`] on `b` are bit-identical, and within Adam's reach of the CPU:
-/// at most 1 in `rare` parameters off by more than 1e-4.
-fn training_check(b: &Cuda, rare: usize) {
+/// at most 1 in `rare` parameters off by more than `tolerance`.
+fn training_check(b: &Cuda, rare: usize, tolerance: f32) {
     let first = train_steps(b);
     let second = train_steps(b);
     assert!(first == second, "two GPU runs with the same seed differ");
@@ -1235,15 +1238,23 @@ fn training_check(b: &Cuda, rare: usize) {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .collect();
-    let worst = diffs.iter().cloned().fold(0.0f32, f32::max);
-    let off = diffs.iter().filter(|d| **d > 1e-4).count();
-    assert!(
-        worst <= 8.0 * lr,
-        "GPU vs CPU after 4 steps: worst difference {worst}"
+    let mut sorted = diffs.clone();
+    sorted.sort_by(f32::total_cmp);
+    let quantile = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+    let summary = format!(
+        "GPU vs CPU after 4 steps, |difference| quantiles 0.5 {:.2e}, 0.9 {:.2e}, 0.99 {:.2e}, max {:.2e}",
+        quantile(0.5),
+        quantile(0.9),
+        quantile(0.99),
+        quantile(1.0)
     );
+    eprintln!("{summary}");
+    let worst = quantile(1.0);
+    let off = diffs.iter().filter(|d| **d > tolerance).count();
+    assert!(worst <= 8.0 * lr, "{summary}");
     assert!(
         off * rare <= diffs.len(),
-        "GPU vs CPU after 4 steps: {off} of {} parameters differ by more than 1e-4",
+        "{summary}: {off} of {} parameters differ by more than {tolerance}",
         diffs.len()
     );
 }
@@ -1262,7 +1273,8 @@ fn bench_profile_times_every_kernel_and_library_call() {
             "embed_forward",
             "batchnorm_apply",
             "relu_pool_goodness_bf16",
-            "relu_maxpool2_backward",
+            // The bench step's blocks are local: their backward starts from d(goodness).
+            "goodness_relu_maxpool2_backward_bf16",
             // The norms' backward reads the convolution's bf16 input gradient as it is.
             "partial_dy_dyx_bf16",
             "batchnorm_backward_apply_bf16",
