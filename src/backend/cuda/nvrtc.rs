@@ -94,10 +94,7 @@ pub fn compile(major: i32, minor: i32) -> Result<Compiled, String> {
             from_disk: *from_disk,
         });
     }
-    let path = match cache_dir() {
-        Some(dir) => Some(cache_path(&dir, major, minor, nvrtc_version()?)),
-        None => None,
-    };
+    let path = cache_file(major, minor)?;
     let (cubin, from_disk) = through_disk(path.as_deref(), || compile_cubin(major, minor))?;
     cubins.push(((major, minor), cubin.clone(), from_disk));
     Ok(Compiled {
@@ -110,13 +107,22 @@ pub fn compile(major: i32, minor: i32) -> Result<Compiled, String> {
 /// the result in both: for a cached cubin that the driver refused.
 pub fn recompile(major: i32, minor: i32) -> Result<Ptx, String> {
     let cubin = compile_cubin(major, minor)?;
-    if let Some(dir) = cache_dir() {
-        write_cached(&cache_path(&dir, major, minor, nvrtc_version()?), &cubin);
+    if let Some(path) = cache_file(major, minor)? {
+        write_cached(&path, &cubin);
     }
     let mut cubins = CUBINS.lock().unwrap_or_else(|p| p.into_inner());
     cubins.retain(|(arch, ..)| *arch != (major, minor));
     cubins.push(((major, minor), cubin.clone(), false));
     Ok(Ptx::from_binary(cubin))
+}
+
+/// This process' cache file for `sm_{major}{minor}` ([`cache_dir`], [`cache_path`]); None
+/// with the cache turned off.
+fn cache_file(major: i32, minor: i32) -> Result<Option<PathBuf>, String> {
+    match cache_dir() {
+        Some(dir) => Ok(Some(cache_path(&dir, major, minor, nvrtc_version()?))),
+        None => Ok(None),
+    }
 }
 
 /// The folder set by [`set_cache_dir`], if it was called.
