@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         // One record per image: the label byte, then the red, green and blue planes.
-        let mut bytes = Vec::with_capacity(data.len() * 3073);
+        let mut bytes = Vec::with_capacity(data.len() * cifar::RECORD);
         for i in 0..data.len() {
             bytes.push(u8::try_from(data.labels[i]).context("label above 255")?);
             let image = data.image(i);
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         for (name, part) in names.iter().zip(bytes.chunks(bytes.len() / names.len())) {
             let path = dir.join(name);
             std::fs::write(&path, part).with_context(|| format!("{}", path.display()))?;
-            println!("{}: {} images", path.display(), part.len() / 3073);
+            println!("{}: {} images", path.display(), part.len() / cifar::RECORD);
         }
     }
     Ok(())

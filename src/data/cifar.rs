@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const ARCHIVE: &str = "cifar-10-binary.tar.gz";
 pub const FOLDER: &str = "cifar-10-batches-bin";
-const RECORD: usize = 3073;
+/// Bytes of one record: the label, then the three 1024-byte planes.
+pub const RECORD: usize = 3073;
 const PIXELS: usize = 1024;
 
 pub fn batch_names(split: Split) -> Vec<String> {
