@@ -6,7 +6,7 @@
 //! cuobjdump -sass kernels.cubin
 //! ```
 //!
-//! Needs libnvrtc on the library path (e.g. from the `nvidia-cuda-nvrtc` wheel).
+//! Finds libnvrtc as the backend does (e.g. the `nvidia-cuda-nvrtc` wheel of `$VIRTUAL_ENV`).
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: cuda_cubin OUT.cubin [ARCH, e.g. 90]");
     };
     let arch: i32 = arch.as_deref().unwrap_or("90").parse()?;
+    trifecta::backend::cuda::libs::preload();
     let cubin = trifecta::backend::cuda::nvrtc::compile_cubin(arch / 10, arch % 10)
         .map_err(|e| anyhow::anyhow!("NVRTC: {e}"))?;
     std::fs::write(&path, cubin).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;

@@ -129,13 +129,22 @@ fn libraries_are_found_in_pip_packages() {
     );
 }
 
-const CONV_SHAPES: [ConvShape; 4] = [
+/// In bf16, the input channels 3, 4 (block 0's: colours and label) and 130 run padded with
+/// zero channels to a multiple of 8 (`GpuOptions::pad_channels`).
+const CONV_SHAPES: [ConvShape; 5] = [
     ConvShape {
         n: 2,
         h: 7,
         w: 5,
         c_in: 3,
         c_out: 4,
+    },
+    ConvShape {
+        n: 3,
+        h: 6,
+        w: 6,
+        c_in: 4,
+        c_out: 16,
     },
     ConvShape {
         n: 1,
@@ -349,14 +358,21 @@ fn conv3x3_matches_cpu() {
 
 #[test]
 fn conv3x3_bf16_is_close_to_cpu() {
-    for (i, s) in CONV_SHAPES.into_iter().enumerate() {
-        let seed = 10 * i as u64;
-        compare_scaled(
-            &format!("bf16 conv {s:?}"),
-            conv_op(gpu_bf16(), s, seed),
-            conv_op(&cpu(), s, seed),
-            3e-2,
-        );
+    // With the few-channel convolutions padded (the default) and as they are.
+    let unpadded = open(GpuOptions {
+        pad_channels: false,
+        ..GpuOptions::new(Precision::Bf16)
+    });
+    for (name, b) in [("padded", gpu_bf16()), ("unpadded", &unpadded)] {
+        for (i, s) in CONV_SHAPES.into_iter().enumerate() {
+            let seed = 10 * i as u64;
+            compare_scaled(
+                &format!("bf16 conv ({name}) {s:?}"),
+                conv_op(b, s, seed),
+                conv_op(&cpu(), s, seed),
+                3e-2,
+            );
+        }
     }
 }
 

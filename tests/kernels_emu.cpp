@@ -846,7 +846,31 @@ static void check_embedding_heads_adam() {
           {8.0, 4.5, 7.375, 8.0, 8.015625, 65536.0 + 7.0}, 0, 1e-6);
 }
 
+// Zero channels in, real channels out, against plain loops (the quad path where c and cp
+// are multiples of 4, single values elsewhere).
+static void check_channel_padding(long long rows, int c, int cp) {
+    std::vector<unsigned short> src(rows * c), padded(rows * cp, 0x7fff), back(rows * c, 7);
+    for (size_t i = 0; i < src.size(); i++) src[i] = (unsigned short)(1 + i % 60000);
+    launch(elementwise(rows * cp), {BLOCK}, [&] {
+        repad_channels_bf16(padded.data(), src.data(), rows, c, cp);
+    });
+    launch(elementwise(rows * c), {BLOCK}, [&] {
+        repad_channels_bf16(back.data(), padded.data(), rows, cp, c);
+    });
+    std::string tag = "channel padding " + std::to_string(rows) + "x" + std::to_string(c) +
+                      "->" + std::to_string(cp);
+    bool ok = back == src;
+    for (long long r = 0; r < rows && ok; r++)
+        for (int j = 0; j < cp; j++)
+            ok &= padded[r * cp + j] == (j < c ? src[r * c + j] : 0);
+    std::printf("%s %s\n", ok ? "ok  " : "FAIL", tag.c_str());
+    if (!ok) failures++;
+}
+
 int main() {
+    check_channel_padding(1000, 4, 8);
+    check_channel_padding(37, 2, 8);
+    check_channel_padding(9, 12, 16);
     check_batchnorm(1, 3, 0.0, 1e-3);
     check_batchnorm(70, 3, 50.0, 1e-4);
     check_batchnorm(64 * 33, 40, 50.0, 1e-4);

@@ -89,6 +89,10 @@ pub struct GpuOptions {
     /// A deterministic cuDNN algorithm wherever cuDNN offers one (default, so that runs repeat
     /// bit for bit); off, cuDNN's first-ranked algorithm.
     pub deterministic: bool,
+    /// bf16 convolutions with input channels not a multiple of 8 (block 0: 3 colours and the
+    /// label) run on zero-padded copies, which cuDNN's tensor-core kernels take (default);
+    /// off, as they are.
+    pub pad_channels: bool,
 }
 
 impl GpuOptions {
@@ -97,6 +101,7 @@ impl GpuOptions {
             precision,
             fused: true,
             deterministic: true,
+            pad_channels: true,
         }
     }
 }

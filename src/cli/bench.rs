@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// need not repeat bit for bit), to measure what determinism costs.
     #[arg(long)]
     pub any_cudnn_algorithm: bool,
+    /// CUDA: run bf16 convolutions with few input channels (block 0's 4) as they are, not on
+    /// copies padded with zero channels to 8, to measure what the padding saves.
+    #[arg(long)]
+    pub no_channel_padding: bool,
     /// Also time the epoch's evaluation with every label through the whole network, i.e.
     /// without sharing block 0's convolution between the labels, to measure the sharing.
     #[arg(long)]
@@ -72,9 +76,11 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = DeviceArg::parse(&args.device)?;
     let cpu = device == DeviceArg::Cpu;
-    if cpu && (args.unfused || args.any_cudnn_algorithm) {
+    if cpu && (args.unfused || args.any_cudnn_algorithm || args.no_channel_padding) {
         return Err(Error::Config(
-            "--unfused and --any-cudnn-algorithm are CUDA settings; they need --device cuda".into(),
+            "--unfused, --any-cudnn-algorithm and --no-channel-padding are CUDA settings; they \
+             need --device cuda"
+                .into(),
         ));
     }
     device.check_available()?;
@@ -138,6 +144,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let gpu = GpuOptions {
             fused: !args.unfused,
             deterministic: !args.any_cudnn_algorithm,
+            pad_channels: !args.no_channel_padding,
             ..GpuOptions::new(precision)
         };
         with_backend!(&args.device, args.threads, gpu, |backend| {

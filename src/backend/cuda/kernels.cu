@@ -40,6 +40,48 @@ __device__ float load(const unsigned short* p, long long i) { return from_bf16(p
 __device__ void store(float* p, long long i, float v) { p[i] = v; }
 __device__ void store(unsigned short* p, long long i, float v) { p[i] = to_bf16(v); }
 
+// Four consecutive values moved with one access: 16 bytes of f32 or 8 of bf16. Where the
+// channels are a multiple of 4, a quad at an index that is a multiple of 4 is four channels
+// of one pixel. A thread with one scalar load in flight leaves the memory system idle (about
+// 23 KB must be in flight per multiprocessor for the full bandwidth, by Little's law), so the
+// memory-bound kernels below move quads where the layout allows (channels a multiple of 4,
+// buffers `quad_aligned`) and fall back to single values elsewhere; both give the same values, the float operations being the
+// same per element.
+struct alignas(16) Quad {
+    float v[4];
+};
+struct alignas(8) HalfQuad {
+    unsigned short v[4];
+};
+__device__ bool aligned_to(const void* p, unsigned long long bytes) {
+    return ((unsigned long long)p & (bytes - 1)) == 0;
+}
+// Null pointers (buffers a kernel does not write) pass.
+__device__ bool quad_aligned(const float* p) { return aligned_to(p, 16); }
+__device__ bool quad_aligned(const unsigned short* p) { return aligned_to(p, 8); }
+__device__ void load4(const float* p, long long i, float* v) {
+    Quad q = *(const Quad*)(p + i);
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = q.v[k];
+}
+__device__ void load4(const unsigned short* p, long long i, float* v) {
+    HalfQuad q = *(const HalfQuad*)(p + i);
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = from_bf16(q.v[k]);
+}
+__device__ void store4(float* p, long long i, const float* v) {
+    Quad q;
+#pragma unroll
+    for (int k = 0; k < 4; k++) q.v[k] = v[k];
+    *(Quad*)(p + i) = q;
+}
+__device__ void store4(unsigned short* p, long long i, const float* v) {
+    HalfQuad q;
+#pragma unroll
+    for (int k = 0; k < 4; k++) q.v[k] = to_bf16(v[k]);
+    *(HalfQuad*)(p + i) = q;
+}
+
 __device__ double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
 __device__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -139,21 +181,57 @@ __device__ void relu_maxpool2_backward_to(Out* grad_input, const float* grad_out
     long long windows = (long long)n * oh * ow * c;
     int features = oh * ow * c;
     float scale = 2.0f / (float)features;
-    GRID_STRIDE(j, windows) {
+    // Quads: four channels of a window at a time (and of one sample, as features % 4 == 0).
+    bool quads = c % 4 == 0 && quad_aligned(grad_input) && quad_aligned(grad_out) &&
+                 quad_aligned(x);
+    int width = quads ? 4 : 1;
+    GRID_STRIDE(jq, windows / width) {
+        long long j = jq * width;
         long long base = window_origin(j, h, w, c);
         long long at[4] = {base, base + c, base + row, base + row + c};
-        float a = load(x, at[0]), b = load(x, at[1]), cc = load(x, at[2]), d = load(x, at[3]);
-        bool pick_a = a >= b && a >= cc && a >= d;
-        bool pick_b = !pick_a && b >= cc && b >= d;
-        bool pick_c = !pick_a && !pick_b && cc >= d;
-        int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
-        float m = fmaxf(fmaxf(fmaxf(a, b), cc), d);
-        float g = 0.0f;
-        if (m > 0.0f) {
-            // The pooled layout is the windows' order.
-            g = grad_goodness ? (grad_goodness[j / features] * scale) * m : grad_out[j];
+        float v[4][4], g[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if (quads) {
+                load4(x, at[q], v[q]);
+            } else {
+                v[q][0] = load(x, at[q]);
+            }
         }
-        for (int q = 0; q < 4; q++) store(grad_input, at[q], q == picked ? g : 0.0f);
+        if (!grad_goodness) {
+            if (quads) {
+                load4(grad_out, j, g);
+            } else {
+                g[0] = grad_out[j];
+            }
+        }
+        float gg = grad_goodness ? grad_goodness[j / features] * scale : 0.0f;
+        float d[4][4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (k >= width) break;
+            float a = v[0][k], b = v[1][k], cc = v[2][k], e = v[3][k];
+            bool pick_a = a >= b && a >= cc && a >= e;
+            bool pick_b = !pick_a && b >= cc && b >= e;
+            bool pick_c = !pick_a && !pick_b && cc >= e;
+            int picked = pick_a ? 0 : pick_b ? 1 : pick_c ? 2 : 3;
+            float m = fmaxf(fmaxf(fmaxf(a, b), cc), e);
+            float gk = 0.0f;
+            if (m > 0.0f) {
+                // The pooled layout is the windows' order.
+                gk = grad_goodness ? gg * m : g[k];
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) d[q][k] = q == picked ? gk : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if (quads) {
+                store4(grad_input, at[q], d[q]);
+            } else {
+                store(grad_input, at[q], d[q][0]);
+            }
+        }
     }
     // The elements in no window, per sample: the last row when h is odd, then the last
     // column of the rows above it when w is odd.
@@ -194,6 +272,17 @@ extern "C" __global__ void goodness_relu_maxpool2_backward_bf16(unsigned short* 
 // relu_backward into a bf16 buffer (not in place): grad_input = grad_out where x > 0.
 extern "C" __global__ void relu_backward_bf16(unsigned short* grad_input, const float* grad_out,
                                               const float* x, long long n) {
+    if (n % 4 == 0 && quad_aligned(grad_input) && quad_aligned(grad_out) && quad_aligned(x)) {
+        GRID_STRIDE(q, n / 4) {
+            float g[4], v[4];
+            load4(grad_out, 4 * q, g);
+            load4(x, 4 * q, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) g[k] = v[k] > 0.0f ? g[k] : 0.0f;
+            store4(grad_input, 4 * q, g);
+        }
+        return;
+    }
     GRID_STRIDE(i, n) grad_input[i] = to_bf16(x[i] > 0.0f ? grad_out[i] : 0.0f);
 }
 
@@ -204,6 +293,18 @@ extern "C" __global__ void goodness_relu_backward_bf16(unsigned short* grad_inpu
                                                        const float* x, int features,
                                                        long long total) {
     float scale = 2.0f / (float)features;
+    if (features % 4 == 0 && quad_aligned(grad_input) && quad_aligned(x)) {
+        // A quad lies within one sample.
+        GRID_STRIDE(q, total / 4) {
+            float v[4];
+            load4(x, 4 * q, v);
+            float g = grad_goodness[4 * q / features] * scale;
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = v[k] > 0.0f ? g * v[k] : 0.0f;
+            store4(grad_input, 4 * q, v);
+        }
+        return;
+    }
     GRID_STRIDE(i, total) {
         float v = x[i];
         grad_input[i] = to_bf16(v > 0.0f ? (grad_goodness[i / features] * scale) * v : 0.0f);
@@ -276,11 +377,126 @@ __device__ void put_output(float* out, const NextNorm& next, const float* scale,
     if (next.out_half) next.out_half[at] = to_bf16(z);
 }
 
+// put_output for the quad of channels ch..ch+3 at `at`.
+__device__ void put_output4(float* out, const NextNorm& next, const float* scale,
+                            const float* shift, long long at, int ch, const float* v) {
+    if (!next.gamma) {
+        store4(out, at, v);
+        return;
+    }
+    float z[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        z[k] = scale ? v[k] * scale[ch + k] + shift[ch + k]
+                     : bn_eval(v[k], ch + k, next.gamma, next.beta, next.running_mean,
+                               next.running_var, next.eps);
+    }
+    if (next.out) store4(next.out, at, z);
+    if (next.out_half) store4(next.out_half, at, z);
+}
+
 // y[at] as f32, plus bias[at] where there is a bias map (`at` is within one sample).
 template <typename In>
 __device__ float biased(const In* ys, const float* bias, long long at) {
     float v = load(ys, at);
     return bias ? v + bias[at] : v;
+}
+
+// biased() of the quad at `at`.
+template <typename In>
+__device__ void biased4(const In* ys, const float* bias, long long at, float* v) {
+    load4(ys, at, v);
+    if (bias) {
+        float b[4];
+        load4(bias, at, b);
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] = v[k] + b[k];
+    }
+}
+
+// The quad form of relu_pool_goodness's item loops below (channels a multiple of 4, every
+// buffer quad_aligned): an item is four channels of one output position, TAIL_QUAD_UNROLL
+// items at a time, all loads before any store. The values are the scalar loops' own; the
+// goodness adds each thread's items in its own order (quad by quad, channel by channel),
+// the order goodness_forward's quad form uses.
+#define TAIL_QUAD_UNROLL 2
+template <typename In, typename Saved>
+__device__ double relu_pool_goodness_quads(float* activation, Saved* as, float* pooled,
+                                           const In* ys, const float* bias, long long s, int h,
+                                           int w, int c, int pool, int save, const NextNorm& next,
+                                           const float* scale, const float* shift) {
+    double sum = 0.0;
+    if (pool) {
+        int oh = h / 2, ow = w / 2;
+        int quads = oh * ow * c / 4;
+        long long row = (long long)w * c;
+        for (int i0 = threadIdx.x; i0 < quads; i0 += TAIL_QUAD_UNROLL * blockDim.x) {
+            long long base[TAIL_QUAD_UNROLL];
+            float v[TAIL_QUAD_UNROLL][4][4];
+#pragma unroll
+            for (int u = 0; u < TAIL_QUAD_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= quads) break;
+                base[u] = window_origin(4LL * i, h, w, c);  // within this sample
+                long long at[4] = {base[u], base[u] + c, base[u] + row, base[u] + row + c};
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    biased4(ys, bias, at[q], v[u][q]);
+#pragma unroll
+                    for (int k = 0; k < 4; k++) v[u][q][k] = fmaxf(v[u][q][k], 0.0f);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TAIL_QUAD_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= quads) break;
+                if (save) {
+                    long long at[4] = {base[u], base[u] + c, base[u] + row, base[u] + row + c};
+#pragma unroll
+                    for (int q = 0; q < 4; q++) store4(as, at[q], v[u][q]);
+                }
+                float m[4];
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    m[k] = fmaxf(fmaxf(fmaxf(v[u][0][k], v[u][1][k]), v[u][2][k]), v[u][3][k]);
+                long long out = 4LL * i;
+                put_output4(pooled, next, scale, shift, s * (4LL * quads) + out,
+                            (int)(out % c), m);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    double d = (double)m[k];
+                    sum += d * d;
+                }
+            }
+        }
+    } else {
+        long long per_sample = (long long)h * w * c;
+        int quads = (int)(per_sample / 4);
+        for (int i0 = threadIdx.x; i0 < quads; i0 += TAIL_UNROLL * blockDim.x) {
+            float v[TAIL_UNROLL][4];
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= quads) break;
+                biased4(ys, bias, 4LL * i, v[u]);
+#pragma unroll
+                for (int k = 0; k < 4; k++) v[u][k] = fmaxf(v[u][k], 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < TAIL_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                if (i >= quads) break;
+                put_output4(activation, next, scale, shift, s * per_sample + 4LL * i,
+                            (int)(4LL * i % c), v[u]);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    double d = (double)v[u][k];
+                    sum += d * d;
+                }
+            }
+        }
+    }
+    return sum;
 }
 
 template <typename In, typename Saved>
@@ -306,10 +522,16 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
         scale = next_scale;
         shift = next_shift;
     }
-    if (pool) {
-        Saved* as = saved + s * per_sample;
-        int oh = h / 2, ow = w / 2;
-        features = oh * ow * c;
+    Saved* as = saved + s * per_sample;
+    int oh = h / 2, ow = w / 2;
+    features = pool ? oh * ow * c : (int)per_sample;
+    bool quads = c % 4 == 0 && quad_aligned(y) && quad_aligned(bias) &&
+                 quad_aligned(activation) && quad_aligned(saved) && quad_aligned(pooled) &&
+                 quad_aligned(next.out) && quad_aligned(next.out_half);
+    if (quads) {
+        sum = relu_pool_goodness_quads(activation, as, pooled, ys, bias, s, h, w, c, pool, save,
+                                       next, scale, shift);
+    } else if (pool) {
         for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
             long long at[TAIL_UNROLL][4];
             float v[TAIL_UNROLL][4];
@@ -339,16 +561,7 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                 sum += d * d;
             }
         }
-        if (save && ((h | w) & 1)) {
-            // The last row or column of an odd size is in no window: ReLU alone.
-            for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
-                long long rest = i / c;
-                int xx = (int)(rest % w), yy = (int)(rest / w);
-                if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(biased(ys, bias, i), 0.0f));
-            }
-        }
     } else {
-        features = (int)per_sample;
         for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
             float v[TAIL_UNROLL];
 #pragma unroll
@@ -365,6 +578,14 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
                 double d = (double)v[u];
                 sum += d * d;
             }
+        }
+    }
+    if (pool && save && ((h | w) & 1)) {
+        // The last row or column of an odd size is in no window: ReLU alone.
+        for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
+            long long rest = i / c;
+            int xx = (int)(rest % w), yy = (int)(rest / w);
+            if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(biased(ys, bias, i), 0.0f));
         }
     }
     sum = block_sum(sum, shared);
@@ -415,9 +636,22 @@ extern "C" __global__ void goodness_forward(float* goodness, const float* x, int
     __shared__ double shared[256];
     const float* row = x + (long long)blockIdx.x * features;
     double sum = 0.0;
-    for (int i = threadIdx.x; i < features; i += blockDim.x) {
-        double v = (double)row[i];
-        sum += v * v;
+    if (features % 4 == 0 && quad_aligned(x)) {
+        // Quad by quad, channel by channel: the fused tails' order (relu_pool_goodness).
+        for (int q = threadIdx.x; q < features / 4; q += blockDim.x) {
+            float v[4];
+            load4(row, 4LL * q, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                double d = (double)v[k];
+                sum += d * d;
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < features; i += blockDim.x) {
+            double v = (double)row[i];
+            sum += v * v;
+        }
     }
     sum = block_sum(sum, shared);
     if (threadIdx.x == 0) goodness[blockIdx.x] = (float)(sum / features);
@@ -605,18 +839,40 @@ extern "C" __global__ void finish_add(float* out_a, float* out_b, const double* 
 // `out_half`, when not null, also gets the bf16 rounding of `out` (for a bf16 convolution
 // that reads the normed values next), and then `out` may be null: the bf16 values alone;
 // likewise in batchnorm_apply_eval.
+// out = f(x, channel) elementwise over rows of c channels, and out_half its bf16 rounding
+// (either may be null); quads where they fit.
+template <typename F>
+__device__ void per_channel_map(float* out, unsigned short* out_half, const float* x, int c,
+                                long long total, F f) {
+    if (c % 4 == 0 && quad_aligned(out) && quad_aligned(out_half) && quad_aligned(x)) {
+        GRID_STRIDE(q, total / 4) {
+            long long i = 4 * q;
+            int ch = (int)(i % c);
+            float v[4];
+            load4(x, i, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = f(v[k], ch + k);
+            if (out) store4(out, i, v);
+            if (out_half) store4(out_half, i, v);
+        }
+        return;
+    }
+    GRID_STRIDE(i, total) {
+        float v = f(x[i], (int)(i % c));
+        if (out) out[i] = v;
+        if (out_half) out_half[i] = to_bf16(v);
+    }
+}
+
 extern "C" __global__ void batchnorm_apply(float* out, unsigned short* out_half, const float* x,
                                            const float* mean, const float* rstd,
                                            const float* gamma, const float* beta, int c,
                                            long long total) {
-    GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
+    per_channel_map(out, out_half, x, c, total, [&](float v, int ch) {
         float scale = rstd[ch] * gamma[ch];
         float shift = beta[ch] - mean[ch] * rstd[ch] * gamma[ch];
-        float v = x[i] * scale + shift;
-        if (out) out[i] = v;
-        if (out_half) out_half[i] = to_bf16(v);
-    }
+        return v * scale + shift;
+    });
 }
 
 extern "C" __global__ void batchnorm_apply_eval(float* out, unsigned short* out_half,
@@ -624,11 +880,9 @@ extern "C" __global__ void batchnorm_apply_eval(float* out, unsigned short* out_
                                                 const float* beta, const float* running_mean,
                                                 const float* running_var, float eps, int c,
                                                 long long total) {
-    GRID_STRIDE(i, total) {
-        float v = bn_eval(x[i], (int)(i % c), gamma, beta, running_mean, running_var, eps);
-        if (out) out[i] = v;
-        if (out_half) out_half[i] = to_bf16(v);
-    }
+    per_channel_map(out, out_half, x, c, total, [&](float v, int ch) {
+        return bn_eval(v, ch, gamma, beta, running_mean, running_var, eps);
+    });
 }
 
 // Parameter gradients, and the coefficients of dx = k dy + slope x + offset per channel.
@@ -831,5 +1085,34 @@ extern "C" __global__ void bf16_to_f32(float* out, const unsigned short* x, long
     GRID_STRIDE(i, n) {
         float v = from_bf16(x[i]);
         out[i] = accumulate ? out[i] + v : v;
+    }
+}
+
+// ---- zero channels for tensor-core convolutions ----
+// cuDNN's tensor-core kernels for NHWC bf16 want the channels a multiple of 8; block 0 has 4
+// (3 colours and the label). A convolution over channels padded with zeros (in its input and
+// its weights) is the same convolution, so the backend pads those operands and takes the
+// real channels back out of the gradients.
+
+// dst (rows of `to` channels) = src (rows of `from` channels), channel by channel: the first
+// `from` channels and zeros after them where `to` > `from` (padding), the first `to` where
+// `to` < `from` (unpadding).
+extern "C" __global__ void repad_channels_bf16(unsigned short* dst, const unsigned short* src,
+                                               long long rows, int from, int to) {
+    if (from % 4 == 0 && to % 4 == 0 && quad_aligned(dst) && quad_aligned(src)) {
+        int per_row = to / 4;
+        GRID_STRIDE(q, rows * per_row) {
+            long long r = q / per_row;
+            int j = 4 * (int)(q % per_row);
+            HalfQuad v = {{0, 0, 0, 0}};
+            if (j < from) v = *(const HalfQuad*)(src + r * from + j);
+            *(HalfQuad*)(dst + r * to + j) = v;
+        }
+        return;
+    }
+    GRID_STRIDE(i, rows * to) {
+        long long r = i / to;
+        int j = (int)(i % to);
+        dst[i] = j < from ? src[r * from + j] : (unsigned short)0;
     }
 }

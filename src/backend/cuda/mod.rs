@@ -58,6 +58,9 @@ struct Scratch {
     half: [Option<CudaSlice<u16>>; 3],
     /// bf16 weight gradient before it is added to the f32 one.
     half_dw: Option<CudaSlice<u16>>,
+    /// Zero-padded bf16 operands of a convolution with few input channels
+    /// (`Cuda::padded_shape`): [x, w, and a gradient (dw or dx) before it is unpadded].
+    padded: [Option<CudaSlice<u16>>; 3],
     /// Page-locked host memory that large uploads go through, two buffers used in turn.
     staging: [Option<Staging>; 2],
     next_staging: usize,
@@ -65,6 +68,10 @@ struct Scratch {
 
 /// Uploads of at least this many floats go through page-locked staging memory.
 const STAGED_UPLOAD: usize = 1 << 16;
+
+/// bf16 convolutions run with their input channels padded with zeros to a multiple of this
+/// (see `Cuda::padded_shape`): 16 bytes of bf16 per pixel.
+const PAD_CHANNELS: usize = 8;
 
 /// A page-locked upload buffer and the event recorded after the last copy out of it.
 struct Staging {
@@ -115,6 +122,7 @@ pub struct Cuda {
     /// See [`GpuOptions`].
     fused: bool,
     deterministic: bool,
+    pad_channels: bool,
     sms: usize,
     state: Mutex<State>,
     profile: GpuProfile,
@@ -245,6 +253,7 @@ impl Cuda {
             precision,
             fused: options.fused,
             deterministic: options.deterministic,
+            pad_channels: options.pad_channels,
             sms,
             state: Mutex::new(State {
                 dnn,
@@ -493,7 +502,7 @@ impl Cuda {
             launch!(
                 self,
                 kernel,
-                nvrtc::elementwise(checks::pool_sizes(s.output_pool()).1),
+                nvrtc::quads(checks::pool_sizes(s.output_pool()).1, s.c_out),
                 dy,
                 grad,
                 activation.f32()?, // the bf16 record of relu_pool_goodness_bf16
@@ -508,7 +517,7 @@ impl Cuda {
             launch!(
                 self,
                 kernel,
-                nvrtc::elementwise(ny),
+                nvrtc::quads(ny, features as usize),
                 dy,
                 grad,
                 activation.f32()?,
@@ -520,7 +529,7 @@ impl Cuda {
             launch!(
                 self,
                 kernel,
-                nvrtc::elementwise(ny),
+                nvrtc::quads(ny, ny),
                 dy,
                 grad,
                 activation.f32()?,
@@ -684,6 +693,62 @@ impl Cuda {
         })?;
         Ok(())
     }
+    /// The shape cuDNN runs for convolution `s`: in bf16, with padding on, input channels
+    /// that are not a multiple of [`PAD_CHANNELS`] are padded with zeros up to one (the same
+    /// convolution; cuDNN's NHWC tensor-core kernels want it). None: `s` as it is.
+    fn padded_shape(&self, s: ConvShape) -> Option<ConvShape> {
+        let pad = self.precision == Precision::Bf16
+            && self.pad_channels
+            && !s.c_in.is_multiple_of(PAD_CHANNELS);
+        pad.then(|| ConvShape {
+            c_in: s.c_in.next_multiple_of(PAD_CHANNELS),
+            ..s
+        })
+    }
+
+    /// Grows the padded scratch for convolution `s` padded to `p` and pads its bf16 input
+    /// (at `x`) and weights (at `w`) into it; returns the padded copies' addresses.
+    fn pad_operands(
+        &self,
+        sc: &mut Scratch,
+        s: ConvShape,
+        p: ConvShape,
+        x: u64,
+        w: u64,
+        grad: bool,
+    ) -> Result<(u64, u64)> {
+        let (pixels, taps) = (s.n * s.h * s.w, s.c_out * 9);
+        let [px, pw, pg] = &mut sc.padded;
+        let alloc = |e| self.err("allocation", e);
+        let px = self.ptr(grow(&self.stream, px, pixels * p.c_in).map_err(alloc)?);
+        let pw = self.ptr(grow(&self.stream, pw, taps * p.c_in).map_err(alloc)?);
+        if grad {
+            grow(&self.stream, pg, pixels.max(taps) * p.c_in).map_err(alloc)?;
+        }
+        self.repad(px, x, pixels, s.c_in, p.c_in)?;
+        self.repad(pw, w, taps, s.c_in, p.c_in)?;
+        Ok((px, pw))
+    }
+
+    /// `repad_channels_bf16`: rows of `from` channels at `src` into rows of `to` at `dst`
+    /// (zero channels added, or the first `to` kept).
+    fn repad(&self, dst: u64, src: u64, rows: usize, from: usize, to: usize) -> Result<()> {
+        let (rows_i, from_i, to_i) = (rows as i64, int("channels", from)?, int("channels", to)?);
+        let unit = if from.is_multiple_of(4) { to } else { 1 };
+        let cfg = nvrtc::quads(rows * to, unit);
+        launch!(
+            self,
+            "repad_channels_bf16",
+            cfg,
+            &dst,
+            &src,
+            &rows_i,
+            &from_i,
+            &to_i
+        );
+        Ok(())
+    }
+
     /// out = conv(input, weight) through cuDNN. In bf16 the operands' bf16 forms are read
     /// (their own fresh copies, else conversions into the scratch slots 0 and 1); with
     /// `keep_half` the result lands in slot 2 (`out` untouched) for a kernel that reads bf16,
@@ -700,12 +765,17 @@ impl Cuda {
         keep_half: bool,
     ) -> Result<()> {
         let ny = checks::conv_sizes(s).2;
-        self.plan(state, s)?;
+        let padded = self.padded_shape(s);
+        let run = padded.unwrap_or(s);
+        self.plan(state, run)?;
         let half = self.precision == Precision::Bf16;
         let (x, w, y) = if half {
             let sc = &mut state.scratch;
-            let x = self.half_of(sc, 0, input)?;
-            let w = self.half_of(sc, 1, weight)?;
+            let mut x = self.half_of(sc, 0, input)?;
+            let mut w = self.half_of(sc, 1, weight)?;
+            if let Some(p) = padded {
+                (x, w) = self.pad_operands(sc, s, p, x, w, false)?;
+            }
             let y = if keep_half || !self.fused {
                 grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?
             } else {
@@ -724,8 +794,9 @@ impl Cuda {
         };
         let sc = &state.scratch;
         let ws = self.raw(&sc.workspace);
-        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape.
-        let plan = &state.plans[&s];
+        // SAFETY: the buffers (or their bf16 copies, or padded copies) were checked against
+        // the plan's shape.
+        let plan = &state.plans[&run];
         self.timed(plan.labels[0], || {
             unsafe { plan.forward(&state.dnn, x, w, y, ws) }
                 .map_err(|e| self.err("conv3x3_forward", e))
@@ -756,15 +827,22 @@ impl Cuda {
         s: ConvShape,
     ) -> Result<()> {
         let (nx, nw, ny) = checks::conv_sizes(s);
-        self.plan(state, s)?;
+        let padded = self.padded_shape(s);
+        let run = padded.unwrap_or(s);
+        self.plan(state, run)?;
         let half = self.precision == Precision::Bf16;
         let (x, w, dy) = match (half, grad_out) {
             (true, grad_out) => {
                 // bf16 forms of x, w and dy; dw is computed into `half_dw` in bf16 and added
                 // to the f32 gradient; dx stays bf16 (fused) or goes the same way (unfused).
+                // Padded (`padded_shape`), cuDNN reads padded copies of x and w and writes
+                // each gradient padded into `padded[2]`, unpadded from there.
                 let sc = &mut state.scratch;
-                let x = self.half_of(sc, 0, input)?;
-                let w = self.half_of(sc, 1, weight)?;
+                let mut x = self.half_of(sc, 0, input)?;
+                let mut w = self.half_of(sc, 1, weight)?;
+                if let Some(p) = padded {
+                    (x, w) = self.pad_operands(sc, s, p, x, w, true)?;
+                }
                 if let Some(grad_out) = grad_out {
                     self.f32_to_half(sc, 2, grad_out, ny)?;
                 }
@@ -780,20 +858,28 @@ impl Cuda {
             (false, None) => unreachable!("d(output) comes in bf16 only in bf16"),
         };
         let sc = &state.scratch;
-        let plan = &state.plans[&s];
+        let plan = &state.plans[&run];
         let ws = self.raw(&sc.workspace);
         let half_out = sc.half_dw.as_ref();
+        // Where cuDNN writes a padded gradient, and its rows (pixels, or the weights' taps).
+        let unpad = padded.map(|p| (self.raw(&sc.padded[2]), p.c_in));
+        let (pixels, taps) = (s.n * s.h * s.w, s.c_out * 9);
         // f32 accumulates straight into the gradient (beta 1); bf16 assigns its scratch.
         let (dw, beta) = match half_out {
             Some(h) if half => (self.ptr(h), 0.0),
             _ => (self.ptr(grad_weight.f32_mut()), 1.0),
         };
-        // SAFETY: the buffers (or their bf16 copies) were checked against the plan's shape;
-        // `half_dw` holds at least max(nw, nx) elements.
+        // SAFETY: the buffers (or their bf16 copies, or padded copies) were checked against
+        // the plan's shape; `half_dw` holds at least max(nw, nx) elements, `padded[2]` at
+        // least max(pixels, taps) x the padded channels.
         self.timed(plan.labels[2], || {
-            unsafe { plan.backward_filter(&state.dnn, x, dy, dw, beta, ws) }
+            let out = unpad.map_or(dw, |(at, _)| at);
+            unsafe { plan.backward_filter(&state.dnn, x, dy, out, beta, ws) }
                 .map_err(|e| self.err("conv3x3_backward (filter)", e))
         })?;
+        if let Some((at, cp)) = unpad {
+            self.repad(dw, at, taps, cp, s.c_in)?;
+        }
         if half {
             self.half_to_f32(grad_weight, half_out.expect("grown"), true)?;
         }
@@ -811,9 +897,13 @@ impl Cuda {
             };
             // SAFETY: as above (`gi`'s copy holds as many elements as its data).
             self.timed(plan.labels[1], || {
-                unsafe { plan.backward_data(&state.dnn, w, dy, dx, ws) }
+                let out = unpad.map_or(dx, |(at, _)| at);
+                unsafe { plan.backward_data(&state.dnn, w, dy, out, ws) }
                     .map_err(|e| self.err("conv3x3_backward (data)", e))
             })?;
+            if let Some((at, cp)) = unpad {
+                self.repad(dx, at, pixels, cp, s.c_in)?;
+            }
             if half && !alone {
                 self.half_to_f32(gi, half_out.expect("grown"), false)?;
             }
@@ -1472,7 +1562,7 @@ impl Backend for Cuda {
         launch!(
             self,
             "batchnorm_apply",
-            nvrtc::elementwise(rows * c),
+            nvrtc::quads(rows * c, c),
             &out,
             &out_half,
             input.f32()?,
@@ -1511,7 +1601,7 @@ impl Backend for Cuda {
         launch!(
             self,
             "batchnorm_apply_eval",
-            nvrtc::elementwise(rows * c),
+            nvrtc::quads(rows * c, c),
             &out,
             &out_half,
             input.f32()?,
@@ -1786,7 +1876,7 @@ impl Backend for Cuda {
         launch!(
             self,
             "relu_maxpool2_backward",
-            nvrtc::elementwise(checks::pool_sizes(s).1), // one thread per window
+            nvrtc::quads(checks::pool_sizes(s).1, s.c), // a thread per window (quad)
             grad_input.f32_mut(),
             grad_out.f32()?,
             activation.f32()?,

@@ -60,6 +60,7 @@ pub const KERNELS: &[&str] = &[
     "cross_entropy",
     "f32_to_bf16",
     "bf16_to_f32",
+    "repad_channels_bf16",
 ];
 
 /// The NVRTC options for a device of compute capability `major.minor`.
@@ -295,6 +296,18 @@ pub fn elementwise(total: usize) -> LaunchConfig {
     }
 }
 
+/// The launch of a kernel that moves quads (four values an access, kernels.cu's `load4`)
+/// when its quads stay within units of `unit` elements (channels, or a sample's features):
+/// a thread per quad then, else a thread per element. The kernels check the alignment
+/// themselves and fall back to single values (grid-stride, so any launch still covers all).
+pub fn quads(total: usize, unit: usize) -> LaunchConfig {
+    if unit.is_multiple_of(4) {
+        elementwise(total / 4)
+    } else {
+        elementwise(total)
+    }
+}
+
 /// One block of [`BLOCK`] threads per row (sample), for `rows` rows.
 pub fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
@@ -399,6 +412,19 @@ mod tests {
         }
         assert_eq!(per_column(257).grid_dim.0, 2);
         assert_eq!(per_row(0).grid_dim.0, 1);
+    }
+
+    #[test]
+    fn quad_launches_give_a_thread_per_quad_only_where_quads_fit() {
+        // 1024 x 16 x 16 x 128: a thread per quad.
+        let total = 1024 * 16 * 16 * 128;
+        assert_eq!(
+            quads(total, 128).grid_dim.0 as usize * BLOCK as usize,
+            total / 4
+        );
+        // Three channels: a thread per element.
+        assert_eq!(quads(300, 3).grid_dim.0, elementwise(300).grid_dim.0);
+        assert_eq!(quads(0, 4).grid_dim.0, 1);
     }
 
     /// An ELF-looking image that names every kernel, as a cubin does.
