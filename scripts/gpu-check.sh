@@ -3,7 +3,8 @@
 # a short bench that must find the CUDA libraries without LD_LIBRARY_PATH, the CUDA tests
 # (ops against the CPU, golden FF step, repeatability), the benchmark in bf16 (with the
 # epoch, and the evaluation also without sharing block 0 between the labels) and f32, bf16
-# also unfused (epoch and evaluation too) and with any cuDNN algorithm, a per-kernel profile
+# also unfused (epoch and evaluation too), with any cuDNN algorithm and with block 0's
+# convolution unpadded, a per-kernel profile
 # of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy (then 2 in f32,
 # to set beside the CPU's). Logs go to $OUT (or ./gpu-logs), eight files at most.
 set -uo pipefail
@@ -31,17 +32,23 @@ ldd --version 2>/dev/null | head -1 | tee -a "$out/gpu.txt"
 status=0
 echo "== CUDA tests"
 timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
-echo "== bench, bf16 (default workload at batch 512, epoch and evaluation, the latter also unshared)"
-timeout 120 .device/trifecta bench --device cuda --steps 50 --warmup 5 --compare-unshared-eval 2>&1 |
-    tee "$out/bench.log" || status=1
-echo "== bench, f32 step"
-timeout 60 .device/trifecta bench --device cuda --precision f32 --steps 50 --warmup 5 --epoch-images 0 2>&1 |
-    tee -a "$out/bench.log" || status=1
-echo "== bench, bf16: unfused (step, epoch and evaluation), then any cuDNN algorithm (step)"
-timeout 90 .device/trifecta bench --device cuda --unfused --steps 50 --warmup 5 2>&1 |
-    tee -a "$out/bench.log" || status=1
-timeout 60 .device/trifecta bench --device cuda --any-cudnn-algorithm --steps 50 --warmup 5 \
-    --epoch-images 0 2>&1 | tee -a "$out/bench.log" || status=1
+# Each bench's lines in bench.log follow a "== " line naming it (the summary shows both).
+: >"$out/bench.log"
+bench() {
+    echo "== bench, $1" | tee -a "$out/bench.log"
+    shift
+    timeout "$@" 2>&1 | tee -a "$out/bench.log" || status=1
+}
+bench "bf16 (default workload at batch 512, epoch and evaluation, the latter also unshared)" \
+    120 .device/trifecta bench --device cuda --steps 50 --warmup 5 --compare-unshared-eval
+bench "f32 step" 60 .device/trifecta bench --device cuda --precision f32 --steps 50 --warmup 5 \
+    --epoch-images 0
+bench "bf16 unfused (step, epoch and evaluation)" 90 .device/trifecta bench --device cuda \
+    --unfused --steps 50 --warmup 5
+bench "bf16 step, any cuDNN algorithm" 60 .device/trifecta bench --device cuda \
+    --any-cudnn-algorithm --steps 50 --warmup 5 --epoch-images 0
+bench "bf16 step, block 0's 4 channels not padded to 8" 60 .device/trifecta bench --device cuda \
+    --no-channel-padding --steps 50 --warmup 5 --epoch-images 0
 echo "== bench, bf16 step, time per kernel (GPU events)"
 timeout 60 .device/trifecta bench --device cuda --profile --steps 20 --warmup 5 --epoch-images 0 2>&1 |
     tee "$out/profile.log" || status=1
@@ -60,8 +67,9 @@ echo "$found"
 grep -h "^test result" "$out/tests.log"
 grep -h -A2 "panicked at" "$out/tests.log" | head -12
 awk '/^failures:$/ {f = 1; n++} f && n == 2' "$out/tests.log" | head -25
-grep -h -E "^device:|^step:|^convolutions:|^epoch \(" "$out/bench.log"
-grep -h -E "ms in all|^ +[0-9.]+ ms" "$out/profile.log" | head -30
+grep -h -E "^== bench|^device:|^step:|^convolutions:|^epoch \(" "$out/bench.log"
+grep -h -E "ms in all|^ +[0-9.]+ ms +[0-9.]+% +[0-9]" "$out/profile.log" | head -28
+grep -h -E "by part of|^ +[0-9.]+ ms +[0-9.]+% +[a-z(]" "$out/profile.log"
 grep -E "^epoch [0-9]+/[0-9]+:" "$out/train.log" | tail -3
 grep -A7 "^epoch 10/10:" "$out/train.log" | tail -6
 grep -h -A7 -E "^epoch [12]/2:" "$out/train-f32.log"

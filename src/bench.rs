@@ -70,8 +70,11 @@ pub struct BenchReport {
     pub step_flops: f64,
     pub step_gflops: f64,
     pub sgemm_gflops: f64,
-    /// (kernel, seconds per step, calls per step) when profiled.
+    /// (kernel, seconds per step, calls per step) when profiled, slowest first.
     pub kernels: Vec<(&'static str, f64, f64)>,
+    /// (scope, e.g. "block 0", kernel, seconds per step, calls per step) when profiled: the
+    /// same time split by the part of the step it ran for.
+    pub kernels_by_scope: Vec<(&'static str, &'static str, f64, f64)>,
     /// A full training epoch and an evaluation, when asked for.
     pub epoch: Option<EpochReport>,
 }
@@ -245,8 +248,54 @@ impl BenchReport {
                     100.0 * seconds / self.step_seconds
                 ));
             }
+            text.push_str(&self.render_scopes());
         }
         text
+    }
+}
+
+impl BenchReport {
+    /// The profile by scope (block), in the order of the step, each scope's kernels slowest
+    /// first.
+    fn render_scopes(&self) -> String {
+        let mut scopes: Vec<&'static str> = Vec::new();
+        for (scope, ..) in &self.kernels_by_scope {
+            if !scopes.contains(scope) {
+                scopes.push(scope);
+            }
+        }
+        scopes.sort_by_key(|s| scope_order(s));
+        let mut text = String::from("\nper step, by part of the step:");
+        for scope in scopes {
+            let rows: Vec<_> = self
+                .kernels_by_scope
+                .iter()
+                .filter(|r| r.0 == scope)
+                .collect();
+            let total: f64 = rows.iter().map(|r| r.2).sum();
+            let name = if scope.is_empty() { "(unnamed)" } else { scope };
+            text.push_str(&format!(
+                "\n  {:9.3} ms  {:5.1}%  {name}",
+                total * 1e3,
+                100.0 * total / self.step_seconds
+            ));
+            for (_, op, seconds, calls) in rows {
+                text.push_str(&format!(
+                    "\n      {:9.3} ms  {calls:>4.0} calls  {op}",
+                    seconds * 1e3
+                ));
+            }
+        }
+        text
+    }
+}
+
+/// "input" first, then the blocks by number, then the rest by name.
+fn scope_order(scope: &str) -> (u8, usize, &str) {
+    match scope.strip_prefix("block ").map(str::parse::<usize>) {
+        _ if scope == "input" => (0, 0, scope),
+        Some(Ok(i)) => (1, i, scope),
+        _ => (2, 0, scope),
     }
 }
 
@@ -387,15 +436,21 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         times.push(start.elapsed().as_secs_f64());
     }
     let steps = config.steps as f64;
-    let kernels = if config.profile {
-        backend
-            .profile()?
-            .into_iter()
-            .map(|(op, time, calls)| (op, time.as_secs_f64() / steps, calls as f64 / steps))
-            .collect()
+    let rows = if config.profile {
+        backend.profile()?
     } else {
         Vec::new()
     };
+    let kernels = crate::profile::sum_by(&rows, |r| r.1)
+        .into_iter()
+        .map(|(op, time, calls)| (op, time.as_secs_f64() / steps, calls as f64 / steps))
+        .collect();
+    let kernels_by_scope = rows
+        .into_iter()
+        .map(|(scope, op, time, calls)| {
+            (scope, op, time.as_secs_f64() / steps, calls as f64 / steps)
+        })
+        .collect();
     let step_seconds = median(&times);
     let flops = step_flops(&ff, config.batch)?;
     Ok(BenchReport {
@@ -407,6 +462,7 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         step_gflops: flops / step_seconds / 1e9,
         sgemm_gflops: f64::NAN,
         kernels,
+        kernels_by_scope,
         epoch: None,
     })
 }

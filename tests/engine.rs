@@ -307,8 +307,8 @@ fn evaluation_shares_block_0_between_labels() {
     let calls = |name: &str| -> u64 {
         profile
             .iter()
-            .filter(|row| row.0.starts_with(name))
-            .map(|row| row.2)
+            .filter(|row| row.1.starts_with(name))
+            .map(|row| row.3)
             .sum()
     };
     assert_eq!(calls("add_bias_map"), 10, "{profile:?}");

@@ -252,8 +252,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// read, or two GPU events, per kernel).
     fn enable_profile(&self);
 
-    /// Time per kernel since profiling was turned on: (kernel, total, calls), slowest first.
+    /// Time per kernel since profiling was turned on: (scope, kernel, total, calls), slowest
+    /// first.
     fn profile(&self) -> Result<Vec<crate::profile::Row>>;
+
+    /// Names the work that follows in the profile (e.g. "block 2"); a no-op unless profiling.
+    fn profile_scope(&self, scope: &'static str);
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Result<Self::Buf>;

@@ -308,6 +308,7 @@ impl<B: Backend> FfNet<B> {
             });
         }
         self.staged_ahead = false;
+        backend.profile_scope("input");
         if let Some(images) = images {
             self.stage(backend, images)?;
         }
@@ -324,6 +325,7 @@ impl<B: Backend> FfNet<B> {
         self.embed_labels(backend, &labels)?;
         let t = self.iteration;
         for i in 0..self.blocks.len() {
+            backend.profile_scope(block_scope(i));
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.input.buf, |b| b.output());
             rest[0].forward(backend, input, n, true)?;
@@ -332,6 +334,7 @@ impl<B: Backend> FfNet<B> {
             }
             observe(i, self)?;
         }
+        backend.profile_scope("metrics and next images");
         // The next step's images go up behind this step's work (which has read the staged
         // ones by then, in stream order), before the wait for the metrics below.
         if let Some(next) = next {
@@ -584,4 +587,13 @@ impl<B: Backend> FfNet<B> {
         }
         out
     }
+}
+
+/// The profile's name for block `i`'s forward, backward and update (`Backend::profile_scope`).
+fn block_scope(i: usize) -> &'static str {
+    const NAMES: [&str; 12] = [
+        "block 0", "block 1", "block 2", "block 3", "block 4", "block 5", "block 6", "block 7",
+        "block 8", "block 9", "block 10", "block 11",
+    ];
+    NAMES.get(i).copied().unwrap_or("blocks 12 and up")
 }

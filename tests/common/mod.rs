@@ -286,6 +286,35 @@ pub fn check_profile<B: trifecta::backend::Backend>(backend: &B, expected: &[&st
     }
     // Slowest first.
     assert!(report.kernels.windows(2).all(|w| w[0].1 >= w[1].1));
+    // The same time split by part of the step: the input, then each block's own work.
+    let by_scope: f64 = report.kernels_by_scope.iter().map(|k| k.2).sum();
+    assert!((by_scope - profiled / config.steps as f64).abs() <= 1e-9 * (1.0 + by_scope));
+    let scope_of = |kernel: &str| {
+        report
+            .kernels_by_scope
+            .iter()
+            .filter(|k| k.1.starts_with(kernel))
+            .map(|k| k.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scope_of("embed_forward"), ["input"]);
+    let blocks = trifecta::ff::FfConfig::trifecta(config.arch, config.width, config.image, 10)
+        .unwrap()
+        .layers
+        .len();
+    let adam = scope_of("adam_step");
+    for i in 0..blocks {
+        let block = format!("block {i}");
+        assert!(
+            adam.contains(&block.as_str()),
+            "no adam_step in {block}: {adam:?}"
+        );
+    }
+    assert!(
+        report
+            .render(&config)
+            .contains("per step, by part of the step:\n")
+    );
 }
 
 /// A next block's BatchNorm (eval mode) over these buffers, eps 1e-5.

@@ -163,6 +163,10 @@ impl Backend for Cpu {
         Ok(self.profile.report())
     }
 
+    fn profile_scope(&self, scope: &'static str) {
+        self.profile.set_scope(scope);
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }

@@ -133,7 +133,8 @@ pub struct Cuda {
 #[derive(Default)]
 struct GpuProfile {
     totals: crate::profile::Profile,
-    pending: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
+    /// (scope, kernel, start, end), read by `profile`.
+    pending: Mutex<Vec<(&'static str, &'static str, CudaEvent, CudaEvent)>>,
 }
 
 fn err(ordinal: usize, what: &str, e: impl std::fmt::Debug) -> Error {
@@ -302,7 +303,7 @@ impl Cuda {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        pending.push((name, start, end));
+        pending.push((self.profile.totals.scope(), name, start, end));
         Ok(out)
     }
 
@@ -1059,15 +1060,19 @@ impl Backend for Cuda {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (name, start, end) in pending {
+        for (scope, name, start, end) in pending {
             // elapsed_ms waits for both events.
             let ms = start
                 .elapsed_ms(&end)
                 .map_err(|x| self.err("profile event", x))?;
             let time = std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
-            self.profile.totals.record(name, time);
+            self.profile.totals.record_in(scope, name, time);
         }
         Ok(self.profile.totals.report())
+    }
+
+    fn profile_scope(&self, scope: &'static str) {
+        self.profile.totals.set_scope(scope);
     }
 
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
