@@ -758,8 +758,15 @@ static void check_embedding_heads_adam() {
     close("embedding forward", out, wout, 0, 0);
     auto grad = randn(out.size());
     std::vector<float> gt(table.size(), 1.0f);
+    // The samples by label, as the host's label_groups lists them.
+    std::vector<unsigned> groups(classes + 1, 0);
+    for (int s = 0; s < n; s++) groups[labels[s] + 1]++;
+    for (int l = 0; l < classes; l++) groups[l + 1] += groups[l];
+    for (int l = 0; l < classes; l++)
+        for (int s = 0; s < n; s++)
+            if ((int)labels[s] == l) groups.push_back((unsigned)s);
     launch(elementwise(gt.size()), {BLOCK}, [&] {
-        embed_backward(gt.data(), grad.data(), labels.data(), n, pixels, c, classes);
+        embed_backward(gt.data(), grad.data(), groups.data(), pixels, c, classes);
     });
     std::vector<double> wgt(gt.size(), 1.0);
     for (int s = 0; s < n; s++)

@@ -106,18 +106,20 @@ extern "C" __global__ void embed_forward(float* out, const float* images, const 
     }
 }
 
-// One thread per (label, pixel): samples are added in order, as on the CPU.
+// One thread per (label, pixel), adding the samples of its label only, in order, as on the
+// CPU. `groups` lists the samples by label: groups[l]..groups[l + 1] index the sample
+// numbers that follow the classes + 1 offsets (the host's `label_groups`).
 extern "C" __global__ void embed_backward(float* grad_table, const float* grad_input,
-                                          const unsigned* labels, int n, int pixels, int c,
+                                          const unsigned* groups, int pixels, int c,
                                           int classes) {
+    const unsigned* samples = groups + classes + 1;
     long long total = (long long)classes * pixels;
     GRID_STRIDE(i, total) {
         unsigned label = (unsigned)(i / pixels);
         long long p = i % pixels;
         float acc = grad_table[i];
-        for (int s = 0; s < n; s++) {
-            if (labels[s] == label) acc += grad_input[((long long)s * pixels + p) * (c + 1) + c];
-        }
+        for (unsigned k = groups[label]; k < groups[label + 1]; k++)
+            acc += grad_input[((long long)samples[k] * pixels + p) * (c + 1) + c];
         grad_table[i] = acc;
     }
 }

@@ -1011,6 +1011,28 @@ struct NextNormArgs {
 unsafe impl DeviceRepr for NextNormArgs {}
 
 /// A pool shape as the kernels' ints.
+/// The samples grouped by label, for `embed_backward`: `classes + 1` offsets, then the
+/// sample numbers of label 0, of label 1, ..., each group in increasing order (labels were
+/// checked to be below `classes`). Each table entry then reads only its own label's samples,
+/// not all of them.
+fn label_groups(labels: &[u32], classes: usize) -> Vec<u32> {
+    let mut offsets = vec![0u32; classes + 1];
+    for &l in labels {
+        offsets[l as usize + 1] += 1;
+    }
+    for l in 0..classes {
+        offsets[l + 1] += offsets[l];
+    }
+    let mut out = offsets.clone();
+    out.resize(classes + 1 + labels.len(), 0);
+    let mut next = offsets;
+    for (sample, &l) in labels.iter().enumerate() {
+        out[classes + 1 + next[l as usize] as usize] = sample as u32;
+        next[l as usize] += 1;
+    }
+    out
+}
+
 fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
     Ok((
         int("n", s.n)?,
@@ -1197,9 +1219,8 @@ impl Backend for Cuda {
         checks::embed_backward::<Self>(grad_table, grad_input, labels, s)?;
         let classes = checks::embed_classes::<Self>(grad_table, s);
         let mut state = self.lock();
-        let l = self.upload_labels(&mut state.scratch, labels)?;
-        let (n, p, c, k) = (
-            int("n", s.n)?,
+        let groups = self.upload_labels(&mut state.scratch, &label_groups(labels, classes))?;
+        let (p, c, k) = (
             int("pixels", s.pixels)?,
             int("c", s.channels)?,
             int("classes", classes)?,
@@ -1210,8 +1231,7 @@ impl Backend for Cuda {
             nvrtc::elementwise(classes * s.pixels),
             grad_table.f32_mut(),
             grad_input.f32()?,
-            &*l,
-            &n,
+            &*groups,
             &p,
             &c,
             &k
@@ -2172,5 +2192,20 @@ impl Backend for Cuda {
             &bias2_sqrt
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_groups;
+
+    #[test]
+    fn label_groups_list_each_labels_samples_in_order() {
+        // Offsets for 4 classes (label 2 has none), then the samples by label.
+        assert_eq!(
+            label_groups(&[3, 0, 1, 0, 3, 3], 4),
+            [0, 2, 3, 3, 6, 1, 3, 2, 0, 4, 5]
+        );
+        assert_eq!(label_groups(&[], 2), [0, 0, 0]);
     }
 }
