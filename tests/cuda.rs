@@ -266,6 +266,13 @@ fn op_bodies_run_on_the_cpu() {
     for (n, seed) in ADAM_CASES {
         adam_op(b, n, seed);
     }
+    let filled = fill_many_op(b);
+    assert!(
+        filled[1..filled.len() - 1]
+            .iter()
+            .all(|(_, v)| v.iter().all(|&x| x == 2.5))
+    );
+    assert_eq!(filled[0].1, filled[filled.len() - 1].1);
     fused_matches_separate("cpu", b);
     for (s, pool, source, next, seed) in eval_tail_cases() {
         let fused = eval_tail_op(b, s, pool, true, source, next, seed);
@@ -1048,8 +1055,34 @@ fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
     ]
 }
 
+/// `fill_many` over more buffers than one launch takes, of every size from empty up; a
+/// buffer left out keeps its values.
+fn fill_many_op<B: Backend>(b: &B) -> Outputs {
+    let lens = [0, 1, 3, 1000, 300_001, 4, 257, 2, 9, 70_000, 5];
+    let mut bufs: Vec<B::Buf> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| up(b, &random(i as u64, n)))
+        .collect();
+    let (filled, kept) = bufs.split_at_mut(lens.len() - 1);
+    let mut refs: Vec<&mut B::Buf> = filled.iter_mut().collect();
+    b.fill_many(&mut refs, 2.5).unwrap();
+    let mut out: Outputs = kept.iter().map(|k| ("kept".into(), down(b, k))).collect();
+    for (i, buf) in bufs.iter().enumerate() {
+        out.push((format!("buffer {i}"), down(b, buf)));
+    }
+    out
+}
+
 #[test]
 fn adam_and_memory_match_cpu() {
+    compare(
+        "fill_many",
+        fill_many_op(gpu()),
+        fill_many_op(&cpu()),
+        0.0,
+        0.0,
+    );
     for (n, seed) in ADAM_CASES {
         compare(
             &format!("adam {n}"),

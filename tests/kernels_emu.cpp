@@ -874,7 +874,28 @@ static void check_channel_padding(long long rows, int c, int cp) {
     if (!ok) failures++;
 }
 
+// Several buffers in one launch, block row y filling buffer y; rows past `count` touch nothing.
+static void check_fill_many() {
+    std::vector<std::vector<float>> bufs = {std::vector<float>(0), std::vector<float>(1, 7.0f),
+                                            std::vector<float>(1000, 7.0f),
+                                            std::vector<float>(70, 7.0f)};
+    FillMany args{};
+    for (int k = 0; k < 3; k++) {
+        args.ptr[k] = bufs[k].data();
+        args.len[k] = (long long)bufs[k].size();
+    }
+    args.ptr[3] = bufs[3].data();  // beyond count: left alone
+    args.len[3] = 70;
+    launch({4, 4, 1}, {BLOCK}, [&] { fill_many_f32(args, 3, 2.5f); });
+    bool ok = true;
+    for (int k = 0; k < 4; k++)
+        for (float v : bufs[k]) ok &= v == (k < 3 ? 2.5f : 7.0f);
+    std::printf("%s fill_many\n", ok ? "ok  " : "FAIL");
+    if (!ok) failures++;
+}
+
 int main() {
+    check_fill_many();
     check_channel_padding(1000, 4, 8);
     check_channel_padding(37, 2, 8);
     check_channel_padding(9, 12, 16);

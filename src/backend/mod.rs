@@ -265,6 +265,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(buf: &Self::Buf) -> usize;
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
+    /// `fill` of several buffers (a GPU does them in one launch).
+    fn fill_many(&self, bufs: &mut [&mut Self::Buf], value: f32) -> Result<()> {
+        for buf in bufs {
+            self.fill(buf, value)?;
+        }
+        Ok(())
+    }
     /// Overwrite `dst` with host data of the same length.
     fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
     /// dst[offset .. offset + len(src)] = src, on the device.

@@ -11,9 +11,9 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ff::FfConfig;
-use crate::layers::Param;
 use crate::layers::block::Block;
 use crate::layers::head::Head;
+use crate::layers::{Param, zero_grads};
 use crate::optim::AdamGroup;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -147,16 +147,12 @@ impl<B: Backend> ClassifierNet<B> {
     }
 
     fn zero_grads(&mut self, backend: &B, i: usize) -> Result<()> {
-        for p in self.blocks[i].params_mut() {
-            p.zero_grad(backend)?;
-        }
         let layers = self.head_layers();
-        if let Some(k) = layers.iter().position(|&l| l == i) {
-            for p in self.heads[k].params_mut() {
-                p.zero_grad(backend)?;
-            }
-        }
-        Ok(())
+        let head: Vec<&mut Param<B>> = match layers.iter().position(|&l| l == i) {
+            Some(k) => self.heads[k].params_mut().into_iter().collect(),
+            None => Vec::new(),
+        };
+        zero_grads(backend, self.blocks[i].params_mut().into_iter().chain(head))
     }
 
     fn step(&mut self, backend: &B, i: usize) -> Result<()> {

@@ -17,9 +17,9 @@
 use super::config::FfConfig;
 use crate::backend::{Backend, EmbedShape};
 use crate::error::{Error, Result};
-use crate::layers::Param;
 use crate::layers::block::Block;
 use crate::layers::embedding::LabelEmbedding;
+use crate::layers::{Param, zero_grads};
 use crate::optim::AdamGroup;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -386,16 +386,12 @@ impl<B: Backend> FfNet<B> {
         )?;
 
         // zero_grad over both groups of optimiser i.
-        for p in self.blocks[i].params_mut() {
-            p.zero_grad(backend)?;
-        }
-        if i == 0 {
-            self.embedding.table.zero_grad(backend)?;
-        } else {
-            for p in self.blocks[i - 1].params_mut() {
-                p.zero_grad(backend)?;
-            }
-        }
+        let (before, rest) = self.blocks.split_at_mut(i);
+        let previous: Vec<&mut Param<B>> = match before.last_mut() {
+            None => vec![&mut self.embedding.table],
+            Some(b) => b.params_mut().into_iter().collect(),
+        };
+        zero_grads(backend, rest[0].params_mut().into_iter().chain(previous))?;
 
         let spec = self.blocks[i].spec;
         self.grad_output

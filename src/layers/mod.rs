@@ -114,10 +114,6 @@ impl<B: Backend> Param<B> {
         self.value.numel()
     }
 
-    pub fn zero_grad(&mut self, backend: &B) -> Result<()> {
-        backend.fill(&mut self.grad.buf, 0.0)
-    }
-
     /// The value in PyTorch order.
     pub fn to_torch(&self, backend: &B) -> Result<Vec<f32>> {
         Ok(self.layout.to_torch(&self.value.to_host(backend)?))
@@ -132,4 +128,13 @@ impl<B: Backend> Param<B> {
     pub fn load_torch(&mut self, backend: &B, data: &[f32]) -> Result<()> {
         backend.write(&mut self.value.buf, &self.layout.from_torch(data))
     }
+}
+
+/// Zeroes the gradients of `params`, in one launch on a backend that can (`fill_many`).
+pub fn zero_grads<'a, B: Backend + 'a>(
+    backend: &B,
+    params: impl IntoIterator<Item = &'a mut Param<B>>,
+) -> Result<()> {
+    let mut grads: Vec<&mut B::Buf> = params.into_iter().map(|p| &mut p.grad.buf).collect();
+    backend.fill_many(&mut grads, 0.0)
 }

@@ -91,6 +91,21 @@ extern "C" __global__ void fill_f32(float* x, float value, long long n) {
     GRID_STRIDE(i, n) x[i] = value;
 }
 
+// Up to FILL_MANY buffers in one launch (zero_grad of an optimiser's parameters): block row
+// y fills buffer y. Passed by value; the Rust side mirrors the layout (FillManyArgs).
+#define FILL_MANY 8
+struct FillMany {
+    float* ptr[FILL_MANY];
+    long long len[FILL_MANY];
+};
+
+extern "C" __global__ void fill_many_f32(FillMany bufs, int count, float value) {
+    int b = blockIdx.y;
+    if (b >= count) return;
+    float* x = bufs.ptr[b];
+    GRID_STRIDE(i, bufs.len[b]) x[i] = value;
+}
+
 // ---- label embedding ----
 
 extern "C" __global__ void embed_forward(float* out, const float* images, const float* table,

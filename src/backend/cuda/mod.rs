@@ -1010,6 +1010,21 @@ struct NextNormArgs {
 // and padding to 8 bytes in both).
 unsafe impl DeviceRepr for NextNormArgs {}
 
+/// Buffers per `fill_many_f32` launch (kernels.cu's FILL_MANY).
+const FILL_MANY: usize = 8;
+
+/// The kernels' `FillMany`: addresses and lengths of up to [`FILL_MANY`] buffers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FillManyArgs {
+    ptr: [u64; FILL_MANY],
+    len: [i64; FILL_MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, eight
+// 8-byte lengths, no padding in either).
+unsafe impl DeviceRepr for FillManyArgs {}
+
 /// A pool shape as the kernels' ints.
 /// The samples grouped by label, for `embed_backward`: `classes + 1` offsets, then the
 /// sample numbers of label 0, of label 1, ..., each group in increasing order (labels were
@@ -1149,6 +1164,22 @@ impl Backend for Cuda {
     }
     /// Large uploads are asynchronous: the host copies the data into page-locked memory and
     /// returns while the GPU copies it on, in stream order.
+    fn fill_many(&self, bufs: &mut [&mut CudaBuf], value: f32) -> Result<()> {
+        for chunk in bufs.chunks_mut(FILL_MANY) {
+            let mut args = FillManyArgs::default();
+            for (k, buf) in chunk.iter_mut().enumerate() {
+                args.len[k] = buf.len() as i64;
+                args.ptr[k] = self.ptr(buf.f32_mut());
+            }
+            let longest = chunk.iter().map(|b| b.len()).max().unwrap_or(0);
+            let mut cfg = nvrtc::elementwise(longest);
+            cfg.grid_dim.1 = chunk.len() as u32;
+            let count = chunk.len() as i32;
+            launch!(self, "fill_many_f32", cfg, &args, &count, &value);
+        }
+        Ok(())
+    }
+
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
         check_len("write", data.len(), dst.len())?;
         if data.len() >= STAGED_UPLOAD && self.upload_staged(dst, data)? {

@@ -18,6 +18,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Every `extern "C"` kernel in [`SOURCE`], loaded by name when the backend starts.
 pub const KERNELS: &[&str] = &[
     "fill_f32",
+    "fill_many_f32",
     "embed_forward",
     "embed_backward",
     "add_bias_map",
