@@ -841,6 +841,30 @@ static void check_embedding_heads_adam() {
     std::vector<unsigned short> want_half(len);
     launch(elementwise(len), {BLOCK}, [&] { f32_to_bf16(want_half.data(), p.data(), (long long)len); });
     close("adam bf16 copy", as_f32(p_half), widen(as_f32(want_half)), 0, 0);
+    // Quads and single values agree bit for bit: the same step on buffers one float off
+    // alignment (single values throughout).
+    {
+        auto g = randn(len), p0 = randn(len), m0 = randn(len, 0.1), v0 = randn(len, 0.1);
+        for (auto& x : v0) x = std::fabs(x);
+        std::vector<float> pa = p0, ma = m0, va = v0;
+        std::vector<float> pb(len + 1), mb(len + 1), vb(len + 1), gb(len + 1);
+        std::copy(p0.begin(), p0.end(), pb.begin() + 1);
+        std::copy(m0.begin(), m0.end(), mb.begin() + 1);
+        std::copy(v0.begin(), v0.end(), vb.begin() + 1);
+        std::copy(g.begin(), g.end(), gb.begin() + 1);
+        launch(elementwise(len), {BLOCK}, [&] {
+            adam_step(pa.data(), nullptr, ma.data(), va.data(), g.data(), (long long)len, 0.9f,
+                      0.999f, 1e-8f, 0.01f, 0.5f);
+        });
+        launch(elementwise(len), {BLOCK}, [&] {
+            adam_step(pb.data() + 1, nullptr, mb.data() + 1, vb.data() + 1, gb.data() + 1,
+                      (long long)len, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f);
+        });
+        close("adam quads against single values", pa,
+              std::vector<double>(pb.begin() + 1, pb.end()), 0, 0);
+        close("adam quads against single values (v)", va,
+              std::vector<double>(vb.begin() + 1, vb.end()), 0, 0);
+    }
 
     // bf16 round trip: exact for values with 8 significant bits, nearest-even otherwise.
     std::vector<float> src = {1.0f, -2.5f, 0.375f, 1.00390625f /* 1 + 2^-8: ties to even */,

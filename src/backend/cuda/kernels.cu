@@ -1021,15 +1021,44 @@ extern "C" __global__ void layernorm_backward_input_bf16(float* dx, const unsign
 
 // `param_half`, when not null, also gets the bf16 rounding of the new parameter (the copy a
 // bf16 convolution reads its weights from).
+// One parameter's Adam update; the values go back through the references.
+__device__ void adam_one(float g, float& m, float& v, float& p, float beta1, float beta2,
+                         float eps, float step_size, float bias2_sqrt) {
+    m = beta1 * m + (1.0f - beta1) * g;
+    v = beta2 * v + (1.0f - beta2) * g * g;
+    float denom = sqrtf(v) / bias2_sqrt + eps;
+    p = p - step_size * m / denom;
+}
+
+// Quads over the first n / 4 * 4 parameters where the buffers are aligned, then single
+// values (launch: a thread per quad).
 extern "C" __global__ void adam_step(float* param, unsigned short* param_half, float* m, float* v,
                                      const float* grad, long long n, float beta1, float beta2,
                                      float eps, float step_size, float bias2_sqrt) {
-    GRID_STRIDE(i, n) {
-        float g = grad[i];
-        m[i] = beta1 * m[i] + (1.0f - beta1) * g;
-        v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
-        float denom = sqrtf(v[i]) / bias2_sqrt + eps;
-        float p = param[i] - step_size * m[i] / denom;
+    bool aligned = quad_aligned(param) && quad_aligned(param_half) && quad_aligned(m) &&
+                   quad_aligned(v) && quad_aligned(grad);
+    long long quads = aligned ? n / 4 : 0;
+    GRID_STRIDE(q, quads) {
+        long long i = 4 * q;
+        float g[4], mq[4], vq[4], p[4];
+        load4(grad, i, g);
+        load4(m, i, mq);
+        load4(v, i, vq);
+        load4(param, i, p);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            adam_one(g[k], mq[k], vq[k], p[k], beta1, beta2, eps, step_size, bias2_sqrt);
+        store4(m, i, mq);
+        store4(v, i, vq);
+        store4(param, i, p);
+        if (param_half) store4(param_half, i, p);
+    }
+    GRID_STRIDE(j, n - 4 * quads) {
+        long long i = 4 * quads + j;
+        float mi = m[i], vi = v[i], p = param[i];
+        adam_one(grad[i], mi, vi, p, beta1, beta2, eps, step_size, bias2_sqrt);
+        m[i] = mi;
+        v[i] = vi;
         param[i] = p;
         if (param_half) param_half[i] = to_bf16(p);
     }

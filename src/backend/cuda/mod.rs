@@ -2203,7 +2203,7 @@ impl Backend for Cuda {
         let step_size = (hp.lr as f64 / bias1) as f32;
         let bias2_sqrt = bias2.sqrt() as f32;
         let n = param.len() as i64;
-        let cfg = nvrtc::elementwise(param.len());
+        let cfg = nvrtc::elementwise(param.len().div_ceil(4)); // a thread per quad
         // In bf16 the new weights' bf16 copy is written beside them, for the convolutions.
         let (param, param_half) = self.with_half_copy(param)?;
         launch!(
