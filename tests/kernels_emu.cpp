@@ -613,6 +613,14 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
         relu_maxpool2_backward_bf16(gh.data(), gout.data(), record.data(), n, h, w, c);
     });
     close((tag + " relu+pool backward to bf16").c_str(), as_f32(gh), rounded(gin), 0, 0);
+    // From the pre-activation itself (bf16 y, not ReLU'd): the same, bit for bit.
+    std::vector<unsigned short> raw(full), gr(full, 0x7fff);
+    launch(elementwise(full), {BLOCK},
+           [&] { f32_to_bf16(raw.data(), x.data(), (long long)full); });
+    launch(elementwise(full), {BLOCK}, [&] {
+        relu_maxpool2_backward_bf16(gr.data(), gout.data(), raw.data(), n, h, w, c);
+    });
+    close((tag + " relu+pool backward from y").c_str(), as_f32(gr), widen(as_f32(gh)), 0, 0);
     auto dy = randn(full);
     std::vector<float> masked = dy;
     launch(elementwise(full), {BLOCK},
@@ -642,6 +650,12 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
                                              c);
     });
     close((tag + " goodness+relu+pool backward to bf16").c_str(), as_f32(got_pool),
+          widen(as_f32(want_pool)), 0, 0);
+    std::vector<unsigned short> from_y(full, 0x7fff);
+    launch(elementwise(full), {BLOCK}, [&] {
+        goodness_relu_maxpool2_backward_bf16(from_y.data(), gg.data(), raw.data(), n, h, w, c);
+    });
+    close((tag + " goodness+relu+pool backward from y").c_str(), as_f32(from_y),
           widen(as_f32(want_pool)), 0, 0);
     int f = h * w * c;
     std::vector<float> dact(full);

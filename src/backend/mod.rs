@@ -320,7 +320,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// activation). The same as those five ops one after the other, which is what this
     /// default does. With `pooled`, `activation` is only this op's record for
     /// [`Self::relu_pool_conv3x3_backward`], in a form of the backend's choosing (the CPU:
-    /// the ReLU output; CUDA in bf16: bf16 values).
+    /// the ReLU output; CUDA in bf16: the convolution's bf16 output before ReLU).
     fn conv3x3_relu_pool_goodness(
         &self,
         activation: &mut Self::Buf,

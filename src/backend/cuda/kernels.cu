@@ -185,7 +185,9 @@ extern "C" __global__ void maxpool2_forward(float* out, const float* x, int n, i
 // the elements in no window (the last row or column of an odd size) get zero. A window's
 // index arithmetic and loads serve its four elements at once. `Out` is float, or bf16 when
 // the result goes straight to a bf16 convolution backward; `Saved`, the activation's type
-// (bf16: the record of relu_pool_goodness_bf16). Launch over the windows (grid-stride).
+// (bf16: the record of relu_pool_goodness_bf16). `x` may also be the pre-activation y: where
+// the window's maximum is positive, y and ReLU(y) have it at the same first position, and a
+// maximum <= 0 passes no gradient either way. Launch over the windows (grid-stride).
 // With `grad_goodness` (not null), d(pooled) is not read but made from d(goodness) the way
 // goodness_backward makes it: (grad_goodness[sample] * 2 / features) * pooled value, the
 // pooled value being the window's maximum, which the record holds exactly.
@@ -617,7 +619,9 @@ extern "C" __global__ void relu_pool_goodness_f32(float* activation, float* pool
                        save, NextNorm{});
 }
 
-// bf16: the record of a pooled block is bf16, in the first half of the activation buffer.
+// bf16: the record of a pooled block is bf16, in the first half of the activation buffer. In
+// training the backend has the convolution write y itself there and passes save = 0: the
+// pooled backward gives the same gradient from y as from ReLU(y), so y serves as the record.
 extern "C" __global__ void relu_pool_goodness_bf16(float* activation, float* pooled,
                                                    float* goodness, const unsigned short* y,
                                                    int h, int w, int c, int pool, int save) {

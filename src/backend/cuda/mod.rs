@@ -69,6 +69,19 @@ struct Scratch {
 /// Uploads of at least this many floats go through page-locked staging memory.
 const STAGED_UPLOAD: usize = 1 << 16;
 
+/// Where a bf16 convolution's output goes (`Cuda::conv_forward`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HalfOut {
+    /// Into the output's bf16 copy, then widened into its f32 data (so the output leaves
+    /// with a fresh copy, the very values its f32 data holds; unfused: through slot 2, no
+    /// copy).
+    Widened,
+    /// Into the scratch slot 2 (the output untouched), for a kernel that reads bf16.
+    Scratch,
+    /// To this address (fused only; unfused as `Scratch`).
+    At(u64),
+}
+
 /// bf16 convolutions run with their input channels padded with zeros to a multiple of this
 /// (see `Cuda::padded_shape`): 16 bytes of bf16 per pixel.
 const PAD_CHANNELS: usize = 8;
@@ -751,11 +764,8 @@ impl Cuda {
     }
 
     /// out = conv(input, weight) through cuDNN. In bf16 the operands' bf16 forms are read
-    /// (their own fresh copies, else conversions into the scratch slots 0 and 1); with
-    /// `keep_half` the result lands in slot 2 (`out` untouched) for a kernel that reads bf16,
-    /// else in `out`'s bf16 copy, which is then widened into its f32 data (so `out` leaves
-    /// with a fresh copy, the very values its f32 data holds; unfused: through slot 2, no
-    /// copy).
+    /// (their own fresh copies, else conversions into the scratch slots 0 and 1); the result
+    /// goes where `dest` says (in f32 always into `out`).
     fn conv_forward(
         &self,
         state: &mut State,
@@ -763,8 +773,9 @@ impl Cuda {
         input: &CudaBuf,
         weight: &CudaBuf,
         s: ConvShape,
-        keep_half: bool,
+        dest: HalfOut,
     ) -> Result<()> {
+        let keep_half = dest != HalfOut::Widened;
         let ny = checks::conv_sizes(s).2;
         let padded = self.padded_shape(s);
         let run = padded.unwrap_or(s);
@@ -777,15 +788,19 @@ impl Cuda {
             if let Some(p) = padded {
                 (x, w) = self.pad_operands(sc, s, p, x, w, false)?;
             }
-            let y = if keep_half || !self.fused {
-                grow(&self.stream, &mut sc.half[2], ny).map_err(|e| self.err("allocation", e))?
-            } else {
-                let (_, half) = out
-                    .f32_and_half_mut(&self.stream)
-                    .map_err(|e| self.err("allocation", e))?;
-                half
+            let y = match dest {
+                HalfOut::At(at) if self.fused => at,
+                HalfOut::Widened if self.fused => self.ptr(
+                    out.f32_and_half_mut(&self.stream)
+                        .map_err(|e| self.err("allocation", e))?
+                        .1,
+                ),
+                _ => self.ptr(
+                    grow(&self.stream, &mut sc.half[2], ny)
+                        .map_err(|e| self.err("allocation", e))?,
+                ),
             };
-            (x, w, self.ptr(y))
+            (x, w, y)
         } else {
             (
                 self.ptr(input.f32()?),
@@ -1279,7 +1294,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         checks::conv3x3_forward::<Self>(out, input, weight, s)?;
         let mut state = self.lock();
-        self.conv_forward(&mut state, out, input, weight, s, false)
+        self.conv_forward(&mut state, out, input, weight, s, HalfOut::Widened)
     }
     fn conv3x3_backward(
         &self,
@@ -1338,19 +1353,30 @@ impl Backend for Cuda {
         )?;
         let mut guard = self.lock();
         let state = &mut *guard;
-        self.conv_forward(state, activation, input, weight, s, true)?;
+        // bf16 with pool: cuDNN writes y where the record goes, the first half of the
+        // activation buffer, and the tail reads it there and writes no record (the pooled
+        // backward gives the same gradient from y as from ReLU(y); kernels.cu).
+        let in_place = self.precision == Precision::Bf16 && pooled.is_some();
+        let dest = match in_place {
+            true => HalfOut::At(self.ptr(activation.f32_mut())),
+            false => HalfOut::Scratch,
+        };
+        self.conv_forward(state, activation, input, weight, s, dest)?;
         if s.n == 0 {
             return Ok(());
         }
         let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
         let pool = pooled.is_some() as i32;
-        let save = 1i32;
+        let save = !in_place as i32;
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
-        let (kernel, y) = match self.precision {
-            Precision::Bf16 => ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2])),
-            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
+        let (kernel, y) = match (self.precision, in_place) {
+            (Precision::Bf16, true) => ("relu_pool_goodness_bf16", self.ptr(activation.f32()?)),
+            (Precision::Bf16, false) => {
+                ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2]))
+            }
+            (Precision::F32, _) => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
         };
         launch!(
             self,
@@ -1397,7 +1423,7 @@ impl Backend for Cuda {
         )?;
         let mut guard = self.lock();
         let state = &mut *guard;
-        self.conv_forward(state, activation, input, weight, s, true)?;
+        self.conv_forward(state, activation, input, weight, s, HalfOut::Scratch)?;
         let from = match self.precision {
             Precision::Bf16 => ("eval_tail_bf16", self.raw(&state.scratch.half[2])),
             Precision::F32 => ("eval_tail_f32", self.ptr(activation.f32()?)),
