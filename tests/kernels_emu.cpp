@@ -192,7 +192,7 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
     Parts p = partials(rows, c, 132);
     std::vector<double> pa(p.parts * c), pb(p.parts * c), dmean(c);
     dim3 grid{(unsigned)((c + 31) / 32), (unsigned)p.parts, 1}, block{32, 8, 1};
-    dim3 cols{(unsigned)((c + BLOCK - 1) / BLOCK), 1, 1};
+    dim3 cols{(unsigned)((c + FINISH_COLUMNS - 1) / FINISH_COLUMNS), 1, 1};
     launch(grid, block, [&] { partial_sum(pa.data(), pb.data(), x.data(), rows, c, p.chunk); });
     launch(cols, {BLOCK}, [&] { finish_mean(dmean.data(), pa.data(), (int)p.parts, c, rows); });
     launch(grid, block, [&] {
@@ -351,7 +351,7 @@ static void check_layernorm(int n, int f) {
         partial_dy_xhat_rows(pa.data(), pb.data(), dy.data(), x.data(), mean.data(), rstd.data(),
                              n, f, p.chunk);
     });
-    launch({(unsigned)((f + BLOCK - 1) / BLOCK)}, {BLOCK},
+    launch({(unsigned)((f + FINISH_COLUMNS - 1) / FINISH_COLUMNS)}, {BLOCK},
            [&] { finish_add(dg.data(), db.data(), pa.data(), pb.data(), (int)p.parts, f); });
     {
         // dy as bf16 values: the f32 kernels' results on the widened values, bit for bit.

@@ -813,14 +813,55 @@ extern "C" __global__ void partial_dy_xhat_rows_bf16(double* part_a, double* par
     partial_dy_xhat_rows_of(part_a, part_b, dy, x, mean, rstd, rows, cols, chunk);
 }
 
+// The finish kernels: a warp per column, FINISH_COLUMNS columns per block of 256 threads
+// (nvrtc.rs's per_column). A column's parts were summed by one thread, one after the other
+// (hundreds of dependent loads); now lane l of its warp adds parts l, l + 32, ... in order
+// and the 32 lane sums are added in lane order: a fixed order, the same on every run.
+#define FINISH_COLUMNS 8
+
+// Sum over the parts of column `col` (parts x cols, row-major); every thread of the block
+// calls it (it has barriers), each gets its column's sum. `shared` holds blockDim.x doubles.
+__device__ double parts_sum(const double* part, int parts, int cols, int col, double* shared) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    double s = 0.0;
+    if (col < cols) {
+        for (int p = lane; p < parts; p += 32) s += part[(long long)p * cols + col];
+    }
+    shared[threadIdx.x] = s;
+    __syncthreads();
+    double total = 0.0;
+    for (int l = 0; l < 32; l++) total += shared[warp * 32 + l];
+    __syncthreads();
+    return total;
+}
+
+// This thread's column, and whether it writes it (lane 0 of the column's warp).
+__device__ int finish_column(int cols, bool* writes) {
+    int col = blockIdx.x * FINISH_COLUMNS + threadIdx.x / 32;
+    *writes = col < cols && threadIdx.x % 32 == 0;
+    return col;
+}
+
+// The sums of part_a and part_b for this thread's column `col`; true for the thread that
+// writes the column.
+__device__ bool finish_pair(const double* part_a, const double* part_b, int parts, int cols,
+                            int* col, double* a, double* b) {
+    __shared__ double shared[32 * FINISH_COLUMNS];
+    bool writes;
+    *col = finish_column(cols, &writes);
+    *a = parts_sum(part_a, parts, cols, *col, shared);
+    *b = parts_sum(part_b, parts, cols, *col, shared);
+    return writes;
+}
+
 // mean[c] = sum of parts / rows, kept in double for the variance pass.
 extern "C" __global__ void finish_mean(double* mean, const double* part, int parts, int cols,
                                        long long rows) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    double s = 0.0;
-    for (int p = 0; p < parts; p++) s += part[(long long)p * cols + c];
-    mean[c] = s / (double)rows;
+    __shared__ double shared[32 * FINISH_COLUMNS];
+    bool writes;
+    int c = finish_column(cols, &writes);
+    double s = parts_sum(part, parts, cols, c, shared);
+    if (writes) mean[c] = s / (double)rows;
 }
 
 // BatchNorm statistics from the squared-deviation parts; updates the running statistics
@@ -829,10 +870,11 @@ extern "C" __global__ void batchnorm_finish_stats(float* mean, float* rstd, floa
                                                   float* running_var, const double* dmean,
                                                   const double* part, int parts, int cols,
                                                   long long rows, float eps, float momentum) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    double sq = 0.0;
-    for (int p = 0; p < parts; p++) sq += part[(long long)p * cols + c];
+    __shared__ double shared[32 * FINISH_COLUMNS];
+    bool writes;
+    int c = finish_column(cols, &writes);
+    double sq = parts_sum(part, parts, cols, c, shared);
+    if (!writes) return;
     double var = sq / (double)rows;
     mean[c] = (float)dmean[c];
     rstd[c] = (float)(1.0 / sqrt(var + (double)eps));
@@ -844,13 +886,9 @@ extern "C" __global__ void batchnorm_finish_stats(float* mean, float* rstd, floa
 // out_a[c] += sum of part_a, out_b[c] += sum of part_b (either may be null).
 extern "C" __global__ void finish_add(float* out_a, float* out_b, const double* part_a,
                                       const double* part_b, int parts, int cols) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    double a = 0.0, b = 0.0;
-    for (int p = 0; p < parts; p++) {
-        a += part_a[(long long)p * cols + c];
-        b += part_b[(long long)p * cols + c];
-    }
+    int c;
+    double a, b;
+    if (!finish_pair(part_a, part_b, parts, cols, &c, &a, &b)) return;
     if (out_a) out_a[c] += (float)a;
     if (out_b) out_b[c] += (float)b;
 }
@@ -914,13 +952,9 @@ extern "C" __global__ void batchnorm_backward_finish(float* grad_gamma, float* g
                                                      int cols, long long rows,
                                                      const float* mean, const float* rstd,
                                                      const float* gamma) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    double sum_dy = 0.0, sum_dyx = 0.0;
-    for (int p = 0; p < parts; p++) {
-        sum_dy += part_dy[(long long)p * cols + c];
-        sum_dyx += part_dyx[(long long)p * cols + c];
-    }
+    int c;
+    double sum_dy, sum_dyx;
+    if (!finish_pair(part_dy, part_dyx, parts, cols, &c, &sum_dy, &sum_dyx)) return;
     double sum_dy_xhat = (double)rstd[c] * (sum_dyx - (double)mean[c] * sum_dy);
     grad_beta[c] += (float)sum_dy;
     grad_gamma[c] += (float)sum_dy_xhat;

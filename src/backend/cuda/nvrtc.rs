@@ -357,10 +357,14 @@ impl Partials {
     }
 }
 
-/// One thread per column, for the `finish_*` kernels.
+/// Columns per block of the `finish_*` kernels (kernels.cu's FINISH_COLUMNS): a warp of
+/// [`BLOCK`] / 8 = 32 threads per column.
+const FINISH_COLUMNS: usize = 8;
+
+/// A warp per column, for the `finish_*` kernels.
 pub fn per_column(cols: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (cols.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
+        grid_dim: (cols.div_ceil(FINISH_COLUMNS).max(1) as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -411,7 +415,8 @@ mod tests {
                 assert!(c.grid_dim.0 as usize * BLOCK as usize >= total);
             }
         }
-        assert_eq!(per_column(257).grid_dim.0, 2);
+        assert_eq!(per_column(257).grid_dim.0, 33);
+        assert_eq!(BLOCK as usize, 32 * FINISH_COLUMNS);
         assert_eq!(per_row(0).grid_dim.0, 1);
     }
 
