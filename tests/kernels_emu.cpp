@@ -585,6 +585,23 @@ static void check_fused_tails(const std::vector<float>& x, const std::vector<flo
         }
         if (pool) close((t + " (bf16) pooled").c_str(), p, widen(pr), 0, 0);
         close((t + " (bf16) goodness").c_str(), gg, widen(gr), 0, 0);
+        if (pool) {
+            // As in training: y in the first half of the activation buffer, no record
+            // written (the backward reads y); the same pooled values and goodness.
+            std::vector<float> a2(full, 0.0f), p2(pooled_size, 99.0f), g2(n, 99.0f);
+            std::memcpy(a2.data(), yh.data(), full * sizeof(unsigned short));
+            auto y_in_place = (const unsigned short*)a2.data();
+            launch({(unsigned)n}, {BLOCK}, [&] {
+                relu_pool_goodness_bf16(a2.data(), p2.data(), g2.data(), y_in_place, h, w, c, 1,
+                                        0);
+            });
+            close((t + " (bf16, y in place) pooled").c_str(), p2, widen(pr), 0, 0);
+            close((t + " (bf16, y in place) goodness").c_str(), g2, widen(gr), 0, 0);
+            std::vector<unsigned short> still(full);
+            std::memcpy(still.data(), a2.data(), full * sizeof(unsigned short));
+            close((t + " (bf16, y in place) y untouched").c_str(), as_f32(still),
+                  widen(as_f32(yh)), 0, 0);
+        }
     }
     // Backward straight to bf16: the rounding of the f32 kernels' results.
     auto rounded = [&](const std::vector<float>& v) {
