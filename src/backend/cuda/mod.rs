@@ -519,7 +519,7 @@ impl Cuda {
                 nvrtc::quads(checks::pool_sizes(s.output_pool()).1, s.c_out),
                 dy,
                 grad,
-                activation.f32()?, // the bf16 record of relu_pool_goodness_bf16
+                activation.f32()?, // the convolution's bf16 output, the pooled record
                 &n,
                 &h,
                 &w,
@@ -707,6 +707,7 @@ impl Cuda {
         })?;
         Ok(())
     }
+
     /// The shape cuDNN runs for convolution `s`: in bf16, with padding on, input channels
     /// that are not a multiple of [`PAD_CHANNELS`] are padded with zeros up to one (the same
     /// convolution; cuDNN's NHWC tensor-core kernels want it). None: `s` as it is.
