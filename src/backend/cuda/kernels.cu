@@ -45,8 +45,8 @@ __device__ void store(unsigned short* p, long long i, float v) { p[i] = to_bf16(
 // of one pixel. A thread with one scalar load in flight leaves the memory system idle (about
 // 23 KB must be in flight per multiprocessor for the full bandwidth, by Little's law), so the
 // memory-bound kernels below move quads where the layout allows (channels a multiple of 4,
-// buffers `quad_aligned`) and fall back to single values elsewhere; both give the same values, the float operations being the
-// same per element.
+// buffers `quad_aligned`) and fall back to single values elsewhere; both give the same
+// values, the float operations being the same per element.
 struct alignas(16) Quad {
     float v[4];
 };
@@ -80,6 +80,24 @@ __device__ void store4(unsigned short* p, long long i, const float* v) {
 #pragma unroll
     for (int k = 0; k < 4; k++) q.v[k] = to_bf16(v[k]);
     *(HalfQuad*)(p + i) = q;
+}
+
+// W (1 or 4) consecutive values: load/store, or load4/store4.
+template <int W, typename T>
+__device__ void load_w(const T* p, long long i, float* v) {
+    if (W == 4) {
+        load4(p, i, v);
+    } else {
+        v[0] = load(p, i);
+    }
+}
+template <int W, typename T>
+__device__ void store_w(T* p, long long i, const float* v) {
+    if (W == 4) {
+        store4(p, i, v);
+    } else {
+        store(p, i, v[0]);
+    }
 }
 
 __device__ double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
@@ -343,6 +361,9 @@ extern "C" __global__ void goodness_relu_backward_bf16(unsigned short* grad_inpu
 // later load above an earlier store itself, and one load in flight per warp would leave the
 // kernel waiting on memory. The items are still summed in the thread's own order.
 #define TAIL_UNROLL 4
+// A pooled block's quads hold 16 values an item (four positions of four channels): 2 at a
+// time.
+#define TAIL_QUAD_UNROLL 2
 
 // BatchNorm in eval mode is x * scale + shift per channel; these are channel `ch`'s.
 __device__ void bn_eval_coefficients(int ch, const float* gamma, const float* beta,
@@ -380,142 +401,108 @@ struct NextNorm {
     float eps;
 };
 
-// Writes a tail's output value `v` (element `at` of the output, channel `ch`): to `out`, or
-// normalised to the next block's input, with the coefficients of `scale` and `shift` where
-// given (the same values bn_eval computes).
+// Writes a tail's output values `v`, W channels from `ch` at element `at` of the output: to
+// `out`, or normalised to the next block's input, with the coefficients of `scale` and
+// `shift` where given (the same values bn_eval computes).
+template <int W>
 __device__ void put_output(float* out, const NextNorm& next, const float* scale,
-                           const float* shift, long long at, int ch, float v) {
+                           const float* shift, long long at, int ch, const float* v) {
     if (!next.gamma) {
-        out[at] = v;
+        store_w<W>(out, at, v);
         return;
     }
-    float z = scale ? v * scale[ch] + shift[ch]
-                    : bn_eval(v, ch, next.gamma, next.beta, next.running_mean,
-                              next.running_var, next.eps);
-    if (next.out) next.out[at] = z;
-    if (next.out_half) next.out_half[at] = to_bf16(z);
-}
-
-// put_output for the quad of channels ch..ch+3 at `at`.
-__device__ void put_output4(float* out, const NextNorm& next, const float* scale,
-                            const float* shift, long long at, int ch, const float* v) {
-    if (!next.gamma) {
-        store4(out, at, v);
-        return;
-    }
-    float z[4];
+    float z[W];
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < W; k++) {
         z[k] = scale ? v[k] * scale[ch + k] + shift[ch + k]
                      : bn_eval(v[k], ch + k, next.gamma, next.beta, next.running_mean,
                                next.running_var, next.eps);
     }
-    if (next.out) store4(next.out, at, z);
-    if (next.out_half) store4(next.out_half, at, z);
+    if (next.out) store_w<W>(next.out, at, z);
+    if (next.out_half) store_w<W>(next.out_half, at, z);
 }
 
-// y[at] as f32, plus bias[at] where there is a bias map (`at` is within one sample).
-template <typename In>
-__device__ float biased(const In* ys, const float* bias, long long at) {
-    float v = load(ys, at);
-    return bias ? v + bias[at] : v;
-}
-
-// biased() of the quad at `at`.
-template <typename In>
-__device__ void biased4(const In* ys, const float* bias, long long at, float* v) {
-    load4(ys, at, v);
-    if (bias) {
-        float b[4];
-        load4(bias, at, b);
+// ReLU of y's W values at `at`, plus bias's where there is a bias map (`at` is within one
+// sample).
+template <int W, typename In>
+__device__ void relu_biased(const In* ys, const float* bias, long long at, float* v) {
+    load_w<W>(ys, at, v);
+    float b[W];
+    if (bias) load_w<W>(bias, at, b);
 #pragma unroll
-        for (int k = 0; k < 4; k++) v[k] = v[k] + b[k];
-    }
+    for (int k = 0; k < W; k++) v[k] = fmaxf(bias ? v[k] + b[k] : v[k], 0.0f);
 }
 
-// The quad form of relu_pool_goodness's item loops below (channels a multiple of 4, every
-// buffer quad_aligned): an item is four channels of one output position, TAIL_QUAD_UNROLL
-// items at a time, all loads before any store. The values are the scalar loops' own; the
-// goodness adds each thread's items in its own order (quad by quad, channel by channel),
-// the order goodness_forward's quad form uses.
-#define TAIL_QUAD_UNROLL 2
-template <typename In, typename Saved>
-__device__ double relu_pool_goodness_quads(float* activation, Saved* as, float* pooled,
+// relu_pool_goodness's item loop: an item is W channels (1, or a quad where channels are a
+// multiple of 4 and every buffer quad_aligned) of one output position, U items at a time, all
+// loads before any store. The goodness adds each thread's items in its own order, item by
+// item, channel by channel (goodness_forward adds in the same order). Returns the thread's
+// sum.
+template <int W, int U, bool POOL, typename In, typename Saved>
+__device__ double relu_pool_goodness_items(float* activation, Saved* as, float* pooled,
                                            const In* ys, const float* bias, long long s, int h,
-                                           int w, int c, int pool, int save, const NextNorm& next,
-                                           const float* scale, const float* shift) {
+                                           int w, int c, int features, int save,
+                                           const NextNorm& next, const float* scale,
+                                           const float* shift) {
     double sum = 0.0;
-    if (pool) {
-        int oh = h / 2, ow = w / 2;
-        int quads = oh * ow * c / 4;
-        long long row = (long long)w * c;
-        for (int i0 = threadIdx.x; i0 < quads; i0 += TAIL_QUAD_UNROLL * blockDim.x) {
-            long long base[TAIL_QUAD_UNROLL];
-            float v[TAIL_QUAD_UNROLL][4][4];
+    int items = features / W;
+    long long row = (long long)w * c;
+    // A window's four positions from its top-left one (pool); else the one position.
+    const long long offset[4] = {0, c, row, row + c};
+    const int positions = POOL ? 4 : 1;
+    for (int i0 = threadIdx.x; i0 < items; i0 += U * blockDim.x) {
+        long long base[U];
+        float v[U][4][W];
 #pragma unroll
-            for (int u = 0; u < TAIL_QUAD_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= quads) break;
-                base[u] = window_origin(4LL * i, h, w, c);  // within this sample
-                long long at[4] = {base[u], base[u] + c, base[u] + row, base[u] + row + c};
+        for (int u = 0; u < U; u++) {
+            int i = i0 + u * blockDim.x;
+            if (i >= items) break;
+            // Within this sample.
+            base[u] = POOL ? window_origin((long long)W * i, h, w, c) : (long long)W * i;
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    biased4(ys, bias, at[q], v[u][q]);
-#pragma unroll
-                    for (int k = 0; k < 4; k++) v[u][q][k] = fmaxf(v[u][q][k], 0.0f);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < TAIL_QUAD_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= quads) break;
-                if (save) {
-                    long long at[4] = {base[u], base[u] + c, base[u] + row, base[u] + row + c};
-#pragma unroll
-                    for (int q = 0; q < 4; q++) store4(as, at[q], v[u][q]);
-                }
-                float m[4];
-#pragma unroll
-                for (int k = 0; k < 4; k++)
-                    m[k] = fmaxf(fmaxf(fmaxf(v[u][0][k], v[u][1][k]), v[u][2][k]), v[u][3][k]);
-                long long out = 4LL * i;
-                put_output4(pooled, next, scale, shift, s * (4LL * quads) + out,
-                            (int)(out % c), m);
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    double d = (double)m[k];
-                    sum += d * d;
-                }
-            }
+            for (int q = 0; q < positions; q++)
+                relu_biased<W>(ys, bias, base[u] + offset[q], v[u][q]);
         }
-    } else {
-        long long per_sample = (long long)h * w * c;
-        int quads = (int)(per_sample / 4);
-        for (int i0 = threadIdx.x; i0 < quads; i0 += TAIL_UNROLL * blockDim.x) {
-            float v[TAIL_UNROLL][4];
 #pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= quads) break;
-                biased4(ys, bias, 4LL * i, v[u]);
+        for (int u = 0; u < U; u++) {
+            int i = i0 + u * blockDim.x;
+            if (i >= items) break;
+            long long out = (long long)W * i;
+            float m[W];
 #pragma unroll
-                for (int k = 0; k < 4; k++) v[u][k] = fmaxf(v[u][k], 0.0f);
+            for (int k = 0; k < W; k++) {
+                m[k] = POOL ? fmaxf(fmaxf(fmaxf(v[u][0][k], v[u][1][k]), v[u][2][k]), v[u][3][k])
+                            : v[u][0][k];
             }
+            if (POOL && save) {
 #pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= quads) break;
-                put_output4(activation, next, scale, shift, s * per_sample + 4LL * i,
-                            (int)(4LL * i % c), v[u]);
+                for (int q = 0; q < 4; q++) store_w<W>(as, base[u] + offset[q], v[u][q]);
+            }
+            put_output<W>(POOL ? pooled : activation, next, scale, shift, s * features + out,
+                          (int)(out % c), m);
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    double d = (double)v[u][k];
-                    sum += d * d;
-                }
+            for (int k = 0; k < W; k++) {
+                double d = (double)m[k];
+                sum += d * d;
             }
         }
     }
     return sum;
+}
+
+// The same with the unroll of each case: the quads of a pooled block hold 16 values an item.
+template <int W, typename In, typename Saved>
+__device__ double relu_pool_goodness_loop(float* activation, Saved* as, float* pooled,
+                                          const In* ys, const float* bias, long long s, int h,
+                                          int w, int c, int pool, int features, int save,
+                                          const NextNorm& next, const float* scale,
+                                          const float* shift) {
+    if (pool) {
+        return relu_pool_goodness_items<W, W == 4 ? TAIL_QUAD_UNROLL : TAIL_UNROLL, true>(
+            activation, as, pooled, ys, bias, s, h, w, c, features, save, next, scale, shift);
+    }
+    return relu_pool_goodness_items<W, TAIL_UNROLL, false>(
+        activation, as, pooled, ys, bias, s, h, w, c, features, save, next, scale, shift);
 }
 
 template <typename In, typename Saved>
@@ -527,8 +514,6 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
     long long s = blockIdx.x;
     long long per_sample = (long long)h * w * c;
     const In* ys = y + s * per_sample;
-    double sum = 0.0;
-    int features;
     // The next BatchNorm's coefficients, once per block (the condition is the same for the
     // whole block, so all of it reaches the barrier).
     const float *scale = nullptr, *shift = nullptr;
@@ -543,68 +528,24 @@ __device__ void relu_pool_goodness(float* activation, Saved* saved, float* poole
     }
     Saved* as = saved + s * per_sample;
     int oh = h / 2, ow = w / 2;
-    features = pool ? oh * ow * c : (int)per_sample;
+    int features = pool ? oh * ow * c : (int)per_sample;
     bool quads = c % 4 == 0 && quad_aligned(y) && quad_aligned(bias) &&
                  quad_aligned(activation) && quad_aligned(saved) && quad_aligned(pooled) &&
                  quad_aligned(next.out) && quad_aligned(next.out_half);
-    if (quads) {
-        sum = relu_pool_goodness_quads(activation, as, pooled, ys, bias, s, h, w, c, pool, save,
-                                       next, scale, shift);
-    } else if (pool) {
-        for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
-            long long at[TAIL_UNROLL][4];
-            float v[TAIL_UNROLL][4];
-#pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= features) break;
-                long long base = window_origin(i, h, w, c);  // within this sample
-                at[u][0] = base;
-                at[u][1] = base + c;
-                at[u][2] = base + (long long)w * c;
-                at[u][3] = base + (long long)w * c + c;
-#pragma unroll
-                for (int q = 0; q < 4; q++) v[u][q] = fmaxf(biased(ys, bias, at[u][q]), 0.0f);
-            }
-#pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= features) break;
-                if (save) {
-#pragma unroll
-                    for (int q = 0; q < 4; q++) store(as, at[u][q], v[u][q]);
-                }
-                float m = fmaxf(fmaxf(fmaxf(v[u][0], v[u][1]), v[u][2]), v[u][3]);
-                put_output(pooled, next, scale, shift, s * features + i, i % c, m);
-                double d = (double)m;
-                sum += d * d;
-            }
-        }
-    } else {
-        for (int i0 = threadIdx.x; i0 < features; i0 += TAIL_UNROLL * blockDim.x) {
-            float v[TAIL_UNROLL];
-#pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= features) break;
-                v[u] = fmaxf(biased(ys, bias, i), 0.0f);
-            }
-#pragma unroll
-            for (int u = 0; u < TAIL_UNROLL; u++) {
-                int i = i0 + u * blockDim.x;
-                if (i >= features) break;
-                put_output(activation, next, scale, shift, s * per_sample + i, i % c, v[u]);
-                double d = (double)v[u];
-                sum += d * d;
-            }
-        }
-    }
+    double sum = quads ? relu_pool_goodness_loop<4>(activation, as, pooled, ys, bias, s, h, w, c,
+                                                    pool, features, save, next, scale, shift)
+                       : relu_pool_goodness_loop<1>(activation, as, pooled, ys, bias, s, h, w, c,
+                                                    pool, features, save, next, scale, shift);
     if (pool && save && ((h | w) & 1)) {
         // The last row or column of an odd size is in no window: ReLU alone.
         for (long long i = threadIdx.x; i < per_sample; i += blockDim.x) {
             long long rest = i / c;
             int xx = (int)(rest % w), yy = (int)(rest / w);
-            if (yy >= 2 * oh || xx >= 2 * ow) store(as, i, fmaxf(biased(ys, bias, i), 0.0f));
+            if (yy >= 2 * oh || xx >= 2 * ow) {
+                float v;
+                relu_biased<1>(ys, bias, i, &v);
+                store(as, i, v);
+            }
         }
     }
     sum = block_sum(sum, shared);
