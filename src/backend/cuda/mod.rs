@@ -1041,7 +1041,6 @@ struct FillManyArgs {
 // 8-byte lengths, no padding in either).
 unsafe impl DeviceRepr for FillManyArgs {}
 
-/// A pool shape as the kernels' ints.
 /// The samples grouped by label, for `embed_backward`: `classes + 1` offsets, then the
 /// sample numbers of label 0, of label 1, ..., each group in increasing order (labels were
 /// checked to be below `classes`). Each table entry then reads only its own label's samples,
@@ -1064,6 +1063,7 @@ fn label_groups(labels: &[u32], classes: usize) -> Vec<u32> {
     out
 }
 
+/// A pool shape as the kernels' ints.
 fn pool_dims(s: PoolShape) -> Result<(i32, i32, i32, i32)> {
     Ok((
         int("n", s.n)?,
@@ -1178,8 +1178,6 @@ impl Backend for Cuda {
         );
         Ok(())
     }
-    /// Large uploads are asynchronous: the host copies the data into page-locked memory and
-    /// returns while the GPU copies it on, in stream order.
     fn fill_many(&self, bufs: &mut [&mut CudaBuf], value: f32) -> Result<()> {
         for chunk in bufs.chunks_mut(FILL_MANY) {
             let mut args = FillManyArgs::default();
@@ -1196,6 +1194,8 @@ impl Backend for Cuda {
         Ok(())
     }
 
+    /// Large uploads are asynchronous: the host copies the data into page-locked memory and
+    /// returns while the GPU copies it on, in stream order.
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
         check_len("write", data.len(), dst.len())?;
         if data.len() >= STAGED_UPLOAD && self.upload_staged(dst, data)? {
@@ -1372,12 +1372,12 @@ impl Backend for Cuda {
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
-        let (kernel, y) = match (self.precision, in_place) {
-            (Precision::Bf16, true) => ("relu_pool_goodness_bf16", self.ptr(activation.f32()?)),
-            (Precision::Bf16, false) => {
+        let (kernel, y) = match self.precision {
+            Precision::Bf16 if !in_place => {
                 ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2]))
             }
-            (Precision::F32, _) => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
+            Precision::Bf16 => ("relu_pool_goodness_bf16", self.ptr(activation.f32()?)),
+            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
         };
         launch!(
             self,
