@@ -292,10 +292,12 @@ impl BenchReport {
 
 /// "input" first, then the blocks by number, then the rest by name.
 fn scope_order(scope: &str) -> (u8, usize, &str) {
-    match scope.strip_prefix("block ").map(str::parse::<usize>) {
-        _ if scope == "input" => (0, 0, scope),
-        Some(Ok(i)) => (1, i, scope),
-        _ => (2, 0, scope),
+    if scope == "input" {
+        return (0, 0, scope);
+    }
+    match scope.strip_prefix("block ").and_then(|i| i.parse().ok()) {
+        Some(i) => (1, i, scope),
+        None => (2, 0, scope),
     }
 }
 
