@@ -41,6 +41,10 @@ static float __uint_as_float(unsigned v) {
     std::memcpy(&f, &v, 4);
     return f;
 }
+struct float2 {
+    float x, y;
+};
+static float2 make_float2(float x, float y) { return {x, y}; }
 static unsigned __float_as_uint(float f) {
     unsigned v;
     std::memcpy(&v, &f, 4);
@@ -115,7 +119,9 @@ static dim3 elementwise(long long total) {
     return {(unsigned)blocks, 1, 1};
 }
 struct Parts {
-    long long parts, chunk;
+    long long parts, chunk, rows;
+    int cols;  // as launched: folded, g x the true columns
+    dim3 grid() const { return {(unsigned)((cols + 31) / 32), (unsigned)parts, 1}; }
 };
 static Parts partials(long long rows, int cols, int sms) {
     long long groups = (cols + 31) / 32;
@@ -128,7 +134,15 @@ static Parts partials(long long rows, int cols, int sms) {
     if (chunk < 1) chunk = 1;
     parts = (rows + chunk - 1) / chunk;
     if (parts < 1) parts = 1;
-    return {parts, chunk};
+    return {parts, chunk, rows, cols};
+}
+// nvrtc.rs's fold and folded_partials.
+static Parts folded_partials(long long rows, int cols, int sms) {
+    int g = 1;
+    if (cols > 0 && cols < 32)
+        for (g = 32 / cols; g > 1 && rows % g != 0; g--) {
+        }
+    return partials(rows / g, cols * g, sms);
 }
 
 // ---- checks ----
@@ -189,14 +203,16 @@ static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
 static void check_batchnorm(long long rows, int c, double shift, double abs) {
     auto x = randn(rows * c, 3.0, shift), gamma = randn(c), beta = randn(c), dy = randn(rows * c);
     std::vector<float> out(rows * c), mean(c), rstd(c), rm(c, 0.5f), rv(c, 1.0f);
-    Parts p = partials(rows, c, 132);
+    Parts p = folded_partials(rows, c, 132);
     std::vector<double> pa(p.parts * c), pb(p.parts * c), dmean(c);
-    dim3 grid{(unsigned)((c + 31) / 32), (unsigned)p.parts, 1}, block{32, 8, 1};
+    dim3 grid = p.grid(), block{32, 8, 1};
     dim3 cols{(unsigned)((c + FINISH_COLUMNS - 1) / FINISH_COLUMNS), 1, 1};
-    launch(grid, block, [&] { partial_sum(pa.data(), pb.data(), x.data(), rows, c, p.chunk); });
+    launch(grid, block,
+           [&] { partial_sum(pa.data(), pb.data(), x.data(), p.rows, p.cols, c, p.chunk); });
     launch(cols, {BLOCK}, [&] { finish_mean(dmean.data(), pa.data(), (int)p.parts, c, rows); });
     launch(grid, block, [&] {
-        partial_centered_sq(pa.data(), pb.data(), x.data(), dmean.data(), rows, c, p.chunk);
+        partial_centered_sq(pa.data(), pb.data(), x.data(), dmean.data(), p.rows, p.cols, c,
+                            p.chunk);
     });
     launch(cols, {BLOCK}, [&] {
         batchnorm_finish_stats(mean.data(), rstd.data(), rm.data(), rv.data(), dmean.data(),
@@ -276,8 +292,9 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
 
     // Backward.
     std::vector<float> dgamma(c, 0.25f), dbeta(c, -0.5f), coef(3 * c), dx(rows * c);
-    launch(grid, block,
-           [&] { partial_dy_dyx(pa.data(), pb.data(), dy.data(), x.data(), rows, c, p.chunk); });
+    launch(grid, block, [&] {
+        partial_dy_dyx(pa.data(), pb.data(), dy.data(), x.data(), p.rows, p.cols, c, p.chunk);
+    });
     launch(cols, {BLOCK}, [&] {
         batchnorm_backward_finish(dgamma.data(), dbeta.data(), coef.data(), coef.data() + c,
                                   coef.data() + 2 * c, pa.data(), pb.data(), (int)p.parts, c,
@@ -315,10 +332,12 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
            [&] { f32_to_bf16(dyh.data(), dy.data(), rows * c); });
     std::vector<float> dyr = as_f32(dyh);
     std::vector<double> qa(p.parts * c), qb(p.parts * c), ra(p.parts * c), rb(p.parts * c);
-    launch(grid, block,
-           [&] { partial_dy_dyx(qa.data(), qb.data(), dyr.data(), x.data(), rows, c, p.chunk); });
     launch(grid, block, [&] {
-        partial_dy_dyx_bf16(ra.data(), rb.data(), dyh.data(), x.data(), rows, c, p.chunk);
+        partial_dy_dyx(qa.data(), qb.data(), dyr.data(), x.data(), p.rows, p.cols, c, p.chunk);
+    });
+    launch(grid, block, [&] {
+        partial_dy_dyx_bf16(ra.data(), rb.data(), dyh.data(), x.data(), p.rows, p.cols, c,
+                            p.chunk);
     });
     std::vector<float> dxr(rows * c), dxh(rows * c, 99.0f);
     launch(elementwise(rows * c), {BLOCK}, [&] {
@@ -349,7 +368,7 @@ static void check_layernorm(int n, int f) {
     std::vector<double> pa(p.parts * f), pb(p.parts * f);
     launch({(unsigned)((f + 31) / 32), (unsigned)p.parts}, {32, 8}, [&] {
         partial_dy_xhat_rows(pa.data(), pb.data(), dy.data(), x.data(), mean.data(), rstd.data(),
-                             n, f, p.chunk);
+                             n, f, f, p.chunk);
     });
     launch({(unsigned)((f + FINISH_COLUMNS - 1) / FINISH_COLUMNS)}, {BLOCK},
            [&] { finish_add(dg.data(), db.data(), pa.data(), pb.data(), (int)p.parts, f); });
@@ -371,11 +390,11 @@ static void check_layernorm(int n, int f) {
         dim3 g{(unsigned)((f + 31) / 32), (unsigned)p.parts};
         launch(g, {32, 8}, [&] {
             partial_dy_xhat_rows(qa.data(), qb.data(), dyr.data(), x.data(), mean.data(),
-                                 rstd.data(), n, f, p.chunk);
+                                 rstd.data(), n, f, f, p.chunk);
         });
         launch(g, {32, 8}, [&] {
             partial_dy_xhat_rows_bf16(ra.data(), rb.data(), dyh.data(), x.data(), mean.data(),
-                                      rstd.data(), n, f, p.chunk);
+                                      rstd.data(), n, f, f, p.chunk);
         });
         std::string t = "layernorm " + std::to_string(n) + "x" + std::to_string(f) + " bf16 dy";
         close((t + " dx").c_str(), dxh, widen(dxr), 0, 0);
@@ -957,7 +976,8 @@ int main() {
     check_batchnorm(1, 3, 0.0, 1e-3);
     check_batchnorm(70, 3, 50.0, 1e-4);
     check_batchnorm(64 * 33, 40, 50.0, 1e-4);
-    check_batchnorm(20000, 4, 50.0, 1e-4);
+    check_batchnorm(20000, 4, 50.0, 1e-4);  // folded 8 rows to a warp (block 0's 4 channels)
+    check_batchnorm(63, 4, 50.0, 1e-4);     // folded 7 rows (63 is no multiple of 8)
     check_layernorm(1, 5);
     check_layernorm(3, 105);
     check_layernorm(70, 300);

@@ -373,12 +373,18 @@ impl Cuda {
         cols: usize,
         inputs: PartialInputs,
     ) -> Result<nvrtc::Partials> {
-        let p = nvrtc::partials(rows, cols, self.sms);
+        // Every BatchNorm row is alike (column statistics), so narrow ones fold; LayerNorm's
+        // per-row statistics need the true row index.
+        let p = match inputs {
+            PartialInputs::DyXhatRows { .. } => nvrtc::partials(rows, cols, self.sms),
+            _ => nvrtc::folded_partials(rows, cols, self.sms),
+        };
         let a = grow(&self.stream, &mut scratch.part_a, p.parts * cols)
             .map_err(|x| self.err("allocation", x))?;
         let b = grow(&self.stream, &mut scratch.part_b, p.parts * cols)
             .map_err(|x| self.err("allocation", x))?;
-        let (rows_i, cols_i, chunk) = (rows as i64, int("columns", cols)?, p.chunk as i64);
+        let (rows_i, cols_i) = (p.rows as i64, int("columns", p.cols)?);
+        let (period, chunk) = (int("columns", cols)?, p.chunk as i64);
         // A gradient may be held as bf16 values alone (`grad_values`): the `_bf16` kernels.
         let dy = match inputs {
             PartialInputs::DyDyx(dy, _) | PartialInputs::DyXhatRows { dy, .. } => {
@@ -408,7 +414,7 @@ impl Cuda {
                 l.arg(&dy).arg(x.f32()?).arg(mean.f32()?).arg(rstd.f32()?)
             }
         };
-        l.arg(&rows_i).arg(&cols_i).arg(&chunk);
+        l.arg(&rows_i).arg(&cols_i).arg(&period).arg(&chunk);
         // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
         // buffers hold rows x cols elements (checked by the callers) and parts x cols partials.
         self.timed(kernel, || {

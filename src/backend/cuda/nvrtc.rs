@@ -325,10 +325,14 @@ pub fn single_block() -> LaunchConfig {
 
 /// The partition of a per-column reduction over `rows` rows of `cols` columns: blocks of 32
 /// columns x 8 row lanes, `parts` row chunks of `chunk` rows each (the last may be shorter).
+/// The kernels see `rows` x `cols` as launched: folded (see [`folded_partials`]) they are
+/// `rows / g` x `g * cols`; the parts hold the true columns either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partials {
     pub parts: usize,
     pub chunk: usize,
+    pub rows: usize,
+    pub cols: usize,
     pub launch: (u32, u32),
 }
 
@@ -343,8 +347,30 @@ pub fn partials(rows: usize, cols: usize, sms: usize) -> Partials {
     Partials {
         parts,
         chunk,
+        rows,
+        cols,
         launch: (groups as u32, parts as u32),
     }
+}
+
+/// How many rows a reduction over `cols` columns lays side by side: the most that fit in a
+/// warp's 32 lanes and divide `rows` (1 from 32 columns up). Block 0's BatchNorm has 4
+/// channels: unfolded, 28 of every 32 lanes would idle.
+pub fn fold(rows: usize, cols: usize) -> usize {
+    if cols == 0 || cols >= 32 {
+        return 1;
+    }
+    (1..=32 / cols)
+        .rev()
+        .find(|&g| rows.is_multiple_of(g))
+        .unwrap_or(1)
+}
+
+/// [`partials`] over the matrix folded by [`fold`]: for reductions whose every row is alike
+/// (the row index plays no part), as the BatchNorm statistics.
+pub fn folded_partials(rows: usize, cols: usize, sms: usize) -> Partials {
+    let g = fold(rows, cols);
+    partials(rows / g, cols * g, sms)
 }
 
 impl Partials {
@@ -404,6 +430,25 @@ mod tests {
         // Large reductions fill the device; small ones keep chunks of at least 64 rows.
         assert!(partials(1 << 20, 4, 132).parts >= 4 * 132);
         assert_eq!(partials(100, 512, 132).parts, 2);
+    }
+
+    #[test]
+    fn narrow_reductions_fold_rows_into_the_lanes() {
+        assert_eq!(fold(1 << 20, 4), 8);
+        assert_eq!(fold(7, 4), 7);
+        assert_eq!(fold(9, 4), 3);
+        assert_eq!(fold(13, 3), 1);
+        assert_eq!(fold(1000, 32), 1);
+        assert_eq!(fold(1000, 0), 1);
+        for (rows, cols) in [(1usize << 20, 4usize), (70, 3), (1, 1), (64, 17), (99, 512)] {
+            let g = fold(rows, cols);
+            assert!(g >= 1 && rows.is_multiple_of(g) && (g == 1 || g * cols <= 32));
+            let p = folded_partials(rows, cols, 132);
+            assert_eq!((p.rows * p.cols), rows * cols);
+            assert_eq!(p.cols, g * cols);
+            // Folded, the columns fit one group of 32 lanes (the kernel's assumption).
+            assert!(g == 1 || p.launch.0 == 1);
+        }
     }
 
     #[test]
