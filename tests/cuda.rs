@@ -316,6 +316,26 @@ fn uploads_op<B: Backend>(b: &B) {
         down(b, &again) == random(602, sizes[1]),
         "the last write wins"
     );
+    // Work queued between writes reads what was written before it (the CUDA upload lands
+    // on a copy stream of its own and reaches the buffer in the compute stream's order).
+    let n = sizes[1];
+    let mut source = b.zeros(n).unwrap();
+    let mut seen: Vec<B::Buf> = (0..5).map(|_| b.zeros(2 * n).unwrap()).collect();
+    for (k, out) in seen.iter_mut().enumerate() {
+        b.write(&mut source, &random(700 + k as u64, n)).unwrap();
+        b.copy_into(out, n, &source).unwrap();
+    }
+    for (k, out) in seen.iter().enumerate() {
+        let got = down(b, out);
+        assert!(
+            got[..n].iter().all(|&v| v == 0.0),
+            "copy {k}: the zeros before it"
+        );
+        assert!(
+            got[n..] == random(700 + k as u64, n),
+            "copy {k} read its own write"
+        );
+    }
 }
 
 #[test]

@@ -86,14 +86,20 @@ enum HalfOut {
 /// (see `Cuda::padded_shape`): 16 bytes of bf16 per pixel.
 const PAD_CHANNELS: usize = 8;
 
-/// A page-locked upload buffer and the event recorded after the last copy out of it.
+/// A page-locked upload buffer, the device buffer its data lands in (on the copy stream),
+/// and the events that order the two streams around them.
 struct Staging {
     host: PinnedHostSlice<f32>,
+    landing: CudaSlice<f32>,
+    /// On the copy stream, after the last copy out of `host` into `landing`.
     copied: Option<CudaEvent>,
+    /// On the compute stream, after `landing` was allocated or last copied out of.
+    free: CudaEvent,
 }
 
 impl Drop for Staging {
-    /// The memory goes back only once the GPU has copied out of it.
+    /// The memory goes back only once the GPU has copied out of it (`landing` is freed in
+    /// the compute stream's order, behind its copy out).
     fn drop(&mut self) {
         if let Some(copied) = &self.copied {
             let _ = copied.synchronize();
@@ -129,6 +135,8 @@ pub struct Cuda {
     ordinal: usize,
     device_name: String,
     stream: Arc<CudaStream>,
+    /// Uploads from page-locked memory, beside the compute stream's work (`upload_staged`).
+    copy_stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     blas: CudaBlas,
     precision: Precision,
@@ -210,11 +218,13 @@ impl Cuda {
         }
         let ctx = CudaContext::new(ordinal).map_err(|x| e("context", &x))?;
         // One stream does all the work, so cudarc's cross-stream event tracking is not needed.
-        // SAFETY: no buffer of this context is shared with another stream.
+        // SAFETY: the one buffer another stream touches (an upload's landing buffer, written
+        // by the copy stream) is ordered by events of its own (`upload_staged`).
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own (not the legacy default stream), so that a step can later be
         // captured as a CUDA graph.
         let stream = ctx.new_stream().map_err(|x| e("stream", &x))?;
+        let copy_stream = ctx.new_stream().map_err(|x| e("copy stream", &x))?;
         let device_name = ctx.name().map_err(|x| e("device name", &x))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -262,6 +272,7 @@ impl Cuda {
             ordinal,
             device_name,
             stream,
+            copy_stream,
             functions,
             blas,
             precision,
@@ -424,7 +435,7 @@ impl Cuda {
     }
 
     /// The device address of a buffer, for cuDNN. cudarc's guard that comes with it only
-    /// records events, which this backend turned off (one stream orders everything).
+    /// records events, which this backend turned off (its streams are ordered by hand).
     fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
         buf.device_ptr(&self.stream).0
     }
@@ -590,10 +601,14 @@ impl Cuda {
         Ok(())
     }
 
-    /// Uploads `data` into `dst` through page-locked memory: the host copies it there and the
-    /// GPU copies it on asynchronously, in stream order. The two staging buffers take turns,
-    /// and one is refilled only after the GPU has copied out of it. False (nothing done) where
-    /// page-locked memory cannot be had; the caller then copies from pageable memory.
+    /// Uploads `data` into `dst` through page-locked memory: the host copies it there, the
+    /// copy stream copies it on into the slot's device landing buffer, and the compute stream
+    /// waits for that (at this point of its order) and copies it into `dst`. The upload thus
+    /// runs beside the work queued before it (a step's next images beside the step itself)
+    /// instead of after it; `dst` is written in the compute stream's order, as before. The two
+    /// slots take turns: one is refilled only after the GPU has copied out of it. False
+    /// (nothing done) where page-locked memory cannot be had; the caller then copies from
+    /// pageable memory.
     fn upload_staged(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<bool> {
         let mut guard = self.lock();
         let sc = &mut guard.scratch;
@@ -602,10 +617,25 @@ impl Cuda {
         if slot.as_ref().is_none_or(|s| s.host.len() < data.len()) {
             *slot = None; // free before allocating the bigger one
             // SAFETY: the memory is written below before any copy reads it.
-            match unsafe { self.stream.context().alloc_pinned::<f32>(data.len()) } {
-                Ok(host) => *slot = Some(Staging { host, copied: None }),
-                Err(_) => return Ok(false),
-            }
+            let Ok(host) = (unsafe { self.stream.context().alloc_pinned::<f32>(data.len()) })
+            else {
+                return Ok(false);
+            };
+            let landing = self
+                .stream
+                .alloc_zeros::<f32>(data.len())
+                .map_err(|e| self.err("allocation", e))?;
+            // The copy stream may write `landing` once its allocation is done.
+            let free = self
+                .stream
+                .record_event(None)
+                .map_err(|e| self.err("upload staging", e))?;
+            *slot = Some(Staging {
+                host,
+                landing,
+                copied: None,
+                free,
+            });
         }
         let staging = slot.as_mut().expect("just filled");
         if let Some(copied) = &staging.copied {
@@ -619,18 +649,45 @@ impl Cuda {
             .map_err(|e| self.err("upload staging", e))?;
         let host = &mut host[..data.len()];
         host.copy_from_slice(data);
+        let landing = self.ptr(&staging.landing);
+        self.copy_stream
+            .wait(&staging.free)
+            .map_err(|e| self.err("upload", e))?;
+        // SAFETY: `landing` holds at least `data.len()` floats, no compute work touches it
+        // until `copied` below, and `host` stays alive and untouched until `copied` is done.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(landing, host, self.copy_stream.cu_stream())
+        }
+        .map_err(|e| self.err("upload", e))?;
+        let copied = self
+            .copy_stream
+            .record_event(None)
+            .map_err(|e| self.err("upload staging", e))?;
+        // The profile's "upload" is what the compute stream spends on it: any wait for the
+        // copy, and the copy into `dst`.
         let to = self.ptr(dst.f32_mut());
         self.timed("upload", || {
-            // SAFETY: `to` holds `dst.len() == data.len()` floats (checked by the caller), and
-            // `host` stays alive and untouched until the event below says the copy is done.
-            unsafe { cudarc::driver::result::memcpy_htod_async(to, host, self.stream.cu_stream()) }
-                .map_err(|e| self.err("upload", e))
-        })?;
-        staging.copied = Some(
             self.stream
-                .record_event(None)
-                .map_err(|e| self.err("upload staging", e))?,
-        );
+                .wait(&copied)
+                .map_err(|e| self.err("upload", e))?;
+            let bytes = std::mem::size_of_val(data);
+            // SAFETY: `to` holds `dst.len() == data.len()` floats (checked by the caller) and
+            // `landing` at least as many; the wait above orders the copy after the upload.
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(
+                    to,
+                    landing,
+                    bytes,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| self.err("upload", e))
+        })?;
+        staging.copied = Some(copied);
+        staging.free = self
+            .stream
+            .record_event(None)
+            .map_err(|e| self.err("upload staging", e))?;
         Ok(true)
     }
 
