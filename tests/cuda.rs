@@ -273,6 +273,18 @@ fn op_bodies_run_on_the_cpu() {
             .all(|(_, v)| v.iter().all(|&x| x == 2.5))
     );
     assert_eq!(filled[0].1, filled[filled.len() - 1].1);
+    let copied = copy_many_op(b);
+    assert!(copied[1].1 == random(39, copied[1].1.len()));
+    let (mut want, mut at) = (random(39, copied[0].1.len()), 0);
+    for (i, n) in [0, 1, 3, 1000, 300_001, 4, 257, 2, 9, 70_000, 5]
+        .into_iter()
+        .enumerate()
+    {
+        at += 3;
+        want[at..at + n].copy_from_slice(&random(40 + i as u64, n));
+        at += n;
+    }
+    assert!(copied[0].1 == want);
     fused_matches_separate("cpu", b);
     for (s, pool, source, next, seed) in eval_tail_cases() {
         let fused = eval_tail_op(b, s, pool, true, source, next, seed);
@@ -1075,10 +1087,39 @@ fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
     ]
 }
 
+/// Buffer sizes for `fill_many` and `copy_many`: more than one launch takes, from empty up.
+const MANY_LENS: [usize; 11] = [0, 1, 3, 1000, 300_001, 4, 257, 2, 9, 70_000, 5];
+
+/// `copy_many` of more parts than one launch takes, of sizes from empty up, into windows of
+/// one buffer with gaps that keep their values.
+fn copy_many_op<B: Backend>(b: &B) -> Outputs {
+    let srcs: Vec<B::Buf> = MANY_LENS
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| up(b, &random(40 + i as u64, n)))
+        .collect();
+    let mut offset = 0;
+    let mut parts = Vec::new();
+    for src in &srcs {
+        offset += 3; // a gap
+        parts.push((offset, src));
+        offset += B::len(src);
+    }
+    let mut dst = up(b, &random(39, offset + 3));
+    b.copy_many(&mut dst, &parts).unwrap();
+    let mut out = vec![("copy_many".into(), down(b, &dst))];
+    // One range too far: nothing is copied.
+    let mut again = up(b, &random(39, offset + 3));
+    parts.push((offset + 1, &srcs[2]));
+    assert!(b.copy_many(&mut again, &parts).is_err());
+    out.push(("copy_many refused".into(), down(b, &again)));
+    out
+}
+
 /// `fill_many` over more buffers than one launch takes, of every size from empty up; a
 /// buffer left out keeps its values.
 fn fill_many_op<B: Backend>(b: &B) -> Outputs {
-    let lens = [0, 1, 3, 1000, 300_001, 4, 257, 2, 9, 70_000, 5];
+    let lens = MANY_LENS;
     let mut bufs: Vec<B::Buf> = lens
         .iter()
         .enumerate()
@@ -1100,6 +1141,13 @@ fn adam_and_memory_match_cpu() {
         "fill_many",
         fill_many_op(gpu()),
         fill_many_op(&cpu()),
+        0.0,
+        0.0,
+    );
+    compare(
+        "copy_many",
+        copy_many_op(gpu()),
+        copy_many_op(&cpu()),
         0.0,
         0.0,
     );

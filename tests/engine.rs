@@ -231,6 +231,18 @@ fn copy_into_writes_a_window_and_refuses_overflow() {
 }
 
 #[test]
+fn copy_many_checks_every_range_before_it_copies() {
+    use trifecta::backend::Backend;
+    let b = Cpu::new(1).unwrap();
+    let mut dst = vec![0.0f32; 6];
+    let (one, two) = (vec![1.0f32], vec![2.0f32, 3.0]);
+    b.copy_many(&mut dst, &[(0, &one), (3, &two)]).unwrap();
+    assert_eq!(dst, [1.0, 0.0, 0.0, 2.0, 3.0, 0.0]);
+    assert!(b.copy_many(&mut dst, &[(5, &one), (5, &two)]).is_err());
+    assert_eq!(dst, [1.0, 0.0, 0.0, 2.0, 3.0, 0.0], "nothing copied");
+}
+
+#[test]
 fn augmented_batches_do_not_depend_on_the_thread_count() {
     use trifecta::data::{Dataset, augment::Augment};
     let shape = ImageShape {

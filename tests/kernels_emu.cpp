@@ -968,8 +968,29 @@ static void check_fill_many() {
     if (!ok) failures++;
 }
 
+// Three windows of one buffer from sources of 0, 1000 and 3 values; a fourth part beyond
+// `count` and the gaps keep their values.
+static void check_copy_many() {
+    std::vector<float> a(0), b = randn(1000), c = randn(3), d = randn(50);
+    std::vector<float> dst(1100, 7.0f), want(1100, 7.0f);
+    CopyMany parts{};
+    const float* src[4] = {a.data(), b.data(), c.data(), d.data()};
+    long long offset[4] = {5, 10, 1020, 1030}, len[4] = {0, 1000, 3, 50};
+    for (int k = 0; k < 4; k++) {
+        parts.src[k] = src[k];
+        parts.offset[k] = offset[k];
+        parts.len[k] = len[k];
+        for (long long i = 0; k < 3 && i < len[k]; i++) want[offset[k] + i] = src[k][i];
+    }
+    launch({3, 4, 1}, {BLOCK}, [&] { copy_many_f32(dst.data(), parts, 3); });
+    bool ok = dst == want;
+    std::printf("%s copy_many\n", ok ? "ok  " : "FAIL");
+    if (!ok) failures++;
+}
+
 int main() {
     check_fill_many();
+    check_copy_many();
     check_channel_padding(1000, 4, 8);
     check_channel_padding(37, 2, 8);
     check_channel_padding(9, 12, 16);

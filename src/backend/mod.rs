@@ -276,6 +276,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
     /// dst[offset .. offset + len(src)] = src, on the device.
     fn copy_into(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf) -> Result<()>;
+    /// `copy_into` of several (offset, src) pairs into one `dst` (a GPU does them in one
+    /// launch), in order. Every range is checked before anything is copied.
+    fn copy_many(&self, dst: &mut Self::Buf, parts: &[(usize, &Self::Buf)]) -> Result<()> {
+        for &(offset, src) in parts {
+            check_copy(Self::len(dst), offset, Self::len(src))?;
+        }
+        for &(offset, src) in parts {
+            self.copy_into(dst, offset, src)?;
+        }
+        Ok(())
+    }
 
     // ---- label embedding ----
     /// out (N, P, C+1) = concat(images (N, P, C), table[labels[n]] (P)).

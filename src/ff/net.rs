@@ -349,14 +349,17 @@ impl<B: Backend> FfNet<B> {
             .collect();
         let stride = n + 1;
         self.metrics.resize(backend, &[updated.len() * stride])?;
-        for (k, &i) in updated.iter().enumerate() {
-            backend.copy_into(
-                &mut self.metrics.buf,
-                k * stride,
-                &self.blocks[i].goodness.buf,
-            )?;
-            backend.copy_into(&mut self.metrics.buf, k * stride + n, &self.losses[i].buf)?;
-        }
+        let parts: Vec<(usize, &B::Buf)> = updated
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &i)| {
+                [
+                    (k * stride, &self.blocks[i].goodness.buf),
+                    (k * stride + n, &self.losses[i].buf),
+                ]
+            })
+            .collect();
+        backend.copy_many(&mut self.metrics.buf, &parts)?;
         let host = self.metrics.to_host(backend)?;
         let mut metrics = vec![None; self.blocks.len()];
         for (k, &i) in updated.iter().enumerate() {

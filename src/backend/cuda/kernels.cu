@@ -124,6 +124,22 @@ extern "C" __global__ void fill_many_f32(FillMany bufs, int count, float value) 
     GRID_STRIDE(i, bufs.len[b]) x[i] = value;
 }
 
+// Up to COPY_MANY copies into one buffer: block row b copies src[b] to dst + offset[b].
+#define COPY_MANY 8
+struct CopyMany {
+    const float* src[COPY_MANY];
+    long long offset[COPY_MANY];
+    long long len[COPY_MANY];
+};
+
+extern "C" __global__ void copy_many_f32(float* dst, CopyMany parts, int count) {
+    int b = blockIdx.y;
+    if (b >= count) return;
+    const float* x = parts.src[b];
+    float* y = dst + parts.offset[b];
+    GRID_STRIDE(i, parts.len[b]) y[i] = x[i];
+}
+
 // ---- label embedding ----
 
 extern "C" __global__ void embed_forward(float* out, const float* images, const float* table,

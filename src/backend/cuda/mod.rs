@@ -1104,6 +1104,23 @@ struct FillManyArgs {
 // 8-byte lengths, no padding in either).
 unsafe impl DeviceRepr for FillManyArgs {}
 
+/// Copies per `copy_many_f32` launch (kernels.cu's COPY_MANY).
+const COPY_MANY: usize = 8;
+
+/// The kernels' `CopyMany`: sources, offsets into the destination and lengths of up to
+/// [`COPY_MANY`] copies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct CopyManyArgs {
+    src: [u64; COPY_MANY],
+    offset: [i64; COPY_MANY],
+    len: [i64; COPY_MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, then
+// two arrays of eight 8-byte integers, no padding in either).
+unsafe impl DeviceRepr for CopyManyArgs {}
+
 /// The samples grouped by label, for `embed_backward`: `classes + 1` offsets, then the
 /// sample numbers of label 0, of label 1, ..., each group in increasing order (labels were
 /// checked to be below `classes`). Each table entry then reads only its own label's samples,
@@ -1253,6 +1270,27 @@ impl Backend for Cuda {
             cfg.grid_dim.1 = chunk.len() as u32;
             let count = chunk.len() as i32;
             launch!(self, "fill_many_f32", cfg, &args, &count, &value);
+        }
+        Ok(())
+    }
+
+    fn copy_many(&self, dst: &mut CudaBuf, parts: &[(usize, &CudaBuf)]) -> Result<()> {
+        for &(offset, src) in parts {
+            check_copy(dst.len(), offset, src.len())?;
+        }
+        let to = dst.f32_mut();
+        for chunk in parts.chunks(COPY_MANY) {
+            let mut args = CopyManyArgs::default();
+            for (k, &(offset, src)) in chunk.iter().enumerate() {
+                args.src[k] = self.ptr(src.f32()?);
+                args.offset[k] = offset as i64;
+                args.len[k] = src.len() as i64;
+            }
+            let longest = chunk.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
+            let mut cfg = nvrtc::elementwise(longest);
+            cfg.grid_dim.1 = chunk.len() as u32;
+            let count = chunk.len() as i32;
+            launch!(self, "copy_many_f32", cfg, &mut *to, &args, &count);
         }
         Ok(())
     }

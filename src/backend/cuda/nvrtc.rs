@@ -19,6 +19,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 pub const KERNELS: &[&str] = &[
     "fill_f32",
     "fill_many_f32",
+    "copy_many_f32",
     "embed_forward",
     "embed_backward",
     "add_bias_map",
