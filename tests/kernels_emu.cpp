@@ -789,25 +789,33 @@ static void check_goodness_and_losses(int pairs, int f) {
     }
 }
 
-static void check_embedding_heads_adam() {
-    int n = 37, pixels = 35, c = 3, classes = 10;
+// embed_forward with c image channels (3: quads; else single values).
+static std::vector<float> check_embed_forward(int n, int pixels, int c, int classes,
+                                              const std::vector<unsigned>& labels) {
     auto images = randn((size_t)n * pixels * c), table = randn((size_t)classes * pixels);
-    std::vector<unsigned> labels(n);
-    for (auto& l : labels) l = (unsigned)(rng() % classes);
     std::vector<float> out((size_t)n * pixels * (c + 1));
-    launch(elementwise(out.size()), {BLOCK}, [&] {
+    launch(elementwise((long long)n * pixels), {BLOCK}, [&] {
         embed_forward(out.data(), images.data(), table.data(), labels.data(), n, pixels, c);
     });
     std::vector<double> wout(out.size());
     for (int s = 0; s < n; s++)
         for (int p = 0; p < pixels; p++) {
-            for (int k = 0; k < c; k++)
-                wout[((size_t)s * pixels + p) * (c + 1) + k] = images[((size_t)s * pixels + p) * c + k];
-            wout[((size_t)s * pixels + p) * (c + 1) + c] = table[labels[s] * pixels + p];
+            size_t at = (size_t)s * pixels + p;
+            for (int k = 0; k < c; k++) wout[at * (c + 1) + k] = images[at * c + k];
+            wout[at * (c + 1) + c] = table[labels[s] * pixels + p];
         }
-    close("embedding forward", out, wout, 0, 0);
+    close(("embedding forward, " + std::to_string(c) + " channels").c_str(), out, wout, 0, 0);
+    return out;
+}
+
+static void check_embedding_heads_adam() {
+    int n = 37, pixels = 35, c = 3, classes = 10;
+    std::vector<unsigned> labels(n);
+    for (auto& l : labels) l = (unsigned)(rng() % classes);
+    check_embed_forward(n, pixels, 1, classes, labels);
+    auto out = check_embed_forward(n, pixels, c, classes, labels);
     auto grad = randn(out.size());
-    std::vector<float> gt(table.size(), 1.0f);
+    std::vector<float> gt((size_t)classes * pixels, 1.0f);
     // The samples by label, as the host's label_groups lists them.
     std::vector<unsigned> groups(classes + 1, 0);
     for (int s = 0; s < n; s++) groups[labels[s] + 1]++;

@@ -142,16 +142,26 @@ extern "C" __global__ void copy_many_f32(float* dst, CopyMany parts, int count) 
 
 // ---- label embedding ----
 
+// A thread per (sample, pixel): its c image values and its label's map value, as a quad
+// where that makes four (RGB images; launch: n * pixels threads). One 64-bit division a
+// pixel, not four an element.
 extern "C" __global__ void embed_forward(float* out, const float* images, const float* table,
                                          const unsigned* labels, int n, int pixels, int c) {
-    long long total = (long long)n * pixels * (c + 1);
-    GRID_STRIDE(i, total) {
-        int ch = (int)(i % (c + 1));
-        long long rest = i / (c + 1);
-        long long p = rest % pixels;
-        long long s = rest / pixels;
-        out[i] = ch < c ? images[(s * pixels + p) * c + ch]
-                        : table[(long long)labels[s] * pixels + p];
+    long long total = (long long)n * pixels;
+    bool quads = c == 3 && quad_aligned(out);
+    GRID_STRIDE(sp, total) {
+        long long s = sp / pixels;
+        long long p = sp - s * pixels;
+        const float* in = images + sp * c;
+        float mark = table[(long long)labels[s] * pixels + p];
+        if (quads) {
+            float v[4] = {in[0], in[1], in[2], mark};
+            store4(out, 4 * sp, v);
+        } else {
+            float* to = out + sp * (c + 1);
+            for (int ch = 0; ch < c; ch++) to[ch] = in[ch];
+            to[c] = mark;
+        }
     }
 }
 

@@ -1346,7 +1346,7 @@ impl Backend for Cuda {
         launch!(
             self,
             "embed_forward",
-            nvrtc::elementwise(out.len()),
+            nvrtc::elementwise(s.n * s.pixels), // a thread per pixel
             out.f32_mut(),
             images.f32()?,
             table.f32()?,
