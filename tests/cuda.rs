@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use trifecta::backend::cpu::Cpu;
 use trifecta::backend::cuda::{Cuda, libs, nvrtc};
 use trifecta::backend::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, PoolShape,
-    Precision, SampleShape,
+    AdamParams, AdamTensor, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions,
+    PoolShape, Precision, SampleShape,
 };
 use trifecta::rng::Rng;
 
@@ -265,6 +265,19 @@ fn op_bodies_run_on_the_cpu() {
     }
     for (n, seed) in ADAM_CASES {
         adam_op(b, n, seed);
+    }
+    // adam_step_many is adam_step on each parameter (the CPU's default: the same loop).
+    let many = adam_many_op(b);
+    for (i, &len) in MANY_LENS.iter().enumerate() {
+        let mut p = up(b, &random(80 + i as u64, len));
+        let (mut m, mut v) = (b.zeros(len).unwrap(), b.zeros(len).unwrap());
+        for step in 1..=3u64 {
+            let g = up(b, &random(90 + 20 * step + i as u64, len));
+            b.adam_step(&mut p, &mut m, &mut v, &g, step, AdamParams::default())
+                .unwrap();
+        }
+        assert!(many[3 * i].1 == down(b, &p), "adam_step_many param {i}");
+        assert!(many[3 * i + 2].1 == down(b, &v), "adam_step_many v {i}");
     }
     let filled = fill_many_op(b);
     assert!(
@@ -1087,6 +1100,49 @@ fn adam_op<B: Backend>(b: &B, n: usize, seed: u64) -> Outputs {
     ]
 }
 
+/// `adam_step_many` over more parameters than one launch takes (sizes from empty up), three
+/// steps; then one parameter of the wrong length: refused, nothing updated.
+fn adam_many_op<B: Backend>(b: &B) -> Outputs {
+    let n = MANY_LENS.len();
+    let mut ps: Vec<B::Buf> = MANY_LENS
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| up(b, &random(80 + i as u64, len)))
+        .collect();
+    let mut ms: Vec<B::Buf> = MANY_LENS.iter().map(|&len| b.zeros(len).unwrap()).collect();
+    let mut vs: Vec<B::Buf> = MANY_LENS.iter().map(|&len| b.zeros(len).unwrap()).collect();
+    let hp = AdamParams::default();
+    for step in 1..=4u64 {
+        let gs: Vec<B::Buf> = MANY_LENS
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| up(b, &random(90 + 20 * step + i as u64, len)))
+            .collect();
+        // The fourth step's last gradient is one value short.
+        let short = (step == 4).then(|| up(b, &random(7, MANY_LENS[n - 1] - 1)));
+        let mut tensors: Vec<AdamTensor<'_, B>> = ps
+            .iter_mut()
+            .zip(&mut ms)
+            .zip(&mut vs)
+            .zip(&gs)
+            .map(|(((param, m), v), grad)| AdamTensor { param, m, v, grad })
+            .collect();
+        if let Some(short) = &short {
+            tensors[n - 1].grad = short;
+            assert!(b.adam_step_many(&mut tensors, step, hp).is_err());
+        } else {
+            b.adam_step_many(&mut tensors, step, hp).unwrap();
+        }
+    }
+    let mut out = Outputs::new();
+    for (i, ((p, m), v)) in ps.iter().zip(&ms).zip(&vs).enumerate() {
+        out.push((format!("adam_step_many param {i}"), down(b, p)));
+        out.push((format!("adam_step_many m {i}"), down(b, m)));
+        out.push((format!("adam_step_many v {i}"), down(b, v)));
+    }
+    out
+}
+
 /// Buffer sizes for `fill_many` and `copy_many`: more than one launch takes, from empty up.
 const MANY_LENS: [usize; 11] = [0, 1, 3, 1000, 300_001, 4, 257, 2, 9, 70_000, 5];
 
@@ -1150,6 +1206,13 @@ fn adam_and_memory_match_cpu() {
         copy_many_op(&cpu()),
         0.0,
         0.0,
+    );
+    compare(
+        "adam_step_many",
+        adam_many_op(gpu()),
+        adam_many_op(&cpu()),
+        1e-6,
+        1e-7,
     );
     for (n, seed) in ADAM_CASES {
         compare(
@@ -1395,7 +1458,10 @@ fn bench_profile_times_every_kernel_and_library_call() {
             // The norms' backward reads the convolution's bf16 input gradient as it is.
             "partial_dy_dyx_bf16",
             "batchnorm_backward_apply_bf16",
-            "adam_step",
+            // An optimiser's parameters in one launch, zeroed and updated; the metrics too.
+            "fill_many_f32",
+            "adam_step_many",
+            "copy_many_f32",
             "upload",
         ],
     );

@@ -808,6 +808,20 @@ static std::vector<float> check_embed_forward(int n, int pixels, int c, int clas
     return out;
 }
 
+// adam_step_many with one parameter, as the backend's adam_step launches it.
+static void adam_step(float* param, unsigned short* param_half, float* m, float* v,
+                      const float* grad, long long n, float beta1, float beta2, float eps,
+                      float step_size, float bias2_sqrt) {
+    AdamMany t{};
+    t.param[0] = param;
+    t.param_half[0] = param_half;
+    t.m[0] = m;
+    t.v[0] = v;
+    t.grad[0] = grad;
+    t.n[0] = n;
+    adam_step_many(t, 1, beta1, beta2, eps, step_size, bias2_sqrt);
+}
+
 static void check_embedding_heads_adam() {
     int n = 37, pixels = 35, c = 3, classes = 10;
     std::vector<unsigned> labels(n);
@@ -922,6 +936,45 @@ static void check_embedding_heads_adam() {
               std::vector<double>(pb.begin() + 1, pb.end()), 0, 0);
         close("adam quads against single values (v)", va,
               std::vector<double>(vb.begin() + 1, vb.end()), 0, 0);
+    }
+
+    // adam_step_many: the same values as adam_step on each parameter, bit for bit; block
+    // rows beyond `count` leave theirs alone. Sizes from empty up, one with a bf16 copy.
+    {
+        const int count = 4;
+        long long lens[count + 1] = {0, 3, 1001, 6, 5};
+        std::vector<std::vector<float>> ps, ms, vs, gs, want_p, want_m, want_v;
+        std::vector<unsigned short> half(1001, 0x7fff), want_half(1001, 0x7fff);
+        for (int k = 0; k <= count; k++) {
+            ps.push_back(randn(lens[k]));
+            ms.push_back(randn(lens[k], 0.1));
+            vs.push_back(randn(lens[k], 0.1));
+            for (auto& x : vs.back()) x = std::fabs(x);
+            gs.push_back(randn(lens[k]));
+        }
+        want_p = ps, want_m = ms, want_v = vs;
+        AdamMany t{};
+        for (int k = 0; k <= count; k++) {
+            t.param[k] = ps[k].data();
+            t.param_half[k] = k == 2 ? half.data() : nullptr;
+            t.m[k] = ms[k].data();
+            t.v[k] = vs[k].data();
+            t.grad[k] = gs[k].data();
+            t.n[k] = lens[k];
+            if (k == count) break;
+            launch(elementwise(lens[k]), {BLOCK}, [&] {
+                adam_step(want_p[k].data(), k == 2 ? want_half.data() : nullptr,
+                          want_m[k].data(), want_v[k].data(), gs[k].data(), lens[k], 0.9f,
+                          0.999f, 1e-8f, 0.01f, 0.5f);
+            });
+        }
+        launch({3, count + 1, 1}, {BLOCK},
+               [&] { adam_step_many(t, count, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f); });
+        bool ok = half == want_half && ps[count] == want_p[count] && ms[count] == want_m[count];
+        for (int k = 0; k < count; k++)
+            ok &= ps[k] == want_p[k] && ms[k] == want_m[k] && vs[k] == want_v[k];
+        std::printf("%s adam_step_many\n", ok ? "ok  " : "FAIL");
+        if (!ok) failures++;
     }
 
     // bf16 round trip: exact for values with 8 significant bits, nearest-even otherwise.

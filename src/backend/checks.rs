@@ -586,3 +586,11 @@ pub fn adam_step<B: Backend>(param: &B::Buf, m: &B::Buf, v: &B::Buf, grad: &B::B
     lens!(B, "adam_step"; m => len, v => len, grad => len);
     Ok(())
 }
+
+/// [`adam_step`] of every parameter, before any is updated.
+pub fn adam_step_many<B: Backend>(tensors: &[super::AdamTensor<'_, B>]) -> Result<()> {
+    for t in tensors {
+        adam_step::<B>(t.param, t.m, t.v, t.grad)?;
+    }
+    Ok(())
+}

@@ -641,6 +641,28 @@ pub trait Backend: Send + Sync + Sized + 'static {
         step: u64,
         hp: AdamParams,
     ) -> Result<()>;
+    /// `adam_step` of several parameters that share a step count (a GPU does them in one
+    /// launch). Every parameter's lengths are checked before anything is updated.
+    fn adam_step_many(
+        &self,
+        tensors: &mut [AdamTensor<'_, Self>],
+        step: u64,
+        hp: AdamParams,
+    ) -> Result<()> {
+        checks::adam_step_many::<Self>(tensors)?;
+        for t in tensors {
+            self.adam_step(t.param, t.m, t.v, t.grad, step, hp)?;
+        }
+        Ok(())
+    }
+}
+
+/// One parameter of [`Backend::adam_step_many`]: its values, moments and gradient.
+pub struct AdamTensor<'a, B: Backend> {
+    pub param: &'a mut B::Buf,
+    pub m: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub grad: &'a B::Buf,
 }
 
 /// [`Backend::conv3x3_relu_pool_goodness`] as the separate ops (its default, which a backend

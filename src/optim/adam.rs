@@ -3,7 +3,7 @@
 //!   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //!   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-use crate::backend::{AdamParams, Backend};
+use crate::backend::{AdamParams, AdamTensor, Backend};
 use crate::error::Result;
 use crate::layers::Param;
 
@@ -38,9 +38,20 @@ impl<B: Backend> AdamGroup<B> {
         hp: AdamParams,
     ) -> Result<()> {
         self.step += 1;
-        for ((param, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-            backend.adam_step(&mut param.value.buf, m, v, &param.grad.buf, self.step, hp)?;
-        }
-        Ok(())
+        let mut tensors: Vec<AdamTensor<'_, B>> = params
+            .iter_mut()
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+            .map(|((param, m), v)| {
+                let Param { value, grad, .. } = &mut **param;
+                AdamTensor {
+                    param: &mut value.buf,
+                    m,
+                    v,
+                    grad: &grad.buf,
+                }
+            })
+            .collect();
+        backend.adam_step_many(&mut tensors, self.step, hp)
     }
 }

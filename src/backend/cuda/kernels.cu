@@ -109,12 +109,15 @@ extern "C" __global__ void fill_f32(float* x, float value, long long n) {
     GRID_STRIDE(i, n) x[i] = value;
 }
 
-// Up to FILL_MANY buffers in one launch (zero_grad of an optimiser's parameters): block row
-// y fills buffer y. Passed by value; the Rust side mirrors the layout (FillManyArgs).
-#define FILL_MANY 8
+// Buffers per launch of the *_many kernels (mod.rs's MANY). Their argument structs are
+// passed by value; the Rust side mirrors each layout (FillManyArgs, CopyManyArgs, ...).
+#define MANY 8
+
+// Up to MANY buffers in one launch (zero_grad of an optimiser's parameters): block row
+// y fills buffer y.
 struct FillMany {
-    float* ptr[FILL_MANY];
-    long long len[FILL_MANY];
+    float* ptr[MANY];
+    long long len[MANY];
 };
 
 extern "C" __global__ void fill_many_f32(FillMany bufs, int count, float value) {
@@ -124,12 +127,11 @@ extern "C" __global__ void fill_many_f32(FillMany bufs, int count, float value) 
     GRID_STRIDE(i, bufs.len[b]) x[i] = value;
 }
 
-// Up to COPY_MANY copies into one buffer: block row b copies src[b] to dst + offset[b].
-#define COPY_MANY 8
+// Up to MANY copies into one buffer: block row b copies src[b] to dst + offset[b].
 struct CopyMany {
-    const float* src[COPY_MANY];
-    long long offset[COPY_MANY];
-    long long len[COPY_MANY];
+    const float* src[MANY];
+    long long offset[MANY];
+    long long len[MANY];
 };
 
 extern "C" __global__ void copy_many_f32(float* dst, CopyMany parts, int count) {
@@ -1089,10 +1091,10 @@ __device__ void adam_one(float g, float& m, float& v, float& p, float beta1, flo
 }
 
 // Quads over the first n / 4 * 4 parameters where the buffers are aligned, then single
-// values (launch: a thread per quad).
-extern "C" __global__ void adam_step(float* param, unsigned short* param_half, float* m, float* v,
-                                     const float* grad, long long n, float beta1, float beta2,
-                                     float eps, float step_size, float bias2_sqrt) {
+// values (launch: a thread per quad, along the grid's x).
+__device__ void adam_tensor(float* param, unsigned short* param_half, float* m, float* v,
+                            const float* grad, long long n, float beta1, float beta2, float eps,
+                            float step_size, float bias2_sqrt) {
     bool aligned = quad_aligned(param) && quad_aligned(param_half) && quad_aligned(m) &&
                    quad_aligned(v) && quad_aligned(grad);
     long long quads = aligned ? n / 4 : 0;
@@ -1120,6 +1122,24 @@ extern "C" __global__ void adam_step(float* param, unsigned short* param_half, f
         param[i] = p;
         if (param_half) param_half[i] = to_bf16(p);
     }
+}
+
+// Up to MANY parameters of one step count: block row b updates parameter b.
+struct AdamMany {
+    float* param[MANY];
+    unsigned short* param_half[MANY];
+    float* m[MANY];
+    float* v[MANY];
+    const float* grad[MANY];
+    long long n[MANY];
+};
+
+extern "C" __global__ void adam_step_many(AdamMany t, int count, float beta1, float beta2,
+                                          float eps, float step_size, float bias2_sqrt) {
+    int b = blockIdx.y;
+    if (b >= count) return;
+    adam_tensor(t.param[b], t.param_half[b], t.m[b], t.v[b], t.grad[b], t.n[b], beta1, beta2,
+                eps, step_size, bias2_sqrt);
 }
 
 // ---- classifier heads ----

@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AdamParams, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions, NextNorm,
-    PoolShape, Precision, SampleShape, check_copy, check_len, checks,
+    AdamParams, AdamTensor, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions,
+    NextNorm, PoolShape, Precision, SampleShape, check_copy, check_len, checks,
 };
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
@@ -1089,37 +1089,51 @@ struct NextNormArgs {
 // and padding to 8 bytes in both).
 unsafe impl DeviceRepr for NextNormArgs {}
 
-/// Buffers per `fill_many_f32` launch (kernels.cu's FILL_MANY).
-const FILL_MANY: usize = 8;
+/// Buffers per launch of the `*_many` kernels (kernels.cu's MANY).
+const MANY: usize = 8;
 
-/// The kernels' `FillMany`: addresses and lengths of up to [`FILL_MANY`] buffers.
+/// The kernels' `FillMany`: addresses and lengths of up to [`MANY`] buffers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct FillManyArgs {
-    ptr: [u64; FILL_MANY],
-    len: [i64; FILL_MANY],
+    ptr: [u64; MANY],
+    len: [i64; MANY],
 }
 
 // SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, eight
 // 8-byte lengths, no padding in either).
 unsafe impl DeviceRepr for FillManyArgs {}
 
-/// Copies per `copy_many_f32` launch (kernels.cu's COPY_MANY).
-const COPY_MANY: usize = 8;
-
 /// The kernels' `CopyMany`: sources, offsets into the destination and lengths of up to
-/// [`COPY_MANY`] copies.
+/// [`MANY`] copies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct CopyManyArgs {
-    src: [u64; COPY_MANY],
-    offset: [i64; COPY_MANY],
-    len: [i64; COPY_MANY],
+    src: [u64; MANY],
+    offset: [i64; MANY],
+    len: [i64; MANY],
 }
 
 // SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, then
 // two arrays of eight 8-byte integers, no padding in either).
 unsafe impl DeviceRepr for CopyManyArgs {}
+
+/// The kernels' `AdamMany`: addresses (a null bf16 copy: none) and lengths of up to
+/// [`MANY`] parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct AdamManyArgs {
+    param: [u64; MANY],
+    param_half: [u64; MANY],
+    m: [u64; MANY],
+    v: [u64; MANY],
+    grad: [u64; MANY],
+    n: [i64; MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (six arrays of eight 8-byte
+// values, no padding in either).
+unsafe impl DeviceRepr for AdamManyArgs {}
 
 /// The samples grouped by label, for `embed_backward`: `classes + 1` offsets, then the
 /// sample numbers of label 0, of label 1, ..., each group in increasing order (labels were
@@ -1259,7 +1273,7 @@ impl Backend for Cuda {
         Ok(())
     }
     fn fill_many(&self, bufs: &mut [&mut CudaBuf], value: f32) -> Result<()> {
-        for chunk in bufs.chunks_mut(FILL_MANY) {
+        for chunk in bufs.chunks_mut(MANY) {
             let mut args = FillManyArgs::default();
             for (k, buf) in chunk.iter_mut().enumerate() {
                 args.len[k] = buf.len() as i64;
@@ -1279,7 +1293,7 @@ impl Backend for Cuda {
             check_copy(dst.len(), offset, src.len())?;
         }
         let to = dst.f32_mut();
-        for chunk in parts.chunks(COPY_MANY) {
+        for chunk in parts.chunks(MANY) {
             let mut args = CopyManyArgs::default();
             for (k, &(offset, src)) in chunk.iter().enumerate() {
                 args.src[k] = self.ptr(src.f32()?);
@@ -2324,34 +2338,57 @@ impl Backend for Cuda {
         step: u64,
         hp: AdamParams,
     ) -> Result<()> {
-        checks::adam_step::<Self>(param, m, v, grad)?;
-        // The same host-side factors as the CPU kernel.
-        let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
-        let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
-        let step_size = (hp.lr as f64 / bias1) as f32;
-        let bias2_sqrt = bias2.sqrt() as f32;
-        let n = param.len() as i64;
-        let cfg = nvrtc::elementwise(param.len().div_ceil(4)); // a thread per quad
-        // In bf16 the new weights' bf16 copy is written beside them, for the convolutions.
-        let (param, param_half) = self.with_half_copy(param)?;
-        launch!(
-            self,
-            "adam_step",
-            cfg,
-            param,
-            &param_half,
-            m.f32_mut(),
-            v.f32_mut(),
-            grad.f32()?,
-            &n,
-            &hp.beta1,
-            &hp.beta2,
-            &hp.eps,
-            &step_size,
-            &bias2_sqrt
-        );
+        let mut one = [AdamTensor { param, m, v, grad }];
+        self.adam_step_many(&mut one, step, hp)
+    }
+
+    fn adam_step_many(
+        &self,
+        tensors: &mut [AdamTensor<'_, Self>],
+        step: u64,
+        hp: AdamParams,
+    ) -> Result<()> {
+        checks::adam_step_many::<Self>(tensors)?;
+        let (step_size, bias2_sqrt) = adam_factors(step, hp);
+        for chunk in tensors.chunks_mut(MANY) {
+            let mut args = AdamManyArgs::default();
+            // In bf16 the new weights' bf16 copy is written beside them, for the convolutions.
+            for (k, t) in chunk.iter_mut().enumerate() {
+                args.n[k] = t.param.len() as i64;
+                args.grad[k] = self.ptr(t.grad.f32()?);
+                args.m[k] = self.ptr(t.m.f32_mut());
+                args.v[k] = self.ptr(t.v.f32_mut());
+                let (param, half) = self.with_half_copy(t.param)?;
+                args.param[k] = self.ptr(param);
+                args.param_half[k] = half;
+            }
+            let longest = chunk.iter().map(|t| t.param.len()).max().unwrap_or(0);
+            let mut cfg = nvrtc::elementwise(longest.div_ceil(4)); // a thread per quad
+            cfg.grid_dim.1 = chunk.len() as u32;
+            let count = chunk.len() as i32;
+            launch!(
+                self,
+                "adam_step_many",
+                cfg,
+                &args,
+                &count,
+                &hp.beta1,
+                &hp.beta2,
+                &hp.eps,
+                &step_size,
+                &bias2_sqrt
+            );
+        }
         Ok(())
     }
+}
+
+/// Adam's host-side factors, as the CPU kernel computes them: lr / (1 - beta1^t) and
+/// sqrt(1 - beta2^t).
+fn adam_factors(step: u64, hp: AdamParams) -> (f32, f32) {
+    let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
+    let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
+    ((hp.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub const KERNELS: &[&str] = &[
     "layernorm_forward",
     "layernorm_backward_input",
     "layernorm_backward_input_bf16",
-    "adam_step",
+    "adam_step_many",
     "avgpool_forward",
     "avgpool_backward",
     "bias_rows",
