@@ -3,8 +3,8 @@
 # a short bench that must find the CUDA libraries without LD_LIBRARY_PATH, the CUDA tests
 # (ops against the CPU, golden FF step, repeatability), the benchmark in bf16 (with the
 # epoch, and the evaluation also without sharing block 0 between the labels) and f32, bf16
-# also unfused (epoch and evaluation too), with any cuDNN algorithm and with block 0's
-# convolution unpadded, a per-kernel profile
+# also unfused (epoch and evaluation too), with any cuDNN algorithm, with block 0's
+# convolution unpadded and with cuDNN's algorithms timed (Find), a per-kernel profile
 # of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy (then 2 in f32,
 # to set beside the CPU's). Logs go to $OUT (or ./gpu-logs), eight files at most.
 set -uo pipefail
@@ -49,6 +49,8 @@ bench "bf16 step, any cuDNN algorithm" 60 .device/trifecta bench --device cuda \
     --any-cudnn-algorithm --steps 50 --warmup 5 --epoch-images 0
 bench "bf16 step, block 0's 4 channels not padded to 8" 60 .device/trifecta bench --device cuda \
     --no-channel-padding --steps 50 --warmup 5 --epoch-images 0
+bench "bf16 step, cuDNN algorithms timed on the device (Find)" 60 .device/trifecta bench \
+    --device cuda --cudnn-benchmark --steps 50 --warmup 5 --epoch-images 0
 echo "== bench, bf16 step, time per kernel (GPU events)"
 timeout 60 .device/trifecta bench --device cuda --profile --steps 20 --warmup 5 --epoch-images 0 2>&1 |
     tee "$out/profile.log" || status=1

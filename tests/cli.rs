@@ -354,8 +354,10 @@ fn bad_flag_values_and_config_keys() {
     // what is missing. Either way: one line, naming the device.
     let out = trifecta(&["bench", "--device", "cuda:1"]);
     assert_one_line_error(&out, &["cuda:1"]);
-    let out = trifecta(&["bench", "--unfused"]);
-    assert_one_line_error(&out, &["--unfused", "--device cuda"]);
+    for switch in ["--unfused", "--cudnn-benchmark"] {
+        let out = trifecta(&["bench", switch]);
+        assert_one_line_error(&out, &[switch, "--device cuda"]);
+    }
     let out = trifecta(&["bench", "--compare-unshared-eval"]);
     assert_one_line_error(&out, &["--compare-unshared-eval", "--epoch-images"]);
 

@@ -410,12 +410,21 @@ fn conv3x3_matches_cpu() {
 
 #[test]
 fn conv3x3_bf16_is_close_to_cpu() {
-    // With the few-channel convolutions padded (the default) and as they are.
+    // With the few-channel convolutions padded (the default) and as they are, and with the
+    // algorithms chosen by timing them (cuDNN's Find) instead of by heuristics.
     let unpadded = open(GpuOptions {
         pad_channels: false,
         ..GpuOptions::new(Precision::Bf16)
     });
-    for (name, b) in [("padded", gpu_bf16()), ("unpadded", &unpadded)] {
+    let timed = open(GpuOptions {
+        cudnn_benchmark: true,
+        ..GpuOptions::new(Precision::Bf16)
+    });
+    for (name, b) in [
+        ("padded", gpu_bf16()),
+        ("unpadded", &unpadded),
+        ("algorithms timed", &timed),
+    ] {
         for (i, s) in CONV_SHAPES.into_iter().enumerate() {
             let seed = 10 * i as u64;
             compare_scaled(

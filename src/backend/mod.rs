@@ -93,6 +93,10 @@ pub struct GpuOptions {
     /// label) run on zero-padded copies, which cuDNN's tensor-core kernels take (default);
     /// off, as they are.
     pub pad_channels: bool,
+    /// Each convolution shape's algorithms ranked by timing them on the device when first
+    /// used (cuDNN's Find, as `torch.backends.cudnn.benchmark`); off (default), by cuDNN's
+    /// heuristics.
+    pub cudnn_benchmark: bool,
 }
 
 impl GpuOptions {
@@ -102,6 +106,7 @@ impl GpuOptions {
             fused: true,
             deterministic: true,
             pad_channels: true,
+            cudnn_benchmark: false,
         }
     }
 }

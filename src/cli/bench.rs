@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// copies padded with zero channels to 8, to measure what the padding saves.
     #[arg(long)]
     pub no_channel_padding: bool,
+    /// CUDA: rank each convolution's cuDNN algorithms by timing them on the device when the
+    /// shape is first used (as `torch.backends.cudnn.benchmark`), not by cuDNN's heuristics.
+    #[arg(long)]
+    pub cudnn_benchmark: bool,
     /// Also time the epoch's evaluation with every label through the whole network, i.e.
     /// without sharing block 0's convolution between the labels, to measure the sharing.
     #[arg(long)]
@@ -76,10 +80,12 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = DeviceArg::parse(&args.device)?;
     let cpu = device == DeviceArg::Cpu;
-    if cpu && (args.unfused || args.any_cudnn_algorithm || args.no_channel_padding) {
+    let gpu_only =
+        args.unfused || args.any_cudnn_algorithm || args.no_channel_padding || args.cudnn_benchmark;
+    if cpu && gpu_only {
         return Err(Error::Config(
-            "--unfused, --any-cudnn-algorithm and --no-channel-padding are CUDA settings; they \
-             need --device cuda"
+            "--unfused, --any-cudnn-algorithm, --no-channel-padding and --cudnn-benchmark are \
+             CUDA settings; they need --device cuda"
                 .into(),
         ));
     }
@@ -145,6 +151,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             fused: !args.unfused,
             deterministic: !args.any_cudnn_algorithm,
             pad_channels: !args.no_channel_padding,
+            cudnn_benchmark: args.cudnn_benchmark,
             ..GpuOptions::new(precision)
         };
         with_backend!(&args.device, args.threads, gpu, |backend| {

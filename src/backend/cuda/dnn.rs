@@ -236,16 +236,38 @@ fn conv_descriptor(math_type: sys::cudnnMathType_t) -> DnnResult<Conv> {
     Ok(conv)
 }
 
+/// cuDNN's algorithm queries of each pass (heuristics or Find: the same signature): handle,
+/// the pass's input, weight-or-gradient and output descriptors with the convolution's, the
+/// number of results wanted, and where the count and the results go.
+type Query<A, B, C, P> = unsafe fn(
+    sys::cudnnHandle_t,
+    A,
+    B,
+    sys::cudnnConvolutionDescriptor_t,
+    C,
+    std::ffi::c_int,
+    *mut std::ffi::c_int,
+    *mut P,
+) -> sys::cudnnStatus_t;
+type Tensor4 = sys::cudnnTensorDescriptor_t;
+type Filter4 = sys::cudnnFilterDescriptor_t;
+type FwdQuery = Query<Tensor4, Filter4, Tensor4, sys::cudnnConvolutionFwdAlgoPerf_t>;
+type DataQuery = Query<Filter4, Tensor4, Tensor4, sys::cudnnConvolutionBwdDataAlgoPerf_t>;
+type FilterQuery = Query<Tensor4, Tensor4, Filter4, sys::cudnnConvolutionBwdFilterAlgoPerf_t>;
+
 /// Largest workspace an algorithm may ask for (bigger ones are passed over).
 const MAX_WORKSPACE: usize = 1 << 30;
 
 impl ConvPlan {
-    /// The plan of shape `s`; `deterministic` prefers deterministic algorithms (see `pick`).
+    /// The plan of shape `s`; `deterministic` prefers deterministic algorithms (see `pick`);
+    /// `timed` ranks the algorithms by running them on the device (cuDNN's Find, which
+    /// synchronises and allocates its own buffers), else by cuDNN's heuristics.
     pub fn new(
         dnn: &Dnn,
         s: ConvShape,
         math: ConvMath,
         deterministic: bool,
+        timed: bool,
     ) -> DnnResult<ConvPlan> {
         let x = nhwc(math, s.n, s.c_in, s.h, s.w)?;
         let y = nhwc(math, s.n, s.c_out, s.h, s.w)?;
@@ -284,7 +306,7 @@ impl ConvPlan {
             labels: [""; 3],
             shape: format!("{}x{} {}->{}", s.h, s.w, s.c_in, s.c_out),
         };
-        plan.choose(dnn, deterministic)?;
+        plan.choose(dnn, deterministic, timed)?;
         Ok(plan)
     }
 
@@ -307,17 +329,33 @@ impl ConvPlan {
         })
     }
 
-    /// Picks the best-ranked usable algorithm of each pass and sizes the workspace.
-    fn choose(&mut self, dnn: &Dnn, deterministic: bool) -> DnnResult<()> {
+    /// Picks the best-ranked usable algorithm of each pass and sizes the workspace. Ranked by
+    /// time measured on the device (`timed`), else by cuDNN's heuristics; the two calls take
+    /// the same arguments and give the same perf structs.
+    fn choose(&mut self, dnn: &Dnn, deterministic: bool, timed: bool) -> DnnResult<()> {
         let h = dnn.handle;
         let mut count = 0i32;
+        let (forward, backward_data, backward_filter): (FwdQuery, DataQuery, FilterQuery) = if timed
+        {
+            (
+                sys::cudnnFindConvolutionForwardAlgorithm,
+                sys::cudnnFindConvolutionBackwardDataAlgorithm,
+                sys::cudnnFindConvolutionBackwardFilterAlgorithm,
+            )
+        } else {
+            (
+                sys::cudnnGetConvolutionForwardAlgorithm_v7,
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7,
+                sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7,
+            )
+        };
         // SAFETY: live handle and descriptors; the result arrays hold as many entries as
         // requested; zeroed perf structs are valid plain data.
         unsafe {
             let mut fwd = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); 8];
             check(
                 "forward algorithms",
-                result::get_convolution_forward_algorithm(
+                forward(
                     h,
                     self.x.0,
                     self.w.0,
@@ -326,7 +364,8 @@ impl ConvPlan {
                     fwd.len() as i32,
                     &mut count,
                     fwd.as_mut_ptr(),
-                ),
+                )
+                .result(),
             )?;
             let (best, label) = pick(
                 &fwd[..count.max(0) as usize],
@@ -343,7 +382,7 @@ impl ConvPlan {
             let mut data = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); 6];
             check(
                 "backward-data algorithms",
-                result::get_convolution_backward_data_algorithm(
+                backward_data(
                     h,
                     self.w.0,
                     self.y.0,
@@ -352,7 +391,8 @@ impl ConvPlan {
                     data.len() as i32,
                     &mut count,
                     data.as_mut_ptr(),
-                ),
+                )
+                .result(),
             )?;
             let (best, label) = pick(
                 &data[..count.max(0) as usize],
@@ -369,7 +409,7 @@ impl ConvPlan {
             let mut filter = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); 7];
             check(
                 "backward-filter algorithms",
-                result::get_convolution_backward_filter_algorithm(
+                backward_filter(
                     h,
                     self.x.0,
                     self.y.0,
@@ -378,7 +418,8 @@ impl ConvPlan {
                     filter.len() as i32,
                     &mut count,
                     filter.as_mut_ptr(),
-                ),
+                )
+                .result(),
             )?;
             let (best, label) = pick(
                 &filter[..count.max(0) as usize],

@@ -144,6 +144,7 @@ pub struct Cuda {
     fused: bool,
     deterministic: bool,
     pad_channels: bool,
+    cudnn_benchmark: bool,
     sms: usize,
     state: Mutex<State>,
     profile: GpuProfile,
@@ -279,6 +280,7 @@ impl Cuda {
             fused: options.fused,
             deterministic: options.deterministic,
             pad_channels: options.pad_channels,
+            cudnn_benchmark: options.cudnn_benchmark,
             sms,
             state: Mutex::new(State {
                 dnn,
@@ -367,8 +369,14 @@ impl Cuda {
             Precision::Bf16 => ConvMath::Bf16,
         };
         if !state.plans.contains_key(&s) {
-            let plan = ConvPlan::new(&state.dnn, s, math, self.deterministic)
-                .map_err(|x| self.err("cuDNN plan", x))?;
+            let plan = ConvPlan::new(
+                &state.dnn,
+                s,
+                math,
+                self.deterministic,
+                self.cudnn_benchmark,
+            )
+            .map_err(|x| self.err("cuDNN plan", x))?;
             grow(&self.stream, &mut state.scratch.workspace, plan.workspace)
                 .map_err(|x| self.err("cuDNN workspace", x))?;
             state.plans.insert(s, plan);
@@ -1185,6 +1193,9 @@ impl Backend for Cuda {
         }
         if !self.deterministic {
             how.push_str(", any cuDNN algorithm");
+        }
+        if self.cudnn_benchmark {
+            how.push_str(", cuDNN algorithms timed");
         }
         format!("cuda:{} ({}, {how})", self.ordinal, self.device_name)
     }
