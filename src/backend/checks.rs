@@ -587,6 +587,14 @@ pub fn adam_step<B: Backend>(param: &B::Buf, m: &B::Buf, v: &B::Buf, grad: &B::B
     Ok(())
 }
 
+/// Every (offset, src) range of a `copy_many` into `dst`, before anything is copied.
+pub fn copy_many<B: Backend>(dst: &B::Buf, parts: &[(usize, &B::Buf)]) -> Result<()> {
+    for &(offset, src) in parts {
+        super::check_copy(B::len(dst), offset, B::len(src))?;
+    }
+    Ok(())
+}
+
 /// [`adam_step`] of every parameter, before any is updated.
 pub fn adam_step_many<B: Backend>(tensors: &[super::AdamTensor<'_, B>]) -> Result<()> {
     for t in tensors {

@@ -227,6 +227,16 @@ pub struct AdamParams {
     pub eps: f32,
 }
 
+impl AdamParams {
+    /// The host-side factors of step `step` (1-based) that every backend's Adam kernel
+    /// uses: lr / (1 - beta1^t) and sqrt(1 - beta2^t), computed in f64.
+    pub fn step_factors(&self, step: u64) -> (f32, f32) {
+        let bias1 = 1.0 - (self.beta1 as f64).powi(step as i32);
+        let bias2 = 1.0 - (self.beta2 as f64).powi(step as i32);
+        ((self.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
+    }
+}
+
 impl Default for AdamParams {
     fn default() -> Self {
         AdamParams {
@@ -284,9 +294,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `copy_into` of several (offset, src) pairs into one `dst` (a GPU does them in one
     /// launch), in order. Every range is checked before anything is copied.
     fn copy_many(&self, dst: &mut Self::Buf, parts: &[(usize, &Self::Buf)]) -> Result<()> {
-        for &(offset, src) in parts {
-            check_copy(Self::len(dst), offset, Self::len(src))?;
-        }
+        checks::copy_many::<Self>(dst, parts)?;
         for &(offset, src) in parts {
             self.copy_into(dst, offset, src)?;
         }

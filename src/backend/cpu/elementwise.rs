@@ -228,10 +228,7 @@ pub fn adam_step(
     step: u64,
     hp: AdamParams,
 ) {
-    let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
-    let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
-    let step_size = (hp.lr as f64 / bias1) as f32;
-    let bias2_sqrt = bias2.sqrt() as f32;
+    let (step_size, bias2_sqrt) = hp.step_factors(step);
     param
         .par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))

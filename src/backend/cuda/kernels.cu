@@ -684,7 +684,7 @@ extern "C" __global__ void ff_loss(float* loss, float* grad_goodness, const floa
 // Step 2: a warp per column adds the parts in order (the *_finish kernels).
 //
 // Narrow matrices are folded: `period` is the true number of columns and `cols` = g x period
-// (g rows side by side, host `fold_rows`), so that block 0's 4 channels keep 32 lanes busy
+// (g rows side by side, nvrtc.rs's `fold`), so that block 0's 4 channels keep 32 lanes busy
 // instead of 4; the block then adds its g lanes of each true column (in lane order) before
 // it writes the part. Unfolded, period = cols.
 //

@@ -1290,19 +1290,14 @@ impl Backend for Cuda {
                 args.len[k] = buf.len() as i64;
                 args.ptr[k] = self.ptr(buf.f32_mut());
             }
-            let longest = chunk.iter().map(|b| b.len()).max().unwrap_or(0);
-            let mut cfg = nvrtc::elementwise(longest);
-            cfg.grid_dim.1 = chunk.len() as u32;
-            let count = chunk.len() as i32;
+            let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|b| b.len()));
             launch!(self, "fill_many_f32", cfg, &args, &count, &value);
         }
         Ok(())
     }
 
     fn copy_many(&self, dst: &mut CudaBuf, parts: &[(usize, &CudaBuf)]) -> Result<()> {
-        for &(offset, src) in parts {
-            check_copy(dst.len(), offset, src.len())?;
-        }
+        checks::copy_many::<Self>(dst, parts)?;
         let to = dst.f32_mut();
         for chunk in parts.chunks(MANY) {
             let mut args = CopyManyArgs::default();
@@ -1311,10 +1306,7 @@ impl Backend for Cuda {
                 args.offset[k] = offset as i64;
                 args.len[k] = src.len() as i64;
             }
-            let longest = chunk.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
-            let mut cfg = nvrtc::elementwise(longest);
-            cfg.grid_dim.1 = chunk.len() as u32;
-            let count = chunk.len() as i32;
+            let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|(_, b)| b.len()));
             launch!(self, "copy_many_f32", cfg, &mut *to, &args, &count);
         }
         Ok(())
@@ -2360,7 +2352,7 @@ impl Backend for Cuda {
         hp: AdamParams,
     ) -> Result<()> {
         checks::adam_step_many::<Self>(tensors)?;
-        let (step_size, bias2_sqrt) = adam_factors(step, hp);
+        let (step_size, bias2_sqrt) = hp.step_factors(step);
         for chunk in tensors.chunks_mut(MANY) {
             let mut args = AdamManyArgs::default();
             // In bf16 the new weights' bf16 copy is written beside them, for the convolutions.
@@ -2373,10 +2365,8 @@ impl Backend for Cuda {
                 args.param[k] = self.ptr(param);
                 args.param_half[k] = half;
             }
-            let longest = chunk.iter().map(|t| t.param.len()).max().unwrap_or(0);
-            let mut cfg = nvrtc::elementwise(longest.div_ceil(4)); // a thread per quad
-            cfg.grid_dim.1 = chunk.len() as u32;
-            let count = chunk.len() as i32;
+            // A thread per quad.
+            let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|t| t.param.len().div_ceil(4)));
             launch!(
                 self,
                 "adam_step_many",
@@ -2392,14 +2382,6 @@ impl Backend for Cuda {
         }
         Ok(())
     }
-}
-
-/// Adam's host-side factors, as the CPU kernel computes them: lr / (1 - beta1^t) and
-/// sqrt(1 - beta2^t).
-fn adam_factors(step: u64, hp: AdamParams) -> (f32, f32) {
-    let bias1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
-    let bias2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
-    ((hp.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
 }
 
 #[cfg(test)]

@@ -298,6 +298,16 @@ pub fn elementwise(total: usize) -> LaunchConfig {
     }
 }
 
+/// The launch of a `*_many` kernel over buffers of `lens` threads' work each: block row b
+/// takes buffer b, grid-stride over the longest (kernels.cu's MANY buffers at most).
+/// Returns the launch and the buffer count the kernel is passed.
+pub fn per_buffer(lens: impl ExactSizeIterator<Item = usize>) -> (LaunchConfig, i32) {
+    let count = lens.len();
+    let mut cfg = elementwise(lens.max().unwrap_or(0));
+    cfg.grid_dim.1 = count as u32;
+    (cfg, count as i32)
+}
+
 /// The launch of a kernel that moves quads (four values an access, kernels.cu's `load4`)
 /// when its quads stay within units of `unit` elements (channels, or a sample's features):
 /// a thread per quad then, else a thread per element. The kernels check the alignment
@@ -462,6 +472,8 @@ mod tests {
             }
         }
         assert_eq!(per_column(257).grid_dim.0, 33);
+        let (cfg, count) = per_buffer([3, 0, 1000].into_iter());
+        assert_eq!((cfg.grid_dim, count), ((4, 3, 1), 3));
         assert_eq!(BLOCK as usize, 32 * FINISH_COLUMNS);
         assert_eq!(per_row(0).grid_dim.0, 1);
     }
