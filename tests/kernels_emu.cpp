@@ -197,26 +197,42 @@ static std::vector<float> as_f32(const std::vector<unsigned short>& hv) {
     return back;
 }
 
-// `shift` moves the data far from zero (the two-pass variance must stay exact); `abs` is the
-// absolute tolerance of the outputs (a single row has zero variance, so rstd = 1/sqrt(eps)
-// amplifies float rounding, on the CPU as here).
-static void check_batchnorm(long long rows, int c, double shift, double abs) {
+// A linear layer's bias gradient: column sums (partial_sum, folded where narrow) added to
+// what the output held.
+static void check_column_sums(long long rows, int c) {
+    auto x = randn(rows * c);
+    Parts p = folded_partials(rows, c, 132);
+    std::vector<double> pa(p.parts * c), pb(p.parts * c), want(c, 0.5);
+    std::vector<float> out(c, 0.5f);
+    launch(p.grid(), {32, 8, 1},
+           [&] { partial_sum(pa.data(), pb.data(), x.data(), p.rows, p.cols, c, p.chunk); });
+    dim3 cols{(unsigned)((c + FINISH_COLUMNS - 1) / FINISH_COLUMNS), 1, 1};
+    launch(cols, {BLOCK},
+           [&] { finish_add(out.data(), nullptr, pa.data(), pb.data(), (int)p.parts, c); });
+    for (int k = 0; k < c; k++)
+        for (long long r = 0; r < rows; r++) want[k] += x[r * c + k];
+    std::string tag = "column sums " + std::to_string(rows) + "x" + std::to_string(c);
+    close(tag.c_str(), out, want, 1e-5, 1e-5);
+}
+
+// `shift` moves the data far from zero: the one-pass variance must stay exact there (its sums
+// are shifted by row 0's values; unshifted, a mean a million standard deviations from zero
+// would cancel 12 of double's 16 digits). `abs` is the absolute tolerance of the outputs (a
+// single row has zero variance, so rstd = 1/sqrt(eps) amplifies float rounding, on the CPU as
+// here; far from zero the f32 apply rounds at the data's magnitude). The backward uses the
+// f32 mean, as the CPU does, so `backward` is checked near zero only.
+static void check_batchnorm(long long rows, int c, double shift, double abs, bool backward = true) {
     auto x = randn(rows * c, 3.0, shift), gamma = randn(c), beta = randn(c), dy = randn(rows * c);
     std::vector<float> out(rows * c), mean(c), rstd(c), rm(c, 0.5f), rv(c, 1.0f);
     Parts p = folded_partials(rows, c, 132);
-    std::vector<double> pa(p.parts * c), pb(p.parts * c), dmean(c);
+    std::vector<double> pa(p.parts * c), pb(p.parts * c);
     dim3 grid = p.grid(), block{32, 8, 1};
     dim3 cols{(unsigned)((c + FINISH_COLUMNS - 1) / FINISH_COLUMNS), 1, 1};
     launch(grid, block,
-           [&] { partial_sum(pa.data(), pb.data(), x.data(), p.rows, p.cols, c, p.chunk); });
-    launch(cols, {BLOCK}, [&] { finish_mean(dmean.data(), pa.data(), (int)p.parts, c, rows); });
-    launch(grid, block, [&] {
-        partial_centered_sq(pa.data(), pb.data(), x.data(), dmean.data(), p.rows, p.cols, c,
-                            p.chunk);
-    });
+           [&] { partial_moments(pa.data(), pb.data(), x.data(), p.rows, p.cols, c, p.chunk); });
     launch(cols, {BLOCK}, [&] {
-        batchnorm_finish_stats(mean.data(), rstd.data(), rm.data(), rv.data(), dmean.data(),
-                               pa.data(), (int)p.parts, c, rows, 1e-5f, 0.1f);
+        batchnorm_finish_moments(mean.data(), rstd.data(), rm.data(), rv.data(), x.data(),
+                                 pa.data(), pb.data(), (int)p.parts, c, rows, 1e-5f, 0.1f);
     });
     launch(elementwise(rows * c), {BLOCK}, [&] {
         batchnorm_apply(out.data(), nullptr, x.data(), mean.data(), rstd.data(), gamma.data(),
@@ -289,6 +305,7 @@ static void check_batchnorm(long long rows, int c, double shift, double abs) {
     close((tag + " bf16 alone").c_str(), as_f32(alone), widen(as_f32(want_half)), 0, 0);
     close((tag + " eval bf16 alone").c_str(), as_f32(eval_alone), widen(as_f32(want_eval_half)),
           0, 0);
+    if (!backward) return;
 
     // Backward.
     std::vector<float> dgamma(c, 0.25f), dbeta(c, -0.5f), coef(3 * c), dx(rows * c);
@@ -1055,11 +1072,14 @@ int main() {
     check_channel_padding(1000, 4, 8);
     check_channel_padding(37, 2, 8);
     check_channel_padding(9, 12, 16);
+    check_column_sums(999, 10);  // folded 3 rows to a warp
+    check_column_sums(77, 45);
     check_batchnorm(1, 3, 0.0, 1e-3);
     check_batchnorm(70, 3, 50.0, 1e-4);
     check_batchnorm(64 * 33, 40, 50.0, 1e-4);
     check_batchnorm(20000, 4, 50.0, 1e-4);  // folded 8 rows to a warp (block 0's 4 channels)
     check_batchnorm(63, 4, 50.0, 1e-4);     // folded 7 rows (63 is no multiple of 8)
+    check_batchnorm(5000, 6, 3e6, 0.2, false);  // a mean a million standard deviations out
     check_layernorm(1, 5);
     check_layernorm(3, 105);
     check_layernorm(70, 300);

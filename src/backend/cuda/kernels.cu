@@ -695,6 +695,13 @@ extern "C" __global__ void ff_loss(float* loss, float* grad_goodness, const floa
 #define PARTIAL_ROWS 8
 
 // A column's values at flat index `at` (row `r`, true column `c`), and how they are added.
+// `for_column` gives the item a thread of column `c` uses (the item itself, but for
+// MomentsItem).
+template <typename Item>
+__device__ Item for_column(Item item, int) {
+    return item;
+}
+
 struct SumItem {
     const float* x;
     typedef float V;
@@ -702,16 +709,28 @@ struct SumItem {
     __device__ void add(double& a, double&, V v, int) const { a += (double)v; }
 };
 
-struct CenteredSqItem {
+// a = sum (x - k), b = sum (x - k)^2, with k the column's value in row 0: the mean and the
+// variance in one pass (BatchNorm's forward statistics). The shift lies within the data, so
+// b / rows - (a / rows)^2 loses only about (mean - k)^2 / var of double's 16 digits to
+// cancellation, not mean^2 / var as unshifted sums would (the emulator checks a mean ten
+// thousand standard deviations from zero against the two-pass variance).
+struct MomentsItem {
     const float* x;
-    const double* mean;
+    double k;
     typedef float V;
     __device__ V get(long long at, long long, int) const { return x[at]; }
-    __device__ void add(double& a, double&, V v, int c) const {
-        double d = (double)v - mean[c];
-        a += d * d;
+    __device__ void add(double& a, double& b, V v, int) const {
+        double d = (double)v - k;
+        a += d;
+        b += d * d;
     }
 };
+
+// Row 0's value of true column c is at flat index c, folded or not.
+__device__ MomentsItem for_column(MomentsItem item, int c) {
+    item.k = (double)item.x[c];
+    return item;
+}
 
 template <typename Dy>
 struct DyDyxItem {
@@ -746,8 +765,8 @@ struct DyXhatRowsItem {
 };
 
 template <typename Item>
-__device__ void partials_of(double* part_a, double* part_b, Item item, long long rows, int cols,
-                            int period, long long chunk) {
+__device__ void partials_of(double* part_a, double* part_b, Item column_item, long long rows,
+                            int cols, int period, long long chunk) {
     __shared__ double sa[8][33];
     __shared__ double sb[8][33];
     int col = blockIdx.x * 32 + threadIdx.x;
@@ -755,7 +774,8 @@ __device__ void partials_of(double* part_a, double* part_b, Item item, long long
     long long start = (long long)blockIdx.y * chunk;
     long long end = start + chunk < rows ? start + chunk : rows;
     double a = 0.0, b = 0.0;
-    if (col < cols) {
+    if (col < cols && start < end) {
+        Item item = for_column(column_item, c);
         long long r = start + threadIdx.y;
         for (; r + 8 * (PARTIAL_ROWS - 1) < end; r += 8 * PARTIAL_ROWS) {
             typename Item::V v[PARTIAL_ROWS];
@@ -786,17 +806,17 @@ __device__ void partials_of(double* part_a, double* part_b, Item item, long long
     }
 }
 
-// a = sum x.
+// a = sum x (a linear layer's bias gradient).
 extern "C" __global__ void partial_sum(double* part_a, double* part_b, const float* x,
                                        long long rows, int cols, int period, long long chunk) {
     partials_of(part_a, part_b, SumItem{x}, rows, cols, period, chunk);
 }
 
-// a = sum (x - mean)^2 with the double mean (the variance's second pass).
-extern "C" __global__ void partial_centered_sq(double* part_a, double* part_b, const float* x,
-                                               const double* mean, long long rows, int cols,
-                                               int period, long long chunk) {
-    partials_of(part_a, part_b, CenteredSqItem{x, mean}, rows, cols, period, chunk);
+// a = sum (x - k), b = sum (x - k)^2 with k = row 0's value (MomentsItem).
+extern "C" __global__ void partial_moments(double* part_a, double* part_b, const float* x,
+                                           long long rows, int cols, int period,
+                                           long long chunk) {
+    partials_of(part_a, part_b, MomentsItem{x, 0.0}, rows, cols, period, chunk);
 }
 
 // The norms' backward kernels read dy as f32, or (the `_bf16` forms) as the bf16 values a
@@ -876,29 +896,20 @@ __device__ bool finish_pair(const double* part_a, const double* part_b, int part
     return writes;
 }
 
-// mean[c] = sum of parts / rows, kept in double for the variance pass.
-extern "C" __global__ void finish_mean(double* mean, const double* part, int parts, int cols,
-                                       long long rows) {
-    __shared__ double shared[32 * FINISH_COLUMNS];
-    bool writes;
-    int c = finish_column(cols, &writes);
-    double s = parts_sum(part, parts, cols, c, shared);
-    if (writes) mean[c] = s / (double)rows;
-}
-
-// BatchNorm statistics from the squared-deviation parts; updates the running statistics
-// (unbiased variance) with `momentum`.
-extern "C" __global__ void batchnorm_finish_stats(float* mean, float* rstd, float* running_mean,
-                                                  float* running_var, const double* dmean,
-                                                  const double* part, int parts, int cols,
-                                                  long long rows, float eps, float momentum) {
-    __shared__ double shared[32 * FINISH_COLUMNS];
-    bool writes;
-    int c = finish_column(cols, &writes);
-    double sq = parts_sum(part, parts, cols, c, shared);
-    if (!writes) return;
-    double var = sq / (double)rows;
-    mean[c] = (float)dmean[c];
+// BatchNorm statistics from partial_moments' parts (x is its input, for the shift); updates
+// the running statistics (unbiased variance) with `momentum`.
+extern "C" __global__ void batchnorm_finish_moments(float* mean, float* rstd,
+                                                    float* running_mean, float* running_var,
+                                                    const float* x, const double* part_a,
+                                                    const double* part_b, int parts, int cols,
+                                                    long long rows, float eps, float momentum) {
+    int c;
+    double a, b;
+    if (!finish_pair(part_a, part_b, parts, cols, &c, &a, &b)) return;
+    double d = a / (double)rows;  // mean - k
+    double var = b / (double)rows - d * d;
+    if (var < 0.0) var = 0.0;
+    mean[c] = (float)((double)x[c] + d);
     rstd[c] = (float)(1.0 / sqrt(var + (double)eps));
     double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
     running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];

@@ -50,7 +50,6 @@ macro_rules! launch {
 struct Scratch {
     part_a: Option<CudaSlice<f64>>,
     part_b: Option<CudaSlice<f64>>,
-    dmean: Option<CudaSlice<f64>>,
     coef: Option<CudaSlice<f32>>,
     labels: Option<CudaSlice<u32>>,
     workspace: Option<CudaSlice<u8>>,
@@ -117,8 +116,9 @@ struct State {
 enum PartialInputs<'a> {
     /// sum x.
     Sum(&'a CudaBuf),
-    /// sum (x - mean)^2, with the double mean from `finish_mean`.
-    CenteredSq(&'a CudaBuf),
+    /// sum (x - k) and sum (x - k)^2, k the column's value in row 0 (kernels.cu's
+    /// `MomentsItem`).
+    Moments(&'a CudaBuf),
     /// sum dy and sum dy * x.
     DyDyx(&'a CudaBuf, &'a CudaBuf),
     /// sum dy * xhat and sum dy, with per-row statistics.
@@ -414,7 +414,7 @@ impl Cuda {
         let half = dy.is_some_and(|(half, _)| half);
         let kernel = match (&inputs, half) {
             (PartialInputs::Sum(_), _) => "partial_sum",
-            (PartialInputs::CenteredSq(_), _) => "partial_centered_sq",
+            (PartialInputs::Moments(_), _) => "partial_moments",
             (PartialInputs::DyDyx(..), false) => "partial_dy_dyx",
             (PartialInputs::DyDyx(..), true) => "partial_dy_dyx_bf16",
             (PartialInputs::DyXhatRows { .. }, false) => "partial_dy_xhat_rows",
@@ -424,10 +424,7 @@ impl Cuda {
         let mut l = self.stream.launch_builder(self.f(kernel));
         l.arg(a).arg(b);
         match inputs {
-            PartialInputs::Sum(x) => l.arg(x.f32()?),
-            PartialInputs::CenteredSq(x) => l
-                .arg(x.f32()?)
-                .arg(scratch.dmean.as_ref().expect("finish_mean ran first")),
+            PartialInputs::Sum(x) | PartialInputs::Moments(x) => l.arg(x.f32()?),
             PartialInputs::DyDyx(_, x) => l.arg(&dy).arg(x.f32()?),
             PartialInputs::DyXhatRows { x, mean, rstd, .. } => {
                 l.arg(&dy).arg(x.f32()?).arg(mean.f32()?).arg(rstd.f32()?)
@@ -1727,31 +1724,20 @@ impl Backend for Cuda {
         let mut guard = self.lock();
         let sc = &mut guard.scratch;
         let (cols, rows_i) = (int("channels", c)?, rows as i64);
-        let p = self.launch_partials(sc, rows, c, PartialInputs::Sum(input))?;
-        let parts = int("parts", p.parts)?;
-        grow(&self.stream, &mut sc.dmean, c).map_err(|e| self.err("allocation", e))?;
-        launch!(
-            self,
-            "finish_mean",
-            nvrtc::per_column(c),
-            sc.dmean.as_mut().expect("grown"),
-            sc.part_a.as_ref().expect("grown"),
-            &parts,
-            &cols,
-            &rows_i
-        );
-        let p = self.launch_partials(sc, rows, c, PartialInputs::CenteredSq(input))?;
+        // One pass for the mean and the variance (shifted sums, exact as two passes would be).
+        let p = self.launch_partials(sc, rows, c, PartialInputs::Moments(input))?;
         let parts = int("parts", p.parts)?;
         launch!(
             self,
-            "batchnorm_finish_stats",
+            "batchnorm_finish_moments",
             nvrtc::per_column(c),
             mean.f32_mut(),
             rstd.f32_mut(),
             running_mean.f32_mut(),
             running_var.f32_mut(),
-            sc.dmean.as_ref().expect("grown"),
+            input.f32()?,
             sc.part_a.as_ref().expect("grown"),
+            sc.part_b.as_ref().expect("grown"),
             &parts,
             &cols,
             &rows_i,
