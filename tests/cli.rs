@@ -9,10 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn trifecta(args: &[&str]) -> Output {
+    trifecta_with(args, &[])
+}
+
+/// `trifecta` with environment variables set (the loader's thread count, say).
+fn trifecta_with(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trifecta"))
         .args(args)
         .env_remove("TRIFECTA_DATA")
         .env_remove("TRIFECTA_MIRROR")
+        .env_remove("TRIFECTA_LOADER_THREADS")
+        .envs(vars.iter().copied())
         .output()
         .expect("the binary runs")
 }
@@ -131,13 +138,18 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     let split = tmp.path().join("split");
     assert!(run_quick(&whole, 3).status.success());
     assert!(run_quick(&split, 1).status.success());
-    let out = trifecta(&[
-        "train",
-        "--resume",
-        split.to_str().unwrap(),
-        "--epochs",
-        "3",
-    ]);
+    // The resumed epochs' batches are prepared on another number of threads (the default is
+    // half the cores): the same batches all the same.
+    let out = trifecta_with(
+        &[
+            "train",
+            "--resume",
+            split.to_str().unwrap(),
+            "--epochs",
+            "3",
+        ],
+        &[("TRIFECTA_LOADER_THREADS", "3")],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 1"));
     assert_eq!(
@@ -360,6 +372,10 @@ fn bad_flag_values_and_config_keys() {
     }
     let out = trifecta(&["bench", "--compare-unshared-eval"]);
     assert_one_line_error(&out, &["--compare-unshared-eval", "--epoch-images"]);
+    for bad in ["0", "many"] {
+        let out = trifecta_with(&["train"], &[("TRIFECTA_LOADER_THREADS", bad)]);
+        assert_one_line_error(&out, &["TRIFECTA_LOADER_THREADS", bad]);
+    }
 
     let tmp = TempDir::new("config");
     let config = tmp.path().join("run.toml");

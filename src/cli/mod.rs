@@ -98,6 +98,10 @@ pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // The commands that load batches report a bad TRIFECTA_LOADER_THREADS before any work.
+    if !matches!(cli.command, Command::Data(_) | Command::Report(_)) {
+        crate::data::loader::threads()?;
+    }
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

@@ -5,8 +5,53 @@
 
 use super::Dataset;
 use super::augment::Augment;
+use crate::error::{Error, Result};
 use crate::rng::Rng;
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, sync_channel};
+
+/// The environment variable that sets how many threads prepare batches.
+pub const THREADS_VAR: &str = "TRIFECTA_LOADER_THREADS";
+
+/// How many threads prepare batches (augment, normalise): `TRIFECTA_LOADER_THREADS`, else half
+/// the cores (at least one). An error names the variable if its value is not a count >= 1.
+pub fn threads() -> Result<usize> {
+    match std::env::var(THREADS_VAR) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(Error::Config(format!(
+                "{THREADS_VAR}: expected a thread count of at least 1, got '{v}'"
+            ))),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))),
+    }
+}
+
+/// The loader's own rayon pool of [`threads`] threads (None if the threads could not be
+/// started: the work then runs on the global pool). On the global pool each batch took
+/// every core for a moment, so the thread that queues a step's GPU work could wait for one,
+/// and the GPU for it.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // The CLI reports a bad value before any work; a library user gets the default.
+        let n = threads().unwrap_or(1);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("trifecta-loader-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `work` (which may use rayon) on the loader's threads.
+fn on_loader<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(pool) => pool.install(work),
+        None => work(),
+    }
+}
 
 /// One training step's input.
 pub struct Batch {
@@ -22,7 +67,7 @@ pub fn epoch_rng(seed: u64, epoch: u64) -> Rng {
 }
 
 /// Runs `consume` on the batches of one epoch while a producer thread prepares the next ones
-/// (at most two ahead). Returns what `consume` returns.
+/// (at most two ahead, on the loader's [`threads`]). Returns what `consume` returns.
 pub fn with_epoch_batches<R>(
     data: &Dataset,
     batch_size: usize,
@@ -39,10 +84,10 @@ pub fn with_epoch_batches<R>(
             let mut order: Vec<usize> = (0..data.len()).collect();
             rng.shuffle(&mut order);
             for indices in order.chunks(batch_size.max(1)) {
-                let (images, positive) = match augment.as_ref() {
+                let (images, positive) = on_loader(|| match augment.as_ref() {
                     Some(a) => data.batch(indices, Some((a, &mut rng))),
                     None => data.batch(indices, None),
-                };
+                });
                 let negative = super::wrong_labels(&positive, data.classes, &mut rng);
                 if sender
                     .send(Batch {
@@ -73,7 +118,7 @@ pub fn with_eval_batches<R>(
         scope.spawn(move || {
             let indices: Vec<usize> = (0..data.len()).collect();
             for chunk in indices.chunks(batch_size.max(1)) {
-                if sender.send(data.batch(chunk, None)).is_err() {
+                if sender.send(on_loader(|| data.batch(chunk, None))).is_err() {
                     return; // the consumer stopped early (an error)
                 }
             }
