@@ -4,7 +4,8 @@
 # (ops against the CPU, golden FF step, repeatability), the benchmark in bf16 (with the
 # epoch, and the evaluation also without sharing block 0 between the labels) and f32, bf16
 # also unfused (epoch and evaluation too), with any cuDNN algorithm, with block 0's
-# convolution unpadded and with cuDNN's algorithms timed (Find), a per-kernel profile
+# convolution unpadded, with cuDNN's algorithms timed (Find), with APL (the epoch's kind of
+# step) and the epoch with a loader thread per core, a per-kernel profile
 # of the bf16 step, and 10 epochs of the Trifecta on the CIFAR-10 JPEG copy (then 2 in f32,
 # to set beside the CPU's). Logs go to $OUT (or ./gpu-logs), eight files at most.
 set -uo pipefail
@@ -51,6 +52,12 @@ bench "bf16 step, block 0's 4 channels not padded to 8" 60 .device/trifecta benc
     --no-channel-padding --steps 50 --warmup 5 --epoch-images 0
 bench "bf16 step, cuDNN algorithms timed on the device (Find)" 60 .device/trifecta bench \
     --device cuda --cudnn-benchmark --steps 50 --warmup 5 --epoch-images 0
+# The epoch's steps alternate (APL): the bare APL step beside the epoch's time per step
+# says what feeding the GPU costs; the epoch again with as many loader threads as cores.
+bench "bf16 APL step (the epoch's kind of step, no loader)" 60 .device/trifecta bench \
+    --device cuda --apl --steps 50 --warmup 5 --epoch-images 0
+bench "bf16 epoch with as many loader threads as cores ($(nproc))" 90 env \
+    TRIFECTA_LOADER_THREADS="$(nproc)" .device/trifecta bench --device cuda --steps 2 --warmup 1
 echo "== bench, bf16 step, time per kernel (GPU events)"
 timeout 60 .device/trifecta bench --device cuda --profile --steps 20 --warmup 5 --epoch-images 0 2>&1 |
     tee "$out/profile.log" || status=1
