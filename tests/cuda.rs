@@ -606,7 +606,8 @@ fn fused_block_ops_match_the_separate_ops() {
 
 fn batchnorm_op<B: Backend>(b: &B, rows: usize, c: usize, seed: u64) -> Outputs {
     let s = ChannelShape { rows, channels: c };
-    // A large mean: the two-pass variance must stay exact.
+    // A large mean: the variance (two passes on the CPU, one of shifted sums on the GPU)
+    // must stay exact.
     let xs: Vec<f32> = random(seed, rows * c)
         .iter()
         .map(|v| 3.0 * v + 50.0)
