@@ -14,7 +14,7 @@
 //! - [`run`]: run folders: config, metrics, checkpoints, resume.
 //! - [`experiments`]: the thesis' experiments as grids of runs.
 //! - [`report`]: Markdown reports with figures.
-//! - [`bench`]: the training-step benchmark behind `trifecta bench`.
+//! - [`mod@bench`]: the training-step benchmark behind `trifecta bench`.
 //! - [`cli`]: the subcommands of the `trifecta` binary.
 
 pub mod backend;

@@ -302,7 +302,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     // ---- label embedding ----
-    /// out (N, P, C+1) = concat(images (N, P, C), table[labels[n]] (P)).
+    /// `out (N, P, C+1) = concat(images (N, P, C), table[labels[n]] (P))`.
     fn embed_forward(
         &self,
         out: &mut Self::Buf,
@@ -311,7 +311,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         labels: &[u32],
         s: EmbedShape,
     ) -> Result<()>;
-    /// grad_table[labels[n]] += grad_input[n, :, C].
+    /// `grad_table[labels[n]] += grad_input[n, :, C]`.
     fn embed_backward(
         &self,
         grad_table: &mut Self::Buf,
@@ -540,7 +540,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 
     // ---- ReLU and max-pool ----
-    /// out (N, F) = pre (N, F) + maps[index] (F): one of the `len(maps) / F` maps, added to
+    /// `out (N, F) = pre (N, F) + maps[index] (F)`: one of the `len(maps) / F` maps, added to
     /// every sample.
     fn add_bias_map(
         &self,

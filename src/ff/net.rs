@@ -454,7 +454,7 @@ impl<B: Backend> FfNet<B> {
     /// BatchNorm, block 0's convolution is also computed once: in eval mode BatchNorm scales
     /// and shifts each channel, and the convolution is linear, so the input with label `l`
     /// gives the convolution output for label 0 plus that of an input holding only the
-    /// label plane's change, `scale * (E_l - E_0)` ([`Self::label_offsets`]), the same for
+    /// label plane's change, `scale * (E_l - E_0)` (`label_offsets`), the same for
     /// every image. (LayerNorm's statistics mix the label plane into every channel; it runs
     /// each label through the whole network.)
     pub fn goodness_per_label(&mut self, backend: &B, images: &[f32]) -> Result<Vec<f32>> {
