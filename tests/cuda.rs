@@ -1461,6 +1461,8 @@ fn bench_profile_times_every_kernel_and_library_call() {
             "cudnn conv backward-data",
             "bf16_to_f32",
             "embed_forward",
+            // BatchNorm's statistics in one pass, then its apply.
+            "partial_moments",
             "batchnorm_apply",
             "relu_pool_goodness_bf16",
             // The bench step's blocks are local: their backward starts from d(goodness).
