@@ -712,8 +712,8 @@ struct SumItem {
 // a = sum (x - k), b = sum (x - k)^2, with k the column's value in row 0: the mean and the
 // variance in one pass (BatchNorm's forward statistics). The shift lies within the data, so
 // b / rows - (a / rows)^2 loses only about (mean - k)^2 / var of double's 16 digits to
-// cancellation, not mean^2 / var as unshifted sums would (the emulator checks a mean ten
-// thousand standard deviations from zero against the two-pass variance).
+// cancellation, not mean^2 / var as unshifted sums would (the emulator checks a mean a
+// million standard deviations from zero against the two-pass variance).
 struct MomentsItem {
     const float* x;
     double k;
@@ -909,7 +909,7 @@ extern "C" __global__ void batchnorm_finish_moments(float* mean, float* rstd,
     double d = a / (double)rows;  // mean - k
     double var = b / (double)rows - d * d;
     if (var < 0.0) var = 0.0;
-    mean[c] = (float)((double)x[c] + d);
+    mean[c] = (float)((rows > 0 ? (double)x[c] : 0.0) + d);  // x is empty without rows
     rstd[c] = (float)(1.0 / sqrt(var + (double)eps));
     double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
     running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
