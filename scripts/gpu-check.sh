@@ -76,7 +76,7 @@ echo "$found"
 grep -h "^test result" "$out/tests.log"
 grep -h -A2 "panicked at" "$out/tests.log" | head -12
 awk '/^failures:$/ {f = 1; n++} f && n == 2' "$out/tests.log" | head -25
-grep -h -E "^== bench|^device:|^step:|^convolutions:|^epoch \(" "$out/bench.log"
+grep -h -E "^== bench|^device:|^step:|^host:|^convolutions:|^epoch \(" "$out/bench.log"
 grep -h -E "ms in all|^ +[0-9.]+ ms +[0-9.]+% +[0-9]" "$out/profile.log" | head -28
 grep -h -E "by part of|^ +[0-9.]+ ms +[0-9.]+% +[a-z(]" "$out/profile.log"
 grep -E "^epoch [0-9]+/[0-9]+:" "$out/train.log" | tail -3

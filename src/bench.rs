@@ -64,6 +64,9 @@ pub struct BenchReport {
     /// Median seconds per training step.
     pub step_seconds: f64,
     pub step_seconds_all: Vec<f64>,
+    /// Median seconds a step spent queueing its work, up to its wait for the device
+    /// (`FfNet::last_queue_seconds`): the whole step on the CPU, the host's share on a GPU.
+    pub queue_seconds: f64,
     /// Positives per second (each also runs as a negative).
     pub samples_per_second: f64,
     /// Convolution FLOPs of one step.
@@ -187,6 +190,7 @@ impl BenchReport {
         let mut text = format!(
             "device: {}\nworkload: {:?} x{} width, {}x{}x{}+1 input, batch {} positives + {} negatives, apl {}, norm {:?}\n\
              step: median {:.1} ms over {} steps (min {:.1}, max {:.1})\n\
+             host: median {:.2} ms of a step spent before its one wait for the device (on the CPU: all of it)\n\
              throughput: {:.1} samples/s ({:.1} images/s counting negatives)\n\
              convolutions: {:.2} GFLOP per step, {:.1} GFLOP/s",
             self.device,
@@ -207,6 +211,7 @@ impl BenchReport {
                 .fold(f64::MAX, f64::min)
                 * 1e3,
             self.step_seconds_all.iter().cloned().fold(0.0, f64::max) * 1e3,
+            self.queue_seconds * 1e3,
             self.samples_per_second,
             2.0 * self.samples_per_second,
             self.step_flops / 1e9,
@@ -439,11 +444,13 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         backend.enable_profile();
     }
     let mut times = Vec::with_capacity(config.steps);
+    let mut queued = Vec::with_capacity(config.steps);
     for _ in 0..config.steps {
         let start = Instant::now();
         step(&mut net)?;
         backend.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
+        queued.push(net.last_queue_seconds());
     }
     let steps = config.steps as f64;
     let rows = if config.profile {
@@ -467,6 +474,7 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         device: backend.name(),
         step_seconds,
         step_seconds_all: times,
+        queue_seconds: median(&queued),
         samples_per_second: config.batch as f64 / step_seconds,
         step_flops: flops,
         step_gflops: flops / step_seconds / 1e9,

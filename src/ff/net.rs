@@ -75,6 +75,9 @@ pub struct FfNet<B: Backend> {
     /// Each block's loss of the current step (1 each): read once, after the whole step, so
     /// that a device backend is not made to wait in the middle of a step.
     losses: Vec<Tensor<B>>,
+    /// Seconds the last training step spent before its wait for the metrics (see
+    /// [`Self::last_queue_seconds`]).
+    queue_seconds: f64,
     /// Evaluation computes block 0's convolution once for all labels where its norm allows
     /// (BatchNorm; see [`Self::goodness_per_label`]). On by default; off, every label goes
     /// through the whole network, which `bench --compare-unshared-eval` times against it.
@@ -123,6 +126,7 @@ impl<B: Backend> FfNet<B> {
             images: Tensor::zeros(backend, &[0])?,
             staged: Tensor::zeros(backend, &[0])?,
             staged_ahead: false,
+            queue_seconds: 0.0,
             metrics: Tensor::zeros(backend, &[0])?,
             input: Tensor::zeros(backend, &[0])?,
             grad_output: Tensor::zeros(backend, &[0])?,
@@ -209,6 +213,14 @@ impl<B: Backend> FfNet<B> {
             normed = next_normed;
         }
         Ok(())
+    }
+
+    /// Seconds the last training step took to queue its work: all of it up to the wait for
+    /// its metrics (its one wait for the device). With a synchronous backend (the CPU) that is
+    /// the whole step; with CUDA it is the host's share, and a step no longer than it was
+    /// limited by the host, not the GPU.
+    pub fn last_queue_seconds(&self) -> f64 {
+        self.queue_seconds
     }
 
     /// One FF training step on `images` `(B, H, W, C)` with true labels `positive` and wrong
@@ -308,6 +320,7 @@ impl<B: Backend> FfNet<B> {
             });
         }
         self.staged_ahead = false;
+        let start = std::time::Instant::now();
         backend.profile_scope("input");
         if let Some(images) = images {
             self.stage(backend, images)?;
@@ -360,6 +373,7 @@ impl<B: Backend> FfNet<B> {
             })
             .collect();
         backend.copy_many(&mut self.metrics.buf, &parts)?;
+        self.queue_seconds = start.elapsed().as_secs_f64();
         let host = self.metrics.to_host(backend)?;
         let mut metrics = vec![None; self.blocks.len()];
         for (k, &i) in updated.iter().enumerate() {

@@ -315,6 +315,13 @@ pub fn check_profile<B: trifecta::backend::Backend>(backend: &B, expected: &[&st
             .render(&config)
             .contains("per step, by part of the step:\n")
     );
+    // Each step's queueing is a part of it, so their medians keep that order.
+    assert!(
+        report.queue_seconds > 0.0 && report.queue_seconds <= report.step_seconds,
+        "queued {} s of a {} s step",
+        report.queue_seconds,
+        report.step_seconds
+    );
 }
 
 /// A next block's BatchNorm (eval mode) over these buffers, eps 1e-5.
