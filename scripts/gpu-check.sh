@@ -31,12 +31,12 @@ python3 -m pip list 2>/dev/null | grep -i -E "^nvidia-(cudnn|cublas|cuda-nvrtc|c
 # The binaries were linked here against glibc 2.36 and need 2.35 there (objdump -T).
 ldd --version 2>/dev/null | head -1 | tee -a "$out/gpu.txt"
 status=0
-echo "== CUDA tests"
+echo "== CUDA tests (at ${SECONDS} s)"
 timeout 240 .device/cuda-tests --test-threads=1 2>&1 | tee "$out/tests.log" || status=1
 # Each bench's lines in bench.log follow a "== " line naming it (the summary shows both).
 : >"$out/bench.log"
 bench() {
-    echo "== bench, $1" | tee -a "$out/bench.log"
+    echo "== bench, $1 (at ${SECONDS} s)" | tee -a "$out/bench.log"
     shift
     timeout "$@" 2>&1 | tee -a "$out/bench.log" || status=1
 }
@@ -58,19 +58,19 @@ bench "bf16 APL step (the epoch's kind of step, no loader)" 60 .device/trifecta 
     --device cuda --apl --steps 50 --warmup 5 --epoch-images 0
 bench "bf16 epoch with as many loader threads as cores ($(nproc))" 90 env \
     TRIFECTA_LOADER_THREADS="$(nproc)" .device/trifecta bench --device cuda --steps 2 --warmup 1
-echo "== bench, bf16 step, time per kernel (GPU events)"
+echo "== bench, bf16 step, time per kernel (GPU events) (at ${SECONDS} s)"
 timeout 60 .device/trifecta bench --device cuda --profile --steps 20 --warmup 5 --epoch-images 0 2>&1 |
     tee "$out/profile.log" || status=1
-echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs"
+echo "== Trifecta, CIFAR-10 JPEG copy, 10 epochs (at ${SECONDS} s)"
 timeout 300 .device/trifecta train --device cuda --dataset folder --data-dir .device/cifar10-jpeg \
     --epochs 10 --out /tmp/trifecta-cifar 2>&1 | tee "$out/train.log" || status=1
 cp /tmp/trifecta-cifar/metrics.jsonl "$out/" 2>/dev/null
-echo "== Trifecta, CIFAR-10 JPEG copy, 2 epochs in f32 (same seed as the CPU run in the README)"
+echo "== Trifecta, CIFAR-10 JPEG copy, 2 epochs in f32 (same seed as the CPU run in the README) (at ${SECONDS} s)"
 timeout 120 .device/trifecta train --device cuda --precision f32 --dataset folder \
     --data-dir .device/cifar10-jpeg --epochs 2 --out /tmp/trifecta-cifar-f32 2>&1 |
     tee "$out/train-f32.log" || status=1
 # The lines that matter, last (a remote runner may return only the end of the output).
-echo "== summary"
+echo "== summary (at ${SECONDS} s)"
 cat "$out/gpu.txt"
 echo "$found"
 grep -h "^test result" "$out/tests.log"
