@@ -1044,6 +1044,13 @@ static void check_fill_many() {
         for (float v : bufs[k]) ok &= v == (k < 3 ? 2.5f : 7.0f);
     std::printf("%s fill_many\n", ok ? "ok  " : "FAIL");
     if (!ok) failures++;
+    // fill_f32: the first n values, over a grid smaller than n.
+    std::vector<float> one(20000, 7.0f);
+    launch({4, 1, 1}, {BLOCK}, [&] { fill_f32(one.data(), -1.5f, 19999); });
+    bool filled = one.back() == 7.0f;
+    for (size_t i = 0; i + 1 < one.size(); i++) filled &= one[i] == -1.5f;
+    std::printf("%s fill\n", filled ? "ok  " : "FAIL");
+    if (!filled) failures++;
 }
 
 // Three windows of one buffer from sources of 0, 1000 and 3 values; a fourth part beyond
