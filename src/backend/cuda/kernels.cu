@@ -770,11 +770,11 @@ __device__ void partials_of(double* part_a, double* part_b, Item column_item, lo
     __shared__ double sa[8][33];
     __shared__ double sb[8][33];
     int col = blockIdx.x * 32 + threadIdx.x;
-    int c = col % period;
     long long start = (long long)blockIdx.y * chunk;
     long long end = start + chunk < rows ? start + chunk : rows;
     double a = 0.0, b = 0.0;
     if (col < cols && start < end) {
+        int c = col % period;  // here period >= 1 (no columns: no thread gets here)
         Item item = for_column(column_item, c);
         long long r = start + threadIdx.y;
         for (; r + 8 * (PARTIAL_ROWS - 1) < end; r += 8 * PARTIAL_ROWS) {
