@@ -90,7 +90,7 @@ pub struct EpochReport {
     pub train_seconds: f64,
     /// Of `train_seconds`, the time spent waiting for the next batch.
     pub data_wait_seconds: f64,
-    /// The threads that prepared the batches (`data::loader::threads`).
+    /// The threads that prepared the batches (`data::loader::pool_threads`).
     pub loader_threads: usize,
     pub test_images: usize,
     pub classes: usize,
@@ -177,7 +177,7 @@ pub fn run_epoch<B: Backend>(
         train_images,
         train_seconds: stats.seconds,
         data_wait_seconds: stats.data_wait_seconds,
-        loader_threads: crate::data::loader::threads()?,
+        loader_threads: crate::data::loader::pool_threads(),
         test_images,
         classes,
         eval_seconds,

@@ -23,8 +23,19 @@ pub fn threads() -> Result<usize> {
                 "{THREADS_VAR}: expected a thread count of at least 1, got '{v}'"
             ))),
         },
-        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))),
+        Err(_) => Ok(default_threads()),
     }
+}
+
+/// Half the cores, at least one.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// How many threads actually prepare batches: the loader pool's, or the global pool's where
+/// the loader's could not be started.
+pub fn pool_threads() -> usize {
+    pool().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
 }
 
 /// The loader's own rayon pool of [`threads`] threads (None if the threads could not be
@@ -35,7 +46,7 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         // The CLI reports a bad value before any work; a library user gets the default.
-        let n = threads().unwrap_or(1);
+        let n = threads().unwrap_or_else(|_| default_threads());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("trifecta-loader-{i}"))
