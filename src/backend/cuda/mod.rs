@@ -218,7 +218,8 @@ impl Cuda {
             });
         }
         let ctx = CudaContext::new(ordinal).map_err(|x| e("context", &x))?;
-        // One stream does all the work, so cudarc's cross-stream event tracking is not needed.
+        // The compute stream does all the work but the uploads' first copy (on `copy_stream`,
+        // ordered by hand), so cudarc's cross-stream event tracking is not needed.
         // SAFETY: the one buffer another stream touches (an upload's landing buffer, written
         // by the copy stream) is ordered by events of its own (`upload_staged`).
         unsafe { ctx.disable_event_tracking() };
