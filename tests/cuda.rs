@@ -277,6 +277,7 @@ fn op_bodies_run_on_the_cpu() {
                 .unwrap();
         }
         assert!(many[3 * i].1 == down(b, &p), "adam_step_many param {i}");
+        assert!(many[3 * i + 1].1 == down(b, &m), "adam_step_many m {i}");
         assert!(many[3 * i + 2].1 == down(b, &v), "adam_step_many v {i}");
     }
     let filled = fill_many_op(b);
