@@ -66,9 +66,10 @@ fn kernel_params(cu: &str) -> HashMap<String, usize> {
     let marker = "extern \"C\" __global__ void ";
     cu.match_indices(marker)
         .map(|(at, _)| {
-            let rest = &cu[at + marker.len()..];
-            let name = rest[..rest.find('(').unwrap()].trim().to_string();
-            let open = at + marker.len() + rest.find('(').unwrap() + 1;
+            let name_at = at + marker.len();
+            let paren = name_at + cu[name_at..].find('(').unwrap();
+            let name = cu[name_at..paren].trim().to_string();
+            let open = paren + 1;
             // C parameter lists hold no closures or generics: count the commas.
             let params = bracketed(cu, open);
             let count = match params.trim() {
