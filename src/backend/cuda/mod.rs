@@ -15,13 +15,14 @@ mod buf;
 pub mod dnn;
 pub mod libs;
 pub mod nvrtc;
+mod sig;
 
 pub use buf::CudaBuf;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    PinnedHostSlice, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,15 +34,26 @@ use super::{
 use crate::error::{Error, Result};
 use dnn::{ConvMath, ConvPlan, Dnn};
 
-/// Launches `$kernel` with `$cfg` and the given arguments, mapping errors to `Error::Device`.
+/// Launches `$kernel` (a [`sig::Kernel`]) with `$cfg` and the given arguments, which the
+/// compiler checks against the kernel's parameters; maps errors to `Error::Device`.
+/// `either(cond, a, b)` launches `a` where `cond` holds, else `b`, with the same arguments
+/// (kernels whose parameters differ only where raw addresses are passed).
 macro_rules! launch {
+    ($self:ident, either($cond:expr, $a:expr, $b:expr), $cfg:expr, $($arg:expr),+ $(,)?) => {
+        if $cond {
+            launch!($self, $a, $cfg, $($arg),+)
+        } else {
+            launch!($self, $b, $cfg, $($arg),+)
+        }
+    };
     ($self:ident, $kernel:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let (kernel, cfg): (&'static str, _) = ($kernel, $cfg);
-        let mut l = $self.stream.launch_builder($self.f(kernel));
-        $( l.arg($arg); )+
-        // SAFETY: the arguments match the kernel's signature in kernels.cu, in order and type,
-        // and every buffer was checked against the shape that sizes the launch.
-        $self.timed(kernel, || unsafe { l.launch(cfg) }.map_err(|e| $self.err(kernel, e)))?;
+        let (kernel, cfg) = ($kernel, $cfg);
+        let name: &'static str = kernel.name;
+        let mut l = $self.stream.launch_builder($self.f(name));
+        kernel.push(&mut l, ($($arg,)+));
+        // SAFETY: the arguments fit the kernel's parameters in kernels.cu, in order and type
+        // (`sig`), and every buffer was checked against the shape that sizes the launch.
+        $self.timed(name, || unsafe { l.launch(cfg) }.map_err(|e| $self.err(name, e)))?;
     }};
 }
 
@@ -405,38 +417,69 @@ impl Cuda {
             .map_err(|x| self.err("allocation", x))?;
         let (rows_i, cols_i) = (p.rows as i64, int("columns", p.cols)?);
         let (period, chunk) = (int("columns", cols)?, p.chunk as i64);
-        // A gradient may be held as bf16 values alone (`grad_values`): the `_bf16` kernels.
-        let dy = match inputs {
-            PartialInputs::DyDyx(dy, _) | PartialInputs::DyXhatRows { dy, .. } => {
-                Some(self.grad_values(dy)?)
-            }
-            _ => None,
-        };
-        let half = dy.is_some_and(|(half, _)| half);
-        let kernel = match (&inputs, half) {
-            (PartialInputs::Sum(_), _) => "partial_sum",
-            (PartialInputs::Moments(_), _) => "partial_moments",
-            (PartialInputs::DyDyx(..), false) => "partial_dy_dyx",
-            (PartialInputs::DyDyx(..), true) => "partial_dy_dyx_bf16",
-            (PartialInputs::DyXhatRows { .. }, false) => "partial_dy_xhat_rows",
-            (PartialInputs::DyXhatRows { .. }, true) => "partial_dy_xhat_rows_bf16",
-        };
-        let dy = dy.map_or(0, |(_, ptr)| ptr);
-        let mut l = self.stream.launch_builder(self.f(kernel));
-        l.arg(a).arg(b);
+        let (cfg, moments) = (p.config(), matches!(inputs, PartialInputs::Moments(_)));
+        // SAFETY (of each launch): the buffers hold rows x cols elements (checked by the
+        // callers) and parts x cols partials. A gradient may be held as bf16 values alone
+        // (`grad_values`): the `_bf16` kernels.
         match inputs {
-            PartialInputs::Sum(x) | PartialInputs::Moments(x) => l.arg(x.f32()?),
-            PartialInputs::DyDyx(_, x) => l.arg(&dy).arg(x.f32()?),
-            PartialInputs::DyXhatRows { x, mean, rstd, .. } => {
-                l.arg(&dy).arg(x.f32()?).arg(mean.f32()?).arg(rstd.f32()?)
+            PartialInputs::Sum(x) | PartialInputs::Moments(x) => {
+                let kernel = if moments {
+                    sig::partial_moments
+                } else {
+                    sig::partial_sum
+                };
+                launch!(
+                    self,
+                    kernel,
+                    cfg,
+                    a,
+                    b,
+                    x.f32()?,
+                    &rows_i,
+                    &cols_i,
+                    &period,
+                    &chunk
+                );
             }
-        };
-        l.arg(&rows_i).arg(&cols_i).arg(&period).arg(&chunk);
-        // SAFETY: argument types and counts match the kernel's signature in kernels.cu; the
-        // buffers hold rows x cols elements (checked by the callers) and parts x cols partials.
-        self.timed(kernel, || {
-            unsafe { l.launch(p.config()) }.map_err(|x| self.err(kernel, x))
-        })?;
+            PartialInputs::DyDyx(dy, x) => {
+                let (half, dy) = self.grad_values(dy)?;
+                launch!(
+                    self,
+                    either(half, sig::partial_dy_dyx_bf16, sig::partial_dy_dyx),
+                    cfg,
+                    a,
+                    b,
+                    &dy,
+                    x.f32()?,
+                    &rows_i,
+                    &cols_i,
+                    &period,
+                    &chunk
+                );
+            }
+            PartialInputs::DyXhatRows { dy, x, mean, rstd } => {
+                let (half, dy) = self.grad_values(dy)?;
+                launch!(
+                    self,
+                    either(
+                        half,
+                        sig::partial_dy_xhat_rows_bf16,
+                        sig::partial_dy_xhat_rows
+                    ),
+                    cfg,
+                    a,
+                    b,
+                    &dy,
+                    x.f32()?,
+                    mean.f32()?,
+                    rstd.f32()?,
+                    &rows_i,
+                    &cols_i,
+                    &period,
+                    &chunk
+                );
+            }
+        }
         Ok(p)
     }
 
@@ -446,13 +489,13 @@ impl Cuda {
         buf.device_ptr(&self.stream).0
     }
 
-    /// Launches an evaluation tail kernel (`from`: the kernel and the address of the values
-    /// it reads) with the bias map at `bias` (0: none) and the next block's BatchNorm, if
+    /// Launches an evaluation tail kernel (`from`: whether the values it reads are bf16, and
+    /// their address) with the bias map at `bias` (0: none) and the next block's BatchNorm, if
     /// any, into `next.out` (with its bf16 copy in bf16).
     #[allow(clippy::too_many_arguments)]
     fn eval_tail(
         &self,
-        from: (&'static str, u64),
+        from: (bool, u64),
         bias: u64,
         activation: &mut CudaBuf,
         pooled: Option<&mut CudaBuf>,
@@ -463,7 +506,7 @@ impl Cuda {
         if s.n == 0 {
             return Ok(());
         }
-        let (kernel, y) = from;
+        let (half, y) = from;
         let (h, w, c) = (int("h", s.h)?, int("w", s.w)?, int("c", s.c_out)?);
         let pool = pooled.is_some() as i32;
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
@@ -491,7 +534,7 @@ impl Cuda {
         };
         launch!(
             self,
-            kernel,
+            either(half, sig::eval_tail_bf16, sig::eval_tail_f32),
             nvrtc::per_row(s.n),
             activation.f32_mut(),
             &pooled,
@@ -528,32 +571,37 @@ impl Cuda {
         let ny = checks::conv_sizes(s).2;
         let dy = grow(&self.stream, &mut state.scratch.half[2], ny)
             .map_err(|e| self.err("allocation", e))?;
-        let (kernel, grad) = match (from, pool) {
-            (TailGrad::Output(g), true) => ("relu_maxpool2_backward_bf16", g.f32()?),
-            (TailGrad::Goodness(g), true) => ("goodness_relu_maxpool2_backward_bf16", g.f32()?),
-            (TailGrad::Output(g), false) => ("relu_backward_bf16", g.f32()?),
-            (TailGrad::Goodness(g), false) => ("goodness_relu_backward_bf16", g.f32()?),
+        let (goodness, grad) = match from {
+            TailGrad::Output(g) => (false, g.f32()?),
+            TailGrad::Goodness(g) => (true, g.f32()?),
         };
         if pool {
             let (n, h, w, c) = pool_dims(s.output_pool())?;
+            // The convolution's bf16 output, the pooled record, kept in the activation's
+            // storage.
+            let record = self.ptr(activation.f32()?);
             launch!(
                 self,
-                kernel,
+                either(
+                    goodness,
+                    sig::goodness_relu_maxpool2_backward_bf16,
+                    sig::relu_maxpool2_backward_bf16
+                ),
                 nvrtc::quads(checks::pool_sizes(s.output_pool()).1, s.c_out),
                 dy,
                 grad,
-                activation.f32()?, // the convolution's bf16 output, the pooled record
+                &record,
                 &n,
                 &h,
                 &w,
                 &c
             );
-        } else if let TailGrad::Goodness(_) = from {
+        } else if goodness {
             let features = int("features", ny / s.n.max(1))?;
             let total = ny as i64;
             launch!(
                 self,
-                kernel,
+                sig::goodness_relu_backward_bf16,
                 nvrtc::quads(ny, features as usize),
                 dy,
                 grad,
@@ -565,7 +613,7 @@ impl Cuda {
             let total = ny as i64;
             launch!(
                 self,
-                kernel,
+                sig::relu_backward_bf16,
                 nvrtc::quads(ny, ny),
                 dy,
                 grad,
@@ -598,12 +646,15 @@ impl Cuda {
         let h = grow(&self.stream, &mut scratch.half[slot], len)
             .map_err(|e| self.err("allocation", e))?;
         let n = len as i64;
-        let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
-        l.arg(h).arg(x.f32()?).arg(&n);
-        // SAFETY: both buffers hold at least `len` elements.
-        self.timed("f32_to_bf16", || {
-            unsafe { l.launch(nvrtc::elementwise(len)) }.map_err(|e| self.err("f32_to_bf16", e))
-        })?;
+        // Both buffers hold at least `len` elements.
+        launch!(
+            self,
+            sig::f32_to_bf16,
+            nvrtc::elementwise(len),
+            h,
+            x.f32()?,
+            &n
+        );
         Ok(())
     }
 
@@ -767,13 +818,16 @@ impl Cuda {
     ) -> Result<()> {
         let n = len as i64;
         let acc = accumulate as i32;
-        let cfg = nvrtc::elementwise(len);
-        let mut l = self.stream.launch_builder(self.f("bf16_to_f32"));
-        l.arg(out).arg(half).arg(&n).arg(&acc);
-        // SAFETY: both hold at least `len` elements (sized by the same shape).
-        self.timed("bf16_to_f32", || {
-            unsafe { l.launch(cfg) }.map_err(|e| self.err("bf16_to_f32", e))
-        })?;
+        // Both hold at least `len` elements (sized by the same shape).
+        launch!(
+            self,
+            sig::bf16_to_f32,
+            nvrtc::elementwise(len),
+            out,
+            half,
+            &n,
+            &acc
+        );
         Ok(())
     }
 
@@ -822,7 +876,7 @@ impl Cuda {
         let cfg = nvrtc::quads(rows * to, unit);
         launch!(
             self,
-            "repad_channels_bf16",
+            sig::repad_channels_bf16,
             cfg,
             &dst,
             &src,
@@ -1273,7 +1327,7 @@ impl Backend for Cuda {
         let n = buf.len() as i64;
         launch!(
             self,
-            "fill_f32",
+            sig::fill_f32,
             nvrtc::elementwise(buf.len()),
             buf.f32_mut(),
             &value,
@@ -1289,7 +1343,7 @@ impl Backend for Cuda {
                 args.ptr[k] = self.ptr(buf.f32_mut());
             }
             let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|b| b.len()));
-            launch!(self, "fill_many_f32", cfg, &args, &count, &value);
+            launch!(self, sig::fill_many_f32, cfg, &args, &count, &value);
         }
         Ok(())
     }
@@ -1305,7 +1359,7 @@ impl Backend for Cuda {
                 args.len[k] = src.len() as i64;
             }
             let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|(_, b)| b.len()));
-            launch!(self, "copy_many_f32", cfg, &mut *to, &args, &count);
+            launch!(self, sig::copy_many_f32, cfg, &mut *to, &args, &count);
         }
         Ok(())
     }
@@ -1360,7 +1414,7 @@ impl Backend for Cuda {
         );
         launch!(
             self,
-            "embed_forward",
+            sig::embed_forward,
             nvrtc::elementwise(s.n * s.pixels), // a thread per pixel
             out.f32_mut(),
             images.f32()?,
@@ -1390,7 +1444,7 @@ impl Backend for Cuda {
         );
         launch!(
             self,
-            "embed_backward",
+            sig::embed_backward,
             nvrtc::elementwise(classes * s.pixels),
             grad_table.f32_mut(),
             grad_input.f32()?,
@@ -1488,16 +1542,18 @@ impl Backend for Cuda {
         // Raw addresses: `y` may be the activation itself (f32, in place), and `pooled` is
         // absent without pool (the kernel then never touches it).
         let pooled = pooled.map_or(0, |p| self.ptr(p.f32_mut()));
-        let (kernel, y) = match self.precision {
-            Precision::Bf16 if !in_place => {
-                ("relu_pool_goodness_bf16", self.raw(&state.scratch.half[2]))
-            }
-            Precision::Bf16 => ("relu_pool_goodness_bf16", self.ptr(activation.f32()?)),
-            Precision::F32 => ("relu_pool_goodness_f32", self.ptr(activation.f32()?)),
+        let half = self.precision == Precision::Bf16;
+        let y = match half && !in_place {
+            true => self.raw(&state.scratch.half[2]),
+            false => self.ptr(activation.f32()?),
         };
         launch!(
             self,
-            kernel,
+            either(
+                half,
+                sig::relu_pool_goodness_bf16,
+                sig::relu_pool_goodness_f32
+            ),
             nvrtc::per_row(s.n),
             activation.f32_mut(),
             &pooled,
@@ -1542,8 +1598,8 @@ impl Backend for Cuda {
         let state = &mut *guard;
         self.conv_forward(state, activation, input, weight, s, HalfOut::Scratch)?;
         let from = match self.precision {
-            Precision::Bf16 => ("eval_tail_bf16", self.raw(&state.scratch.half[2])),
-            Precision::F32 => ("eval_tail_f32", self.ptr(activation.f32()?)),
+            Precision::Bf16 => (true, self.raw(&state.scratch.half[2])),
+            Precision::F32 => (false, self.ptr(activation.f32()?)),
         };
         self.eval_tail(from, 0, activation, pooled, goodness, s, next)
     }
@@ -1579,8 +1635,8 @@ impl Backend for Cuda {
         let map = self.map_ptr(maps, index, s.h * s.w * s.c_out)?;
         // A convolution's output in bf16 carries its bf16 copy: half the bytes to read.
         let from = match pre.fresh_half() {
-            Some(half) => ("eval_tail_bf16", self.ptr(half)),
-            None => ("eval_tail_f32", self.ptr(pre.f32()?)),
+            Some(half) => (true, self.ptr(half)),
+            None => (false, self.ptr(pre.f32()?)),
         };
         self.eval_tail(from, map, activation, pooled, goodness, s, next)
     }
@@ -1730,7 +1786,7 @@ impl Backend for Cuda {
         let parts = int("parts", p.parts)?;
         launch!(
             self,
-            "batchnorm_finish_moments",
+            sig::batchnorm_finish_moments,
             nvrtc::per_column(c),
             mean.f32_mut(),
             rstd.f32_mut(),
@@ -1749,7 +1805,7 @@ impl Backend for Cuda {
         let (out, out_half) = self.conv_operand_out(out)?;
         launch!(
             self,
-            "batchnorm_apply",
+            sig::batchnorm_apply,
             nvrtc::quads(rows * c, c),
             &out,
             &out_half,
@@ -1788,7 +1844,7 @@ impl Backend for Cuda {
         let (out, out_half) = self.conv_operand_out(out)?;
         launch!(
             self,
-            "batchnorm_apply_eval",
+            sig::batchnorm_apply_eval,
             nvrtc::quads(rows * c, c),
             &out,
             &out_half,
@@ -1838,7 +1894,7 @@ impl Backend for Cuda {
             let (mut slope, mut offset) = rest.split_at_mut(c);
             launch!(
                 self,
-                "batchnorm_backward_finish",
+                sig::batchnorm_backward_finish,
                 nvrtc::per_column(c),
                 grad_gamma.f32_mut(),
                 grad_beta.f32_mut(),
@@ -1866,10 +1922,11 @@ impl Backend for Cuda {
             let (half, dy) = self.grad_values(grad_out)?;
             launch!(
                 self,
-                match half {
-                    false => "batchnorm_backward_apply",
-                    true => "batchnorm_backward_apply_bf16",
-                },
+                either(
+                    half,
+                    sig::batchnorm_backward_apply_bf16,
+                    sig::batchnorm_backward_apply
+                ),
                 nvrtc::elementwise(rows * c),
                 gi.f32_mut(),
                 &dy,
@@ -1903,7 +1960,7 @@ impl Backend for Cuda {
         let fi = int("features", f)?;
         launch!(
             self,
-            "layernorm_forward",
+            sig::layernorm_forward,
             nvrtc::per_row(s.n),
             out.f32_mut(),
             mean.f32_mut(),
@@ -1959,7 +2016,7 @@ impl Backend for Cuda {
         let (parts, cols) = (int("parts", p.parts)?, int("features", f)?);
         launch!(
             self,
-            "finish_add",
+            sig::finish_add,
             nvrtc::per_column(f),
             grad_gamma.f32_mut(),
             grad_beta.f32_mut(),
@@ -1972,10 +2029,11 @@ impl Backend for Cuda {
             let (half, dy) = self.grad_values(grad_out)?;
             launch!(
                 self,
-                match half {
-                    false => "layernorm_backward_input",
-                    true => "layernorm_backward_input_bf16",
-                },
+                either(
+                    half,
+                    sig::layernorm_backward_input_bf16,
+                    sig::layernorm_backward_input
+                ),
                 nvrtc::per_row(s.n),
                 gi.f32_mut(),
                 &dy,
@@ -2002,7 +2060,7 @@ impl Backend for Cuda {
         let map = self.map_ptr(maps, index, s.features)?;
         launch!(
             self,
-            "add_bias_map",
+            sig::add_bias_map,
             nvrtc::elementwise(s.n * s.features),
             out.f32_mut(),
             pre.f32()?,
@@ -2016,7 +2074,7 @@ impl Backend for Cuda {
         let n = x.len() as i64;
         launch!(
             self,
-            "relu_forward",
+            sig::relu_forward,
             nvrtc::elementwise(x.len()),
             x.f32_mut(),
             &n
@@ -2028,7 +2086,7 @@ impl Backend for Cuda {
         let n = grad.len() as i64;
         launch!(
             self,
-            "relu_backward",
+            sig::relu_backward,
             nvrtc::elementwise(grad.len()),
             grad.f32_mut(),
             activation.f32()?,
@@ -2041,7 +2099,7 @@ impl Backend for Cuda {
         let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
-            "maxpool2_forward",
+            sig::maxpool2_forward,
             nvrtc::elementwise(out.len()),
             out.f32_mut(),
             input.f32()?,
@@ -2063,7 +2121,7 @@ impl Backend for Cuda {
         let (n, h, w, c) = pool_dims(s)?;
         launch!(
             self,
-            "relu_maxpool2_backward",
+            sig::relu_maxpool2_backward,
             nvrtc::quads(checks::pool_sizes(s).1, s.c), // a thread per window (quad)
             grad_input.f32_mut(),
             grad_out.f32()?,
@@ -2089,7 +2147,7 @@ impl Backend for Cuda {
         let f = int("features", s.features)?;
         launch!(
             self,
-            "goodness_forward",
+            sig::goodness_forward,
             nvrtc::per_row(s.n),
             goodness.f32_mut(),
             input.f32()?,
@@ -2108,7 +2166,7 @@ impl Backend for Cuda {
         let (f, total) = (int("features", s.features)?, (s.n * s.features) as i64);
         launch!(
             self,
-            "goodness_backward",
+            sig::goodness_backward,
             nvrtc::elementwise(s.n * s.features),
             grad_input.f32_mut(),
             grad_goodness.f32()?,
@@ -2134,7 +2192,7 @@ impl Backend for Cuda {
         let p = int("pairs", pairs)?;
         launch!(
             self,
-            "ff_loss",
+            sig::ff_loss,
             nvrtc::single_block(),
             loss.f32_mut(),
             grad_goodness.f32_mut(),
@@ -2159,7 +2217,7 @@ impl Backend for Cuda {
         let (ni, p, c) = (int("n", n)?, int("pixels", pixels)?, int("c", s.channels)?);
         launch!(
             self,
-            "avgpool_forward",
+            sig::avgpool_forward,
             nvrtc::elementwise(n * s.channels),
             out.f32_mut(),
             input.f32()?,
@@ -2182,7 +2240,7 @@ impl Backend for Cuda {
         let (p, c, t) = (int("pixels", pixels)?, int("c", s.channels)?, total as i64);
         launch!(
             self,
-            "avgpool_backward",
+            sig::avgpool_backward,
             nvrtc::elementwise(total),
             grad_input.f32_mut(),
             grad_out.f32()?,
@@ -2209,7 +2267,7 @@ impl Backend for Cuda {
         let (o, total) = (int("outputs", outputs)?, (n * outputs) as i64);
         launch!(
             self,
-            "bias_rows",
+            sig::bias_rows,
             nvrtc::elementwise(n * outputs),
             out.f32_mut(),
             bias.f32()?,
@@ -2258,7 +2316,7 @@ impl Backend for Cuda {
             let none = 0u64;
             launch!(
                 self,
-                "finish_add",
+                sig::finish_add,
                 nvrtc::per_column(outputs),
                 grad_bias.f32_mut(),
                 &none,
@@ -2307,7 +2365,7 @@ impl Backend for Cuda {
         let (ni, k) = (int("n", n)?, int("classes", classes)?);
         launch!(
             self,
-            "cross_entropy",
+            sig::cross_entropy,
             nvrtc::single_block(),
             loss.f32_mut(),
             grad_logits.f32_mut(),
@@ -2356,7 +2414,7 @@ impl Backend for Cuda {
             let (cfg, count) = nvrtc::per_buffer(chunk.iter().map(|t| t.param.len().div_ceil(4)));
             launch!(
                 self,
-                "adam_step_many",
+                sig::adam_step_many,
                 cfg,
                 &args,
                 &count,
