@@ -7,7 +7,8 @@
 //! whose type parameter lists its parameters (pointers as [`Ptr`] and [`PtrMut`], scalars and
 //! argument structs as themselves); `launch!` accepts only arguments that fit ([`Arg`]). A
 //! test checks this table against the C declarations in `kernels.cu`, parameter for
-//! parameter, so neither side can change alone.
+//! parameter, so neither side can change alone. Another checks that the argument structs
+//! passed by value (`FillManyArgs`, ...) have their C structs' field offsets and size.
 //!
 //! Device buffers fit pointers to their own element type (a mutable pointer only from a
 //! mutable borrow); a raw device address (`&u64`) fits any pointer. That is the way to pass
@@ -282,6 +283,102 @@ mod tests {
         for ((name, params), (_, want)) in declared.iter().zip(&table) {
             assert_eq!(params, want, "kernel {name}: kernels.cu against the table");
         }
+    }
+
+    /// The byte offset of each field of C struct `name` in `source` and the struct's size,
+    /// by the C layout rules for the types the argument structs use (each field at a
+    /// multiple of its alignment, the size a multiple of the largest), with `MANY` as the
+    /// source defines it.
+    fn c_layout(source: &str, name: &str) -> (Vec<(String, usize)>, usize) {
+        let many: usize = source
+            .split_once("#define MANY ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("kernels.cu defines MANY");
+        let body = source
+            .split_once(&format!("struct {name} {{"))
+            .and_then(|(_, rest)| rest.split_once("};"))
+            .unwrap_or_else(|| panic!("kernels.cu defines struct {name}"))
+            .0;
+        let (mut fields, mut at, mut align) = (Vec::new(), 0usize, 1);
+        for field in body.split(';').map(str::trim).filter(|f| !f.is_empty()) {
+            let (ty, decl) = field.rsplit_once(' ').expect("a type and a name");
+            let (field, count) = match decl.split_once('[') {
+                Some((n, "MANY]")) => (n, many),
+                Some(_) => panic!("struct {name}: array length in '{field}'"),
+                None => (decl, 1),
+            };
+            let size = match ty.trim() {
+                t if t.ends_with('*') => 8,
+                "long long" => 8,
+                "float" | "int" | "unsigned" => 4,
+                "unsigned short" => 2,
+                t => panic!("struct {name}: no layout rule for type '{t}'"),
+            };
+            at = at.next_multiple_of(size);
+            fields.push((field.trim_start_matches('*').to_string(), at));
+            at += size * count;
+            align = align.max(size);
+        }
+        (fields, at.next_multiple_of(align))
+    }
+
+    /// Each named field's offset in the Rust struct, and its size.
+    macro_rules! rust_layout {
+        ($t:ty { $($f:ident),+ }) => {
+            (
+                vec![$((stringify!($f).to_string(), std::mem::offset_of!($t, $f))),+],
+                std::mem::size_of::<$t>(),
+            )
+        };
+    }
+
+    #[test]
+    fn argument_structs_have_the_kernels_layout() {
+        let source = super::super::nvrtc::SOURCE;
+        let cases = [
+            ("FillMany", rust_layout!(FillManyArgs { ptr, len })),
+            ("CopyMany", rust_layout!(CopyManyArgs { src, offset, len })),
+            (
+                "AdamMany",
+                rust_layout!(AdamManyArgs {
+                    param,
+                    param_half,
+                    m,
+                    v,
+                    grad,
+                    n
+                }),
+            ),
+            (
+                "NextNorm",
+                rust_layout!(NextNormArgs {
+                    out,
+                    out_half,
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    eps
+                }),
+            ),
+        ];
+        for (name, rust) in cases {
+            assert_eq!(
+                c_layout(source, name),
+                rust,
+                "struct {name}: kernels.cu against Rust"
+            );
+        }
+        assert_eq!(c_layout(source, "FillMany").1, 16 * super::super::MANY);
+    }
+
+    #[test]
+    fn c_layouts_align_fields_and_pad_the_end() {
+        let src = "#define MANY 2\nstruct S {\n    const float* p[MANY];\n    int k;\n    \
+                   long long n;\n    unsigned short h;\n};";
+        let fields = [("p", 0), ("k", 16), ("n", 24), ("h", 32)].map(|(f, at)| (f.into(), at));
+        assert_eq!(c_layout(src, "S"), (fields.to_vec(), 40));
     }
 
     #[test]
