@@ -361,9 +361,26 @@ pub fn per_column(cols: usize) -> LaunchConfig {
     }
 }
 
+/// The value of `#define name` in [`SOURCE`] (for the tests that hold Rust's mirrors of the
+/// kernels' constants to them).
+#[cfg(test)]
+pub(super) fn defined(name: &str) -> usize {
+    SOURCE
+        .split_once(&format!("#define {name} "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("kernels.cu has no numeric #define {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constants_mirror_the_kernels_defines() {
+        assert_eq!(defined("FINISH_COLUMNS"), FINISH_COLUMNS);
+        assert_eq!(defined("MANY"), super::super::MANY);
+    }
 
     #[test]
     fn partitions_cover_every_row_once() {

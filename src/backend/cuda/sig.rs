@@ -287,14 +287,9 @@ mod tests {
 
     /// The byte offset of each field of C struct `name` in `source` and the struct's size,
     /// by the C layout rules for the types the argument structs use (each field at a
-    /// multiple of its alignment, the size a multiple of the largest), with `MANY` as the
-    /// source defines it.
-    fn c_layout(source: &str, name: &str) -> (Vec<(String, usize)>, usize) {
-        let many: usize = source
-            .split_once("#define MANY ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .expect("kernels.cu defines MANY");
+    /// multiple of its alignment, the size a multiple of the largest), with arrays of `many`
+    /// (`MANY`) elements.
+    fn c_layout(source: &str, name: &str, many: usize) -> (Vec<(String, usize)>, usize) {
         let body = source
             .split_once(&format!("struct {name} {{"))
             .and_then(|(_, rest)| rest.split_once("};"))
@@ -363,22 +358,22 @@ mod tests {
                 }),
             ),
         ];
+        let many = super::super::nvrtc::defined("MANY");
         for (name, rust) in cases {
             assert_eq!(
-                c_layout(source, name),
+                c_layout(source, name, many),
                 rust,
                 "struct {name}: kernels.cu against Rust"
             );
         }
-        assert_eq!(c_layout(source, "FillMany").1, 16 * super::super::MANY);
     }
 
     #[test]
     fn c_layouts_align_fields_and_pad_the_end() {
-        let src = "#define MANY 2\nstruct S {\n    const float* p[MANY];\n    int k;\n    \
+        let src = "struct S {\n    const float* p[MANY];\n    int k;\n    \
                    long long n;\n    unsigned short h;\n};";
         let fields = [("p", 0), ("k", 16), ("n", 24), ("h", 32)].map(|(f, at)| (f.into(), at));
-        assert_eq!(c_layout(src, "S"), (fields.to_vec(), 40));
+        assert_eq!(c_layout(src, "S", 2), (fields.to_vec(), 40));
     }
 
     #[test]
