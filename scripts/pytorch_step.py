@@ -8,6 +8,7 @@ plus its own, a learned label-embedding plane, and BatchNorm statistics over pos
     python scripts/pytorch_step.py                      # trifecta bench's default workload
     python scripts/pytorch_step.py --width 0.25 --image-size 28 --channels 1 --batch-size 128 --apl
     python scripts/pytorch_step.py --width 0.25 --batch-size 128 --apl --mnist ../shared/datasets/mnist --epochs 2
+    python scripts/pytorch_step.py --width 0.25 --batch-size 128 --apl --mnist ../shared/datasets/fashion-mnist --fashion
     python scripts/pytorch_step.py --batch-size 512 --apl --augment --cifar /tmp/cifar-jpeg/cifar-10-batches-bin --epochs 1
 
 Prints the median step time, positives/s and positives+negatives/s. With --mnist or --cifar
@@ -55,6 +56,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--mnist", type=Path, help="train on the IDX files in this folder")
+    p.add_argument("--fashion", action="store_true", help="--mnist's folder is Fashion-MNIST: use its mean and std")
     p.add_argument("--cifar", type=Path, help="train on CIFAR-10's binary batches in this folder")
     p.add_argument("--augment", action="store_true", help="random crop and rotation (with --mnist/--cifar)")
     p.add_argument("--epochs", type=int, default=2)
@@ -128,7 +130,7 @@ def main():
 
     run = step if a.apl else step_local
     if a.mnist or a.cifar:
-        data = load_mnist(a.mnist) if a.mnist else load_cifar(a.cifar)
+        data = load_mnist(a.mnist, a.fashion) if a.mnist else load_cifar(a.cifar)
         return train_real(a, data, blocks, embedding, step_on if a.apl else step_local_on)
     times = []
     for t in range(a.warmup + a.steps):
@@ -143,6 +145,26 @@ def main():
     )
 
 
+def evaluate(blocks, embedding, test_x, test_y):
+    """Correct predictions per layer over the test set (eval mode): each image's label is the one
+    whose plane gives that layer the highest goodness."""
+    blocks.eval()
+    s = test_x.shape[-1]
+    correct = torch.zeros(len(blocks))
+    with torch.no_grad():
+        for first in range(0, len(test_y), 1000):
+            x, y = test_x[first : first + 1000], test_y[first : first + 1000]
+            goodness = torch.zeros(10, len(blocks), len(y))
+            for label in range(10):
+                plane = embedding(torch.full_like(y, label)).view(-1, 1, s, s)
+                h = torch.cat([x, plane], 1)
+                for i, blk in enumerate(blocks):
+                    h = blk(h)
+                    goodness[label, i] = h.pow(2).flatten(1).mean(1)
+            correct += (goodness.argmax(0) == y).float().sum(1)
+    return correct
+
+
 def read_idx(path):
     raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
     dims = raw[3]
@@ -150,7 +172,7 @@ def read_idx(path):
     return torch.frombuffer(bytearray(raw[4 + 4 * dims :]), dtype=torch.uint8).view(shape)
 
 
-def load_mnist(folder):
+def load_mnist(folder, fashion=False):
     def one(stem):
         for name in (stem, stem + ".gz"):
             if (folder / name).exists():
@@ -161,7 +183,8 @@ def load_mnist(folder):
         images = one(f"{name}-images-idx3-ubyte").float().div(255)
         return images.unsqueeze(1), one(f"{name}-labels-idx1-ubyte").long()
 
-    return split("train"), split("t10k"), ([0.1307], [0.3081])
+    stats = ([0.2860], [0.3530]) if fashion else ([0.1307], [0.3081])
+    return split("train"), split("t10k"), stats
 
 
 def load_cifar(folder):
@@ -208,20 +231,8 @@ def train_real(a, data, blocks, embedding, step_on):
             step_on(t, torch.cat([x, x]), torch.cat([pos, neg]))
             t += 1
         train_s = time.perf_counter() - start
-        blocks.eval()
         start = time.perf_counter()
-        correct = torch.zeros(len(blocks))
-        with torch.no_grad():
-            for first in range(0, len(test_y), 1000):
-                x, y = test_x[first : first + 1000], test_y[first : first + 1000]
-                goodness = torch.zeros(10, len(blocks), len(y))
-                for label in range(10):
-                    plane = embedding(torch.full_like(y, label)).view(-1, 1, s, s)
-                    h = torch.cat([x, plane], 1)
-                    for i, blk in enumerate(blocks):
-                        h = blk(h)
-                        goodness[label, i] = h.pow(2).flatten(1).mean(1)
-                correct += (goodness.argmax(0) == y).float().sum(1)
+        correct = evaluate(blocks, embedding, test_x, test_y)
         eval_s = time.perf_counter() - start
         acc = " / ".join(f"{100 * c / len(test_y):.1f}" for c in correct)
         print(f"epoch {epoch + 1}: train {train_s:.1f} s, eval {eval_s:.1f} s, test accuracy per layer {acc}", flush=True)
