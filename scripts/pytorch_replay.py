@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from pytorch_step import SMALL, Block, evaluate, load_mnist
+from pytorch_step import apl_step, evaluate, load_mnist, network
 
 
 def read_safetensors(path):
@@ -40,15 +39,6 @@ def read_safetensors(path):
         start, end = info["data_offsets"]
         out[name] = torch.from_numpy(np.frombuffer(data[start:end], dtype=np.float32).copy())
     return out
-
-
-def network(width, side):
-    blocks, c_in, hw = [], 2, side
-    for c, pool in SMALL:
-        c_out = max(1, round(c * width))
-        blocks.append(Block(c_in, c_out, pool, hw, True))
-        c_in, hw = c_out, hw // 2 if pool else hw
-    return nn.ModuleList(blocks), nn.Embedding(10, side * side)
 
 
 def load_into(blocks, embedding, tensors, path):
@@ -89,17 +79,13 @@ def main():
     # pytorch_step.py's draws, in its order: the initial weights, its benchmark inputs, then
     # per epoch the shuffle and per step the negatives.
     torch.manual_seed(a.seed)
-    blocks, embedding = network(width, side)
+    blocks, embedding, opts = network(width, 1, side)
     torch.randn(batch, 1, side, side), torch.randint(0, 10, (batch,)), torch.randint(1, 10, (batch,))
     if not a.torch_init:
         with torch.no_grad():
             load_into(blocks, embedding, read_safetensors(a.dump / "init.safetensors"), a.dump / "init.safetensors")
     if a.torch_batches:
         order = torch.randperm(len(train_y))
-    opts = []
-    for i, b in enumerate(blocks):
-        prev = embedding.parameters() if i == 0 else blocks[i - 1].parameters()
-        opts.append(torch.optim.Adam([{"params": list(b.parameters())}, {"params": list(prev)}], lr=1e-3))
 
     log = []
     blocks.train()
@@ -108,19 +94,7 @@ def main():
         x, pos, neg = train_x[idx], train_y[idx], negative[first : first + batch]
         if a.torch_batches:
             neg = (pos + torch.randint(1, 10, pos.shape)) % 10
-        n = len(idx)
-        h = torch.cat([x, x])
-        h = torch.cat([h, embedding(torch.cat([pos, neg])).view(-1, 1, side, side)], 1)
-        for i, blk in enumerate(blocks):
-            h = blk(h)
-            if i % 2 == t % 2:
-                continue
-            g = h.pow(2).flatten(1).mean(1)
-            loss = nn.functional.softplus(-4 * (g[:n] - g[n:])).mean()
-            opts[i].zero_grad()
-            loss.backward()
-            opts[i].step()
-            h = h.detach()
+        for i, loss in apl_step(blocks, embedding, opts, t, torch.cat([x, x]), torch.cat([pos, neg])):
             log.append((t, i, loss.item()))
     log = torch.tensor(log)
     if log.shape[0] != ours.shape[0] or not torch.equal(log[:, :2], ours[:, :2]):
@@ -134,7 +108,7 @@ def main():
         sel = (log[:, 1] == i) & (log[:, 0] >= steps - 100)
         print(f"  block {i}: {log[sel, 2].mean():.4f} / {ours[sel, 2].mean():.4f}")
     print(f"test accuracy per layer, pytorch: {accuracy(blocks, embedding, test_x, test_y)}")
-    theirs_blocks, theirs_embedding = network(width, side)
+    theirs_blocks, theirs_embedding, _ = network(width, 1, side)
     with torch.no_grad():
         load_into(theirs_blocks, theirs_embedding, read_safetensors(a.dump / "after.safetensors"), a.dump / "after.safetensors")
     print(f"test accuracy per layer, ours:    {accuracy(theirs_blocks, theirs_embedding, test_x, test_y)}")

@@ -70,17 +70,7 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
-    hw, c_in, blocks = a.image_size, a.channels + 1, []
-    for c, pool in SMALL:
-        c_out = max(1, round(c * a.width))
-        blocks.append(Block(c_in, c_out, pool, hw, not a.layernorm))
-        c_in, hw = c_out, hw // 2 if pool else hw
-    blocks = nn.ModuleList(blocks)
-    embedding = nn.Embedding(10, a.image_size * a.image_size)
-    opts = []
-    for i, b in enumerate(blocks):
-        prev = embedding.parameters() if i == 0 else blocks[i - 1].parameters()
-        opts.append(torch.optim.Adam([{"params": list(b.parameters())}, {"params": list(prev)}], lr=1e-3))
+    blocks, embedding, opts = network(a.width, a.channels, a.image_size, not a.layernorm)
 
     b, s = a.batch_size, a.image_size
     images = torch.randn(b, a.channels, s, s)
@@ -92,26 +82,8 @@ def main():
         labels = torch.cat([pos, neg])
         return step_on(t, x, labels)
 
-    def ff_loss(x, b):
-        g = x.pow(2).flatten(1).mean(1)
-        gp, gn = g[:b], g[b:]
-        if a.threshold:
-            return torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
-        return F.softplus(-4 * (gp - gn)).mean()
-
     def step_on(t, x, labels):
-        # APL: on even iterations blocks 1, 3, 5 learn, on odd ones blocks 0, 2, 4.
-        b = x.shape[0] // 2
-        x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
-        for i, blk in enumerate(blocks):
-            x = blk(x)
-            if i % 2 == t % 2:
-                continue
-            loss = ff_loss(x, b)
-            opts[i].zero_grad()
-            loss.backward()
-            opts[i].step()
-            x = x.detach()
+        return apl_step(blocks, embedding, opts, t, x, labels, a.threshold)
 
     def step_local(t):
         x = torch.cat([images, images])
@@ -123,7 +95,7 @@ def main():
         x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
         for i, blk in enumerate(blocks):
             x = blk(x.detach())
-            loss = ff_loss(x, b)
+            loss = ff_loss(x, b, a.threshold)
             opts[i].zero_grad()
             loss.backward()
             opts[i].step()
@@ -143,6 +115,52 @@ def main():
         f"pytorch {torch.__version__} threads {torch.get_num_threads()}: step median {med * 1e3:.1f} ms, "
         f"{b / med:.1f} samples/s ({2 * b / med:.1f} counting negatives)"
     )
+
+
+def network(width, channels, side, batchnorm=True):
+    """The `small` trunk at `width` for `channels` x `side` x `side` images, the label
+    embedding, and per block an Adam over its own parameters and the previous block's (the
+    embedding's for block 0)."""
+    hw, c_in, blocks = side, channels + 1, []
+    for c, pool in SMALL:
+        c_out = max(1, round(c * width))
+        blocks.append(Block(c_in, c_out, pool, hw, batchnorm))
+        c_in, hw = c_out, hw // 2 if pool else hw
+    blocks = nn.ModuleList(blocks)
+    embedding = nn.Embedding(10, side * side)
+    opts = []
+    for i, b in enumerate(blocks):
+        prev = embedding.parameters() if i == 0 else blocks[i - 1].parameters()
+        opts.append(torch.optim.Adam([{"params": list(b.parameters())}, {"params": list(prev)}], lr=1e-3))
+    return blocks, embedding, opts
+
+
+def ff_loss(x, b, threshold=False):
+    g = x.pow(2).flatten(1).mean(1)
+    gp, gn = g[:b], g[b:]
+    if threshold:
+        return torch.cat([F.softplus(2 - gp), F.softplus(gn - 2)]).mean()
+    return F.softplus(-4 * (gp - gn)).mean()
+
+
+def apl_step(blocks, embedding, opts, t, x, labels, threshold=False):
+    """One training step with APL on images `x` (positives, then the same images as negatives)
+    and their `labels`: on even iterations blocks 1, 3, 5 learn, on odd ones blocks 0, 2, 4.
+    Returns (block, loss) of the blocks that learned."""
+    b, s = x.shape[0] // 2, x.shape[-1]
+    x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
+    losses = []
+    for i, blk in enumerate(blocks):
+        x = blk(x)
+        if i % 2 == t % 2:
+            continue
+        loss = ff_loss(x, b, threshold)
+        opts[i].zero_grad()
+        loss.backward()
+        opts[i].step()
+        x = x.detach()
+        losses.append((i, loss.detach()))
+    return losses
 
 
 def evaluate(blocks, embedding, test_x, test_y):
@@ -216,7 +234,7 @@ def train_real(a, data, blocks, embedding, step_on):
     (train_x, train_y), (test_x, test_y), (mean, std) = data
     mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     test_x = (test_x - mean) / std
-    b, s, t = a.batch_size, a.image_size, 0
+    b, t = a.batch_size, 0
     for epoch in range(a.epochs):
         blocks.train()
         order = torch.randperm(len(train_y))
