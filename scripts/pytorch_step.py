@@ -94,7 +94,9 @@ def main():
         b = x.shape[0] // 2
         x = torch.cat([x, embedding(labels).view(-1, 1, s, s)], 1)
         for i, blk in enumerate(blocks):
-            x = blk(x.detach())
+            # Block 0's input stays attached, so that its loss trains the label embedding
+            # (TRIFECTA.md; the golden values' non-APL variants have its gradient).
+            x = blk(x.detach() if i else x)
             loss = ff_loss(x, b, a.threshold)
             opts[i].zero_grad()
             loss.backward()
