@@ -9,7 +9,8 @@ here. What still differs is arithmetic (float32 summation order), not randomness
 
 --torch-init and --torch-batches put back one source of randomness each: PyTorch's own initial
 weights, or its own shuffle and negatives, drawn as `pytorch_step.py --seed S` draws them (with
-both, this is that script's run of seed S).
+both, this is that script's run of seed S). --init-from OTHER starts from another dump's initial
+weights instead (ours, of another seed), on this dump's batches: the control for --torch-init.
 
     cargo run --release --example replay_dump -- fashion-mnist ../shared/datasets/fashion-mnist 0 /tmp/replay
     python scripts/pytorch_replay.py /tmp/replay ../shared/datasets/fashion-mnist --fashion
@@ -67,6 +68,7 @@ def main():
     p.add_argument("--torch-init", action="store_true", help="PyTorch's initial weights, not ours")
     p.add_argument("--torch-batches", action="store_true", help="PyTorch's shuffle and negatives")
     p.add_argument("--seed", type=int, default=0, help="PyTorch's seed for those")
+    p.add_argument("--init-from", type=Path, help="another dump whose initial weights to start from")
     a = p.parse_args()
     (train_x, train_y), (test_x, test_y), (mean, std) = load_mnist(a.data, a.fashion)
     train_x, test_x = (train_x - mean[0]) / std[0], (test_x - mean[0]) / std[0]
@@ -81,9 +83,12 @@ def main():
     torch.manual_seed(a.seed)
     blocks, embedding, opts = network(width, 1, side)
     torch.randn(batch, 1, side, side), torch.randint(0, 10, (batch,)), torch.randint(1, 10, (batch,))
+    if a.torch_init and a.init_from:
+        raise SystemExit("--torch-init and --init-from both choose the initial weights: give one")
     if not a.torch_init:
+        init = (a.init_from or a.dump) / "init.safetensors"
         with torch.no_grad():
-            load_into(blocks, embedding, read_safetensors(a.dump / "init.safetensors"), a.dump / "init.safetensors")
+            load_into(blocks, embedding, read_safetensors(init), init)
     if a.torch_batches:
         order = torch.randperm(len(train_y))
 
