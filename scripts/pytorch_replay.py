@@ -65,10 +65,11 @@ def main():
     p.add_argument("dump", type=Path, help="replay_dump's output folder")
     p.add_argument("data", type=Path, help="the IDX files it trained on")
     p.add_argument("--fashion", action="store_true", help="the data is Fashion-MNIST")
-    p.add_argument("--torch-init", action="store_true", help="PyTorch's initial weights, not ours")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--torch-init", action="store_true", help="PyTorch's initial weights, not ours")
+    init.add_argument("--init-from", type=Path, help="another dump whose initial weights to start from")
     p.add_argument("--torch-batches", action="store_true", help="PyTorch's shuffle and negatives")
     p.add_argument("--seed", type=int, default=0, help="PyTorch's seed for those")
-    p.add_argument("--init-from", type=Path, help="another dump whose initial weights to start from")
     a = p.parse_args()
     (train_x, train_y), (test_x, test_y), (mean, std) = load_mnist(a.data, a.fashion)
     train_x, test_x = (train_x - mean[0]) / std[0], (test_x - mean[0]) / std[0]
@@ -83,8 +84,6 @@ def main():
     torch.manual_seed(a.seed)
     blocks, embedding, opts = network(width, 1, side)
     torch.randn(batch, 1, side, side), torch.randint(0, 10, (batch,)), torch.randint(1, 10, (batch,))
-    if a.torch_init and a.init_from:
-        raise SystemExit("--torch-init and --init-from both choose the initial weights: give one")
     if not a.torch_init:
         init = (a.init_from or a.dump) / "init.safetensors"
         with torch.no_grad():
@@ -114,8 +113,9 @@ def main():
         print(f"  block {i}: {log[sel, 2].mean():.4f} / {ours[sel, 2].mean():.4f}")
     print(f"test accuracy per layer, pytorch: {accuracy(blocks, embedding, test_x, test_y)}")
     theirs_blocks, theirs_embedding, _ = network(width, 1, side)
+    after = a.dump / "after.safetensors"
     with torch.no_grad():
-        load_into(theirs_blocks, theirs_embedding, read_safetensors(a.dump / "after.safetensors"), a.dump / "after.safetensors")
+        load_into(theirs_blocks, theirs_embedding, read_safetensors(after), after)
     print(f"test accuracy per layer, ours:    {accuracy(theirs_blocks, theirs_embedding, test_x, test_y)}")
 
 
