@@ -4,7 +4,8 @@
 //!
 //! The scalar under test is L = sum(out * r) for a fixed random r; its gradient w.r.t. out is r.
 //! Central differences in f32 carry rounding noise of about 1e-7 * |L| / eps, so the tolerance
-//! is 1% of the gradient's scale plus that noise.
+//! is 1% of the gradient's scale plus that noise. Ties and dead ReLUs, where differences cannot
+//! look, are checked exactly against the rule instead.
 
 use trifecta::backend::cpu::Cpu;
 use trifecta::backend::{
@@ -421,6 +422,70 @@ fn relu_maxpool_gradients() {
         },
         32,
     );
+}
+
+/// Where finite differences cannot look: ties and dead ReLUs. The pooled backward passes each
+/// window's gradient to its first maximum in window order, and to none when that maximum is 0;
+/// the ReLU backward zeroes where the activation is not positive. Checked exactly against
+/// that rule on values drawn from a few levels (many ties and zeros), with channel counts wide
+/// enough for the vectorised loops and their tails.
+#[test]
+fn relu_and_pool_backward_follow_the_tie_rule_exactly() {
+    let b = Cpu::new(2).unwrap();
+    let mut rng = Rng::new(33);
+    let levels = [-1.0f32, 0.0, 0.5, 1.0];
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| levels[rng.below(levels.len() as u32) as usize])
+            .collect()
+    };
+    for (n, h, w, c) in [(3, 6, 5, 37), (2, 4, 4, 64), (1, 2, 2, 8)] {
+        let s = PoolShape { n, h, w, c };
+        let x = draw(n * h * w * c);
+        let (oh, ow) = (h / 2, w / 2);
+        let g: Vec<f32> = (0..n * oh * ow * c).map(|i| 1.0 + i as f32).collect();
+        let mut want = vec![0.0f32; x.len()];
+        for i in 0..n {
+            for (oy, ox, ch) in
+                (0..oh).flat_map(|y| (0..ow).flat_map(move |x| (0..c).map(move |ch| (y, x, ch))))
+            {
+                let at = |dy: usize, dx: usize| ((i * h + 2 * oy + dy) * w + 2 * ox + dx) * c + ch;
+                let window = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                let mut best = window[0];
+                for &k in &window[1..] {
+                    if x[k] > x[best] {
+                        best = k;
+                    }
+                }
+                if x[best] > 0.0 {
+                    want[best] = g[((i * oh + oy) * ow + ox) * c + ch];
+                }
+            }
+        }
+        let mut got = b.zeros(x.len()).unwrap();
+        b.relu_maxpool2_backward(&mut got, &b.upload(&g).unwrap(), &b.upload(&x).unwrap(), s)
+            .unwrap();
+        assert_eq!(
+            b.download(&got).unwrap(),
+            want,
+            "relu+maxpool backward {s:?}"
+        );
+
+        let grad: Vec<f32> = (0..x.len()).map(|i| 1.0 + i as f32).collect();
+        let want: Vec<f32> = x
+            .iter()
+            .zip(&grad)
+            .map(|(a, g)| if *a > 0.0 { *g } else { 0.0 })
+            .collect();
+        let mut got = b.upload(&grad).unwrap();
+        b.relu_backward(&mut got, &b.upload(&x).unwrap()).unwrap();
+        assert_eq!(
+            b.download(&got).unwrap(),
+            want,
+            "relu backward, {} values",
+            x.len()
+        );
+    }
 }
 
 #[test]

@@ -72,10 +72,9 @@ pub fn relu_backward(grad: &mut [f32], activation: &[f32]) {
     grad.par_chunks_mut(CHUNK)
         .zip(activation.par_chunks(CHUNK))
         .for_each(|(g, a)| {
+            // A store on every element, not a branch around the dead ones: the loop vectorises.
             for (g, a) in g.iter_mut().zip(a) {
-                if *a <= 0.0 {
-                    *g = 0.0;
-                }
+                *g = if *a <= 0.0 { 0.0 } else { *g };
             }
         });
 }
@@ -131,15 +130,17 @@ pub fn relu_maxpool2_backward(
                         let (a, b, cc, d) = (xa[ch], xb[ch], xc[ch], xd[ch]);
                         // The first maximum in window order wins, as in PyTorch; a maximum
                         // of 0 is a dead ReLU and passes nothing.
-                        let pick_a = a >= b && a >= cc && a >= d;
-                        let pick_b = !pick_a && b >= cc && b >= d;
-                        let pick_c = !pick_a && !pick_b && cc >= d;
-                        let pick_d = !pick_a && !pick_b && !pick_c;
+                        // `&`, not `&&`: no branches, so that the loop can vectorise.
+                        let pick_a = (a >= b) & (a >= cc) & (a >= d);
+                        let pick_b = !pick_a & (b >= cc) & (b >= d);
+                        let pick_c = !pick_a & !pick_b & (cc >= d);
+                        let pick_d = !(pick_a | pick_b | pick_c);
                         let live = a.max(b).max(cc).max(d) > 0.0;
-                        ga[ch] = if pick_a && live { g[ch] } else { 0.0 };
-                        gb[ch] = if pick_b && live { g[ch] } else { 0.0 };
-                        gc[ch] = if pick_c && live { g[ch] } else { 0.0 };
-                        gd[ch] = if pick_d && live { g[ch] } else { 0.0 };
+                        let pass = if live { g[ch] } else { 0.0 };
+                        ga[ch] = if pick_a { pass } else { 0.0 };
+                        gb[ch] = if pick_b { pass } else { 0.0 };
+                        gc[ch] = if pick_c { pass } else { 0.0 };
+                        gd[ch] = if pick_d { pass } else { 0.0 };
                     }
                 }
             }
