@@ -2,6 +2,7 @@
 //! and Adam. Each is one or two passes over memory, parallel over fixed chunks.
 
 use crate::backend::{AdamParams, EmbedShape, FfLoss, PoolShape, SampleShape};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -105,46 +106,52 @@ pub fn relu_maxpool2_backward(
     s: PoolShape,
 ) {
     let (oh, ow, c) = (s.h / 2, s.w / 2, s.c);
-    let row = s.w * c;
     grad_input
         .par_chunks_mut(s.h * s.w * c)
         .zip(grad_out.par_chunks(oh * ow * c))
         .zip(activation.par_chunks(s.h * s.w * c))
-        .for_each(|((gi, go), x)| {
-            if !s.h.is_multiple_of(2) || !s.w.is_multiple_of(2) {
-                // The last row or column is in no window.
-                gi.fill(0.0);
+        .for_each(|((gi, go), x)| relu_maxpool2_backward_sample(gi, go, x, s));
+}
+
+/// One sample of [`relu_maxpool2_backward`], compiled for each SIMD level and chosen at run
+/// time: the compiler vectorises its channel loop with AVX2 or AVX-512 but finds x86-64's
+/// baseline SSE2, which lacks blends, not worth it. The same float operations either way.
+#[multiversion(targets = "simd")]
+fn relu_maxpool2_backward_sample(gi: &mut [f32], go: &[f32], x: &[f32], s: PoolShape) {
+    let (oh, ow, c) = (s.h / 2, s.w / 2, s.c);
+    let row = s.w * c;
+    if !s.h.is_multiple_of(2) || !s.w.is_multiple_of(2) {
+        // The last row or column is in no window.
+        gi.fill(0.0);
+    }
+    for oy in 0..oh {
+        let (top, bottom) = gi[2 * oy * row..(2 * oy + 2) * row].split_at_mut(row);
+        for ox in 0..ow {
+            let at = 2 * ox * c;
+            let (ga, gb) = top[at..at + 2 * c].split_at_mut(c);
+            let (gc, gd) = bottom[at..at + 2 * c].split_at_mut(c);
+            let xa = &x[2 * oy * row + at..][..c];
+            let xb = &x[2 * oy * row + at + c..][..c];
+            let xc = &x[(2 * oy + 1) * row + at..][..c];
+            let xd = &x[(2 * oy + 1) * row + at + c..][..c];
+            let g = &go[(oy * ow + ox) * c..][..c];
+            for ch in 0..c {
+                let (a, b, cc, d) = (xa[ch], xb[ch], xc[ch], xd[ch]);
+                // The first maximum in window order wins, as in PyTorch; a maximum of 0 is a
+                // dead ReLU and passes nothing. `&`, not `&&`: no branches to vectorise.
+                let pick_a = (a >= b) & (a >= cc) & (a >= d);
+                let pick_b = !pick_a & (b >= cc) & (b >= d);
+                let pick_c = !pick_a & !pick_b & (cc >= d);
+                let pick_d = !(pick_a | pick_b | pick_c);
+                let live = a.max(b).max(cc).max(d) > 0.0;
+                let pass = if live { g[ch] } else { 0.0 };
+                ga[ch] = if pick_a { pass } else { 0.0 };
+                gb[ch] = if pick_b { pass } else { 0.0 };
+                gc[ch] = if pick_c { pass } else { 0.0 };
+                gd[ch] = if pick_d { pass } else { 0.0 };
             }
-            for oy in 0..oh {
-                let (top, bottom) = gi[2 * oy * row..(2 * oy + 2) * row].split_at_mut(row);
-                for ox in 0..ow {
-                    let at = 2 * ox * c;
-                    let (ga, gb) = top[at..at + 2 * c].split_at_mut(c);
-                    let (gc, gd) = bottom[at..at + 2 * c].split_at_mut(c);
-                    let xa = &x[2 * oy * row + at..][..c];
-                    let xb = &x[2 * oy * row + at + c..][..c];
-                    let xc = &x[(2 * oy + 1) * row + at..][..c];
-                    let xd = &x[(2 * oy + 1) * row + at + c..][..c];
-                    let g = &go[(oy * ow + ox) * c..][..c];
-                    for ch in 0..c {
-                        let (a, b, cc, d) = (xa[ch], xb[ch], xc[ch], xd[ch]);
-                        // The first maximum in window order wins, as in PyTorch; a maximum
-                        // of 0 is a dead ReLU and passes nothing.
-                        // `&`, not `&&`: no branches, so that the loop can vectorise.
-                        let pick_a = (a >= b) & (a >= cc) & (a >= d);
-                        let pick_b = !pick_a & (b >= cc) & (b >= d);
-                        let pick_c = !pick_a & !pick_b & (cc >= d);
-                        let pick_d = !(pick_a | pick_b | pick_c);
-                        let live = a.max(b).max(cc).max(d) > 0.0;
-                        let pass = if live { g[ch] } else { 0.0 };
-                        ga[ch] = if pick_a { pass } else { 0.0 };
-                        gb[ch] = if pick_b { pass } else { 0.0 };
-                        gc[ch] = if pick_c { pass } else { 0.0 };
-                        gd[ch] = if pick_d { pass } else { 0.0 };
-                    }
-                }
-            }
-        });
+        }
+    }
 }
 
 pub fn goodness_forward(goodness: &mut [f32], input: &[f32], s: SampleShape) {

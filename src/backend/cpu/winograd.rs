@@ -16,6 +16,7 @@
 use super::conv::matmul_strided;
 use super::{ranges, with_scratch};
 use crate::backend::ConvShape;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Target floats of transformed data (V and M) per chunk: 4 MiB.
@@ -86,6 +87,7 @@ fn accumulate_weight_grad(grad_weight: &mut [f32], du: &[f32], c_in: usize, c_ou
 }
 
 /// The 16 pixel vectors of a tile's 4x4 patch (zeros outside the image).
+#[inline(always)]
 fn patch<'a>(
     image: &'a [f32],
     zeros: &'a [f32],
@@ -167,6 +169,7 @@ fn lane_blocks(c: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// v (16, C) = Bt d B for one tile.
+#[inline(always)]
 fn input_transform(v: &mut [f32], d: &[&[f32]; 16], c: usize) {
     for (base, width) in lane_blocks(c) {
         let x: [Lanes; 16] = std::array::from_fn(|k| Lanes::load(d[k], base, width));
@@ -226,7 +229,10 @@ fn output_transform_adjoint(dm: &mut [f32], c: usize, base: usize, width: usize,
     }
 }
 
-/// V (tiles, 16, Cin) for `samples` images.
+/// V (tiles, 16, Cin) for `samples` images. This and the other loops over tiles are compiled
+/// for each SIMD level and chosen at run time, so that a `Lanes` add is one AVX instruction
+/// where the CPU has AVX (two SSE ones otherwise); the float operations are the same.
+#[multiversion(targets = "simd")]
 fn transform_inputs(v: &mut [f32], x: &[f32], samples: usize, s: &ConvShape) {
     let (th, tw, c) = (s.h.div_ceil(2), s.w.div_ceil(2), s.c_in);
     let zeros = vec![0.0f32; c];
@@ -238,6 +244,48 @@ fn transform_inputs(v: &mut [f32], x: &[f32], samples: usize, s: &ConvShape) {
                 let d = patch(image, &zeros, ty, tx, s.h, s.w, c);
                 input_transform(&mut v[tile * 16 * c..][..16 * c], &d, c);
             }
+        }
+    }
+}
+
+/// The outputs (samples, H, W, Cout) from M (tiles, 16, Cout): y = At m A per tile.
+#[multiversion(targets = "simd")]
+fn transform_outputs(out: &mut [f32], m: &[f32], tiles: usize, s: &ConvShape) {
+    let (th, tw, pixels) = (s.h.div_ceil(2), s.w.div_ceil(2), s.h * s.w);
+    for tile in 0..tiles {
+        let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
+        let image = &mut out[sample * pixels * s.c_out..][..pixels * s.c_out];
+        let m = &m[tile * 16 * s.c_out..][..16 * s.c_out];
+        for (base, width) in lane_blocks(s.c_out) {
+            let y = output_transform(m, s.c_out, base, width);
+            for (k, value) in y.iter().enumerate() {
+                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                if oy < s.h && ox < s.w {
+                    value.store(image, (oy * s.w + ox) * s.c_out + base, width);
+                }
+            }
+        }
+    }
+}
+
+/// dM (tiles, 16, Cout) = A dy At per tile, from the output gradients (samples, H, W, Cout).
+#[multiversion(targets = "simd")]
+fn transform_output_grads(dm: &mut [f32], dy: &[f32], tiles: usize, s: &ConvShape) {
+    let (th, tw, pixels) = (s.h.div_ceil(2), s.w.div_ceil(2), s.h * s.w);
+    for tile in 0..tiles {
+        let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
+        let image = &dy[sample * pixels * s.c_out..][..pixels * s.c_out];
+        let dm = &mut dm[tile * 16 * s.c_out..][..16 * s.c_out];
+        for (base, width) in lane_blocks(s.c_out) {
+            let dy: [Lanes; 4] = std::array::from_fn(|k| {
+                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                if oy < s.h && ox < s.w {
+                    Lanes::load(image, (oy * s.w + ox) * s.c_out + base, width)
+                } else {
+                    Lanes::default()
+                }
+            });
+            output_transform_adjoint(dm, s.c_out, base, width, dy);
         }
     }
 }
@@ -295,20 +343,7 @@ pub fn forward(out: &mut [f32], u: &mut [f32], input: &[f32], weight: &[f32], s:
                     batched_tiles_matmul(tiles, s.c_in, s.c_out, m, false, v, u, |xi| {
                         (xi * s.c_out, 1, (16 * s.c_out) as isize)
                     });
-                    for tile in 0..tiles {
-                        let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
-                        let image = &mut out[sample * pixels * s.c_out..][..pixels * s.c_out];
-                        let m = &m[tile * 16 * s.c_out..][..16 * s.c_out];
-                        for (base, width) in lane_blocks(s.c_out) {
-                            let y = output_transform(m, s.c_out, base, width);
-                            for (k, value) in y.iter().enumerate() {
-                                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
-                                if oy < s.h && ox < s.w {
-                                    value.store(image, (oy * s.w + ox) * s.c_out + base, width);
-                                }
-                            }
-                        }
-                    }
+                    transform_outputs(out, m, tiles, &s);
                 })
             })
         });
@@ -346,22 +381,7 @@ pub fn weight_grad(
                 with_scratch(0, tiles * 16 * s.c_in, |v| {
                     with_scratch(1, tiles * 16 * s.c_out, |dm| {
                         transform_inputs(v, x, samples, &s);
-                        for tile in 0..tiles {
-                            let (sample, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
-                            let image = &dy[sample * pixels * s.c_out..][..pixels * s.c_out];
-                            let dm = &mut dm[tile * 16 * s.c_out..][..16 * s.c_out];
-                            for (base, width) in lane_blocks(s.c_out) {
-                                let dy: [Lanes; 4] = std::array::from_fn(|k| {
-                                    let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
-                                    if oy < s.h && ox < s.w {
-                                        Lanes::load(image, (oy * s.w + ox) * s.c_out + base, width)
-                                    } else {
-                                        Lanes::default()
-                                    }
-                                });
-                                output_transform_adjoint(dm, s.c_out, base, width, dy);
-                            }
-                        }
+                        transform_output_grads(dm, dy, tiles, &s);
                         // dU_xi (Cin x Cout) += V_xi^T (Cin x tiles) * dM_xi (tiles x Cout)
                         for xi in 0..16 {
                             matmul_strided(
