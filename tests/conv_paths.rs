@@ -1,6 +1,6 @@
 //! The fast convolution paths against the obvious one: Winograd F(2x2, 3x3) and im2col+gemm
 //! against a direct six-loop convolution, forward and both gradients (the input gradient as a
-//! convolution with flipped filters), on random shapes with
+//! convolution with flipped filters, and by col2im), on random shapes with
 //! odd sizes, a batch of 1, and thread counts 1 and 2.
 
 use trifecta::backend::ConvShape;
@@ -123,6 +123,9 @@ fn check(s: ConvShape, threads: usize, seed: u64) {
         let mut u = vec![0.0f32; 16 * t.c_in * t.c_out];
         winograd::forward(&mut dx, &mut u, &r, &flipped, t);
         assert_close(&format!("winograd d input {s:?}"), &dx, &want_dx);
+        dx.fill(f32::NAN);
+        conv::input_grad_col2im(&mut dx, &r, &w, s);
+        assert_close(&format!("col2im d input {s:?}"), &dx, &want_dx);
     });
 }
 
@@ -163,6 +166,14 @@ fn fast_convolutions_match_direct() {
             w: 3,
             c_in: 33,
             c_out: 5,
+        },
+        // Block 0's shape of ratio (col2im's): 3 samples a chunk, so 3 chunks.
+        ConvShape {
+            n: 7,
+            h: 64,
+            w: 64,
+            c_in: 2,
+            c_out: 32,
         },
     ];
     for (k, s) in shapes.iter().enumerate() {

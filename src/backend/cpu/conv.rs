@@ -171,6 +171,69 @@ pub fn forward(out: &mut [f32], input: &[f32], weight: &[f32], s: ConvShape) {
         });
 }
 
+/// grad_input (N, H, W, Cin) = the input gradient, as P = dOut x W (rows x 9*Cin) scattered
+/// back onto the pixels each tap read (col2im): for inputs much narrower than the output,
+/// where the flipped forward convolution would transform or unfold dOut, Cout channels wide,
+/// for a product only Cin wide. Each input pixel sums its 9 taps in a fixed order, per sample,
+/// so the result does not depend on the thread count.
+pub fn input_grad_col2im(grad_input: &mut [f32], grad_out: &[f32], weight: &[f32], s: ConvShape) {
+    let pixels = s.h * s.w;
+    let k = 9 * s.c_in;
+    let chunk = samples_per_chunk(&s);
+    grad_input
+        .par_chunks_mut(chunk * pixels * s.c_in)
+        .zip(grad_out.par_chunks(chunk * pixels * s.c_out))
+        .for_each(|(dx, dy)| {
+            let samples = dx.len() / (pixels * s.c_in);
+            let rows = samples * pixels;
+            with_scratch(0, rows * k, |p| {
+                // P (rows x k) = dy (rows x Cout) * W (Cout x k), W row-major as stored.
+                matmul(
+                    rows,
+                    k,
+                    s.c_out,
+                    p,
+                    false,
+                    dy,
+                    1,
+                    s.c_out as isize,
+                    weight,
+                    1,
+                    k as isize,
+                );
+                col2im(dx, p, samples, s.h, s.w, s.c_in);
+            });
+        });
+}
+
+/// x (samples, H, W, C) = the sum over taps of col (samples*H*W, 9*C): the adjoint of
+/// [`im2col`]. Pixel (iy, ix) takes tap (ky, kx) from output row (iy + 1 - ky, ix + 1 - kx).
+fn col2im(x: &mut [f32], col: &[f32], samples: usize, h: usize, w: usize, c: usize) {
+    let k = 9 * c;
+    for sample in 0..samples {
+        for iy in 0..h {
+            for ix in 0..w {
+                let dst = &mut x[((sample * h + iy) * w + ix) * c..][..c];
+                dst.fill(0.0);
+                for ky in 0..3 {
+                    let oy = iy as isize + 1 - ky as isize;
+                    for kx in 0..3 {
+                        let ox = ix as isize + 1 - kx as isize;
+                        if oy < 0 || ox < 0 || oy >= h as isize || ox >= w as isize {
+                            continue;
+                        }
+                        let row = (sample * h + oy as usize) * w + ox as usize;
+                        let src = &col[row * k + (ky * 3 + kx) * c..][..c];
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// grad_weight (Cout, 3, 3, Cin) += dOut^T x col, summed per thread range, then in order.
 pub fn weight_grad(
     grad_weight: &mut [f32],
