@@ -11,10 +11,10 @@ pub mod winograd;
 /// and im2col is used instead.
 pub const WINOGRAD_MIN_CHANNELS: usize = 128;
 
-/// The input gradient goes by col2im (`conv::input_grad_col2im`) where the input has at most
-/// 1/this of the output's channels: block 0, whose 2-4 input channels would otherwise have
-/// the flipped forward convolution unfold or transform a gradient 32-128 channels wide.
-pub const COL2IM_MAX_RATIO: usize = 4;
+/// The input gradient goes by col2im (`conv::input_grad_col2im`) where the output has at least
+/// this many times the input's channels: block 0, whose 2-4 input channels would otherwise
+/// have the flipped forward convolution unfold or transform a gradient 32-128 channels wide.
+pub const COL2IM_MIN_WIDENING: usize = 4;
 
 pub use elementwise::softplus;
 
@@ -273,7 +273,7 @@ impl Backend for Cpu {
         let Some(grad_input) = grad_input else {
             return Ok(());
         };
-        if s.c_in * COL2IM_MAX_RATIO <= s.c_out {
+        if s.c_in * COL2IM_MIN_WIDENING <= s.c_out {
             self.run("conv3x3_backward_input (col2im)", || {
                 conv::input_grad_col2im(grad_input, grad_out, weight, s)
             });
