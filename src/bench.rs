@@ -261,7 +261,7 @@ impl BenchReport {
             ));
             for (op, seconds, calls) in &self.kernels {
                 text.push_str(&format!(
-                    "\n  {:9.3} ms  {:5.1}%  {calls:>4.0} calls  {op}",
+                    "\n  {:9.3} ms  {:5.1}%  {calls:>5.1} calls  {op}",
                     seconds * 1e3,
                     100.0 * seconds / self.step_seconds
                 ));
@@ -299,7 +299,7 @@ impl BenchReport {
             ));
             for (_, op, seconds, calls) in rows {
                 text.push_str(&format!(
-                    "\n      {:9.3} ms  {calls:>4.0} calls  {op}",
+                    "\n      {:9.3} ms  {calls:>5.1} calls  {op}",
                     seconds * 1e3
                 ));
             }
