@@ -1,7 +1,7 @@
 //! The fast convolution paths against the obvious one: Winograd F(2x2, 3x3) and im2col+gemm
 //! against a direct six-loop convolution, forward and both gradients (the input gradient as a
 //! convolution with flipped filters, and by col2im), on random shapes with
-//! odd sizes, a batch of 1, and thread counts 1 and 2.
+//! odd sizes, a batch of 1, 1 to 4 input channels, and thread counts 1 and 2.
 
 use trifecta::backend::ConvShape;
 use trifecta::backend::cpu::{conv, winograd};
@@ -166,6 +166,21 @@ fn fast_convolutions_match_direct() {
             w: 3,
             c_in: 33,
             c_out: 5,
+        },
+        // The narrow inputs that im2col and col2im copy with a constant channel count (1-4).
+        ConvShape {
+            n: 2,
+            h: 5,
+            w: 6,
+            c_in: 1,
+            c_out: 4,
+        },
+        ConvShape {
+            n: 3,
+            h: 6,
+            w: 5,
+            c_in: 4,
+            c_out: 16,
         },
         // Block 0's shape of ratio (col2im's): 3 samples a chunk, so 3 chunks.
         ConvShape {

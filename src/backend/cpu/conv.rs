@@ -42,8 +42,28 @@ pub fn flip_weight(weight: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
     flipped
 }
 
+/// Runs `$f(args.., c)` with `c` a constant for the 1-4 channels of block 0's input (an
+/// image and its label channel), where one tap is a few floats and a call to `memcpy` or a
+/// loop per tap costs more than the copy itself, and with `c` as given otherwise.
+macro_rules! with_narrow_channels {
+    ($f:ident($($arg:expr),*; $c:expr)) => {
+        match $c {
+            1 => $f($($arg),*, 1),
+            2 => $f($($arg),*, 2),
+            3 => $f($($arg),*, 3),
+            4 => $f($($arg),*, 4),
+            c => $f($($arg),*, c),
+        }
+    };
+}
+
 /// col (samples*H*W, 9*Cin) from x (samples, H, W, Cin).
 fn im2col(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usize) {
+    with_narrow_channels!(im2col_inline(col, x, samples, h, w; c))
+}
+
+#[inline(always)]
+fn im2col_inline(col: &mut [f32], x: &[f32], samples: usize, h: usize, w: usize, c: usize) {
     let k = 9 * c;
     for sample in 0..samples {
         let image = &x[sample * h * w * c..(sample + 1) * h * w * c];
@@ -209,6 +229,11 @@ pub fn input_grad_col2im(grad_input: &mut [f32], grad_out: &[f32], weight: &[f32
 /// x (samples, H, W, C) = the sum over taps of col (samples*H*W, 9*C): the adjoint of
 /// [`im2col`]. Pixel (iy, ix) takes tap (ky, kx) from output row (iy + 1 - ky, ix + 1 - kx).
 fn col2im(x: &mut [f32], col: &[f32], samples: usize, h: usize, w: usize, c: usize) {
+    with_narrow_channels!(col2im_inline(x, col, samples, h, w; c))
+}
+
+#[inline(always)]
+fn col2im_inline(x: &mut [f32], col: &[f32], samples: usize, h: usize, w: usize, c: usize) {
     let k = 9 * c;
     for sample in 0..samples {
         for iy in 0..h {
