@@ -28,7 +28,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train an FF network; with no flags, a one-minute run on the built-in MNIST sample.
+    /// Train an FF network; with no flags, a short run (5 epochs) on the built-in MNIST sample.
     Train(train::TrainArgs),
     /// Evaluate a checkpoint: per-layer and ensemble test accuracy.
     Eval(eval::EvalArgs),
