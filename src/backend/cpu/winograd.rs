@@ -64,22 +64,40 @@ pub fn transform_weight(u: &mut [f32], weight: &[f32], c_in: usize, c_out: usize
         });
 }
 
-/// grad_weight (Cout, 3, 3, Cin) += Gt dU G, with dU laid out (Cin, 16, Cout).
+/// grad_weight (Cout, 3, 3, Cin) += Gt dU G, with dU laid out (Cin, 16, Cout); parallel over
+/// blocks of 8 output channels.
 fn accumulate_weight_grad(grad_weight: &mut [f32], du: &[f32], c_in: usize, c_out: usize) {
-    for o in 0..c_out {
-        for i in 0..c_in {
-            let d = |r: usize, c: usize| du[(i * 16 + r * 4 + c) * c_out + o];
-            // dq = dU G (4x3)
-            let mut dq = [[0.0f32; 3]; 4];
-            for (r, row) in dq.iter_mut().enumerate() {
-                let (u0, u1, u2, u3) = (d(r, 0), d(r, 1), d(r, 2), d(r, 3));
-                *row = [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3];
-            }
-            for k in 0..3 {
-                let (q0, q1, q2, q3) = (dq[0][k], dq[1][k], dq[2][k], dq[3][k]);
-                let dg = [q0 + 0.5 * (q1 + q2), 0.5 * (q1 - q2), 0.5 * (q1 + q2) + q3];
-                for (ky, v) in dg.iter().enumerate() {
-                    grad_weight[(o * 9 + ky * 3 + k) * c_in + i] += v;
+    grad_weight
+        .par_chunks_mut(8 * 9 * c_in)
+        .enumerate()
+        .for_each(|(b, block)| accumulate_weight_grad_block(block, du, 8 * b, c_in, c_out));
+}
+
+/// The block of `grad_weight` for output channels `base..`, eight at once: dU's values for
+/// eight output channels are contiguous.
+#[multiversion(targets = "simd")]
+fn accumulate_weight_grad_block(
+    block: &mut [f32],
+    du: &[f32],
+    base: usize,
+    c_in: usize,
+    c_out: usize,
+) {
+    let width = block.len() / (9 * c_in);
+    for i in 0..c_in {
+        let d = |r: usize, c: usize| Lanes::load(du, (i * 16 + r * 4 + c) * c_out + base, width);
+        // dq = dU G (4x3)
+        let mut dq = [[Lanes::default(); 3]; 4];
+        for (r, row) in dq.iter_mut().enumerate() {
+            let (u0, u1, u2, u3) = (d(r, 0), d(r, 1), d(r, 2), d(r, 3));
+            *row = [u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3];
+        }
+        for k in 0..3 {
+            let (q0, q1, q2, q3) = (dq[0][k], dq[1][k], dq[2][k], dq[3][k]);
+            let dg = [q0 + (q1 + q2) * 0.5, (q1 - q2) * 0.5, (q1 + q2) * 0.5 + q3];
+            for (ky, v) in dg.iter().enumerate() {
+                for (l, value) in v.0[..width].iter().enumerate() {
+                    block[(l * 9 + ky * 3 + k) * c_in + i] += value;
                 }
             }
         }
@@ -152,6 +170,14 @@ impl std::ops::Sub for Lanes {
     #[inline(always)]
     fn sub(self, o: Lanes) -> Lanes {
         Lanes(std::array::from_fn(|i| self.0[i] - o.0[i]))
+    }
+}
+
+impl std::ops::Mul<f32> for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn mul(self, f: f32) -> Lanes {
+        Lanes(std::array::from_fn(|i| self.0[i] * f))
     }
 }
 
