@@ -1,7 +1,7 @@
 //! The fast convolution paths against the obvious one: Winograd F(2x2, 3x3) and im2col+gemm
 //! against a direct six-loop convolution, forward and both gradients (the input gradient as a
-//! convolution with flipped filters, and by col2im), on random shapes with
-//! odd sizes, a batch of 1, 1 to 4 input channels, and thread counts 1 and 2.
+//! convolution with flipped filters, Winograd's from the unflipped ones, and by col2im), on
+//! random shapes with odd sizes, a batch of 1, 1 to 4 input channels, and thread counts 1 and 2.
 
 use trifecta::backend::ConvShape;
 use trifecta::backend::cpu::{conv, winograd};
@@ -123,6 +123,20 @@ fn check(s: ConvShape, threads: usize, seed: u64) {
         let mut u = vec![0.0f32; 16 * t.c_in * t.c_out];
         winograd::forward(&mut dx, &mut u, &r, &flipped, t);
         assert_close(&format!("winograd d input {s:?}"), &dx, &want_dx);
+        // Winograd's input gradient transforms the flipped filters without writing them: the
+        // same transformed filters, bit for bit.
+        let mut u_flipped = vec![f32::NAN; u.len()];
+        winograd::transform_weight_flipped(&mut u_flipped, &w, s.c_in, s.c_out);
+        winograd::transform_weight(&mut u, &flipped, t.c_in, t.c_out);
+        assert!(
+            u.iter()
+                .zip(&u_flipped)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "transform_weight_flipped {s:?}"
+        );
+        dx.fill(f32::NAN);
+        winograd::input_grad(&mut dx, &mut u, &r, &w, s);
+        assert_close(&format!("winograd input_grad {s:?}"), &dx, &want_dx);
         dx.fill(f32::NAN);
         conv::input_grad_col2im(&mut dx, &r, &w, s);
         assert_close(&format!("col2im d input {s:?}"), &dx, &want_dx);

@@ -74,34 +74,6 @@ impl Cpu {
         out
     }
 
-    /// out = conv(input, weight) by the path that suits the shape. `for_input_grad` only names
-    /// the profile entry.
-    fn conv_forward(
-        &self,
-        out: &mut [f32],
-        input: &[f32],
-        weight: &[f32],
-        s: ConvShape,
-        for_input_grad: bool,
-    ) {
-        let winograd = s.c_in >= WINOGRAD_MIN_CHANNELS;
-        let op = match (for_input_grad, winograd) {
-            (false, true) => "conv3x3_forward (winograd)",
-            (false, false) => "conv3x3_forward (im2col)",
-            (true, true) => "conv3x3_backward_input (winograd)",
-            (true, false) => "conv3x3_backward_input (im2col)",
-        };
-        self.run(op, || {
-            if winograd {
-                self.with_weight_scratch(16 * s.c_in * s.c_out, |u, _| {
-                    winograd::forward(out, u, input, weight, s)
-                })
-            } else {
-                conv::forward(out, input, weight, s)
-            }
-        });
-    }
-
     /// Runs `f` with the transformed-weight buffer (`len` floats) and one buffer per thread.
     fn with_weight_scratch<R>(
         &self,
@@ -234,7 +206,17 @@ impl Backend for Cpu {
         s: ConvShape,
     ) -> Result<()> {
         checks::conv3x3_forward::<Self>(out, input, weight, s)?;
-        self.conv_forward(out, input, weight, s, false);
+        if s.c_in >= WINOGRAD_MIN_CHANNELS {
+            self.run("conv3x3_forward (winograd)", || {
+                self.with_weight_scratch(16 * s.c_in * s.c_out, |u, _| {
+                    winograd::forward(out, u, input, weight, s)
+                })
+            });
+        } else {
+            self.run("conv3x3_forward (im2col)", || {
+                conv::forward(out, input, weight, s)
+            });
+        }
         Ok(())
     }
     fn conv3x3_backward(
@@ -277,16 +259,24 @@ impl Backend for Cpu {
             self.run("conv3x3_backward_input (col2im)", || {
                 conv::input_grad_col2im(grad_input, grad_out, weight, s)
             });
-        } else {
+        } else if s.c_out >= WINOGRAD_MIN_CHANNELS {
             // dx is the convolution of dy with the filters flipped in space and transposed in
             // channels: a forward pass with Cout inputs.
-            let flipped = conv::flip_weight(weight, s.c_in, s.c_out);
-            let t = ConvShape {
-                c_in: s.c_out,
-                c_out: s.c_in,
-                ..s
-            };
-            self.conv_forward(grad_input, grad_out, &flipped, t, true);
+            self.run("conv3x3_backward_input (winograd)", || {
+                self.with_weight_scratch(16 * s.c_in * s.c_out, |u, _| {
+                    winograd::input_grad(grad_input, u, grad_out, weight, s)
+                })
+            });
+        } else {
+            self.run("conv3x3_backward_input (im2col)", || {
+                let flipped = conv::flip_weight(weight, s.c_in, s.c_out);
+                let t = ConvShape {
+                    c_in: s.c_out,
+                    c_out: s.c_in,
+                    ..s
+                };
+                conv::forward(grad_input, grad_out, &flipped, t)
+            });
         }
         Ok(())
     }

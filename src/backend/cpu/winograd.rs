@@ -7,7 +7,8 @@
 //!   M_xi (tiles x Cout) = V_xi (tiles x Cin) * U_xi (Cin x Cout)          (forward)
 //!   dU_xi += V_xi^T * dM_xi                                              (weight gradient)
 //! with dM = A dY At and dg = Gt dU G: the exact adjoints of the forward transforms. The input
-//! gradient is a forward convolution with flipped filters (see `conv::flip_weight`).
+//! gradient is a forward convolution with flipped filters ([`input_grad`], which transforms
+//! them straight from the forward filters).
 //!
 //! Layouts: input `(N, H, W, Cin)`, weight `(Cout, 3, 3, Cin)`. Transformed tiles are stored
 //! tile-major, `(tiles, 16, C)`, so that each tile's transform writes one contiguous block and
@@ -31,15 +32,31 @@ fn samples_per_chunk(s: &ConvShape) -> usize {
     (CHUNK_FLOATS / per_sample).clamp(1, s.n.max(1))
 }
 
-/// u (Cin, 16, Cout) = G g Gt for every filter of `weight` (Cout, 3, 3, Cin); parallel over
-/// input channels, each writing one contiguous block.
-#[allow(clippy::needless_range_loop)] // the index names the filter tap
+/// u (Cin, 16, Cout) = G g Gt for every filter of `weight` (Cout, 3, 3, Cin).
 pub fn transform_weight(u: &mut [f32], weight: &[f32], c_in: usize, c_out: usize) {
+    transform_filters(u, c_out, |i, o, tap| weight[(o * 9 + tap) * c_in + i]);
+}
+
+/// u of the input gradient's convolution (`c_out` inputs, `c_in` outputs), read straight from
+/// the forward `weight` (Cout, 3, 3, Cin): the same as [`transform_weight`] of
+/// `conv::flip_weight(weight, c_in, c_out)`, without writing the flipped copy (a transpose
+/// whose scattered stores took 10 ms of the default step). Its inner loop reads `weight`
+/// contiguously.
+pub fn transform_weight_flipped(u: &mut [f32], weight: &[f32], c_in: usize, c_out: usize) {
+    debug_assert_eq!(u.len(), 16 * c_in * c_out);
+    // Filter (o, i) of the flipped convolution, tap t, is weight[i, 8 - t, o].
+    transform_filters(u, c_in, |i, o, tap| weight[(i * 9 + 8 - tap) * c_in + o]);
+}
+
+/// u (Cin, 16, Cout) = G g Gt, with tap `t` (ky*3 + kx) of filter (o, i) given by
+/// `g(i, o, t)`; parallel over input channels, each writing one contiguous block.
+#[inline(always)]
+fn transform_filters(u: &mut [f32], c_out: usize, g: impl Fn(usize, usize, usize) -> f32 + Sync) {
     u.par_chunks_mut(16 * c_out)
         .enumerate()
         .for_each(|(i, block)| {
             for o in 0..c_out {
-                let g = |ky: usize, kx: usize| weight[(o * 9 + ky * 3 + kx) * c_in + i];
+                let g = |ky: usize, kx: usize| g(i, o, ky * 3 + kx);
                 // q = G g (4x3)
                 let mut q = [[0.0f32; 3]; 4];
                 for k in 0..3 {
@@ -350,10 +367,33 @@ fn batched_tiles_matmul(
     }
 }
 
-/// `u` is scratch of 16*Cin*Cout floats.
+/// out = conv(input, weight); `u` is scratch of 16*Cin*Cout floats.
 pub fn forward(out: &mut [f32], u: &mut [f32], input: &[f32], weight: &[f32], s: ConvShape) {
     transform_weight(u, weight, s.c_in, s.c_out);
-    let u: &[f32] = u;
+    forward_transformed(out, u, input, s);
+}
+
+/// grad_input (N, H, W, Cin) from grad_out (N, H, W, Cout) for the forward convolution of
+/// shape `s` and filters `weight` (Cout, 3, 3, Cin): the forward convolution with the flipped
+/// filters. `u` is scratch of 16*Cin*Cout floats.
+pub fn input_grad(
+    grad_input: &mut [f32],
+    u: &mut [f32],
+    grad_out: &[f32],
+    weight: &[f32],
+    s: ConvShape,
+) {
+    transform_weight_flipped(u, weight, s.c_in, s.c_out);
+    let t = ConvShape {
+        c_in: s.c_out,
+        c_out: s.c_in,
+        ..s
+    };
+    forward_transformed(grad_input, u, grad_out, t);
+}
+
+/// out = conv(input, filters) with the filters already transformed into `u`.
+fn forward_transformed(out: &mut [f32], u: &[f32], input: &[f32], s: ConvShape) {
     let chunk = samples_per_chunk(&s);
     let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
     let pixels = s.h * s.w;
