@@ -112,11 +112,7 @@ fn check(s: ConvShape, threads: usize, seed: u64) {
 
         // d input = conv(dy, flipped filters), by either path.
         let flipped = conv::flip_weight(&w, s.c_in, s.c_out);
-        let t = ConvShape {
-            c_in: s.c_out,
-            c_out: s.c_in,
-            ..s
-        };
+        let t = s.for_input_grad();
         let mut dx = vec![0.0f32; x.len()];
         conv::forward(&mut dx, &r, &flipped, t);
         assert_close(&format!("im2col d input {s:?}"), &dx, &want_dx);

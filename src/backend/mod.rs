@@ -158,6 +158,16 @@ impl ConvShape {
         }
     }
 
+    /// The shape of the convolution that maps this one's output gradient to its input
+    /// gradient (filters flipped in space, channels swapped): Cout inputs, Cin outputs.
+    pub fn for_input_grad(&self) -> ConvShape {
+        ConvShape {
+            c_in: self.c_out,
+            c_out: self.c_in,
+            ..*self
+        }
+    }
+
     /// Multiply-adds times two, for one forward pass over the whole batch.
     pub fn forward_flops(&self) -> f64 {
         2.0 * (self.n * self.h * self.w * self.c_out * self.c_in * 9) as f64

@@ -270,11 +270,7 @@ impl Backend for Cpu {
         } else {
             self.run("conv3x3_backward_input (im2col)", || {
                 let flipped = conv::flip_weight(weight, s.c_in, s.c_out);
-                let t = ConvShape {
-                    c_in: s.c_out,
-                    c_out: s.c_in,
-                    ..s
-                };
+                let t = s.for_input_grad();
                 conv::forward(grad_input, grad_out, &flipped, t)
             });
         }

@@ -50,6 +50,7 @@ pub fn transform_weight_flipped(u: &mut [f32], weight: &[f32], c_in: usize, c_ou
 
 /// u (Cin, 16, Cout) = G g Gt, with tap `t` (ky*3 + kx) of filter (o, i) given by
 /// `g(i, o, t)`; parallel over input channels, each writing one contiguous block.
+#[allow(clippy::needless_range_loop)] // the index names the filter tap
 #[inline(always)]
 fn transform_filters(u: &mut [f32], c_out: usize, g: impl Fn(usize, usize, usize) -> f32 + Sync) {
     u.par_chunks_mut(16 * c_out)
@@ -384,11 +385,7 @@ pub fn input_grad(
     s: ConvShape,
 ) {
     transform_weight_flipped(u, weight, s.c_in, s.c_out);
-    let t = ConvShape {
-        c_in: s.c_out,
-        c_out: s.c_in,
-        ..s
-    };
+    let t = s.for_input_grad();
     forward_transformed(grad_input, u, grad_out, t);
 }
 
