@@ -261,7 +261,7 @@ impl Backend for Cpu {
             });
         } else if s.c_out >= WINOGRAD_MIN_CHANNELS {
             // dx is the convolution of dy with the filters flipped in space and transposed in
-            // channels: a forward pass with Cout inputs.
+            // channels: a forward pass with Cout inputs, here and in the im2col branch below.
             self.run("conv3x3_backward_input (winograd)", || {
                 self.with_weight_scratch(16 * s.c_in * s.c_out, |u, _| {
                     winograd::input_grad(grad_input, u, grad_out, weight, s)

@@ -48,9 +48,14 @@ pub fn transform_weight_flipped(u: &mut [f32], weight: &[f32], c_in: usize, c_ou
     transform_filters(u, c_in, |i, o, tap| weight[(i * 9 + 8 - tap) * c_in + o]);
 }
 
+/// G g for one column (or row) of a filter: 3 taps -> 4 positions.
+#[inline(always)]
+fn filter_1d(g0: f32, g1: f32, g2: f32) -> [f32; 4] {
+    [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+}
+
 /// u (Cin, 16, Cout) = G g Gt, with tap `t` (ky*3 + kx) of filter (o, i) given by
 /// `g(i, o, t)`; parallel over input channels, each writing one contiguous block.
-#[allow(clippy::needless_range_loop)] // the index names the filter tap
 #[inline(always)]
 fn transform_filters(u: &mut [f32], c_out: usize, g: impl Fn(usize, usize, usize) -> f32 + Sync) {
     u.par_chunks_mut(16 * c_out)
@@ -58,22 +63,11 @@ fn transform_filters(u: &mut [f32], c_out: usize, g: impl Fn(usize, usize, usize
         .for_each(|(i, block)| {
             for o in 0..c_out {
                 let g = |ky: usize, kx: usize| g(i, o, ky * 3 + kx);
-                // q = G g (4x3)
-                let mut q = [[0.0f32; 3]; 4];
-                for k in 0..3 {
-                    let (g0, g1, g2) = (g(0, k), g(1, k), g(2, k));
-                    q[0][k] = g0;
-                    q[1][k] = 0.5 * (g0 + g1 + g2);
-                    q[2][k] = 0.5 * (g0 - g1 + g2);
-                    q[3][k] = g2;
-                }
-                for (r, row) in q.iter().enumerate() {
-                    let out = [
-                        row[0],
-                        0.5 * (row[0] + row[1] + row[2]),
-                        0.5 * (row[0] - row[1] + row[2]),
-                        row[2],
-                    ];
+                // q = G g (4x3), column by column; then each row of q times Gt.
+                let q: [[f32; 4]; 3] =
+                    std::array::from_fn(|k| filter_1d(g(0, k), g(1, k), g(2, k)));
+                for r in 0..4 {
+                    let out = filter_1d(q[0][r], q[1][r], q[2][r]);
                     for (col, v) in out.iter().enumerate() {
                         block[(r * 4 + col) * c_out + o] = *v;
                     }
@@ -91,6 +85,12 @@ fn accumulate_weight_grad(grad_weight: &mut [f32], du: &[f32], c_in: usize, c_ou
         .for_each(|(b, block)| accumulate_weight_grad_block(block, du, 8 * b, c_in, c_out));
 }
 
+/// Gt u, the adjoint of [`filter_1d`], for one row (or column) of dU: 4 positions -> 3 taps.
+#[inline(always)]
+fn filter_1d_adjoint(u0: Lanes, u1: Lanes, u2: Lanes, u3: Lanes) -> [Lanes; 3] {
+    [u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3]
+}
+
 /// The block of `grad_weight` for output channels `base..`, eight at once: dU's values for
 /// eight output channels are contiguous.
 #[multiversion(targets = "simd")]
@@ -104,15 +104,11 @@ fn accumulate_weight_grad_block(
     let width = block.len() / (9 * c_in);
     for i in 0..c_in {
         let d = |r: usize, c: usize| Lanes::load(du, (i * 16 + r * 4 + c) * c_out + base, width);
-        // dq = dU G (4x3)
-        let mut dq = [[Lanes::default(); 3]; 4];
-        for (r, row) in dq.iter_mut().enumerate() {
-            let (u0, u1, u2, u3) = (d(r, 0), d(r, 1), d(r, 2), d(r, 3));
-            *row = [u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3];
-        }
+        // dq = dU G (4x3), row by row; then Gt dq, column by column.
+        let dq: [[Lanes; 3]; 4] =
+            std::array::from_fn(|r| filter_1d_adjoint(d(r, 0), d(r, 1), d(r, 2), d(r, 3)));
         for k in 0..3 {
-            let (q0, q1, q2, q3) = (dq[0][k], dq[1][k], dq[2][k], dq[3][k]);
-            let dg = [q0 + (q1 + q2) * 0.5, (q1 - q2) * 0.5, (q1 + q2) * 0.5 + q3];
+            let dg = filter_1d_adjoint(dq[0][k], dq[1][k], dq[2][k], dq[3][k]);
             for (ky, v) in dg.iter().enumerate() {
                 for (l, value) in v.0[..width].iter().enumerate() {
                     block[(l * 9 + ky * 3 + k) * c_in + i] += value;
