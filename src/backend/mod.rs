@@ -286,6 +286,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Makes `buf` `len` zeros. By default a new buffer; a backend may reuse the old one's
+    /// memory instead.
+    fn resize_zeroed(&self, buf: &mut Self::Buf, len: usize) -> Result<()> {
+        *buf = self.zeros(len)?;
+        Ok(())
+    }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(buf: &Self::Buf) -> usize;

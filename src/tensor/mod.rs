@@ -45,9 +45,31 @@ impl<B: Backend> Tensor<B> {
     pub fn resize(&mut self, backend: &B, shape: &[usize]) -> Result<()> {
         let numel: usize = shape.iter().product();
         if B::len(&self.buf) != numel {
-            self.buf = backend.zeros(numel)?;
+            backend.resize_zeroed(&mut self.buf, numel)?;
         }
         self.shape = shape.to_vec();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    /// A resize to another size gives zeros, whether the memory is new or reused (the CPU
+    /// keeps the old allocation), and a resize to the same size keeps the values.
+    #[test]
+    fn resize_gives_zeros_when_the_size_changes() {
+        let cpu = Cpu::new(1).unwrap();
+        let mut t = Tensor::from_host(&cpu, &[2, 3], &[1.0; 6]).unwrap();
+        for shape in [[1, 4], [3, 3], [1, 2]] {
+            t.resize(&cpu, &shape).unwrap();
+            assert_eq!(t.shape, shape);
+            assert_eq!(t.to_host(&cpu).unwrap(), vec![0.0; shape[0] * shape[1]]);
+            cpu.fill(&mut t.buf, 5.0).unwrap();
+        }
+        t.resize(&cpu, &[2, 1]).unwrap();
+        assert_eq!(t.to_host(&cpu).unwrap(), vec![5.0; 2]);
     }
 }

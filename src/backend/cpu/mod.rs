@@ -147,6 +147,14 @@ impl Backend for Cpu {
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }
+    /// Keeps the allocation: buffers shared by blocks of different sizes change size every
+    /// step, and a fresh allocation of a large one costs a page fault per page.
+    fn resize_zeroed(&self, buf: &mut Vec<f32>, len: usize) -> Result<()> {
+        buf.clear();
+        buf.reserve_exact(len); // no amortised growth: these buffers are large
+        buf.resize(len, 0.0);
+        Ok(())
+    }
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         Ok(data.to_vec())
     }
