@@ -201,6 +201,29 @@ fn grow<'a, T: DeviceRepr + ValidAsZeroBits>(
     Ok(slot.as_mut().expect("just filled"))
 }
 
+/// Buffers are allocated and freed in stream order (cudarc uses `cuMemAllocAsync` where the
+/// device has memory pools), and a pool by default hands its free memory back to the system
+/// at every synchronisation, i.e. once a step (the metrics' download). The buffers that
+/// blocks of different sizes share (`Tensor::resize`) are freed and allocated again every
+/// step, so each step would map them afresh. With no release threshold the pool keeps what
+/// it has, as PyTorch's caching allocator does; the peak is what the step itself needs.
+fn keep_freed_memory(ctx: &CudaContext) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::{result, sys};
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut threshold = u64::MAX;
+    // SAFETY: the context's own device; the release threshold is a cuuint64_t.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device())?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+}
+
 impl Cuda {
     /// Opens GPU `ordinal` with the default options for `precision`.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda> {
@@ -238,6 +261,7 @@ impl Cuda {
         // A stream of our own (not the legacy default stream), so that a step can later be
         // captured as a CUDA graph.
         let stream = ctx.new_stream().map_err(|x| e("stream", &x))?;
+        keep_freed_memory(&ctx).map_err(|x| e("memory pool", &x))?;
         let copy_stream = ctx.new_stream().map_err(|x| e("copy stream", &x))?;
         let device_name = ctx.name().map_err(|x| e("device name", &x))?;
         let (major, minor) = ctx
