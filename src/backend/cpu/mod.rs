@@ -150,9 +150,13 @@ impl Backend for Cpu {
     /// Keeps the allocation: buffers shared by blocks of different sizes change size every
     /// step, and a fresh allocation of a large one costs a page fault per page.
     fn resize_zeroed(&self, buf: &mut Vec<f32>, len: usize) -> Result<()> {
-        buf.clear();
-        buf.reserve_exact(len); // no amortised growth: these buffers are large
-        buf.resize(len, 0.0);
+        if len > buf.capacity() {
+            // Exactly `len` (no amortised growth), and no copy of the old contents.
+            *buf = vec![0.0; len];
+        } else {
+            buf.clear();
+            buf.resize(len, 0.0);
+        }
         Ok(())
     }
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
