@@ -11,6 +11,7 @@ use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::ff::{Arch, LossKind};
 use crate::layers::norm::NormKind;
+use crate::report::percent;
 use crate::run::config::PartialConfig;
 use crate::run::metrics::EpochRecord;
 use std::fmt::Write as _;
@@ -200,28 +201,31 @@ fn results_table(
     }
     let _ = writeln!(md, "{header}\n{rule}");
     for (variant, config, records) in rows {
-        let Some(last) = records.last() else { continue };
+        let Some(last) = crate::run::metrics::last_evaluated(records) else {
+            continue;
+        };
         let thesis = variant
             .thesis
             .map_or("n/a".to_string(), |(v, what)| format!("{v:.1}% ({what})"));
         let best = last
             .layers
             .iter()
-            .max_by(|a, b| a.test_accuracy.total_cmp(&b.test_accuracy))
-            .map_or(String::new(), |l| {
-                format!("{:.2}% (layer {})", 100.0 * l.test_accuracy, l.layer)
+            .filter_map(|l| Some((l.test_accuracy?, l.layer)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or(String::new(), |(accuracy, layer)| {
+                format!("{:.2}% (layer {layer})", 100.0 * accuracy)
             });
         let mut row = format!(
-            "| {} | {} | {} | {thesis} | {:.2}% |  {best} |",
+            "| {} | {} | {} | {thesis} | {} |  {best} |",
             variant.name,
             config.dataset.name(),
             last.epoch,
-            100.0 * last.ensemble_accuracy
+            percent(last.ensemble_accuracy)
         );
         for l in 0..layers {
             match last.layers.iter().find(|x| x.layer == l) {
                 Some(x) => {
-                    let _ = write!(row, " {:.2}% |", 100.0 * x.test_accuracy);
+                    let _ = write!(row, " {} |", percent(x.test_accuracy));
                 }
                 None => row.push_str(" |"),
             }

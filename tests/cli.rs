@@ -108,7 +108,7 @@ fn a_run_writes_config_metrics_and_checkpoint() {
     let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].layers.len(), 6);
-    assert!(records[0].samples_per_second > 0.0 && records[0].ensemble_accuracy > 0.0);
+    assert!(records[0].samples_per_second > 0.0 && records[0].ensemble_accuracy > Some(0.0));
     let header =
         trifecta::run::checkpoint::read_header(&run.join("checkpoint.safetensors")).unwrap();
     assert_eq!((header.epoch, header.iteration), (1, 6));
@@ -124,7 +124,10 @@ fn a_run_writes_config_metrics_and_checkpoint() {
     let eval = trifecta(&["eval", run.to_str().unwrap()]);
     assert!(eval.status.success(), "{}", stderr(&eval));
     let text = String::from_utf8_lossy(&eval.stdout);
-    let expected = format!("accuracy {:.2}%", 100.0 * records[0].ensemble_accuracy);
+    let expected = format!(
+        "accuracy {:.2}%",
+        100.0 * records[0].ensemble_accuracy.unwrap()
+    );
     assert!(
         text.contains(&expected),
         "eval must reproduce the run's accuracy ({expected}): {text}"
@@ -133,6 +136,8 @@ fn a_run_writes_config_metrics_and_checkpoint() {
 
 #[test]
 fn resume_matches_an_uninterrupted_run_bit_for_bit() {
+    // The resumed part also evaluates only every third epoch and the last (so epoch 3, not
+    // 2): evaluation must leave training untouched.
     let tmp = TempDir::new("resume");
     let whole = tmp.path().join("whole");
     let split = tmp.path().join("split");
@@ -147,24 +152,33 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
             split.to_str().unwrap(),
             "--epochs",
             "3",
+            "--eval-every",
+            "3",
         ],
         &[("TRIFECTA_LOADER_THREADS", "3")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 1"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resuming after epoch 1"), "{stdout}");
+    assert!(
+        stdout.contains("epoch 2/3") && stdout.contains("not evaluated"),
+        "{stdout}"
+    );
     assert_eq!(
         tensors(&whole.join("checkpoint.safetensors")),
         tensors(&split.join("checkpoint.safetensors")),
         "weights, running statistics and Adam moments must be identical"
     );
-    let accuracies = |dir: &PathBuf| -> Vec<f64> {
+    let accuracies = |dir: &PathBuf| -> Vec<Option<f64>> {
         trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
             .unwrap()
             .iter()
             .map(|r| r.ensemble_accuracy)
             .collect()
     };
-    assert_eq!(accuracies(&whole), accuracies(&split));
+    let (every, second) = (accuracies(&whole), accuracies(&split));
+    assert!(every.iter().all(Option::is_some), "{every:?}");
+    assert_eq!(second, [every[0], None, every[2]]);
     let changed = trifecta(&[
         "train",
         "--resume",

@@ -87,6 +87,9 @@ pub struct TrainArgs {
     pub ensemble: Option<Vec<usize>>,
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_batch_size: Option<u64>,
+    /// Evaluate after every N-th epoch and after the last [default: 1, every epoch].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_every: Option<u64>,
     /// Train on N images only (a random subset drawn with the seed).
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -171,6 +174,7 @@ impl TrainArgs {
             augment: flag(self.augment, self.no_augment),
             ensemble: self.ensemble.clone(),
             eval_batch_size: self.eval_batch_size.map(|b| b as usize),
+            eval_every: self.eval_every,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
         }
@@ -186,6 +190,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
         precision: p.precision,
         data_dir: p.data_dir.clone(),
         eval_batch_size: p.eval_batch_size,
+        eval_every: p.eval_every,
         ..PartialConfig::default()
     };
     let rest = PartialConfig {
@@ -195,6 +200,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
         precision: None,
         data_dir: None,
         eval_batch_size: None,
+        eval_every: None,
         ..p.clone()
     };
     if rest != PartialConfig::default() {
@@ -202,7 +208,7 @@ fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
             .unwrap_or_default()
             .replace('\n', " ");
         return Err(Error::Config(format!(
-            "a resumed run keeps its configuration; only --epochs, --threads, --device, --precision, --data-dir and --eval-batch-size may change (got {})",
+            "a resumed run keeps its configuration; only --epochs, --threads, --device, --precision, --data-dir, --eval-batch-size and --eval-every may change (got {})",
             set.trim()
         )));
     }
@@ -226,6 +232,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.precision = changes.precision.or(saved.precision);
         config.data_dir = changes.data_dir.or(saved.data_dir);
         config.eval_batch_size = changes.eval_batch_size.unwrap_or(saved.eval_batch_size);
+        config.eval_every = changes.eval_every.unwrap_or(saved.eval_every);
         crate::run::train(&config, true)?;
         return Ok(());
     }

@@ -81,8 +81,9 @@ fn describe(c: &TrainConfig) -> String {
     .to_lowercase()
 }
 
-fn percent(v: f64) -> String {
-    format!("{:.2}%", 100.0 * v)
+/// An accuracy as a table cell; `-` for an epoch that was not evaluated.
+pub(crate) fn percent(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
 /// Writes `out/report.md` and its figures for `runs`; returns the report's path.
@@ -104,7 +105,9 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     }
     let _ = writeln!(md, "{header}\n{rule}");
     for r in runs {
-        let last = r.records.last().expect("checked non-empty");
+        let Some(last) = metrics::last_evaluated(&r.records) else {
+            continue;
+        };
         let mut row = format!("| {} | {} |", r.name, percent(last.ensemble_accuracy));
         for l in 0..layers {
             match last.layers.iter().find(|x| x.layer == l) {
@@ -133,16 +136,15 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
         integer_x: true,
         series: runs
             .iter()
-            .map(|r| Series {
-                name: r.name.clone(),
-                points: r
-                    .records
-                    .last()
-                    .expect("checked")
-                    .layers
-                    .iter()
-                    .map(|l| (l.layer as f64, 100.0 * l.test_accuracy))
-                    .collect(),
+            .filter_map(|r| {
+                Some(Series {
+                    name: r.name.clone(),
+                    points: metrics::last_evaluated(&r.records)?
+                        .layers
+                        .iter()
+                        .filter_map(|l| Some((l.layer as f64, 100.0 * l.test_accuracy?)))
+                        .collect(),
+                })
             })
             .collect(),
     };
@@ -189,7 +191,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
                 x_label: "epoch".into(),
                 y_label: "test accuracy (%)".into(),
                 integer_x: true,
-                series: per_layer(&|l| Some(100.0 * l.test_accuracy)),
+                series: per_layer(&|l| l.test_accuracy.map(|a| 100.0 * a)),
             },
         )?;
         let _ = writeln!(md, "\n![accuracy per layer]({stem}.png)\n");

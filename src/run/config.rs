@@ -44,6 +44,10 @@ pub struct TrainConfig {
     /// Layers averaged by the ensemble; empty = the last layer.
     pub ensemble: Vec<usize>,
     pub eval_batch_size: usize,
+    /// Evaluate after every N-th epoch and after the last (as Lightning's
+    /// `check_val_every_n_epoch`); the other epochs' records carry no accuracy.
+    #[serde(default = "every_epoch")]
+    pub eval_every: u64,
     /// Use only N training / test images, a subset drawn with the run's seed (0 = all).
     pub train_limit: usize,
     pub test_limit: usize,
@@ -75,6 +79,7 @@ pub struct PartialConfig {
     pub augment: Option<bool>,
     pub ensemble: Option<Vec<usize>>,
     pub eval_batch_size: Option<usize>,
+    pub eval_every: Option<u64>,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
 }
@@ -122,6 +127,7 @@ impl PartialConfig {
             augment,
             ensemble,
             eval_batch_size,
+            eval_every,
             train_limit,
             test_limit,
         } = top.clone();
@@ -148,6 +154,7 @@ impl PartialConfig {
             augment: augment.or(self.augment),
             ensemble: ensemble.or(self.ensemble),
             eval_batch_size: eval_batch_size.or(self.eval_batch_size),
+            eval_every: eval_every.or(self.eval_every),
             train_limit: train_limit.or(self.train_limit),
             test_limit: test_limit.or(self.test_limit),
         }
@@ -185,12 +192,18 @@ impl PartialConfig {
             augment: self.augment.unwrap_or(!quick),
             ensemble: self.ensemble.clone().unwrap_or_default(),
             eval_batch_size: self.eval_batch_size.unwrap_or(1000),
+            eval_every: self.eval_every.unwrap_or(1),
             train_limit: self.train_limit.unwrap_or(0),
             test_limit: self.test_limit.unwrap_or(0),
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The default of `eval_every`, also for configurations written before it existed.
+fn every_epoch() -> u64 {
+    1
 }
 
 /// `runs/<dataset>-seed<seed>`, or the first `-2`, `-3`... that does not exist yet.
@@ -255,6 +268,9 @@ impl TrainConfig {
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return Err(Error::Config("batch sizes must be at least 1".into()));
         }
+        if self.eval_every == 0 {
+            return Err(Error::Config("eval_every must be at least 1".into()));
+        }
         parse_schedule(&self.lr_schedule)?;
         crate::cli::DeviceArg::parse(&self.device)?.check_available()?;
         Ok(())
@@ -278,6 +294,12 @@ impl TrainConfig {
         self.precision.unwrap_or(Precision::Bf16)
     }
 
+    /// Whether epoch `epoch` (1-based) ends with an evaluation: every `eval_every`-th
+    /// epoch and the last.
+    pub fn evaluates(&self, epoch: u64) -> bool {
+        epoch.is_multiple_of(self.eval_every) || epoch >= self.epochs
+    }
+
     /// The learning rate of epoch `epoch` (1-based).
     pub fn lr_at(&self, epoch: u64) -> f64 {
         let mut start = 0;
@@ -292,5 +314,48 @@ impl TrainConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_every_evaluates_every_nth_epoch_and_the_last() {
+        let partial = PartialConfig {
+            epochs: Some(10),
+            eval_every: Some(3),
+            out: Some("unused".into()),
+            ..PartialConfig::default()
+        };
+        let config = partial.resolve().unwrap();
+        let evaluated: Vec<u64> = (1..=10).filter(|&e| config.evaluates(e)).collect();
+        assert_eq!(evaluated, [3, 6, 9, 10]);
+        let every = PartialConfig::default().overlay(&PartialConfig {
+            out: Some("unused".into()),
+            ..PartialConfig::default()
+        });
+        assert!((1..=5).all(|e| every.resolve().unwrap().evaluates(e)));
+        let zero = PartialConfig {
+            eval_every: Some(0),
+            ..partial
+        };
+        assert!(zero.resolve().is_err());
+    }
+
+    /// A run folder written before `eval_every` existed still reads, as every epoch.
+    #[test]
+    fn configs_without_eval_every_evaluate_every_epoch() {
+        let config = PartialConfig {
+            out: Some("unused".into()),
+            ..PartialConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        let old = config.to_toml().replace("eval_every = 1\n", "");
+        assert!(!old.contains("eval_every"));
+        let read: TrainConfig = toml::from_str(&old).unwrap();
+        assert_eq!(read, config);
     }
 }

@@ -14,7 +14,8 @@ pub struct LayerRecord {
     pub positive: Option<f64>,
     pub negative: Option<f64>,
     pub delta: Option<f64>,
-    pub test_accuracy: f64,
+    /// None (`null`) for an epoch without evaluation (`eval_every`).
+    pub test_accuracy: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,7 +24,8 @@ pub struct EpochRecord {
     pub lr: f64,
     pub layers: Vec<LayerRecord>,
     pub ensemble_layers: Vec<usize>,
-    pub ensemble_accuracy: f64,
+    /// None (`null`) for an epoch without evaluation (`eval_every`).
+    pub ensemble_accuracy: Option<f64>,
     pub train_seconds: f64,
     /// Of `train_seconds`, the time training waited for the next batch (0 in files written
     /// before it was recorded).
@@ -32,6 +34,12 @@ pub struct EpochRecord {
     pub eval_seconds: f64,
     /// Training samples (positives) per second.
     pub samples_per_second: f64,
+}
+
+/// The last record with test accuracies: the final epoch of a finished run, which is always
+/// evaluated, or the last evaluated epoch of an unfinished one.
+pub fn last_evaluated(records: &[EpochRecord]) -> Option<&EpochRecord> {
+    records.iter().rev().find(|r| r.ensemble_accuracy.is_some())
 }
 
 pub fn append(path: &Path, record: &EpochRecord) -> Result<()> {

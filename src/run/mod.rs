@@ -261,8 +261,24 @@ fn train_ff<B: Backend>(
         backend.synchronize()?;
         progress.finish();
         let eval_start = Instant::now();
-        let eval = evaluate(&mut net, backend, &test, config.eval_batch_size, &ensemble)?;
-        let record = epoch_record(epoch, lr, &stats, &eval, eval_start.elapsed().as_secs_f64());
+        let eval = match config.evaluates(epoch) {
+            true => Some(evaluate(
+                &mut net,
+                backend,
+                &test,
+                config.eval_batch_size,
+                &ensemble,
+            )?),
+            false => None,
+        };
+        let record = epoch_record(
+            epoch,
+            lr,
+            &stats,
+            eval.as_ref(),
+            &ensemble,
+            eval_start.elapsed().as_secs_f64(),
+        );
         print_epoch(&record, config.epochs);
         metrics::append(&metrics_path, &record)?;
         let header = checkpoint::Header {
@@ -313,7 +329,8 @@ fn epoch_record(
     epoch: u64,
     lr: f64,
     stats: &crate::ff::train::EpochStats,
-    eval: &Evaluation,
+    eval: Option<&Evaluation>,
+    ensemble: &[usize],
     eval_seconds: f64,
 ) -> EpochRecord {
     EpochRecord {
@@ -322,19 +339,18 @@ fn epoch_record(
         layers: stats
             .layers
             .iter()
-            .zip(&eval.layer_accuracy)
             .enumerate()
-            .map(|(layer, (s, accuracy))| LayerRecord {
+            .map(|(layer, s)| LayerRecord {
                 layer,
                 loss: s.loss,
                 positive: Some(s.positive),
                 negative: Some(s.negative),
                 delta: Some(s.delta()),
-                test_accuracy: *accuracy,
+                test_accuracy: eval.map(|e| e.layer_accuracy[layer]),
             })
             .collect(),
-        ensemble_layers: eval.ensemble_layers.clone(),
-        ensemble_accuracy: eval.ensemble_accuracy,
+        ensemble_layers: ensemble.to_vec(),
+        ensemble_accuracy: eval.map(|e| e.ensemble_accuracy),
         train_seconds: stats.seconds,
         data_wait_seconds: stats.data_wait_seconds,
         eval_seconds,
@@ -343,27 +359,31 @@ fn epoch_record(
 }
 
 fn print_epoch(r: &EpochRecord, epochs: u64) {
+    let eval = match r.ensemble_accuracy {
+        Some(accuracy) => format!(
+            "eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
+            r.eval_seconds,
+            r.lr,
+            r.ensemble_layers,
+            100.0 * accuracy
+        ),
+        None => format!("lr {:.1e}, not evaluated (--eval-every)", r.lr),
+    };
     println!(
-        "epoch {}/{epochs}: train {:.1} s ({:.0} samples/s, {:.1} s waiting for batches), eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
-        r.epoch,
-        r.train_seconds,
-        r.samples_per_second,
-        r.data_wait_seconds,
-        r.eval_seconds,
-        r.lr,
-        r.ensemble_layers,
-        100.0 * r.ensemble_accuracy
+        "epoch {}/{epochs}: train {:.1} s ({:.0} samples/s, {:.1} s waiting for batches), {eval}",
+        r.epoch, r.train_seconds, r.samples_per_second, r.data_wait_seconds,
     );
     for l in &r.layers {
         let goodness = match (l.positive, l.negative, l.delta) {
             (Some(p), Some(n), Some(d)) => format!("  pos {p:.4}  neg {n:.4}  delta {d:+.4}"),
             _ => String::new(),
         };
+        let accuracy = l.test_accuracy.map_or(String::new(), |a| {
+            format!("  test accuracy {:.2}%", 100.0 * a)
+        });
         println!(
-            "  layer {}: loss {:.4}{goodness}  test accuracy {:.2}%",
-            l.layer,
-            l.loss,
-            100.0 * l.test_accuracy
+            "  layer {}: loss {:.4}{goodness}{accuracy}",
+            l.layer, l.loss
         );
     }
 }
@@ -419,6 +439,32 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
         crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| train_classifier(backend, config)
     )
+}
+
+/// Test accuracy of each of a baseline's heads.
+fn classifier_accuracy<B: Backend>(
+    net: &mut ClassifierNet<B>,
+    backend: &B,
+    test: &Dataset,
+    config: &TrainConfig,
+) -> Result<Vec<f64>> {
+    let mut correct = vec![0usize; net.head_layers().len()];
+    data::loader::with_eval_batches(test, config.eval_batch_size, |batches| -> Result<()> {
+        for (images, labels) in batches {
+            for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
+                *c += predictions
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(p, y)| p == y)
+                    .count();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(correct
+        .iter()
+        .map(|c| *c as f64 / test.len().max(1) as f64)
+        .collect())
 }
 
 fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
@@ -479,23 +525,10 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         progress.finish();
         let train_seconds = started.elapsed().as_secs_f64();
         let eval_start = Instant::now();
-        let mut correct = vec![0usize; layers.len()];
-        data::loader::with_eval_batches(&test, config.eval_batch_size, |batches| -> Result<()> {
-            for (images, labels) in batches {
-                for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
-                    *c += predictions
-                        .iter()
-                        .zip(&labels)
-                        .filter(|(p, y)| p == y)
-                        .count();
-                }
-            }
-            Ok(())
-        })?;
-        let accuracy: Vec<f64> = correct
-            .iter()
-            .map(|c| *c as f64 / test.len().max(1) as f64)
-            .collect();
+        let accuracy = match config.evaluates(epoch) {
+            true => Some(classifier_accuracy(&mut net, backend, &test, config)?),
+            false => None,
+        };
         let record = EpochRecord {
             epoch,
             lr,
@@ -508,11 +541,11 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
                     positive: None,
                     negative: None,
                     delta: None,
-                    test_accuracy: accuracy[k],
+                    test_accuracy: accuracy.as_ref().map(|a| a[k]),
                 })
                 .collect(),
             ensemble_layers: vec![*layers.last().expect("at least one head")],
-            ensemble_accuracy: *accuracy.last().expect("at least one head"),
+            ensemble_accuracy: accuracy.as_ref().and_then(|a| a.last().copied()),
             train_seconds,
             data_wait_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
