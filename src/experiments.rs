@@ -13,7 +13,7 @@ use crate::ff::{Arch, LossKind};
 use crate::layers::norm::NormKind;
 use crate::report::percent;
 use crate::run::config::PartialConfig;
-use crate::run::metrics::EpochRecord;
+use crate::run::metrics::{EpochRecord, last_evaluated};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -201,7 +201,7 @@ fn results_table(
     }
     let _ = writeln!(md, "{header}\n{rule}");
     for (variant, config, records) in rows {
-        let Some(last) = crate::run::metrics::last_evaluated(records) else {
+        let Some(last) = last_evaluated(records) else {
             continue;
         };
         let thesis = variant

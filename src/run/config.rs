@@ -192,7 +192,7 @@ impl PartialConfig {
             augment: self.augment.unwrap_or(!quick),
             ensemble: self.ensemble.clone().unwrap_or_default(),
             eval_batch_size: self.eval_batch_size.unwrap_or(1000),
-            eval_every: self.eval_every.unwrap_or(1),
+            eval_every: self.eval_every.unwrap_or_else(every_epoch),
             train_limit: self.train_limit.unwrap_or(0),
             test_limit: self.test_limit.unwrap_or(0),
         };
@@ -332,11 +332,13 @@ mod tests {
         let config = partial.resolve().unwrap();
         let evaluated: Vec<u64> = (1..=10).filter(|&e| config.evaluates(e)).collect();
         assert_eq!(evaluated, [3, 6, 9, 10]);
-        let every = PartialConfig::default().overlay(&PartialConfig {
+        let every = PartialConfig {
             out: Some("unused".into()),
             ..PartialConfig::default()
-        });
-        assert!((1..=5).all(|e| every.resolve().unwrap().evaluates(e)));
+        }
+        .resolve()
+        .unwrap();
+        assert!((1..=every.epochs).all(|e| every.evaluates(e)));
         let zero = PartialConfig {
             eval_every: Some(0),
             ..partial

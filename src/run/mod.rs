@@ -446,10 +446,10 @@ fn classifier_accuracy<B: Backend>(
     net: &mut ClassifierNet<B>,
     backend: &B,
     test: &Dataset,
-    config: &TrainConfig,
+    batch_size: usize,
 ) -> Result<Vec<f64>> {
     let mut correct = vec![0usize; net.head_layers().len()];
-    data::loader::with_eval_batches(test, config.eval_batch_size, |batches| -> Result<()> {
+    data::loader::with_eval_batches(test, batch_size, |batches| -> Result<()> {
         for (images, labels) in batches {
             for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
                 *c += predictions
@@ -526,7 +526,12 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         let train_seconds = started.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let accuracy = match config.evaluates(epoch) {
-            true => Some(classifier_accuracy(&mut net, backend, &test, config)?),
+            true => Some(classifier_accuracy(
+                &mut net,
+                backend,
+                &test,
+                config.eval_batch_size,
+            )?),
             false => None,
         };
         let record = EpochRecord {
