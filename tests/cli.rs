@@ -186,7 +186,10 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
         "--width",
         "0.5",
     ]);
-    assert_one_line_error(&changed, &["resumed run keeps its configuration", "width"]);
+    assert_one_line_error(
+        &changed,
+        &["resumed run keeps its configuration", "width 0.125 -> 0.5"],
+    );
 }
 
 #[test]

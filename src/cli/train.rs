@@ -5,7 +5,7 @@ use super::{device_arg, positive_f64};
 use crate::backend::Precision;
 use crate::baselines::Model;
 use crate::data::DatasetKind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ff::{Arch, LossKind};
 use crate::layers::norm::NormKind;
 use crate::run::config::{PartialConfig, parse_schedule};
@@ -181,40 +181,6 @@ impl TrainArgs {
     }
 }
 
-/// Knobs that may change when a run is resumed.
-fn resumable_only(p: &PartialConfig) -> Result<PartialConfig> {
-    let allowed = PartialConfig {
-        epochs: p.epochs,
-        threads: p.threads,
-        device: p.device.clone(),
-        precision: p.precision,
-        data_dir: p.data_dir.clone(),
-        eval_batch_size: p.eval_batch_size,
-        eval_every: p.eval_every,
-        ..PartialConfig::default()
-    };
-    let rest = PartialConfig {
-        epochs: None,
-        threads: None,
-        device: None,
-        precision: None,
-        data_dir: None,
-        eval_batch_size: None,
-        eval_every: None,
-        ..p.clone()
-    };
-    if rest != PartialConfig::default() {
-        let set = toml::to_string(&rest)
-            .unwrap_or_default()
-            .replace('\n', " ");
-        return Err(Error::Config(format!(
-            "a resumed run keeps its configuration; only --epochs, --threads, --device, --precision, --data-dir, --eval-batch-size and --eval-every may change (got {})",
-            set.trim()
-        )));
-    }
-    Ok(allowed)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let file = match &args.config {
         Some(path) => PartialConfig::from_file(path)?,
@@ -222,17 +188,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let flags = args.partial();
     if let Some(dir) = &args.resume {
-        let changes = resumable_only(&file.overlay(&flags))?;
-        let saved = crate::run::read_config(dir)?;
-        let mut config = saved.clone();
-        config.out = dir.clone();
-        config.epochs = changes.epochs.unwrap_or(saved.epochs);
-        config.threads = changes.threads.unwrap_or(saved.threads);
-        config.device = changes.device.unwrap_or(saved.device);
-        config.precision = changes.precision.or(saved.precision);
-        config.data_dir = changes.data_dir.or(saved.data_dir);
-        config.eval_batch_size = changes.eval_batch_size.unwrap_or(saved.eval_batch_size);
-        config.eval_every = changes.eval_every.unwrap_or(saved.eval_every);
+        // The folder may have moved since the run began: it is where the run now lives.
+        let mut saved = crate::run::read_config(dir)?;
+        saved.out = dir.clone();
+        let config = saved.resumed_with(&file.overlay(&flags))?;
         crate::run::train(&config, true)?;
         return Ok(());
     }

@@ -201,6 +201,46 @@ impl PartialConfig {
     }
 }
 
+/// Every knob set, as the configuration was resolved: the base a resumed run's changes are
+/// laid over.
+impl From<&TrainConfig> for PartialConfig {
+    // The literal names every knob: a knob added to both structs must be added here too.
+    fn from(config: &TrainConfig) -> Self {
+        let c = config.clone();
+        PartialConfig {
+            model: Some(c.model),
+            dataset: Some(c.dataset),
+            data_dir: c.data_dir,
+            arch: Some(c.arch),
+            width: Some(c.width),
+            loss: Some(c.loss),
+            alpha: Some(c.alpha),
+            tau: Some(c.tau),
+            apl: Some(c.apl),
+            norm: Some(c.norm),
+            epochs: Some(c.epochs),
+            batch_size: Some(c.batch_size),
+            lr: Some(c.lr),
+            lr_schedule: Some(c.lr_schedule),
+            seed: Some(c.seed),
+            threads: Some(c.threads),
+            device: Some(c.device),
+            precision: c.precision,
+            out: Some(c.out),
+            augment: Some(c.augment),
+            ensemble: Some(c.ensemble),
+            eval_batch_size: Some(c.eval_batch_size),
+            eval_every: Some(c.eval_every),
+            train_limit: Some(c.train_limit),
+            test_limit: Some(c.test_limit),
+        }
+    }
+}
+
+/// The knobs a resumed run may change, as flags.
+pub const RESUMABLE_FLAGS: &str =
+    "--epochs, --threads, --device, --precision, --data-dir, --eval-batch-size and --eval-every";
+
 /// The default of `eval_every`, also for configurations written before it existed.
 fn every_epoch() -> u64 {
     1
@@ -276,6 +316,40 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// This (saved) configuration continued with `changes`. Only the knobs of
+    /// [`RESUMABLE_FLAGS`] may differ from it: a change to any other is an error naming it,
+    /// with its saved and its asked value (asking for the value it already has is no change).
+    pub fn resumed_with(&self, changes: &PartialConfig) -> Result<TrainConfig> {
+        let resumed = PartialConfig::from(self).overlay(changes).resolve()?;
+        let kept = TrainConfig {
+            epochs: self.epochs,
+            threads: self.threads,
+            device: self.device.clone(),
+            precision: self.precision,
+            data_dir: self.data_dir.clone(),
+            eval_batch_size: self.eval_batch_size,
+            eval_every: self.eval_every,
+            ..resumed.clone()
+        };
+        if kept != *self {
+            let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
+            let (saved, asked) = (table(self), table(&kept));
+            let changed: Vec<String> = asked
+                .iter()
+                .filter(|(key, value)| saved.get(*key) != Some(*value))
+                .map(|(key, value)| {
+                    let was = saved.get(key).map_or("unset".into(), |v| v.to_string());
+                    format!("{key} {was} -> {value}")
+                })
+                .collect();
+            return Err(Error::Config(format!(
+                "a resumed run keeps its configuration; only {RESUMABLE_FLAGS} may change (asked: {})",
+                changed.join(", ")
+            )));
+        }
+        Ok(resumed)
+    }
+
     /// Fails when a new run asks for bf16 on the CPU (which computes in f32). A resumed or
     /// evaluated GPU run may move to the CPU: there the precision is simply not used.
     pub fn check_precision_for_new_run(&self) -> Result<()> {
@@ -321,6 +395,16 @@ impl TrainConfig {
 mod tests {
     use super::*;
 
+    /// The quick start's configuration (no folder is made: `resolve` only names it).
+    fn quick_start() -> TrainConfig {
+        PartialConfig {
+            out: Some("unused".into()),
+            ..PartialConfig::default()
+        }
+        .resolve()
+        .unwrap()
+    }
+
     #[test]
     fn eval_every_evaluates_every_nth_epoch_and_the_last() {
         let partial = PartialConfig {
@@ -332,12 +416,7 @@ mod tests {
         let config = partial.resolve().unwrap();
         let evaluated: Vec<u64> = (1..=10).filter(|&e| config.evaluates(e)).collect();
         assert_eq!(evaluated, [3, 6, 9, 10]);
-        let every = PartialConfig {
-            out: Some("unused".into()),
-            ..PartialConfig::default()
-        }
-        .resolve()
-        .unwrap();
+        let every = quick_start();
         assert!((1..=every.epochs).all(|e| every.evaluates(e)));
         let zero = PartialConfig {
             eval_every: Some(0),
@@ -349,15 +428,47 @@ mod tests {
     /// A run folder written before `eval_every` existed still reads, as every epoch.
     #[test]
     fn configs_without_eval_every_evaluate_every_epoch() {
-        let config = PartialConfig {
-            out: Some("unused".into()),
-            ..PartialConfig::default()
-        }
-        .resolve()
-        .unwrap();
+        let config = quick_start();
         let old = config.to_toml().replace("eval_every = 1\n", "");
         assert!(!old.contains("eval_every"));
         let read: TrainConfig = toml::from_str(&old).unwrap();
         assert_eq!(read, config);
+    }
+
+    #[test]
+    fn a_resumed_run_changes_only_the_resumable_knobs() {
+        let saved = quick_start();
+        let longer = saved
+            .resumed_with(&PartialConfig {
+                epochs: Some(9),
+                eval_every: Some(2),
+                // The value the run already has is no change.
+                seed: Some(saved.seed),
+                ..PartialConfig::default()
+            })
+            .unwrap();
+        assert_eq!((longer.epochs, longer.eval_every), (9, 2));
+        assert_eq!(
+            TrainConfig {
+                epochs: saved.epochs,
+                eval_every: saved.eval_every,
+                ..longer
+            },
+            saved
+        );
+        let err = saved
+            .resumed_with(&PartialConfig {
+                width: Some(0.5),
+                seed: Some(3),
+                epochs: Some(9),
+                ..PartialConfig::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("width 0.25 -> 0.5") && err.contains("seed 0 -> 3"),
+            "{err}"
+        );
+        assert!(!err.contains("epochs 5"), "{err}");
     }
 }
