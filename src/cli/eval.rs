@@ -1,6 +1,6 @@
 //! `trifecta eval CHECKPOINT`: per-layer and ensemble test accuracy of a saved network.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::run::config::PartialConfig;
 use clap::Args;
 use std::path::PathBuf;
@@ -9,14 +9,19 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     /// A run folder or a checkpoint `.safetensors` file.
     pub checkpoint: PathBuf,
-    /// Any `train` knob to change from the checkpoint's own config (e.g. --data-dir,
-    /// --ensemble); architecture flags must match the checkpoint.
+    /// Any `train` knob (or a --config file of them) to change from the checkpoint's own
+    /// config (e.g. --data-dir, --ensemble); architecture flags must match the checkpoint.
     #[command(flatten)]
     pub overrides: super::train::TrainArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let overrides = args.overrides.partial();
+    if args.overrides.resume.is_some() {
+        return Err(Error::Config(
+            "eval reads the checkpoint it is given; --resume belongs to train".into(),
+        ));
+    }
+    let overrides = args.overrides.knobs()?;
     let config = if overrides == PartialConfig::default() {
         None
     } else {
@@ -26,9 +31,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.checkpoint.clone()
         };
         let saved = crate::run::checkpoint::read_header(&file)?.config;
-        let base: PartialConfig =
-            toml::from_str(&saved.to_toml()).expect("a saved config reads back");
-        let mut config = base.overlay(&overrides).resolve()?;
+        let mut config = PartialConfig::from(&saved).overlay(&overrides).resolve()?;
         config.out = saved.out;
         Some(config)
     };

@@ -3,7 +3,6 @@
 use super::train::TrainArgs;
 use crate::error::{Error, Result};
 use crate::experiments::{self, Experiment};
-use crate::run::config::PartialConfig;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -24,10 +23,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             "reproduce resumes its unfinished runs by itself: run the same command again instead of --resume".into(),
         ));
     }
-    let flags = match &args.train.config {
-        Some(path) => PartialConfig::from_file(path)?.overlay(&args.train.partial()),
-        None => args.train.partial(),
-    };
+    let flags = args.train.knobs()?;
     let out = flags.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())
     });

@@ -137,6 +137,15 @@ fn flag(on: bool, off: bool) -> Option<bool> {
 }
 
 impl TrainArgs {
+    /// The knobs of `--config`'s file, with the flags laid over them.
+    pub fn knobs(&self) -> Result<PartialConfig> {
+        let file = match &self.config {
+            Some(path) => PartialConfig::from_file(path)?,
+            None => PartialConfig::default(),
+        };
+        Ok(file.overlay(&self.partial()))
+    }
+
     /// The knobs these flags set.
     pub fn partial(&self) -> PartialConfig {
         PartialConfig {
@@ -182,20 +191,16 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(path) => PartialConfig::from_file(path)?,
-        None => PartialConfig::default(),
-    };
-    let flags = args.partial();
+    let knobs = args.knobs()?;
     if let Some(dir) = &args.resume {
         // The folder may have moved since the run began: it is where the run now lives.
         let mut saved = crate::run::read_config(dir)?;
         saved.out = dir.clone();
-        let config = saved.resumed_with(&file.overlay(&flags))?;
+        let config = saved.resumed_with(&knobs)?;
         crate::run::train(&config, true)?;
         return Ok(());
     }
-    let config = file.overlay(&flags).resolve()?;
+    let config = knobs.resolve()?;
     config.check_precision_for_new_run()?;
     crate::run::train(&config, false)?;
     Ok(())
