@@ -145,9 +145,22 @@ pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<
         if experiment == Experiment::Convergence && flags.epochs.is_some() {
             partial.epochs = flags.epochs;
         }
-        let config = partial.resolve()?;
+        let mut config = partial.resolve()?;
         config.check_precision_for_new_run()?;
         let records = if dir.join(crate::run::CONFIG_FILE).exists() {
+            // Reused or resumed only if it is the run asked for (but for the knobs a resumed
+            // run may change): another width's results must not stand in for this one's.
+            let mut saved = crate::run::read_config(&dir)?;
+            saved.out = dir.clone();
+            let changed;
+            (config, changed) = saved.with_changes(&PartialConfig::from(&config))?;
+            if !changed.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} holds a run with other settings ({}): remove it, or choose another --out",
+                    dir.display(),
+                    changed.join(", ")
+                )));
+            }
             let done =
                 crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
             if done.last().is_some_and(|r| r.epoch >= config.epochs) {

@@ -498,6 +498,14 @@ fn reproduce_and_report_write_tables_and_figures() {
     // A second call reuses the finished runs.
     let again = trifecta(&args);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
+    // Another width in the same folder is not served the old width's results.
+    let mut wider = args;
+    wider[5] = "0.25";
+    let other = trifecta(&wider);
+    assert_one_line_error(
+        &other,
+        &["holds a run with other settings", "width 0.125 -> 0.25"],
+    );
 
     let report = tmp.path().join("report");
     let out_report = trifecta(&[

@@ -316,10 +316,10 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// This (saved) configuration continued with `changes`. Only the knobs of
-    /// [`RESUMABLE_FLAGS`] may differ from it: a change to any other is an error naming it,
-    /// with its saved and its asked value (asking for the value it already has is no change).
-    pub fn resumed_with(&self, changes: &PartialConfig) -> Result<TrainConfig> {
+    /// `changes` laid over this (saved) configuration, and the knobs outside
+    /// [`RESUMABLE_FLAGS`] that they change, each as `key saved -> asked` (asking for the
+    /// value a knob already has is no change).
+    pub fn with_changes(&self, changes: &PartialConfig) -> Result<(TrainConfig, Vec<String>)> {
         let resumed = PartialConfig::from(self).overlay(changes).resolve()?;
         let kept = TrainConfig {
             epochs: self.epochs,
@@ -331,17 +331,24 @@ impl TrainConfig {
             eval_every: self.eval_every,
             ..resumed.clone()
         };
-        if kept != *self {
-            let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
-            let (saved, asked) = (table(self), table(&kept));
-            let changed: Vec<String> = asked
-                .iter()
-                .filter(|(key, value)| saved.get(*key) != Some(*value))
-                .map(|(key, value)| {
-                    let was = saved.get(key).map_or("unset".into(), |v| v.to_string());
-                    format!("{key} {was} -> {value}")
-                })
-                .collect();
+        let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
+        let (saved, asked) = (table(self), table(&kept));
+        let changed = asked
+            .iter()
+            .filter(|(key, value)| saved.get(*key) != Some(*value))
+            .map(|(key, value)| {
+                let was = saved.get(key).map_or("unset".into(), |v| v.to_string());
+                format!("{key} {was} -> {value}")
+            })
+            .collect();
+        Ok((resumed, changed))
+    }
+
+    /// This (saved) configuration continued with `changes`; a change to a knob outside
+    /// [`RESUMABLE_FLAGS`] is an error naming it, with its saved and its asked value.
+    pub fn resumed_with(&self, changes: &PartialConfig) -> Result<TrainConfig> {
+        let (resumed, changed) = self.with_changes(changes)?;
+        if !changed.is_empty() {
             return Err(Error::Config(format!(
                 "a resumed run keeps its configuration; only {RESUMABLE_FLAGS} may change (asked: {})",
                 changed.join(", ")
