@@ -417,7 +417,7 @@ fn checkpoint_of_another_architecture() {
     assert_one_line_error(&out, &["checkpoint.safetensors", "different architecture"]);
     let out = trifecta(&["eval", run.to_str().unwrap(), "--arch", "large"]);
     assert_one_line_error(&out, &["checkpoint.safetensors", "different architecture"]);
-    // eval reads a --config file as train does (it once ignored it), and has no --resume.
+    // eval reads a --config file as train does (it once ignored it); --resume is train's.
     let config = tmp.path().join("large.toml");
     std::fs::write(&config, "arch = \"large\"\n").unwrap();
     let out = trifecta(&[
@@ -433,7 +433,7 @@ fn checkpoint_of_another_architecture() {
         "--resume",
         run.to_str().unwrap(),
     ]);
-    assert_one_line_error(&out, &["--resume belongs to train"]);
+    assert_one_line_error(&out, &["unexpected argument '--resume'"]);
     assert_eq!(
         std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
         before

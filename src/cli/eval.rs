@@ -1,6 +1,6 @@
 //! `trifecta eval CHECKPOINT`: per-layer and ensemble test accuracy of a saved network.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::run::config::PartialConfig;
 use clap::Args;
 use std::path::PathBuf;
@@ -12,15 +12,10 @@ pub struct EvalArgs {
     /// Any `train` knob (or a --config file of them) to change from the checkpoint's own
     /// config (e.g. --data-dir, --ensemble); architecture flags must match the checkpoint.
     #[command(flatten)]
-    pub overrides: super::train::TrainArgs,
+    pub overrides: super::train::KnobArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.overrides.resume.is_some() {
-        return Err(Error::Config(
-            "eval reads the checkpoint it is given; --resume belongs to train".into(),
-        ));
-    }
     let overrides = args.overrides.knobs()?;
     let config = if overrides == PartialConfig::default() {
         None

@@ -1,7 +1,7 @@
 //! `trifecta reproduce <experiment>`: one of the thesis' experiments as one command.
 
-use super::train::TrainArgs;
-use crate::error::{Error, Result};
+use super::train::KnobArgs;
+use crate::error::Result;
 use crate::experiments::{self, Experiment};
 use clap::Args;
 use std::path::PathBuf;
@@ -14,15 +14,10 @@ pub struct ReproduceArgs {
     /// Any `train` flag (epochs, device, data dir, width...); the grid's own knobs win. With
     /// `datasets`, --data-dir is a folder holding mnist/, fashion-mnist/, svhn/ and cifar10/.
     #[command(flatten)]
-    pub train: TrainArgs,
+    pub train: KnobArgs,
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    if args.train.resume.is_some() {
-        return Err(Error::Config(
-            "reproduce resumes its unfinished runs by itself: run the same command again instead of --resume".into(),
-        ));
-    }
     let flags = args.train.knobs()?;
     let out = flags.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())

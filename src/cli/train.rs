@@ -14,12 +14,20 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
-    /// TOML file with any of the knobs below (snake_case keys); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+}
+
+/// A run's knobs as flags, or as a TOML file of them: `train`'s, and what `eval` and
+/// `reproduce` take to change or fix them.
+#[derive(Args, Debug, Default)]
+pub struct KnobArgs {
+    /// TOML file with any of the knobs below (snake_case keys); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// ff (Forward-Forward), bp (backprop baseline) or lcp (local classifier proxies).
     #[arg(long, value_enum)]
     pub model: Option<Model>,
@@ -136,7 +144,7 @@ fn flag(on: bool, off: bool) -> Option<bool> {
     }
 }
 
-impl TrainArgs {
+impl KnobArgs {
     /// The knobs of `--config`'s file, with the flags laid over them.
     pub fn knobs(&self) -> Result<PartialConfig> {
         let file = match &self.config {
@@ -191,7 +199,7 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let knobs = args.knobs()?;
+    let knobs = args.knobs.knobs()?;
     if let Some(dir) = &args.resume {
         // The folder may have moved since the run began: it is where the run now lives.
         let mut saved = crate::run::read_config(dir)?;
