@@ -115,3 +115,41 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `trifecta` command of the GPU scripts parses with this build's flags: a renamed
+    /// flag must fail here, not in a device session's few minutes.
+    #[test]
+    fn the_gpu_scripts_commands_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let script = std::fs::read_to_string(root.join("scripts/gpu-check.sh")).unwrap();
+        // Continuation lines joined, comments left out.
+        let text = script.replace("\\\n", " ");
+        let mut commands = 0;
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            for (_, rest) in line
+                .match_indices(".device/trifecta ")
+                .map(|(i, _)| line.split_at(i))
+            {
+                let args: Vec<&str> = std::iter::once("trifecta")
+                    .chain(
+                        rest.split_whitespace()
+                            .skip(1)
+                            .take_while(|t| !t.contains('>') && !t.starts_with('|')),
+                    )
+                    .collect();
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!("{args:?} does not parse: {e}");
+                }
+                commands += 1;
+            }
+        }
+        assert!(
+            commands >= 12,
+            "found only {commands} commands in gpu-check.sh"
+        );
+    }
+}
