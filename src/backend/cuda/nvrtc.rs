@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn constants_mirror_the_kernels_defines() {
         assert_eq!(defined("FINISH_COLUMNS"), FINISH_COLUMNS);
-        assert_eq!(defined("MANY"), super::super::MANY);
+        assert_eq!(defined("MANY"), super::super::sig::MANY);
     }
 
     #[test]

@@ -15,10 +15,72 @@
 //! one buffer as another type's storage (a bf16 record kept in an f32 buffer): on purpose,
 //! and visibly.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg};
 use std::marker::PhantomData;
 
-use super::{AdamManyArgs, CopyManyArgs, FillManyArgs, NextNormArgs};
+/// The kernels' `NextNorm` (kernels.cu), field for field: device addresses (0: none) and
+/// eps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NextNormArgs {
+    pub out: u64,
+    pub out_half: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub running_mean: u64,
+    pub running_var: u64,
+    pub eps: f32,
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (six 8-byte addresses, a float,
+// and padding to 8 bytes in both).
+unsafe impl DeviceRepr for NextNormArgs {}
+
+/// Buffers per launch of the `*_many` kernels (kernels.cu's MANY).
+pub const MANY: usize = 8;
+
+/// The kernels' `FillMany`: addresses and lengths of up to [`MANY`] buffers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FillManyArgs {
+    pub ptr: [u64; MANY],
+    pub len: [i64; MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, eight
+// 8-byte lengths, no padding in either).
+unsafe impl DeviceRepr for FillManyArgs {}
+
+/// The kernels' `CopyMany`: sources, offsets into the destination and lengths of up to
+/// [`MANY`] copies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyManyArgs {
+    pub src: [u64; MANY],
+    pub offset: [i64; MANY],
+    pub len: [i64; MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (eight 8-byte addresses, then
+// two arrays of eight 8-byte integers, no padding in either).
+unsafe impl DeviceRepr for CopyManyArgs {}
+
+/// The kernels' `AdamMany`: addresses (a null bf16 copy: none) and lengths of up to
+/// [`MANY`] parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdamManyArgs {
+    pub param: [u64; MANY],
+    pub param_half: [u64; MANY],
+    pub m: [u64; MANY],
+    pub v: [u64; MANY],
+    pub grad: [u64; MANY],
+    pub n: [i64; MANY],
+}
+
+// SAFETY: plain data with the layout of the kernels' struct (six arrays of eight 8-byte
+// values, no padding in either).
+unsafe impl DeviceRepr for AdamManyArgs {}
 
 /// A kernel parameter `const T*`.
 pub struct Ptr<T>(PhantomData<T>);
