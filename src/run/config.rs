@@ -478,4 +478,22 @@ mod tests {
         );
         assert!(!err.contains("epochs 5"), "{err}");
     }
+
+    /// The thesis' 500-epoch schedule, shortened: each segment's epochs (1-based) take its
+    /// rate, and epochs past the schedule take `lr`.
+    #[test]
+    fn lr_schedule_segments_cover_their_epochs() {
+        let config = TrainConfig {
+            lr: 0.25,
+            lr_schedule: "2:1e-3, 3:5e-4,1:1e-4".into(),
+            ..quick_start()
+        };
+        let rates: Vec<f64> = (1..=8).map(|e| config.lr_at(e)).collect();
+        assert_eq!(rates, [1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 1e-4, 0.25, 0.25]);
+        let plain = quick_start();
+        assert!((1..=plain.epochs).all(|e| plain.lr_at(e) == plain.lr));
+        for bad in ["2:1e-3,", "0:1e-3", "2:-1", "2", "x:1e-3", "2:nan"] {
+            assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
 }
