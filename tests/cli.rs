@@ -132,6 +132,11 @@ fn a_run_writes_config_metrics_and_checkpoint() {
         text.contains(&expected),
         "eval must reproduce the run's accuracy ({expected}): {text}"
     );
+    // Every image is scored on its own (BatchNorm in eval mode): batches of 7, the last of
+    // 2, give every layer's accuracy as before.
+    let batched = trifecta(&["eval", run.to_str().unwrap(), "--eval-batch-size", "7"]);
+    assert!(batched.status.success(), "{}", stderr(&batched));
+    assert_eq!(String::from_utf8_lossy(&batched.stdout), text);
 }
 
 #[test]
