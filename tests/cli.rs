@@ -100,6 +100,10 @@ fn a_run_writes_config_metrics_and_checkpoint() {
         stdout.contains("layer 5:") && stdout.contains("test accuracy"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(&format!("`trifecta eval {}`", run.display())),
+        "the run's last line names its folder and what reads it: {stdout}"
+    );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
         config.contains("dataset = \"mnist-sample\"") && config.contains("width = 0.125"),

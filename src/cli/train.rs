@@ -206,10 +206,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
         saved.out = dir.clone();
         let config = saved.resumed_with(&knobs)?;
         crate::run::train(&config, true)?;
+        print_next_steps(&config);
         return Ok(());
     }
     let config = knobs.resolve()?;
     config.check_precision_for_new_run()?;
     crate::run::train(&config, false)?;
+    print_next_steps(&config);
     Ok(())
+}
+
+/// Where the run is, and the commands that read or continue it (a baseline's run keeps no
+/// checkpoint to evaluate or resume).
+fn print_next_steps(config: &crate::run::config::TrainConfig) {
+    let dir = config.out.display();
+    if config.model == Model::Ff {
+        println!(
+            "run folder {dir}: `trifecta report {dir}` draws its curves, `trifecta eval {dir}` \
+             evaluates it, `trifecta train --resume {dir} --epochs N` trains it further"
+        );
+    } else {
+        println!("run folder {dir}: `trifecta report {dir}` draws its curves");
+    }
 }
