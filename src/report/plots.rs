@@ -146,10 +146,48 @@ fn draw_lines<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(emptiest_corner(&chart.series, (x0, x1), (y0, y1)))
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// The corner of the plot that the legend covers least data in (as matplotlib's
+/// `loc="best"`): the lines are sampled along their segments, and the legend's box is taken
+/// as about 30% of the width and a line's height per series. Ties go to the upper left.
+fn emptiest_corner(series: &[Series], x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let (w, h) = (0.3, (0.05 * series.len() as f64 + 0.06).min(0.9));
+    let corners = [
+        (SeriesLabelPosition::UpperLeft, (0.0, w), (1.0 - h, 1.0)),
+        (
+            SeriesLabelPosition::UpperRight,
+            (1.0 - w, 1.0),
+            (1.0 - h, 1.0),
+        ),
+        (SeriesLabelPosition::LowerRight, (1.0 - w, 1.0), (0.0, h)),
+        (SeriesLabelPosition::LowerLeft, (0.0, w), (0.0, h)),
+    ];
+    let mut counts = [0usize; 4];
+    for line in series {
+        for pair in line.points.windows(2).chain(
+            // A single point is a segment of its own.
+            (line.points.len() == 1).then_some(&line.points[..]),
+        ) {
+            let (a, b) = (pair[0], pair[pair.len() - 1]);
+            for t in 0..=8 {
+                let t = t as f64 / 8.0;
+                let u = ((a.0 + t * (b.0 - a.0)) - x.0) / (x.1 - x.0);
+                let v = ((a.1 + t * (b.1 - a.1)) - y.0) / (y.1 - y.0);
+                for (count, (_, cx, cy)) in counts.iter_mut().zip(&corners) {
+                    if (cx.0..=cx.1).contains(&u) && (cy.0..=cy.1).contains(&v) {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+    }
+    let best = (0..4).min_by_key(|&k| counts[k]).unwrap_or(0);
+    corners[best].0.clone()
 }
 
 /// The legend's marker, in pixel coordinates.
@@ -270,4 +308,41 @@ pub fn histograms(stem: &Path, h: &Histograms) -> Result<()> {
     draw_histograms(SVGBackend::new(&svg, size).into_drawing_area(), h)
         .map_err(|e| Error::data(&svg, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corner(lines: &[&[(f64, f64)]]) -> SeriesLabelPosition {
+        let series: Vec<Series> = lines
+            .iter()
+            .map(|points| Series {
+                name: String::new(),
+                points: points.to_vec(),
+            })
+            .collect();
+        emptiest_corner(&series, (0.0, 10.0), (0.0, 10.0))
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        // Accuracy-like curves rising to the top: the upper left holds their start.
+        let rising: &[(f64, f64)] = &[(0.0, 7.0), (1.0, 9.5), (10.0, 9.8)];
+        let slow: &[(f64, f64)] = &[(0.0, 1.0), (10.0, 4.0)];
+        assert!(matches!(
+            corner(&[rising, slow]),
+            SeriesLabelPosition::LowerRight
+        ));
+        // A line through the lower right only: the upper left (the tie-break) is free.
+        let falling: &[(f64, f64)] = &[(5.0, 3.0), (10.0, 0.0)];
+        assert!(matches!(corner(&[falling]), SeriesLabelPosition::UpperLeft));
+        // A segment crosses the upper left between its two points.
+        let across: &[(f64, f64)] = &[(-1.0, 8.0), (5.0, 9.9)];
+        let low: &[(f64, f64)] = &[(0.0, 0.5), (10.0, 0.5)];
+        assert!(matches!(
+            corner(&[across, low]),
+            SeriesLabelPosition::UpperRight
+        ));
+    }
 }
