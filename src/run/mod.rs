@@ -237,6 +237,7 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
+    let pace = Pace::new(done + 1);
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
@@ -279,7 +280,7 @@ fn train_ff<B: Backend>(
             &ensemble,
             eval_start.elapsed().as_secs_f64(),
         );
-        print_epoch(&record, config.epochs);
+        print_epoch(&record, config.epochs, &pace);
         metrics::append(&metrics_path, &record)?;
         let header = checkpoint::Header {
             format: checkpoint::FORMAT.into(),
@@ -358,7 +359,47 @@ fn epoch_record(
     }
 }
 
-fn print_epoch(r: &EpochRecord, epochs: u64) {
+/// The wall time of this process' epochs so far, for the time left.
+struct Pace {
+    started: Instant,
+    first_epoch: u64,
+}
+
+impl Pace {
+    fn new(first_epoch: u64) -> Pace {
+        Pace {
+            started: Instant::now(),
+            first_epoch,
+        }
+    }
+
+    /// "N epochs left, about T at this pace" after `epoch`; none after the last.
+    fn left_after(&self, epoch: u64, epochs: u64) -> Option<String> {
+        let done = (epoch + 1).checked_sub(self.first_epoch)?;
+        let left = epochs.checked_sub(epoch).filter(|&n| n > 0)?;
+        let seconds = self.started.elapsed().as_secs_f64() / done.max(1) as f64 * left as f64;
+        Some(format!(
+            "  {left} epoch{} left, about {} at this pace",
+            if left == 1 { "" } else { "s" },
+            duration_words(seconds)
+        ))
+    }
+}
+
+/// `2 h 05 min`, `7 min 30 s` or `42 s`.
+fn duration_words(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => {
+            let minutes = (s + 30) / 60;
+            format!("{} h {:02} min", minutes / 60, minutes % 60)
+        }
+    }
+}
+
+fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
     let eval = match r.ensemble_accuracy {
         Some(accuracy) => format!(
             "eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
@@ -385,6 +426,9 @@ fn print_epoch(r: &EpochRecord, epochs: u64) {
             "  layer {}: loss {:.4}{goodness}{accuracy}",
             l.layer, l.loss
         );
+    }
+    if let Some(left) = pace.left_after(r.epoch, epochs) {
+        println!("{left}");
     }
 }
 
@@ -492,6 +536,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
     );
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
+    let pace = Pace::new(1);
     for epoch in 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
@@ -556,10 +601,37 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             eval_seconds: eval_start.elapsed().as_secs_f64(),
             samples_per_second: train.len() as f64 / train_seconds,
         };
-        print_epoch(&record, config.epochs);
+        print_epoch(&record, config.epochs, &pace);
         metrics::append(&dir.join(METRICS_FILE), &record)?;
         checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, backend, epoch, config)?;
         records.push(record);
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_as_words() {
+        assert_eq!(duration_words(0.4), "0 s");
+        assert_eq!(duration_words(59.4), "59 s");
+        assert_eq!(duration_words(450.0), "7 min 30 s");
+        assert_eq!(duration_words(3599.6), "1 h 00 min");
+        assert_eq!(duration_words(7529.0), "2 h 05 min");
+        // A resumed run counts its own epochs only; nothing is left after the last.
+        let pace = Pace::new(35);
+        assert!(
+            pace.left_after(35, 100)
+                .unwrap()
+                .starts_with("  65 epochs left, about")
+        );
+        assert!(
+            pace.left_after(99, 100)
+                .unwrap()
+                .starts_with("  1 epoch left")
+        );
+        assert_eq!(pace.left_after(100, 100), None);
+    }
 }
