@@ -125,31 +125,34 @@ mod tests {
     #[test]
     fn the_gpu_scripts_commands_parse() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = std::fs::read_to_string(root.join("scripts/gpu-check.sh")).unwrap();
-        // Continuation lines joined, comments left out.
-        let text = script.replace("\\\n", " ");
-        let mut commands = 0;
-        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            for (_, rest) in line
-                .match_indices(".device/trifecta ")
-                .map(|(i, _)| line.split_at(i))
-            {
-                let args: Vec<&str> = std::iter::once("trifecta")
-                    .chain(
-                        rest.split_whitespace()
-                            .skip(1)
-                            .take_while(|t| !t.contains('>') && !t.starts_with('|')),
-                    )
-                    .collect();
-                if let Err(e) = Cli::try_parse_from(&args) {
-                    panic!("{args:?} does not parse: {e}");
+        for (script, at_least) in [("gpu-check.sh", 12), ("gpu-results.sh", 3)] {
+            let text = std::fs::read_to_string(root.join("scripts").join(script)).unwrap();
+            // Continuation lines joined, comments left out.
+            let text = text.replace("\\\n", " ");
+            let mut commands = 0;
+            for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                for (_, rest) in line
+                    .match_indices(".device/trifecta ")
+                    .map(|(i, _)| line.split_at(i))
+                {
+                    let args: Vec<String> = std::iter::once("trifecta")
+                        .chain(
+                            rest.split_whitespace()
+                                .skip(1)
+                                .take_while(|t| !t.contains('>') && !t.starts_with('|')),
+                        )
+                        .map(|t| t.trim_matches('"').to_string())
+                        .collect();
+                    if let Err(e) = Cli::try_parse_from(&args) {
+                        panic!("{script}: {args:?} does not parse: {e}");
+                    }
+                    commands += 1;
                 }
-                commands += 1;
             }
+            assert!(
+                commands >= at_least,
+                "found only {commands} commands in {script}"
+            );
         }
-        assert!(
-            commands >= 12,
-            "found only {commands} commands in gpu-check.sh"
-        );
     }
 }
