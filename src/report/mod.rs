@@ -86,6 +86,84 @@ pub(crate) fn percent(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+/// `mean +- sd%` of accuracies (sd: the sample standard deviation).
+fn mean_sd(values: &[f64]) -> String {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    format!("{:.2} +- {:.2}%", 100.0 * mean, 100.0 * var.sqrt())
+}
+
+/// Runs that differ only in their seed (and in what does not change the numbers: folder,
+/// threads, data folder, evaluation batch), evaluated last at the same epoch, as one row
+/// each: mean and standard deviation over the seeds. Empty when no two runs are alike.
+fn across_seeds(runs: &[RunData]) -> String {
+    let mut groups: Vec<(TrainConfig, u64, Vec<&RunData>)> = Vec::new();
+    for r in runs {
+        let Some(last) = metrics::last_evaluated(&r.records) else {
+            continue;
+        };
+        let key = TrainConfig {
+            seed: 0,
+            out: PathBuf::new(),
+            threads: 0,
+            data_dir: None,
+            eval_batch_size: 0,
+            eval_every: 1,
+            ..r.config.clone()
+        };
+        match groups
+            .iter_mut()
+            .find(|(k, epoch, _)| *k == key && *epoch == last.epoch)
+        {
+            Some((_, _, members)) => members.push(r),
+            None => groups.push((key, last.epoch, vec![r])),
+        }
+    }
+    let mut md = String::new();
+    for (config, epoch, members) in groups {
+        let mut seeds: Vec<u64> = members.iter().map(|r| r.config.seed).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        if seeds.len() < 2 || seeds.len() != members.len() {
+            continue;
+        }
+        if md.is_empty() {
+            md.push_str(
+                "\n## Across seeds\n\nRuns alike but for their seed: mean +- sample standard \
+                 deviation of the last evaluated epoch's test accuracy.\n\n",
+            );
+        }
+        let lasts: Vec<&EpochRecord> = members
+            .iter()
+            .filter_map(|r| metrics::last_evaluated(&r.records))
+            .collect();
+        let layers = lasts.iter().map(|e| e.layers.len()).min().unwrap_or(0);
+        let mut header = String::from("| runs | seeds | epoch | ensemble |");
+        let mut rule = String::from("|---|---|---|---|");
+        for l in 0..layers {
+            let _ = write!(header, " layer {l} |");
+            rule.push_str("---|");
+        }
+        let names: Vec<&str> = members.iter().map(|r| r.name.as_str()).collect();
+        let ensemble: Vec<f64> = lasts.iter().filter_map(|e| e.ensemble_accuracy).collect();
+        let mut row = format!(
+            "| {} | {seeds:?} | {epoch} | {} |",
+            names.join(", "),
+            mean_sd(&ensemble)
+        );
+        for l in 0..layers {
+            let values: Vec<f64> = lasts
+                .iter()
+                .filter_map(|e| e.layers[l].test_accuracy)
+                .collect();
+            let _ = write!(row, " {} |", mean_sd(&values));
+        }
+        let _ = writeln!(md, "{}:\n\n{header}\n{rule}\n{row}\n", describe(&config));
+    }
+    md
+}
+
 /// Writes `out/report.md` and its figures for `runs`; returns the report's path.
 pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -129,6 +207,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             describe(&r.config)
         );
     }
+    md.push_str(&across_seeds(runs));
     let side_by_side = LineChart {
         title: "Final test accuracy per layer".into(),
         x_label: "layer".into(),
@@ -228,4 +307,77 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     let path = out.join("report.md");
     checkpoint::write_atomic(&path, md.as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::config::PartialConfig;
+    use crate::run::metrics::LayerRecord;
+
+    fn run(name: &str, seed: u64, width: f64, accuracies: [f64; 2]) -> RunData {
+        let config = PartialConfig {
+            seed: Some(seed),
+            width: Some(width),
+            out: Some(format!("runs/{name}").into()),
+            threads: Some(seed as usize),
+            ..PartialConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        let layers = accuracies
+            .iter()
+            .enumerate()
+            .map(|(layer, &a)| LayerRecord {
+                layer,
+                loss: 0.5,
+                positive: None,
+                negative: None,
+                delta: None,
+                test_accuracy: Some(a),
+            })
+            .collect();
+        let record = EpochRecord {
+            epoch: 1,
+            lr: 1e-3,
+            layers,
+            ensemble_layers: vec![1],
+            ensemble_accuracy: Some(accuracies[1]),
+            train_seconds: 1.0,
+            data_wait_seconds: 0.0,
+            eval_seconds: 1.0,
+            samples_per_second: 1.0,
+        };
+        RunData {
+            name: name.into(),
+            dir: format!("runs/{name}").into(),
+            config,
+            records: vec![record],
+            goodness: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_alike_but_for_the_seed_are_summarised_together() {
+        let runs = [
+            run("a", 0, 0.25, [0.5, 0.9]),
+            run("b", 1, 0.25, [0.7, 0.8]),
+            // Another width is another experiment, and alone.
+            run("c", 2, 0.5, [0.1, 0.2]),
+        ];
+        let md = across_seeds(&runs);
+        assert!(
+            md.contains(
+                "| a, b | [0, 1] | 1 | 85.00 +- 7.07% | 60.00 +- 14.14% | 85.00 +- 7.07% |"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("| c"), "{md}");
+        // No two alike: no section.
+        assert_eq!(across_seeds(&runs[1..]), "");
+        assert_eq!(
+            across_seeds(&[run("a", 0, 0.25, [0.5, 0.9]), run("d", 0, 0.25, [0.5, 0.9])]),
+            ""
+        );
+    }
 }
