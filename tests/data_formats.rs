@@ -43,6 +43,31 @@ fn real_mnist_loads_with_official_shapes() {
     assert_eq!(sample.len(), 4000);
 }
 
+/// MNIST and Fashion-MNIST share file names: each folder passed as the other is refused,
+/// naming the file and the dataset it holds.
+#[test]
+fn mnist_and_fashion_mnist_are_not_mistaken_for_each_other() {
+    let mnist = shared_dir().join("datasets/mnist");
+    let fashion = shared_dir().join("datasets/fashion-mnist");
+    download::check_not_the_twin(DatasetKind::Mnist, &mnist).unwrap();
+    download::check_not_the_twin(DatasetKind::FashionMnist, &fashion).unwrap();
+    let err = download::check_not_the_twin(DatasetKind::Mnist, &fashion)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("labels-idx1-ubyte.gz") && err.contains("fashion-mnist's file, not mnist's"),
+        "{err}"
+    );
+    let err = download::check_not_the_twin(DatasetKind::FashionMnist, &mnist)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mnist's file, not fashion-mnist's"), "{err}");
+    // Other kinds have no twin; an empty folder has nothing to mistake.
+    download::check_not_the_twin(DatasetKind::Cifar10, &mnist).unwrap();
+    let tmp = TempDir::new("twin");
+    download::check_not_the_twin(DatasetKind::Mnist, tmp.path()).unwrap();
+}
+
 #[test]
 fn cifar_binary_from_folder_and_from_archive() {
     let tmp = TempDir::new("cifar");

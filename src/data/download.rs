@@ -241,6 +241,33 @@ pub fn ensure(kind: DatasetKind, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// MNIST and Fashion-MNIST name their files alike, so a folder of one passed as the other
+/// would load and train without a complaint. An explicit folder is not checksummed as a
+/// whole (it may hold other packagings of the data), but a small label file that is the other
+/// dataset's, byte for byte, is an error that names it.
+pub fn check_not_the_twin(kind: DatasetKind, dir: &Path) -> Result<()> {
+    let twin = match kind {
+        DatasetKind::Mnist => DatasetKind::FashionMnist,
+        DatasetKind::FashionMnist => DatasetKind::Mnist,
+        _ => return Ok(()),
+    };
+    for remote in remotes(twin).iter().filter(|r| r.file.contains("labels")) {
+        let path = dir.join(remote.file);
+        if path.exists() && md5_of(&path, remote.content)? == remote.md5 {
+            return Err(Error::data(
+                &path,
+                format!(
+                    "this is {}'s file, not {}'s (--dataset {}, or another --data-dir)",
+                    twin.name(),
+                    kind.name(),
+                    twin.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks every official file of `kind` in `dir`; returns one line per file.
 pub fn check_all(kind: DatasetKind, dir: &Path) -> Result<Vec<String>> {
     remotes(kind)

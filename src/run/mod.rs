@@ -35,6 +35,9 @@ pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let dir = data::data_dir(config.dataset, config.data_dir.as_deref())?;
     // Only the cache folder is downloaded into; an explicit folder is read as it is.
     let download = config.data_dir.is_none() && config.dataset != DatasetKind::MnistSample;
+    if !download {
+        data::download::check_not_the_twin(config.dataset, &dir)?;
+    }
     let mut train = data::load(config.dataset, &dir, Split::Train, download)?;
     let mut test = data::load(config.dataset, &dir, Split::Test, false)?;
     if train.shape != test.shape || train.classes != test.classes {
