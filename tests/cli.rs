@@ -199,6 +199,17 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
         &changed,
         &["resumed run keeps its configuration", "width 0.125 -> 0.5"],
     );
+    // Fewer epochs than it has trained would leave a config that disowns its records.
+    let config = std::fs::read(split.join("config.toml")).unwrap();
+    let shorter = trifecta(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert_one_line_error(&shorter, &["has trained 3 epochs already", "--epochs 2"]);
+    assert_eq!(std::fs::read(split.join("config.toml")).unwrap(), config);
 }
 
 #[test]
@@ -414,6 +425,17 @@ fn bad_flag_values_and_config_keys() {
     std::fs::write(&config, "width = -2.0\n").unwrap();
     let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
     assert_one_line_error(&out, &["width must be a positive number"]);
+    // Refused before the run folder is made.
+    let never = tmp.path().join("never");
+    let out = trifecta(&[
+        "train",
+        "--ensemble",
+        "4,6",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["ensemble layer 6", "small has 6 layers"]);
+    assert!(!never.exists());
 }
 
 #[test]

@@ -214,6 +214,13 @@ fn train_ff<B: Backend>(
             let header = checkpoint::load(&checkpoint_path, &mut net, backend)?;
             done = header.epoch;
         }
+        if config.epochs < done {
+            return Err(Error::Config(format!(
+                "{} has trained {done} epochs already: --epochs {} would end before that (ask for more to continue it)",
+                dir.display(),
+                config.epochs
+            )));
+        }
         metrics::truncate_after(&metrics_path, done)?;
         // A longer --epochs is allowed on resume: the folder's config follows it.
         checkpoint::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
