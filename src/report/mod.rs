@@ -138,10 +138,11 @@ fn across_seeds(runs: &[RunData]) -> String {
             .iter()
             .filter_map(|r| metrics::last_evaluated(&r.records))
             .collect();
-        let layers = lasts.iter().map(|e| e.layers.len()).min().unwrap_or(0);
+        // Alike runs record the same layers.
+        let layers: Vec<usize> = lasts[0].layers.iter().map(|l| l.layer).collect();
         let mut header = String::from("| runs | seeds | epoch | ensemble |");
         let mut rule = String::from("|---|---|---|---|");
-        for l in 0..layers {
+        for l in &layers {
             let _ = write!(header, " layer {l} |");
             rule.push_str("---|");
         }
@@ -152,10 +153,10 @@ fn across_seeds(runs: &[RunData]) -> String {
             names.join(", "),
             mean_sd(&ensemble)
         );
-        for l in 0..layers {
+        for &l in &layers {
             let values: Vec<f64> = lasts
                 .iter()
-                .filter_map(|e| e.layers[l].test_accuracy)
+                .filter_map(|e| e.layers.iter().find(|x| x.layer == l)?.test_accuracy)
                 .collect();
             let _ = write!(row, " {} |", mean_sd(&values));
         }
@@ -168,16 +169,19 @@ fn across_seeds(runs: &[RunData]) -> String {
 pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut md = String::from("# trifecta report\n\n");
-    // Final accuracy per layer, all runs side by side.
-    let layers = runs
+    // Final accuracy per layer, all runs side by side: a column for every layer any run
+    // records (a backprop run records its last layer only).
+    let mut layers: Vec<usize> = runs
         .iter()
-        .map(|r| r.records.last().map_or(0, |e| e.layers.len()))
-        .max()
-        .unwrap_or(0);
+        .filter_map(|r| r.records.last())
+        .flat_map(|e| e.layers.iter().map(|l| l.layer))
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
     let _ = writeln!(md, "## Final test accuracy per layer\n");
     let mut header = String::from("| run | ensemble |");
     let mut rule = String::from("|---|---|");
-    for l in 0..layers {
+    for l in &layers {
         let _ = write!(header, " layer {l} |");
         rule.push_str("---|");
     }
@@ -187,7 +191,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             continue;
         };
         let mut row = format!("| {} | {} |", r.name, percent(last.ensemble_accuracy));
-        for l in 0..layers {
+        for &l in &layers {
             match last.layers.iter().find(|x| x.layer == l) {
                 Some(x) => {
                     let _ = write!(row, " {} |", percent(x.test_accuracy));
@@ -378,6 +382,22 @@ mod tests {
         assert_eq!(
             across_seeds(&[run("a", 0, 0.25, [0.5, 0.9]), run("d", 0, 0.25, [0.5, 0.9])]),
             ""
+        );
+    }
+
+    /// A backprop run records its last layer only: its column is that layer's.
+    #[test]
+    fn the_table_has_a_column_per_recorded_layer() {
+        let mut bp = run("bp", 0, 0.25, [0.25, 0.75]);
+        bp.records[0].layers.remove(0);
+        bp.records[0].layers[0].layer = 5;
+        let tmp = std::env::temp_dir().join(format!("trifecta-report-{}", std::process::id()));
+        let path = write_report(&[bp], &tmp).unwrap();
+        let md = std::fs::read_to_string(path).unwrap();
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(
+            md.contains("| run | ensemble | layer 5 |\n|---|---|---|\n| bp | 75.00% | 75.00% |"),
+            "{md}"
         );
     }
 }
