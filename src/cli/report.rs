@@ -16,11 +16,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
-    let runs = args
-        .runs
-        .iter()
-        .map(|d| report::load_run(d))
-        .collect::<Result<Vec<_>>>()?;
+    let runs = report::load_runs(&args.runs)?;
     let path = report::write_report(&runs, &args.out)?;
     println!("wrote {}", path.display());
     Ok(())

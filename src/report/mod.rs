@@ -65,6 +65,38 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
     })
 }
 
+/// Reads run folders, naming each by its folder, or by its parent and folder where two
+/// folders have the same name (`grid-a/trifecta`, `grid-b/trifecta`): the names are the
+/// report's headings and its figures' file names, which must not overwrite each other.
+pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
+    let mut runs = dirs
+        .iter()
+        .map(|d| load_run(d))
+        .collect::<Result<Vec<_>>>()?;
+    unique_names(&mut runs);
+    Ok(runs)
+}
+
+fn unique_names(runs: &mut [RunData]) {
+    let count = |runs: &[RunData], name: &str| runs.iter().filter(|r| r.name == name).count();
+    let shared: Vec<bool> = runs.iter().map(|r| count(runs, &r.name) > 1).collect();
+    for (r, shared) in runs.iter_mut().zip(shared) {
+        let parent = r.dir.parent().and_then(|p| p.file_name());
+        if let (true, Some(parent)) = (shared, parent) {
+            r.name = format!("{}-{}", parent.to_string_lossy(), r.name);
+        }
+    }
+    for k in 0..runs.len() {
+        let (before, rest) = runs.split_at_mut(k);
+        let base = rest[0].name.clone();
+        let mut n = 2;
+        while before.iter().any(|r| r.name == rest[0].name) {
+            rest[0].name = format!("{base}-{n}");
+            n += 1;
+        }
+    }
+}
+
 fn describe(c: &TrainConfig) -> String {
     format!(
         "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {} epochs",
@@ -398,6 +430,30 @@ mod tests {
         assert!(
             md.contains("| run | ensemble | layer 5 |\n|---|---|---|\n| bp | 75.00% | 75.00% |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn runs_of_the_same_folder_name_get_names_of_their_own() {
+        let mut runs = [
+            run("trifecta", 0, 0.25, [0.5, 0.9]),
+            run("trifecta", 1, 0.25, [0.5, 0.9]),
+            run("symba", 2, 0.25, [0.5, 0.9]),
+            run("trifecta", 3, 0.25, [0.5, 0.9]),
+        ];
+        runs[0].dir = "grid-a/trifecta".into();
+        runs[1].dir = "grid-b/trifecta".into();
+        runs[3].dir = "grid-a/trifecta".into();
+        unique_names(&mut runs);
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "grid-a-trifecta",
+                "grid-b-trifecta",
+                "symba",
+                "grid-a-trifecta-2"
+            ]
         );
     }
 }
