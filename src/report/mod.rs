@@ -97,6 +97,20 @@ fn unique_names(runs: &mut [RunData]) {
     }
 }
 
+/// A run's name as part of a file name that a Markdown link can hold: letters, digits, `.`,
+/// `_` and `-`, anything else as `_`.
+fn file_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn describe(c: &TrainConfig) -> String {
     format!(
         "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {} epochs",
@@ -298,7 +312,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
                     .filter(|s| !s.points.is_empty())
                     .collect()
             };
-        let stem = format!("accuracy-{}", r.name);
+        let stem = format!("accuracy-{}", file_part(&r.name));
         plots::line_chart(
             &out.join(&stem),
             &LineChart {
@@ -312,7 +326,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
         let _ = writeln!(md, "\n![accuracy per layer]({stem}.png)\n");
         let deltas = per_layer(&|l| l.delta);
         if !deltas.is_empty() {
-            let stem = format!("delta-{}", r.name);
+            let stem = format!("delta-{}", file_part(&r.name));
             plots::line_chart(
                 &out.join(&stem),
                 &LineChart {
@@ -326,7 +340,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             let _ = writeln!(md, "![delta per layer]({stem}.png)\n");
         }
         if !r.goodness.is_empty() {
-            let stem = format!("goodness-{}", r.name);
+            let stem = format!("goodness-{}", file_part(&r.name));
             plots::histograms(
                 &out.join(&stem),
                 &Histograms {
