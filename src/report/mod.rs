@@ -469,5 +469,7 @@ mod tests {
                 "grid-a-trifecta-2"
             ]
         );
+        // Figures' file names keep to what a Markdown link holds.
+        assert_eq!(file_part("my run (2).v1"), "my_run__2_.v1");
     }
 }
