@@ -11,8 +11,7 @@ use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::ff::{Arch, LossKind};
 use crate::layers::norm::NormKind;
-use crate::report::percent;
-use crate::run::config::PartialConfig;
+use crate::run::config::{PartialConfig, TrainConfig};
 use crate::run::metrics::{EpochRecord, last_evaluated};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -126,65 +125,46 @@ pub fn variants(experiment: Experiment, dataset: DatasetKind) -> Vec<Variant> {
     }
 }
 
-/// Runs every variant of `experiment` under `out` (`out/<variant>`), on top of the user's
-/// `flags`, then writes `out/results.md`. Finished runs are reused; FF runs that stopped early
-/// are resumed. Returns the table's path.
-pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<PathBuf> {
+/// Runs every variant of `experiment` under `out` (`out/<variant>`, or `out/<variant>-seed<S>`
+/// for each of `seeds` when given), on top of the user's `flags`, then writes
+/// `out/results.md` (with several seeds: mean and standard deviation over them). Finished
+/// runs are reused; FF runs that stopped early are resumed. Returns the table's path.
+pub fn run(
+    experiment: Experiment,
+    flags: &PartialConfig,
+    out: &Path,
+    seeds: &[u64],
+) -> Result<PathBuf> {
     let dataset = flags.dataset.unwrap_or(DatasetKind::Cifar10);
+    let seeds: Vec<Option<u64>> = match seeds {
+        [] => vec![None],
+        _ => seeds.iter().copied().map(Some).collect(),
+    };
     let mut rows = Vec::new();
     for variant in variants(experiment, dataset) {
-        let dir = out.join(&variant.name);
-        let mut partial = flags.clone().overlay(&variant.fixed);
-        partial.dataset = variant.fixed.dataset.or(Some(dataset));
-        partial.out = Some(dir.clone());
-        if experiment == Experiment::Datasets {
-            // --data-dir is a root holding one folder per dataset.
-            let kind = partial.dataset.expect("set above");
-            partial.data_dir = flags.data_dir.as_ref().map(|root| root.join(kind.name()));
-        }
-        if experiment == Experiment::Convergence && flags.epochs.is_some() {
-            partial.epochs = flags.epochs;
-        }
-        let mut config = partial.resolve()?;
-        config.check_precision_for_new_run()?;
-        let records = if dir.join(crate::run::CONFIG_FILE).exists() {
-            // Reused or resumed only if it is the run asked for (but for the knobs a resumed
-            // run may change): another width's results must not stand in for this one's.
-            let mut saved = crate::run::read_config(&dir)?;
-            saved.out = dir.clone();
-            let changed;
-            (config, changed) = saved.with_changes(&PartialConfig::from(&config))?;
-            if !changed.is_empty() {
-                return Err(Error::Config(format!(
-                    "{} holds a run with other settings ({}): remove it, or choose another --out",
-                    dir.display(),
-                    changed.join(", ")
-                )));
+        let mut runs = Vec::new();
+        for &seed in &seeds {
+            let dir = match seed {
+                Some(seed) => out.join(format!("{}-seed{seed}", variant.name)),
+                None => out.join(&variant.name),
+            };
+            let mut partial = flags.clone().overlay(&variant.fixed);
+            partial.dataset = variant.fixed.dataset.or(Some(dataset));
+            partial.out = Some(dir.clone());
+            partial.seed = seed.or(partial.seed);
+            if experiment == Experiment::Datasets {
+                // --data-dir is a root holding one folder per dataset.
+                let kind = partial.dataset.expect("set above");
+                partial.data_dir = flags.data_dir.as_ref().map(|root| root.join(kind.name()));
             }
-            let done =
-                crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
-            if done.last().is_some_and(|r| r.epoch >= config.epochs) {
-                println!("{}: already finished, reusing its results", dir.display());
-                done
-            } else if config.model == Model::Ff {
-                // Records past the last checkpoint are retrained (and dropped from the log).
-                let saved =
-                    crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
-                        .map_or(0, |h| h.epoch);
-                let mut records: Vec<_> = done.into_iter().filter(|r| r.epoch <= saved).collect();
-                records.extend(crate::run::train(&config, true)?);
-                records
-            } else {
-                return Err(Error::Config(format!(
-                    "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
-                    dir.display(),
-                    config.model
-                )));
+            if experiment == Experiment::Convergence && flags.epochs.is_some() {
+                partial.epochs = flags.epochs;
             }
-        } else {
-            crate::run::train(&config, false)?
-        };
-        rows.push((variant, config, records));
+            let config = partial.resolve()?;
+            config.check_precision_for_new_run()?;
+            runs.push(run_one(config, &dir)?);
+        }
+        rows.push((variant, runs));
     }
     let table = results_table(experiment, &rows);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -194,14 +174,66 @@ pub fn run(experiment: Experiment, flags: &PartialConfig, out: &Path) -> Result<
     Ok(path)
 }
 
+/// A finished run of a grid: its configuration and every epoch's record.
+type Finished = (TrainConfig, Vec<EpochRecord>);
+
+/// One run of a grid in `dir`: trained, or reused if finished, or resumed if not.
+fn run_one(mut config: TrainConfig, dir: &Path) -> Result<Finished> {
+    if !dir.join(crate::run::CONFIG_FILE).exists() {
+        let records = crate::run::train(&config, false)?;
+        return Ok((config, records));
+    }
+    // Reused or resumed only if it is the run asked for (but for the knobs a resumed run may
+    // change): another width's results must not stand in for this one's.
+    let mut saved = crate::run::read_config(dir)?;
+    saved.out = dir.to_path_buf();
+    let changed;
+    (config, changed) = saved.with_changes(&PartialConfig::from(&config))?;
+    if !changed.is_empty() {
+        return Err(Error::Config(format!(
+            "{} holds a run with other settings ({}): remove it, or choose another --out",
+            dir.display(),
+            changed.join(", ")
+        )));
+    }
+    let done = crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
+    if done.last().is_some_and(|r| r.epoch >= config.epochs) {
+        println!("{}: already finished, reusing its results", dir.display());
+        return Ok((config, done));
+    }
+    if config.model != Model::Ff {
+        return Err(Error::Config(format!(
+            "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
+            dir.display(),
+            config.model
+        )));
+    }
+    // Records past the last checkpoint are retrained (and dropped from the log).
+    let saved = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
+        .map_or(0, |h| h.epoch);
+    let mut records: Vec<_> = done.into_iter().filter(|r| r.epoch <= saved).collect();
+    records.extend(crate::run::train(&config, true)?);
+    Ok((config, records))
+}
+
+/// The value of a cell over a variant's runs: the value itself for one run, else mean and
+/// standard deviation.
+fn over_runs(values: &[f64]) -> String {
+    match values {
+        [] => "-".into(),
+        [one] => format!("{:.2}%", 100.0 * one),
+        _ => crate::report::mean_sd(values),
+    }
+}
+
 fn results_table(
     experiment: Experiment,
-    rows: &[(Variant, crate::run::config::TrainConfig, Vec<EpochRecord>)],
+    rows: &[(Variant, Vec<Finished>)],
 ) -> String {
     let mut md = format!("# {experiment:?}\n\n");
     let layers = rows
         .iter()
-        .filter_map(|r| r.2.last())
+        .flat_map(|(_, runs)| runs.iter().filter_map(|r| r.1.last()))
         .map(|e| e.layers.iter().map(|l| l.layer + 1).max().unwrap_or(0))
         .max()
         .unwrap_or(0);
@@ -213,41 +245,55 @@ fn results_table(
         rule.push_str("---|");
     }
     let _ = writeln!(md, "{header}\n{rule}");
-    for (variant, config, records) in rows {
-        let Some(last) = last_evaluated(records) else {
+    for (variant, runs) in rows {
+        let lasts: Vec<&EpochRecord> = runs.iter().filter_map(|r| last_evaluated(&r.1)).collect();
+        let (Some(first), Some((config, _))) = (lasts.first(), runs.first()) else {
             continue;
         };
         let thesis = variant
             .thesis
             .map_or("n/a".to_string(), |(v, what)| format!("{v:.1}% ({what})"));
-        let best = last
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.test_accuracy?, l.layer)))
+        let at_layer = |l: usize| -> Vec<f64> {
+            lasts
+                .iter()
+                .filter_map(|e| e.layers.iter().find(|x| x.layer == l)?.test_accuracy)
+                .collect()
+        };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let best = (0..layers)
+            .map(|l| (at_layer(l), l))
+            .filter(|(v, _)| !v.is_empty())
+            .map(|(v, l)| (mean(&v), l))
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map_or(String::new(), |(accuracy, layer)| {
                 format!("{:.2}% (layer {layer})", 100.0 * accuracy)
             });
+        let reported: Vec<f64> = lasts.iter().filter_map(|e| e.ensemble_accuracy).collect();
+        let seeds = match lasts.len() {
+            1 => String::new(),
+            n => format!(" ({n} seeds)"),
+        };
         let mut row = format!(
-            "| {} | {} | {} | {thesis} | {} |  {best} |",
+            "| {} | {} | {} | {thesis} | {}{seeds} |  {best} |",
             variant.name,
             config.dataset.name(),
-            last.epoch,
-            percent(last.ensemble_accuracy)
+            first.epoch,
+            over_runs(&reported)
         );
         for l in 0..layers {
-            match last.layers.iter().find(|x| x.layer == l) {
-                Some(x) => {
-                    let _ = write!(row, " {} |", percent(x.test_accuracy));
+            let values = at_layer(l);
+            match values.is_empty() {
+                true => row.push_str(" |"),
+                false => {
+                    let _ = write!(row, " {} |", over_runs(&values));
                 }
-                None => row.push_str(" |"),
             }
         }
         let _ = writeln!(md, "{row}");
     }
     let _ = writeln!(
         md,
-        "\nThe thesis column is the thesis' own figure for that setting where it has one; ours come from the runs in this folder (same seed, epochs and width as given on the command line), so they are comparable only when those match the thesis' settings."
+        "\nThe thesis column is the thesis' own figure for that setting where it has one; ours come from the runs in this folder (same seed, epochs and width as given on the command line, or mean +- sample standard deviation over --seeds), so they are comparable only when those match the thesis' settings."
     );
     md
 }

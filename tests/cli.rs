@@ -530,6 +530,20 @@ fn reproduce_and_report_write_tables_and_figures() {
     let again = trifecta(&args);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
     // Another width in the same folder is not served the old width's results.
+    // With --seeds: a run per variant and seed, the table's cells over the seeds.
+    let seeds_out = tmp.path().join("seeds");
+    let mut seeded = args.to_vec();
+    *seeded.last_mut().unwrap() = seeds_out.to_str().unwrap();
+    seeded.extend(["--seeds", "1,2"]);
+    let run = trifecta(&seeded);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let table = std::fs::read_to_string(seeds_out.join("results.md")).unwrap();
+    assert!(
+        table.contains("% (2 seeds) |")
+            && table.contains(" +- ")
+            && seeds_out.join("lcp-seed2").is_dir(),
+        "{table}"
+    );
     let mut wider = args;
     wider[5] = "0.25";
     let other = trifecta(&wider);

@@ -11,6 +11,10 @@ pub struct ReproduceArgs {
     /// ablation, datasets, convergence or lcp.
     #[arg(value_enum)]
     pub experiment: Experiment,
+    /// Run every variant once per seed (e.g. 0,1,2,3,4), into <variant>-seed<S>, and report
+    /// mean and standard deviation over them [default: one run, of --seed].
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    pub seeds: Vec<u64>,
     /// Any `train` flag (epochs, device, data dir, width...); the grid's own knobs win. With
     /// `datasets`, --data-dir is a folder holding mnist/, fashion-mnist/, svhn/ and cifar10/.
     #[command(flatten)]
@@ -22,7 +26,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let out = flags.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())
     });
-    let path = experiments::run(args.experiment, &flags, &out)?;
+    let path = experiments::run(args.experiment, &flags, &out, &args.seeds)?;
     println!("wrote {}", path.display());
     Ok(())
 }

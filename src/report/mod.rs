@@ -133,7 +133,7 @@ pub(crate) fn percent(v: Option<f64>) -> String {
 }
 
 /// `mean +- sd%` of accuracies (sd: the sample standard deviation).
-fn mean_sd(values: &[f64]) -> String {
+pub(crate) fn mean_sd(values: &[f64]) -> String {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
