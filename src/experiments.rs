@@ -226,10 +226,7 @@ fn over_runs(values: &[f64]) -> String {
     }
 }
 
-fn results_table(
-    experiment: Experiment,
-    rows: &[(Variant, Vec<Finished>)],
-) -> String {
+fn results_table(experiment: Experiment, rows: &[(Variant, Vec<Finished>)]) -> String {
     let mut md = format!("# {experiment:?}\n\n");
     let layers = rows
         .iter()

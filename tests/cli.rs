@@ -585,6 +585,26 @@ fn reproduce_and_report_write_tables_and_figures() {
     );
     let png = image::open(report.join("goodness-ff.png")).unwrap();
     assert!(png.width() >= 800);
+    // A grid's folder stands for its runs. The first grid (seed 0) and the seeds' grid (1, 2)
+    // are alike but for the seed: a row over the three seeds per variant.
+    let grid_report = tmp.path().join("grid-report");
+    let grid = trifecta(&[
+        "report",
+        out.to_str().unwrap(),
+        seeds_out.to_str().unwrap(),
+        "--out",
+        grid_report.to_str().unwrap(),
+    ]);
+    assert!(grid.status.success(), "{}", stderr(&grid));
+    let grid_md = std::fs::read_to_string(grid_report.join("report.md")).unwrap();
+    assert!(
+        grid_md.contains("## ff\n") && grid_md.contains("## lcp-seed2\n"),
+        "{grid_md}"
+    );
+    assert!(
+        grid_md.contains("| lcp, lcp-seed1, lcp-seed2 | [0, 1, 2] |"),
+        "{grid_md}"
+    );
 
     let baseline = trifecta(&["eval", out.join("lcp").to_str().unwrap()]);
     assert_one_line_error(&baseline, &["lcp", "baseline"]);

@@ -68,13 +68,41 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
 /// Reads run folders, naming each by its folder, or by its parent and folder where two
 /// folders have the same name (`grid-a/trifecta`, `grid-b/trifecta`): the names are the
 /// report's headings and its figures' file names, which must not overwrite each other.
+///
+/// A folder that is no run but holds runs (a `reproduce` grid) stands for those runs, in
+/// the order of their names.
 pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
-    let mut runs = dirs
+    let mut expanded = Vec::new();
+    for dir in dirs {
+        let inner = if dir.join(run::CONFIG_FILE).exists() {
+            Vec::new()
+        } else {
+            runs_inside(dir)
+        };
+        match inner.is_empty() {
+            true => expanded.push(dir.clone()),
+            false => expanded.extend(inner),
+        }
+    }
+    let mut runs = expanded
         .iter()
         .map(|d| load_run(d))
         .collect::<Result<Vec<_>>>()?;
     unique_names(&mut runs);
     Ok(runs)
+}
+
+/// The run folders directly inside `dir`, sorted; none if it cannot be read.
+fn runs_inside(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.join(run::CONFIG_FILE).is_file())
+        .collect();
+    runs.sort();
+    runs
 }
 
 fn unique_names(runs: &mut [RunData]) {
