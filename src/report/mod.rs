@@ -92,7 +92,8 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
     Ok(runs)
 }
 
-/// The run folders directly inside `dir`, sorted; none if it cannot be read.
+/// The run folders directly inside `dir`, sorted; none if it cannot be read. A run that
+/// has not finished an epoch yet (a grid still at work) is left out, with a note.
 fn runs_inside(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -100,6 +101,13 @@ fn runs_inside(dir: &Path) -> Vec<PathBuf> {
     let mut runs: Vec<PathBuf> = entries
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p.join(run::CONFIG_FILE).is_file())
+        .filter(|p| {
+            let started = std::fs::metadata(p.join(run::METRICS_FILE)).is_ok_and(|m| m.len() > 0);
+            if !started {
+                eprintln!("{}: no epoch has finished yet, left out", p.display());
+            }
+            started
+        })
         .collect();
     runs.sort();
     runs
