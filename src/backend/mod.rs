@@ -272,7 +272,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A flat f32 buffer on this backend's device.
     type Buf: Send + Sync;
 
-    /// A human-readable device name, e.g. `cpu (2 threads)`.
+    /// A human-readable device name, e.g. `cpu (2 threads, AMD EPYC, AVX-512)`.
     fn name(&self) -> String;
 
     /// Waits until all queued work is done (timers call it; a synchronous backend need not).

@@ -125,11 +125,40 @@ pub(crate) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]
     out
 }
 
+/// The processor's name as the OS gives it (Linux: `/proc/cpuinfo`), for logs and benches.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    let name = line.split_once(':')?.1.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The SIMD level our kernels and `gemm`'s run at here (both choose at run time).
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "AVX-512"
+        } else if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            "AVX2"
+        } else {
+            "SSE2"
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        let model = cpu_model().map_or(String::new(), |m| format!("{m}, "));
+        format!("cpu ({} threads, {model}{})", self.threads, simd_level())
     }
 
     fn enable_profile(&self) {
