@@ -60,6 +60,7 @@ macro_rules! launch {
     }};
 }
 
+// Declared below `launch!`, which they use: a `macro_rules!` is seen only after it.
 mod conv;
 mod ops;
 mod tails;
