@@ -228,6 +228,28 @@ fn image_folders_from_disk_and_archive() {
     assert_eq!((test.len(), test.classes), (4, 2));
     assert_eq!(test.labels, vec![0, 0, 1, 1]);
 
+    // A grayscale file that comes first (cat/0.png) widens to RGB with the rest, instead of
+    // narrowing the whole split to gray; a split of grayscale files alone stays gray.
+    image::GrayImage::from_pixel(5, 4, image::Luma([77]))
+        .save(tmp.path().join("train/cat/0.png"))
+        .unwrap();
+    let mixed = image_folder::load(tmp.path(), Split::Train).unwrap();
+    assert_eq!(mixed.shape.channels, 3);
+    assert_eq!(&mixed.image(0)[..3], &[77, 77, 77]);
+    assert_eq!(&mixed.image(3)[..3], &[200, 100, 55]);
+    let gray = TempDir::new("folder-gray");
+    for split in ["train", "test"] {
+        image::GrayImage::from_pixel(3, 3, image::Luma([9]))
+            .save({
+                let path = gray.path().join(format!("{split}/only/0.png"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                path
+            })
+            .unwrap();
+    }
+    let gray = image_folder::load(gray.path(), Split::Train).unwrap();
+    assert_eq!((gray.shape.channels, gray.image(0)), (1, &[9u8; 9][..]));
+
     write_png(&tmp.path().join("test/dog/odd.png"), 6, 4, 1);
     let err = image_folder::load(tmp.path(), Split::Test)
         .unwrap_err()

@@ -142,8 +142,7 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
     let probe = image::load_from_memory(&first.bytes)
         .map_err(|e| Error::data(&first.path, format!("cannot decode image: {e}")))?;
     let (width, height) = (probe.width() as usize, probe.height() as usize);
-    let channels = if probe.color().has_color() { 3 } else { 1 };
-    let decoded: Vec<Vec<u8>> = entries
+    let images: Vec<image::DynamicImage> = entries
         .par_iter()
         .map(|entry| {
             let img = image::load_from_memory(&entry.bytes)
@@ -159,13 +158,23 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
                     ),
                 ));
             }
-            Ok(if channels == 3 {
-                img.into_rgb8().into_raw()
-            } else {
-                img.into_luma8().into_raw()
-            })
+            Ok(img)
         })
         .collect::<Result<_>>()?;
+    // RGB if any image has colour: a few grayscale files among colour ones (ImageNet has
+    // some) are widened, not the whole split narrowed to gray by whichever file came first.
+    let channels = if images.iter().any(|img| img.color().has_color()) {
+        3
+    } else {
+        1
+    };
+    let decoded: Vec<Vec<u8>> = images
+        .into_par_iter()
+        .map(|img| match channels {
+            3 => img.into_rgb8().into_raw(),
+            _ => img.into_luma8().into_raw(),
+        })
+        .collect();
     let mut labels = Vec::with_capacity(entries.len());
     for entry in &entries {
         let label = classes
