@@ -209,9 +209,12 @@ fn run_one(mut config: TrainConfig, dir: &Path) -> Result<Finished> {
         )));
     }
     // Records past the last checkpoint are retrained (and dropped from the log).
-    let saved = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
+    let checkpointed = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
         .map_or(0, |h| h.epoch);
-    let mut records: Vec<_> = done.into_iter().filter(|r| r.epoch <= saved).collect();
+    let mut records: Vec<_> = done
+        .into_iter()
+        .filter(|r| r.epoch <= checkpointed)
+        .collect();
     records.extend(crate::run::train(&config, true)?);
     Ok((config, records))
 }
@@ -234,14 +237,15 @@ fn results_table(experiment: Experiment, rows: &[(Variant, Vec<Finished>)]) -> S
         .map(|e| e.layers.iter().map(|l| l.layer + 1).max().unwrap_or(0))
         .max()
         .unwrap_or(0);
-    let mut header =
-        String::from("| run | dataset | epochs | thesis | ours (reported layer) | best layer |");
-    let mut rule = String::from("|---|---|---|---|---|---|");
-    for l in 0..layers {
-        let _ = write!(header, " layer {l} |");
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header}\n{rule}");
+    let columns = [
+        "run",
+        "dataset",
+        "epochs",
+        "thesis",
+        "ours (reported layer)",
+        "best layer",
+    ];
+    let _ = writeln!(md, "{}", crate::report::table_head(&columns, 0..layers));
     for (variant, runs) in rows {
         let lasts: Vec<&EpochRecord> = runs.iter().filter_map(|r| last_evaluated(&r.1)).collect();
         let (Some(first), Some((config, _))) = (lasts.first(), runs.first()) else {

@@ -163,6 +163,18 @@ fn describe(c: &TrainConfig) -> String {
     .to_lowercase()
 }
 
+/// The head of a Markdown table: the named columns, then `layer L` for each of `layers`;
+/// the header line and the rule under it, without a final newline.
+pub(crate) fn table_head(columns: &[&str], layers: impl IntoIterator<Item = usize>) -> String {
+    let mut header = format!("| {} |", columns.join(" | "));
+    let mut rule = "|---".repeat(columns.len()) + "|";
+    for l in layers {
+        let _ = write!(header, " layer {l} |");
+        rule.push_str("---|");
+    }
+    format!("{header}\n{rule}")
+}
+
 /// An accuracy as a table cell; `-` for an epoch that was not evaluated.
 pub(crate) fn percent(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
@@ -222,12 +234,10 @@ fn across_seeds(runs: &[RunData]) -> String {
             .collect();
         // Alike runs record the same layers.
         let layers: Vec<usize> = lasts[0].layers.iter().map(|l| l.layer).collect();
-        let mut header = String::from("| runs | seeds | epoch | ensemble |");
-        let mut rule = String::from("|---|---|---|---|");
-        for l in &layers {
-            let _ = write!(header, " layer {l} |");
-            rule.push_str("---|");
-        }
+        let head = table_head(
+            &["runs", "seeds", "epoch", "ensemble"],
+            layers.iter().copied(),
+        );
         let names: Vec<&str> = members.iter().map(|r| r.name.as_str()).collect();
         let ensemble: Vec<f64> = lasts.iter().filter_map(|e| e.ensemble_accuracy).collect();
         let mut row = format!(
@@ -242,7 +252,7 @@ fn across_seeds(runs: &[RunData]) -> String {
                 .collect();
             let _ = write!(row, " {} |", mean_sd(&values));
         }
-        let _ = writeln!(md, "{}:\n\n{header}\n{rule}\n{row}\n", describe(&config));
+        let _ = writeln!(md, "{}:\n\n{head}\n{row}\n", describe(&config));
     }
     md
 }
@@ -261,13 +271,11 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     layers.sort_unstable();
     layers.dedup();
     let _ = writeln!(md, "## Final test accuracy per layer\n");
-    let mut header = String::from("| run | ensemble |");
-    let mut rule = String::from("|---|---|");
-    for l in &layers {
-        let _ = write!(header, " layer {l} |");
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header}\n{rule}");
+    let _ = writeln!(
+        md,
+        "{}",
+        table_head(&["run", "ensemble"], layers.iter().copied())
+    );
     for r in runs {
         let Some(last) = metrics::last_evaluated(&r.records) else {
             continue;
