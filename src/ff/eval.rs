@@ -55,6 +55,18 @@ pub struct Evaluator {
     ensemble_layers: Vec<usize>,
 }
 
+/// Fails when an ensemble layer is not one of `network`'s `layers` (the network, or the
+/// architecture a config names, before any network is built).
+pub fn check_ensemble_layers(ensemble: &[usize], layers: usize, network: &str) -> Result<()> {
+    match ensemble.iter().find(|&&l| l >= layers) {
+        Some(bad) => Err(Error::Config(format!(
+            "ensemble layer {bad} does not exist: {network} has {layers} layers (0-{})",
+            layers.saturating_sub(1)
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Evaluator {
     pub fn new(layers: usize, ensemble_layers: &[usize]) -> Result<Self> {
         if ensemble_layers.is_empty() {
@@ -62,12 +74,7 @@ impl Evaluator {
                 "the ensemble needs at least one layer".into(),
             ));
         }
-        if let Some(bad) = ensemble_layers.iter().find(|l| **l >= layers) {
-            return Err(Error::Config(format!(
-                "ensemble layer {bad} does not exist: the network has {layers} layers (0-{})",
-                layers - 1
-            )));
-        }
+        check_ensemble_layers(ensemble_layers, layers, "the network")?;
         Ok(Evaluator {
             correct_per_layer: vec![0; layers],
             correct_ensemble: 0,

@@ -312,14 +312,11 @@ impl TrainConfig {
             return Err(Error::Config("eval_every must be at least 1".into()));
         }
         // Checked here, before a run folder is made (the evaluator checks it again).
-        let layers = self.arch.layers().len();
-        if let Some(bad) = self.ensemble.iter().find(|&&l| l >= layers) {
-            return Err(Error::Config(format!(
-                "ensemble layer {bad} does not exist: {} has {layers} layers (0-{})",
-                format!("{:?}", self.arch).to_lowercase(),
-                layers - 1
-            )));
-        }
+        crate::ff::eval::check_ensemble_layers(
+            &self.ensemble,
+            self.arch.layers().len(),
+            &format!("{:?}", self.arch).to_lowercase(),
+        )?;
         parse_schedule(&self.lr_schedule)?;
         crate::cli::DeviceArg::parse(&self.device)?.check_available()?;
         Ok(())
