@@ -207,6 +207,10 @@ fn image_folders_from_disk_and_archive() {
             }
         }
     }
+    // Hidden names are neither classes nor images: a notebook's checkpoint folder, and the
+    // resource forks that archives made on macOS carry (undecodable as images).
+    std::fs::create_dir_all(tmp.path().join("train/.ipynb_checkpoints")).unwrap();
+    std::fs::write(tmp.path().join("train/cat/._0.png"), b"\0\x05\x16\x07").unwrap();
     let train = image_folder::load(tmp.path(), Split::Train).unwrap();
     assert_eq!((train.len(), train.classes), (6, 2));
     assert_eq!(train.labels, vec![0, 0, 0, 1, 1, 1]);
@@ -249,6 +253,17 @@ fn image_folders_from_disk_and_archive() {
     }
     let gray = image_folder::load(gray.path(), Split::Train).unwrap();
     assert_eq!((gray.shape.channels, gray.image(0)), (1, &[9u8; 9][..]));
+
+    // A training class folder without images is refused, not made a label no image has.
+    std::fs::create_dir_all(tmp.path().join("train/bird")).unwrap();
+    let err = image_folder::load(tmp.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bird") && err.contains("no .png or .jpg images"),
+        "{err}"
+    );
+    std::fs::remove_dir(tmp.path().join("train/bird")).unwrap();
 
     write_png(&tmp.path().join("test/dog/odd.png"), 6, 4, 1);
     let err = image_folder::load(tmp.path(), Split::Test)

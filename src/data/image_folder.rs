@@ -1,6 +1,8 @@
 //! Image-folder datasets: `<split>/<class>/*.{png,jpg,jpeg}`, from a folder or a `.tar.gz`
 //! holding one (possibly under a top-level folder). Classes are the sorted folder names of the
 //! training split; label = index in that order. Every image must have the size of the first.
+//! Hidden names (starting with `.`) are skipped; a training class folder without images is an
+//! error.
 
 use super::{Dataset, Split};
 use crate::error::{Error, Result};
@@ -22,6 +24,26 @@ fn is_image(name: &str) -> bool {
     lower.ends_with(".png") || lower.ends_with(".jpg") || lower.ends_with(".jpeg")
 }
 
+/// Hidden names (`.ipynb_checkpoints/`, macOS' `._img.png` in archives made there) are
+/// neither classes nor images.
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// The image files of a class folder, sorted.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = item.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path.is_file() && is_image(&name) && !is_hidden(&name) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Reads `split/<class>/<file>` entries from a folder; returns (train classes, entries).
 fn from_folder(root: &Path, split: Split) -> Result<(Vec<String>, Vec<Entry>)> {
     let class_names = |split: Split| -> Result<Vec<String>> {
@@ -29,24 +51,30 @@ fn from_folder(root: &Path, split: Split) -> Result<(Vec<String>, Vec<Entry>)> {
         let mut names = Vec::new();
         for item in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
             let item = item.map_err(|e| Error::io(&dir, e))?;
-            if item.path().is_dir() {
-                names.push(item.file_name().to_string_lossy().into_owned());
+            let name = item.file_name().to_string_lossy().into_owned();
+            if item.path().is_dir() && !is_hidden(&name) {
+                names.push(name);
             }
         }
         names.sort();
         Ok(names)
     };
     let classes = class_names(Split::Train)?;
+    // A training class without images would still be a label (an output the model can never
+    // learn, and a wrong class count), as torchvision's ImageFolder refuses it too.
+    for class in &classes {
+        let dir = root.join(Split::Train.name()).join(class);
+        if images_in(&dir)?.is_empty() {
+            return Err(Error::data(
+                &dir,
+                "class folder holds no .png or .jpg images: remove it or fill it",
+            ));
+        }
+    }
     let mut entries = Vec::new();
     for class in class_names(split)? {
         let dir = root.join(split.name()).join(&class);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .filter_map(|f| f.ok().map(|f| f.path()))
-            .filter(|p| p.is_file() && is_image(&p.to_string_lossy()))
-            .collect();
-        files.sort();
-        for path in files {
+        for path in images_in(&dir)? {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             entries.push(Entry {
                 path,
@@ -78,7 +106,10 @@ fn from_archive(archive: &Path, split: Split) -> Result<(Vec<String>, Vec<Entry>
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         // .../<split>/<class>/<file>
-        if parts.len() < 3 || !is_image(&parts[parts.len() - 1]) {
+        if parts.len() < 3
+            || !is_image(&parts[parts.len() - 1])
+            || parts[parts.len() - 2..].iter().any(|p| is_hidden(p))
+        {
             continue;
         }
         let (entry_split, class) = (&parts[parts.len() - 3], &parts[parts.len() - 2]);
