@@ -197,9 +197,23 @@ fn run_one(mut config: TrainConfig, dir: &Path) -> Result<Finished> {
         )));
     }
     let done = crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
-    if done.last().is_some_and(|r| r.epoch >= config.epochs) {
-        println!("{}: already finished, reusing its results", dir.display());
-        return Ok((config, done));
+    if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
+        // A longer run stands for this one up to the epochs asked (its schedule does not depend
+        // on the total), so the table is the one a run of that length would give.
+        match last.epoch > config.epochs {
+            true => println!(
+                "{}: finished {} epochs, reusing its first {}",
+                dir.display(),
+                last.epoch,
+                config.epochs
+            ),
+            false => println!("{}: already finished, reusing its results", dir.display()),
+        }
+        let asked: Vec<_> = done
+            .into_iter()
+            .filter(|r| r.epoch <= config.epochs)
+            .collect();
+        return Ok((config, asked));
     }
     if config.model != Model::Ff {
         return Err(Error::Config(format!(

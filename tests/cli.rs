@@ -529,6 +529,16 @@ fn reproduce_and_report_write_tables_and_figures() {
     // A second call reuses the finished runs.
     let again = trifecta(&args);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
+    // Fewer epochs than the runs have: their first epoch stands for a 1-epoch grid.
+    let mut shorter = args;
+    shorter[13] = "1";
+    let first = trifecta(&shorter);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("finished 2 epochs, reusing its first 1")
+    );
+    let table = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(table.contains("| ff | mnist-sample | 1 |"), "{table}");
     // Another width in the same folder is not served the old width's results.
     // With --seeds: a run per variant and seed, the table's cells over the seeds.
     let seeds_out = tmp.path().join("seeds");
