@@ -409,9 +409,14 @@ fn bad_flag_values_and_config_keys() {
     }
     let out = trifecta(&["bench", "--compare-unshared-eval"]);
     assert_one_line_error(&out, &["--compare-unshared-eval", "--epoch-images"]);
-    for bad in ["0", "many"] {
+    for bad in ["0", "many", "100000"] {
         let out = trifecta_with(&["train"], &[("TRIFECTA_LOADER_THREADS", bad)]);
         assert_one_line_error(&out, &["TRIFECTA_LOADER_THREADS", bad]);
+    }
+    // Thread counts far past the cores (which made a run crawl, or never start) are refused.
+    for command in ["train", "bench"] {
+        let out = trifecta(&[command, "--threads", "100000"]);
+        assert_one_line_error(&out, &["threads 100000", "at most"]);
     }
 
     let tmp = TempDir::new("config");

@@ -78,6 +78,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    crate::backend::cpu::check_threads("--threads", args.threads)?;
     let device = DeviceArg::parse(&args.device)?;
     let cpu = device == DeviceArg::Cpu;
     let gpu_only =

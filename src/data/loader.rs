@@ -18,7 +18,10 @@ pub const THREADS_VAR: &str = "TRIFECTA_LOADER_THREADS";
 pub fn threads() -> Result<usize> {
     match std::env::var(THREADS_VAR) {
         Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
+            Ok(n) if n >= 1 => {
+                crate::backend::cpu::check_threads(THREADS_VAR, n)?;
+                Ok(n)
+            }
             _ => Err(Error::Config(format!(
                 "{THREADS_VAR}: expected a thread count of at least 1, got '{v}'"
             ))),

@@ -311,6 +311,7 @@ impl TrainConfig {
         if self.eval_every == 0 {
             return Err(Error::Config("eval_every must be at least 1".into()));
         }
+        crate::backend::cpu::check_threads("threads", self.threads)?;
         // Checked here, before a run folder is made (the evaluator checks it again).
         crate::ff::eval::check_ensemble_layers(
             &self.ensemble,

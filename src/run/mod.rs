@@ -461,6 +461,8 @@ pub fn evaluate_checkpoint(
     }
     let header = checkpoint::read_header(&file)?;
     let config = config.unwrap_or(header.config);
+    // A checkpoint's own config may come from another machine (its thread count, its device).
+    config.validate()?;
     let eval = with_backend!(
         &config.device,
         config.threads,
