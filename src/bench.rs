@@ -111,6 +111,10 @@ pub fn run_epoch<B: Backend>(
 ) -> Result<EpochReport> {
     let classes = 10;
     let ff = FfConfig::trifecta(config.arch, config.width, config.image, classes)?;
+    ff.check_fits(
+        (2 * config.batch).max(eval_batch),
+        backend.available_memory(),
+    )?;
     let mut net = FfNet::new(backend, ff, 0)?;
     let synthetic = |n: usize, seed: u64| {
         let mut rng = Rng::new(seed);
@@ -425,6 +429,7 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
     let mut ff = FfConfig::trifecta(config.arch, config.width, config.image, 10)?;
     ff.apl = config.apl;
     ff.norm = config.norm;
+    ff.check_fits(2 * config.batch, backend.available_memory())?;
     let mut net = FfNet::new(backend, ff.clone(), 0)?;
     let mut rng = Rng::new(1);
     let images: Vec<f32> = (0..config.batch * config.image.numel())

@@ -441,6 +441,15 @@ fn bad_flag_values_and_config_keys() {
     ]);
     assert_one_line_error(&out, &["ensemble layer 6", "small has 6 layers"]);
     assert!(!never.exists());
+    // A network far beyond the machine's memory is refused before it is allocated (the
+    // allocations would succeed lazily and the kernel kill the run mid-step).
+    if cfg!(target_os = "linux") {
+        let out = trifecta(&["train", "--width", "1000", "--out", never.to_str().unwrap()]);
+        assert_one_line_error(&out, &["GiB", "available", "--width"]);
+        assert!(!never.exists());
+        let out = trifecta(&["bench", "--width", "1000"]);
+        assert_one_line_error(&out, &["GiB", "available", "--width"]);
+    }
 }
 
 #[test]

@@ -275,6 +275,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A human-readable device name, e.g. `cpu (2 threads, AMD EPYC, AVX-512)`.
     fn name(&self) -> String;
 
+    /// Bytes the device can still give, where allocating past it would not fail cleanly (on
+    /// the CPU, memory is promised lazily and the kernel kills the process later). None: not
+    /// known, or allocation failures are errors anyway (CUDA's are).
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
+
     /// Waits until all queued work is done (timers call it; a synchronous backend need not).
     fn synchronize(&self) -> Result<()> {
         Ok(())

@@ -150,6 +150,43 @@ impl FfConfig {
         Ok(specs)
     }
 
+    /// Bytes that a pass over `images` images at once (a training batch counts its positives
+    /// and negatives) needs at the very least: every parameter four times in f32 (weight,
+    /// gradient, Adam's two moments) and the largest block's input and output for those
+    /// images. A floor, not an estimate: the engine holds more (every block's activations,
+    /// scratch), so a run below it may still not fit, but one above it cannot.
+    pub fn memory_floor(&self, images: usize) -> Result<u64> {
+        let specs = self.block_specs()?;
+        let params: u64 = specs
+            .iter()
+            .map(|s| (9 * s.c_in * s.c_out + 2 * s.c_in) as u64)
+            .sum();
+        let activations = specs
+            .iter()
+            .map(|s| ((s.c_in + s.c_out) * s.h * s.w) as u64)
+            .max()
+            .unwrap_or(0);
+        Ok(4 * (4 * params + images as u64 * activations))
+    }
+
+    /// Refuses a network whose [`memory_floor`](Self::memory_floor) for `images` at once
+    /// exceeds the device's `available` memory, before any of it is allocated.
+    pub fn check_fits(&self, images: usize, available: Option<u64>) -> Result<()> {
+        let (Some(available), floor) = (available, self.memory_floor(images)?) else {
+            return Ok(());
+        };
+        if floor > available {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(Error::Config(format!(
+                "this network (channels {:?}) needs at least {:.1} GiB for {images} images at once (parameters, gradients, Adam's moments and one block's activations), more than the {:.1} GiB this machine has available: lower --width or the batch sizes",
+                self.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+                gib(floor),
+                gib(available)
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether block `block` computes its loss and updates at `iteration`: always without APL;
     /// with APL, odd blocks on even iterations and even blocks on odd ones.
     pub fn updates(&self, block: usize, iteration: u64) -> bool {

@@ -69,7 +69,12 @@ pub fn build_net<B: Backend>(
     config: &TrainConfig,
     data: &Dataset,
 ) -> Result<FfNet<B>> {
-    FfNet::new(backend, ff_config(config, data)?, config.seed)
+    let ff = ff_config(config, data)?;
+    ff.check_fits(
+        (2 * config.batch_size).max(config.eval_batch_size),
+        backend.available_memory(),
+    )?;
+    FfNet::new(backend, ff, config.seed)
 }
 
 /// The FF configuration (architecture, rule, Adam) of a run, for images of `data`'s shape;
@@ -526,12 +531,12 @@ fn classifier_accuracy<B: Backend>(
 fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
     let (train, test) = load_data(config)?;
-    let mut net = ClassifierNet::new(
-        backend,
-        ff_config(config, &train)?,
-        config.model,
-        config.seed,
+    let ff = ff_config(config, &train)?;
+    ff.check_fits(
+        config.batch_size.max(config.eval_batch_size),
+        backend.available_memory(),
     )?;
+    let mut net = ClassifierNet::new(backend, ff, config.model, config.seed)?;
     create_run_dir(&dir, config)?;
     let layers = net.head_layers();
     println!(

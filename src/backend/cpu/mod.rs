@@ -26,6 +26,22 @@ pub fn max_threads() -> usize {
     4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The memory this machine can still give a process, in bytes: Linux's estimate of what is
+/// available without swapping, plus free swap. None where `/proc/meminfo` does not say.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(1024 * (kib("MemAvailable:")? + kib("SwapFree:").unwrap_or(0)))
+}
+
 /// Fails, naming `what` (the flag, key or variable), when `threads` exceeds [`max_threads`].
 pub fn check_threads(what: &str, threads: usize) -> Result<()> {
     let max = max_threads();
@@ -182,6 +198,10 @@ impl Backend for Cpu {
 
     fn enable_profile(&self) {
         self.profile.enable();
+    }
+
+    fn available_memory(&self) -> Option<u64> {
+        available_memory()
     }
 
     fn profile(&self) -> Result<Vec<crate::profile::Row>> {
