@@ -441,6 +441,18 @@ fn bad_flag_values_and_config_keys() {
     ]);
     assert_one_line_error(&out, &["ensemble layer 6", "small has 6 layers"]);
     assert!(!never.exists());
+    let absent = tmp.path().join("absent");
+    let out = trifecta(&[
+        "train",
+        "--dataset",
+        "svhn",
+        "--data-dir",
+        absent.to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &out,
+        &["absent", "no such folder", "data download --dataset svhn"],
+    );
     // A network far beyond the machine's memory is refused before it is allocated (the
     // allocations would succeed lazily and the kernel kill the run mid-step).
     if cfg!(target_os = "linux") {

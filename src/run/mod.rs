@@ -36,6 +36,20 @@ pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
     // Only the cache folder is downloaded into; an explicit folder is read as it is.
     let download = config.data_dir.is_none() && config.dataset != DatasetKind::MnistSample;
     if !download {
+        if config.dataset != DatasetKind::MnistSample && !dir.exists() {
+            let fetch = match data::download::remotes(config.dataset) {
+                [] => String::new(),
+                _ => format!(
+                    " (`trifecta data download --dataset {} --data-dir {}` fetches it)",
+                    config.dataset.name(),
+                    dir.display()
+                ),
+            };
+            return Err(Error::data(
+                &dir,
+                format!("--data-dir: no such folder{fetch}"),
+            ));
+        }
         data::download::check_not_the_twin(config.dataset, &dir)?;
     }
     let mut train = data::load(config.dataset, &dir, Split::Train, download)?;
