@@ -441,6 +441,15 @@ fn bad_flag_values_and_config_keys() {
     ]);
     assert_one_line_error(&out, &["ensemble layer 6", "small has 6 layers"]);
     assert!(!never.exists());
+    let out = trifecta(&[
+        "train",
+        "--ensemble",
+        "4,5,5",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["layer 5 twice"]);
+    assert!(!never.exists());
     let absent = tmp.path().join("absent");
     let out = trifecta(&[
         "train",

@@ -58,13 +58,21 @@ pub struct Evaluator {
 /// Fails when an ensemble layer is not one of `network`'s `layers` (the network, or the
 /// architecture a config names, before any network is built).
 pub fn check_ensemble_layers(ensemble: &[usize], layers: usize, network: &str) -> Result<()> {
-    match ensemble.iter().find(|&&l| l >= layers) {
-        Some(bad) => Err(Error::Config(format!(
+    if let Some(bad) = ensemble.iter().find(|&&l| l >= layers) {
+        return Err(Error::Config(format!(
             "ensemble layer {bad} does not exist: {network} has {layers} layers (0-{})",
             layers.saturating_sub(1)
-        ))),
-        None => Ok(()),
+        )));
     }
+    // A layer listed twice would count twice in the average, silently.
+    if let Some(twice) = ensemble
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| ensemble[..i].contains(l).then_some(l))
+    {
+        return Err(Error::Config(format!("ensemble lists layer {twice} twice")));
+    }
+    Ok(())
 }
 
 impl Evaluator {
