@@ -152,6 +152,21 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     let split = tmp.path().join("split");
     assert!(run_quick(&whole, 3).status.success());
     assert!(run_quick(&split, 1).status.success());
+    // The run was stopped while writing epoch 2's record (not checkpointed yet): the torn line
+    // is left out, and the resume trains epoch 2 again. A bad complete line stays an error.
+    let metrics = split.join("metrics.jsonl");
+    let records = std::fs::read(&metrics).unwrap();
+    std::fs::write(&metrics, [&records[..], b"{\"epoch\":2,\"lay"].concat()).unwrap();
+    assert_eq!(trifecta::run::metrics::read(&metrics).unwrap().len(), 1);
+    std::fs::write(&metrics, [&records[..], b"{\"epoch\":2,\"lay\n"].concat()).unwrap();
+    let err = trifecta::run::metrics::read(&metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("line 2"),
+        "{err}"
+    );
+    std::fs::write(&metrics, [&records[..], b"{\"epoch\":2,\"lay"].concat()).unwrap();
     // The resumed epochs' batches are prepared on another number of threads (the default is
     // half the cores): the same batches all the same.
     let out = trifecta_with(

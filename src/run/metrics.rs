@@ -48,18 +48,28 @@ pub fn append(path: &Path, record: &EpochRecord) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    let line = serde_json::to_string(record).expect("a record always serialises");
-    writeln!(file, "{line}").map_err(|e| Error::io(path, e))
+    // One write of the whole line: `writeln!` writes the newline separately.
+    let line = serde_json::to_string(record).expect("a record always serialises") + "\n";
+    file.write_all(line.as_bytes())
+        .map_err(|e| Error::io(path, e))
 }
 
+/// Every record of a metrics file. A last line without its newline that does not parse is a
+/// write cut short (a full disk, a kill): it is left out, as the epoch it began is not
+/// checkpointed (the record is written first) and a resumed run trains it again. Any other
+/// bad line is an error naming it.
 pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
+    let lines: Vec<&str> = text.lines().collect();
+    let torn = !text.ends_with('\n');
+    lines
+        .iter()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))
+        .filter_map(|(i, line)| match serde_json::from_str(line) {
+            Ok(record) => Some(Ok(record)),
+            Err(_) if torn && i + 1 == lines.len() => None,
+            Err(e) => Some(Err(Error::data(path, format!("line {}: {e}", i + 1)))),
         })
         .collect()
 }
