@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::ff::FfNet;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "trifecta-checkpoint-1";
@@ -30,7 +31,17 @@ pub struct Header {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    // On the disk before the rename makes it the file: after a crash the name holds the old
+    // bytes or the new ones, never a file the rename got ahead of.
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A partial copy (a full disk) is not left to fill it further.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
