@@ -677,6 +677,29 @@ fn reproduce_and_report_write_tables_and_figures() {
     let baseline = trifecta(&["eval", out.join("lcp").to_str().unwrap()]);
     assert_one_line_error(&baseline, &["lcp", "baseline"]);
 
+    // A run stopped before its last epoch says so.
+    let partial = tmp.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    for file in ["metrics.jsonl", "config.toml"] {
+        std::fs::copy(out.join("ff").join(file), partial.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(partial.join("config.toml")).unwrap();
+    std::fs::write(
+        partial.join("config.toml"),
+        config.replace("epochs = 2\n", "epochs = 5\n"),
+    )
+    .unwrap();
+    let partial_report = tmp.path().join("partial-report");
+    let out_partial = trifecta(&[
+        "report",
+        partial.to_str().unwrap(),
+        "--out",
+        partial_report.to_str().unwrap(),
+    ]);
+    assert!(out_partial.status.success(), "{}", stderr(&out_partial));
+    let md = std::fs::read_to_string(partial_report.join("report.md")).unwrap();
+    assert!(md.contains("2 of 5 epochs (unfinished)"), "{md}");
+
     let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
     assert_one_line_error(&missing, &["nothing", "config.toml"]);
 }

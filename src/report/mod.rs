@@ -147,9 +147,15 @@ fn file_part(name: &str) -> String {
         .collect()
 }
 
-fn describe(c: &TrainConfig) -> String {
+/// A run's settings in words; with `done`, the epochs it has finished where that is fewer than
+/// its config asks (a run stopped, or still at work).
+fn describe(c: &TrainConfig, done: Option<u64>) -> String {
+    let epochs = match done {
+        Some(done) if done < c.epochs => format!("{done} of {} epochs (unfinished)", c.epochs),
+        _ => format!("{} epochs", c.epochs),
+    };
     format!(
-        "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {} epochs",
+        "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {epochs}",
         c.model,
         c.dataset.name(),
         c.arch,
@@ -158,7 +164,6 @@ fn describe(c: &TrainConfig) -> String {
         c.apl,
         c.norm,
         c.batch_size,
-        c.epochs
     )
     .to_lowercase()
 }
@@ -252,7 +257,7 @@ fn across_seeds(runs: &[RunData]) -> String {
                 .collect();
             let _ = write!(row, " {} |", mean_sd(&values));
         }
-        let _ = writeln!(md, "{}:\n\n{head}\n{row}\n", describe(&config));
+        let _ = writeln!(md, "{}:\n\n{head}\n{row}\n", describe(&config, None));
     }
     md
 }
@@ -298,7 +303,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             "- **{}** ({}): {}",
             r.name,
             r.dir.display(),
-            describe(&r.config)
+            describe(&r.config, r.records.last().map(|e| e.epoch))
         );
     }
     md.push_str(&across_seeds(runs));
@@ -325,7 +330,12 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     let _ = writeln!(md, "\n![final accuracy per layer](layers.png)\n");
 
     for r in runs {
-        let _ = writeln!(md, "## {}\n\n{}\n", r.name, describe(&r.config));
+        let _ = writeln!(
+            md,
+            "## {}\n\n{}\n",
+            r.name,
+            describe(&r.config, r.records.last().map(|e| e.epoch))
+        );
         let _ = writeln!(
             md,
             "| epoch | lr | ensemble | train s | samples/s |\n|---|---|---|---|---|"
