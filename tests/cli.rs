@@ -193,6 +193,11 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
         tensors(&split.join("checkpoint.safetensors")),
         "weights, running statistics and Adam moments must be identical"
     );
+    // The separation histograms' goodness comes from the last evaluation, so it is too.
+    assert_eq!(
+        tensors(&whole.join("goodness.safetensors")),
+        tensors(&split.join("goodness.safetensors"))
+    );
     let accuracies = |dir: &PathBuf| -> Vec<Option<f64>> {
         trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
             .unwrap()

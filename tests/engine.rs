@@ -375,6 +375,15 @@ fn evaluation_does_not_depend_on_the_batch_size() {
             e.ensemble_accuracy, whole.ensemble_accuracy,
             "batch {batch}"
         );
+        // The goodness kept for the histograms: every image's, in order, whatever the batches.
+        assert_eq!(e.kept.labels, data.labels, "batch {batch}");
+        assert_eq!(e.kept.goodness.len(), n * 10 * 3, "batch {batch}");
+        for (a, b) in e.kept.goodness.iter().zip(&whole.kept.goodness) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "batch {batch}: {a} vs {b}"
+            );
+        }
     }
 }
 

@@ -15,6 +15,30 @@ pub struct Evaluation {
     /// The layers the ensemble averages.
     pub ensemble_layers: Vec<usize>,
     pub samples: usize,
+    /// The goodness of the first test images, for the separation histograms.
+    pub kept: KeptGoodness,
+}
+
+/// How many test images an evaluation keeps the goodness of.
+pub const KEPT_IMAGES: usize = 1000;
+
+/// The goodness of the first [`KEPT_IMAGES`] images of an evaluation under every label at every
+/// layer, as the evaluation computed it (no pass of its own).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeptGoodness {
+    /// Each kept image's true label.
+    pub labels: Vec<u32>,
+    /// `goodness[(image * classes + label) * layers + layer]`.
+    pub goodness: Vec<f32>,
+    pub classes: usize,
+    pub layers: usize,
+}
+
+impl KeptGoodness {
+    /// Image `image`'s goodness at `layer` under `label`.
+    pub fn at(&self, image: usize, label: u32, layer: usize) -> f32 {
+        self.goodness[(image * self.classes + label as usize) * self.layers + layer]
+    }
 }
 
 /// argmax over labels of `goodness[label][layer][sample]` summed over `layers`; ties go to the
@@ -53,6 +77,7 @@ pub struct Evaluator {
     correct_ensemble: usize,
     samples: usize,
     ensemble_layers: Vec<usize>,
+    kept: KeptGoodness,
 }
 
 /// Fails when an ensemble layer is not one of `network`'s `layers` (the network, or the
@@ -88,6 +113,10 @@ impl Evaluator {
             correct_ensemble: 0,
             samples: 0,
             ensemble_layers: ensemble_layers.to_vec(),
+            kept: KeptGoodness {
+                layers,
+                ..KeptGoodness::default()
+            },
         })
     }
 
@@ -116,6 +145,20 @@ impl Evaluator {
             .filter(|(p, y)| p == y)
             .count();
         self.samples += n;
+        self.kept.classes = classes;
+        for (i, &label) in labels.iter().enumerate() {
+            if self.kept.labels.len() >= KEPT_IMAGES {
+                break;
+            }
+            self.kept.labels.push(label);
+            for c in 0..classes {
+                for layer in 0..layers {
+                    self.kept
+                        .goodness
+                        .push(goodness[(c * layers + layer) * n + i]);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -130,6 +173,7 @@ impl Evaluator {
             ensemble_accuracy: self.correct_ensemble as f64 / total,
             ensemble_layers: self.ensemble_layers,
             samples: self.samples,
+            kept: self.kept,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::baselines::{ClassifierNet, Model};
 use crate::data::augment::Augment;
 use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::error::{Error, Result};
+use crate::ff::eval::KeptGoodness;
 use crate::ff::train::{evaluate, train_epoch};
 use crate::ff::{Evaluation, FfConfig, FfNet};
 use config::TrainConfig;
@@ -319,36 +320,29 @@ fn train_ff<B: Backend>(
             config: config.clone(),
         };
         checkpoint::save(&checkpoint_path, &mut net, backend, &header)?;
+        // The histograms follow the last evaluation, so a run stopped early has them too.
+        if let Some(eval) = &eval {
+            save_goodness_samples(&dir.join(GOODNESS_FILE), &eval.kept, config.seed)?;
+        }
         records.push(record);
-    }
-    if !records.is_empty() {
-        save_goodness_samples(&dir.join(GOODNESS_FILE), &mut net, backend, &test, config)?;
     }
     Ok(records)
 }
 
-/// Goodness of every layer for up to 1,000 test images, once with the true label and once with
-/// a uniformly drawn wrong one (the thesis' "data separation" histograms): tensors
-/// `layer{i}.positive` and `layer{i}.negative`.
-fn save_goodness_samples<B: Backend>(
-    path: &Path,
-    net: &mut FfNet<B>,
-    backend: &B,
-    test: &Dataset,
-    config: &TrainConfig,
-) -> Result<()> {
-    let mut rng = crate::rng::Rng::stream(config.seed, 5);
-    let m = test.len().min(1000);
-    let indices: Vec<usize> = (0..m).collect();
-    let (images, labels) = test.batch(&indices, None);
-    let wrong = data::wrong_labels(&labels, test.classes, &mut rng);
-    let goodness = net.goodness_per_label(backend, &images)?;
-    let layers = net.blocks.len();
+/// Goodness of every layer for the test images an evaluation kept (up to 1,000), once with the
+/// true label and once with a uniformly drawn wrong one (the thesis' "data separation"
+/// histograms): tensors `layer{i}.positive` and `layer{i}.negative`.
+fn save_goodness_samples(path: &Path, kept: &KeptGoodness, seed: u64) -> Result<()> {
+    let mut rng = crate::rng::Rng::stream(seed, 5);
+    let wrong = data::wrong_labels(&kept.labels, kept.classes, &mut rng);
     let mut tensors = Vec::new();
-    for layer in 0..layers {
-        let at = |label: u32, i: usize| goodness[(label as usize * layers + layer) * m + i];
-        let positive: Vec<f32> = (0..m).map(|i| at(labels[i], i)).collect();
-        let negative: Vec<f32> = (0..m).map(|i| at(wrong[i], i)).collect();
+    for layer in 0..kept.layers {
+        let positive: Vec<f32> = (0..kept.labels.len())
+            .map(|i| kept.at(i, kept.labels[i], layer))
+            .collect();
+        let negative: Vec<f32> = (0..kept.labels.len())
+            .map(|i| kept.at(i, wrong[i], layer))
+            .collect();
         tensors.push((format!("layer{layer}.positive"), positive));
         tensors.push((format!("layer{layer}.negative"), negative));
     }
