@@ -7,12 +7,7 @@ fn main() -> ExitCode {
     let cli = match trifecta::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // clap's first line says what is wrong; the rest is a usage hint.
-            let text = e.to_string();
-            eprintln!(
-                "{} (see --help)",
-                text.lines().next().unwrap_or("error: bad arguments")
-            );
+            eprintln!("{} (see --help)", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help, --version
@@ -24,4 +19,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message in one line: what is wrong, with what it lists under it (the missing
+/// arguments) and its tips (a flag's right spelling), but not the usage and help hints that
+/// follow (the line ends with our own "see --help").
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().take_while(|l| !l.starts_with("Usage:"));
+    let mut out = lines.next().unwrap_or("error: bad arguments").to_string();
+    let hint = |l: &&str| l.is_empty() || l.starts_with("For more information");
+    for line in lines.map(str::trim).filter(|l| !hint(l)) {
+        out.push_str(if line.starts_with("tip:") { "; " } else { " " });
+        out.push_str(line);
+    }
+    out
 }

@@ -413,6 +413,14 @@ fn bad_flag_values_and_config_keys() {
     let out = trifecta(&["train", "--width", "-1"]);
     assert_one_line_error(&out, &["--width", "-1"]);
     assert_eq!(out.status.code(), Some(2));
+    // clap's lists and tips under its first line stay in the one line.
+    let out = trifecta(&["eval"]);
+    assert_one_line_error(&out, &["required arguments", "<CHECKPOINT>"]);
+    let out = trifecta(&["train", "--epoch", "3"]);
+    assert_one_line_error(
+        &out,
+        &["'--epoch'", "tip: a similar argument exists: '--epochs'"],
+    );
     let out = trifecta(&["train", "--lr-schedule", "200:fast"]);
     assert_one_line_error(&out, &["--lr-schedule", "200:fast"]);
     let out = trifecta(&["train", "--device", "tpu"]);
