@@ -267,6 +267,23 @@ fn data_download_from_a_mirror_verifies_the_real_files() {
             .count(),
         4
     );
+    // Then both splits load as training reads them.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("train: 60000 images, 1x28x28")
+            && stdout.contains("test: 10000 images, 1x28x28"),
+        "{stdout}"
+    );
+    // MNIST checked as Fashion-MNIST names the mix-up, not only a checksum.
+    let twin = trifecta(&[
+        "data",
+        "verify",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&twin, &["this is mnist's file, not fashion-mnist's"]);
 
     // A corrupted file on disk fails verification with its name.
     let victim = tmp.path().join("t10k-labels-idx1-ubyte.gz");
@@ -406,6 +423,20 @@ fn image_of_the_wrong_size() {
     }
     let out = train_on("folder", tmp.path(), &tmp.path().join("run"));
     assert_one_line_error(&out, &["4.png", "9x8", "expected 8x8"]);
+    // `data verify` finds the same before any run, and says what a good folder holds.
+    let dir = tmp.path().to_str().unwrap();
+    let verify = ["data", "verify", "--dataset", "folder", "--data-dir", dir];
+    assert_one_line_error(&trifecta(&verify), &["4.png", "9x8"]);
+    image::GrayImage::new(8, 8)
+        .save(tmp.path().join("test/b/4.png"))
+        .unwrap();
+    let out = trifecta(&verify);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("train: 2 images, 1x8x8 (channels x height x width), 2 classes, 1 each"),
+        "{stdout}"
+    );
 }
 
 #[test]

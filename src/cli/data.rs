@@ -1,7 +1,7 @@
-//! `trifecta data download|verify`: fetch the official dataset files into the data folder and
-//! check them against their published checksums.
+//! `trifecta data download|verify`: fetch the official dataset files into the data folder,
+//! check them against their published checksums, and load both splits as training would.
 
-use crate::data::{self, DatasetKind, download};
+use crate::data::{self, DatasetKind, Split, download};
 
 use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
@@ -17,7 +17,8 @@ pub struct DataArgs {
 pub enum DataAction {
     /// Download what is missing, then verify every file.
     Download(DataTarget),
-    /// Verify the files already there.
+    /// Verify the files already there (checksums of the official files), then load both
+    /// splits as training would and print what they hold; image folders too.
     Verify(DataTarget),
 }
 
@@ -35,7 +36,8 @@ pub fn run(args: DataArgs) -> Result<()> {
         DataAction::Download(t) => (t, true),
         DataAction::Verify(t) => (t, false),
     };
-    if download::remotes(target.dataset).is_empty() {
+    let official = !download::remotes(target.dataset).is_empty();
+    if fetch && !official {
         return Err(Error::Config(format!(
             "{} has no official files to download (the sample is built in; folders are your own)",
             target.dataset.name()
@@ -45,8 +47,36 @@ pub fn run(args: DataArgs) -> Result<()> {
     if fetch {
         download::ensure(target.dataset, &dir)?;
     }
-    for line in download::check_all(target.dataset, &dir)? {
-        println!("{line}");
+    if official {
+        download::check_not_the_twin(target.dataset, &dir)?;
+        for line in download::check_all(target.dataset, &dir)? {
+            println!("{line}");
+        }
+    }
+    for split in [Split::Train, Split::Test] {
+        let set = data::load(target.dataset, &dir, split, false)?;
+        println!("{}: {}", split.name(), summary(&set));
     }
     Ok(())
+}
+
+/// What a split holds: its size, image shape, classes and images per class.
+fn summary(set: &data::Dataset) -> String {
+    let mut counts = vec![0usize; set.classes];
+    for &label in &set.labels {
+        counts[label as usize] += 1;
+    }
+    let per_class = match counts.iter().all(|&c| c == counts[0]) {
+        true => format!("{} each", counts[0]),
+        false => format!("{counts:?} per class"),
+    };
+    let shape = set.shape;
+    format!(
+        "{} images, {}x{}x{} (channels x height x width), {} classes, {per_class}",
+        set.len(),
+        shape.channels,
+        shape.height,
+        shape.width,
+        set.classes
+    )
 }
