@@ -68,7 +68,8 @@ pub struct KnobArgs {
     /// [default: 0.001]
     #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4.
+    /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4 (instead
+    /// of --lr); epochs past the last segment keep its rate.
     #[arg(long, value_parser = schedule_arg)]
     pub lr_schedule: Option<String>,
     #[arg(long)]

@@ -28,9 +28,10 @@ pub struct TrainConfig {
     pub norm: NormKind,
     pub epochs: u64,
     pub batch_size: usize,
-    /// Learning rate of epochs not covered by `lr_schedule`.
+    /// Adam's learning rate, for every epoch when `lr_schedule` is empty.
     pub lr: f64,
-    /// Epoch segments `EPOCHS:LR,...`, e.g. the thesis' `200:1e-3,200:5e-4,100:1e-4`.
+    /// Epoch segments `EPOCHS:LR,...`, e.g. the thesis' `200:1e-3,200:5e-4,100:1e-4`; epochs
+    /// past the last segment keep its rate.
     pub lr_schedule: String,
     pub seed: u64,
     /// CPU threads, 0 = one per core.
@@ -388,16 +389,20 @@ impl TrainConfig {
         epoch.is_multiple_of(self.eval_every) || epoch >= self.epochs
     }
 
-    /// The learning rate of epoch `epoch` (1-based).
+    /// The learning rate of epoch `epoch` (1-based): its segment's, or past the schedule the
+    /// last segment's (as PyTorch's `MultiStepLR` keeps its last rate: a finished 500-epoch
+    /// run resumed for more epochs goes on at 1e-4, not back at 1e-3); `lr` without one.
     pub fn lr_at(&self, epoch: u64) -> f64 {
         let mut start = 0;
+        let mut last = self.lr;
         for segment in parse_schedule(&self.lr_schedule).unwrap_or_default() {
             if epoch <= start + segment.epochs {
                 return segment.lr;
             }
             start += segment.epochs;
+            last = segment.lr;
         }
-        self.lr
+        last
     }
 
     pub fn to_toml(&self) -> String {
@@ -487,7 +492,7 @@ mod tests {
     }
 
     /// The thesis' 500-epoch schedule, shortened: each segment's epochs (1-based) take its
-    /// rate, and epochs past the schedule take `lr`.
+    /// rate, and epochs past the schedule keep the last segment's.
     #[test]
     fn lr_schedule_segments_cover_their_epochs() {
         let config = TrainConfig {
@@ -496,7 +501,7 @@ mod tests {
             ..quick_start()
         };
         let rates: Vec<f64> = (1..=8).map(|e| config.lr_at(e)).collect();
-        assert_eq!(rates, [1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 1e-4, 0.25, 0.25]);
+        assert_eq!(rates, [1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 1e-4, 1e-4, 1e-4]);
         let plain = quick_start();
         assert!((1..=plain.epochs).all(|e| plain.lr_at(e) == plain.lr));
         for bad in ["2:1e-3,", "0:1e-3", "2:-1", "2", "x:1e-3", "2:nan"] {
