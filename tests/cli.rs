@@ -687,6 +687,13 @@ fn reproduce_and_report_write_tables_and_figures() {
         !md.contains("(delta-lcp.png)"),
         "the LCP baseline has no goodness, hence no delta figure"
     );
+    // Both runs' 2 epochs x 6 layers in the long table, after its header.
+    let csv = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2 * 6, "{csv}");
+    assert!(
+        csv.contains("\nff,0,2,") && csv.contains("\nlcp,0,2,"),
+        "{csv}"
+    );
     let png = image::open(report.join("goodness-ff.png")).unwrap();
     assert!(png.width() >= 800);
     // A grid's folder stands for its runs. The first grid (seed 0) and the seeds' grid (1, 2)

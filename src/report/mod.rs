@@ -306,6 +306,10 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             describe(&r.config, r.records.last().map(|e| e.epoch))
         );
     }
+    let _ = writeln!(
+        md,
+        "\nEvery run's metrics, a row per epoch and layer (for pandas and the like): [{METRICS_CSV}]({METRICS_CSV})."
+    );
     md.push_str(&across_seeds(runs));
     let side_by_side = LineChart {
         title: "Final test accuracy per layer".into(),
@@ -408,9 +412,55 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             let _ = writeln!(md, "![goodness histograms]({stem}.png)\n");
         }
     }
+    checkpoint::write_atomic(&out.join(METRICS_CSV), metrics_csv(runs).as_bytes())?;
     let path = out.join("report.md");
     checkpoint::write_atomic(&path, md.as_bytes())?;
     Ok(path)
+}
+
+/// The report's table of every run's metrics.
+pub const METRICS_CSV: &str = "metrics.csv";
+
+/// Every record of every run in long form, one row per (run, epoch, layer), the epoch's own
+/// values repeated on its layers' rows; an empty cell where a value was not measured (an
+/// epoch not evaluated, a baseline's goodness). `pd.read_csv` reads it as it is.
+fn metrics_csv(runs: &[RunData]) -> String {
+    let mut csv = String::from(
+        "run,seed,epoch,lr,layer,loss,positive,negative,delta,test_accuracy,ensemble_accuracy,train_seconds,eval_seconds\n",
+    );
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    for r in runs {
+        let name = csv_text(&r.name);
+        for e in &r.records {
+            for l in &e.layers {
+                let _ = writeln!(
+                    csv,
+                    "{name},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.config.seed,
+                    e.epoch,
+                    e.lr,
+                    l.layer,
+                    l.loss,
+                    cell(l.positive),
+                    cell(l.negative),
+                    cell(l.delta),
+                    cell(l.test_accuracy),
+                    cell(e.ensemble_accuracy),
+                    e.train_seconds,
+                    e.eval_seconds
+                );
+            }
+        }
+    }
+    csv
+}
+
+/// A CSV text cell: quoted (quotes doubled) where it holds a comma, a quote or a line break.
+fn csv_text(text: &str) -> String {
+    match text.contains([',', '"', '\n', '\r']) {
+        true => format!("\"{}\"", text.replace('"', "\"\"")),
+        false => text.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -483,6 +533,25 @@ mod tests {
             across_seeds(&[run("a", 0, 0.25, [0.5, 0.9]), run("d", 0, 0.25, [0.5, 0.9])]),
             ""
         );
+    }
+
+    /// Long form: a row per run, epoch and layer; unmeasured values empty; a name with a
+    /// comma or a quote quoted as RFC 4180 says.
+    #[test]
+    fn metrics_csv_has_a_row_per_epoch_and_layer() {
+        let mut a = run("grid, \"a\"", 3, 0.25, [0.5, 0.9]);
+        a.records[0].layers[0].test_accuracy = None;
+        a.records[0].layers[1].positive = Some(2.5);
+        let csv = metrics_csv(&[a, run("b", 1, 0.25, [0.7, 0.8])]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 1 + 2 + 2, "{csv}");
+        assert!(lines[0].starts_with("run,seed,epoch,lr,layer,loss,positive"));
+        assert_eq!(lines[1], "\"grid, \"\"a\"\"\",3,1,0.001,0,0.5,,,,,0.9,1,1");
+        assert_eq!(
+            lines[2],
+            "\"grid, \"\"a\"\"\",3,1,0.001,1,0.5,2.5,,,0.9,0.9,1,1"
+        );
+        assert_eq!(lines[4], "b,1,1,0.001,1,0.5,,,,0.8,0.8,1,1");
     }
 
     /// A backprop run records its last layer only: its column is that layer's.
