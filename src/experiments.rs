@@ -140,9 +140,12 @@ pub fn run(
         [] => vec![None],
         _ => seeds.iter().copied().map(Some).collect(),
     };
-    let mut rows = Vec::new();
+    // Every run's settings first, so that a bad value, a missing data folder (the datasets
+    // grid reads four) or a folder holding another run fails before any run starts, not
+    // after hours of the others.
+    let mut grid = Vec::new();
     for variant in variants(experiment, dataset) {
-        let mut runs = Vec::new();
+        let mut configs = Vec::new();
         for &seed in &seeds {
             let dir = match seed {
                 Some(seed) => out.join(format!("{}-seed{seed}", variant.name)),
@@ -162,6 +165,15 @@ pub fn run(
             }
             let config = partial.resolve()?;
             config.check_precision_for_new_run()?;
+            crate::run::check_data_dir(&config)?;
+            configs.push((reconcile(config, &dir)?, dir));
+        }
+        grid.push((variant, configs));
+    }
+    let mut rows = Vec::new();
+    for (variant, configs) in grid {
+        let mut runs = Vec::new();
+        for (config, dir) in configs {
             runs.push(run_one(config, &dir)?);
         }
         rows.push((variant, runs));
@@ -177,24 +189,33 @@ pub fn run(
 /// A finished run of a grid: its configuration and every epoch's record.
 type Finished = (TrainConfig, Vec<EpochRecord>);
 
-/// One run of a grid in `dir`: trained, or reused if finished, or resumed if not.
-fn run_one(mut config: TrainConfig, dir: &Path) -> Result<Finished> {
+/// The configuration to run in `dir`: `config` itself for a new run; for a folder that holds
+/// one already, its saved configuration with the knobs a resumed run may change taken from
+/// `config`, or an error if it is another run (another width's results must not stand in for
+/// this one's).
+fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
-        let records = crate::run::train(&config, false)?;
-        return Ok((config, records));
+        return Ok(config);
     }
-    // Reused or resumed only if it is the run asked for (but for the knobs a resumed run may
-    // change): another width's results must not stand in for this one's.
     let mut saved = crate::run::read_config(dir)?;
     saved.out = dir.to_path_buf();
-    let changed;
-    (config, changed) = saved.with_changes(&PartialConfig::from(&config))?;
+    let (config, changed) = saved.with_changes(&PartialConfig::from(&config))?;
     if !changed.is_empty() {
         return Err(Error::Config(format!(
             "{} holds a run with other settings ({}): remove it, or choose another --out",
             dir.display(),
             changed.join(", ")
         )));
+    }
+    Ok(config)
+}
+
+/// One run of a grid in `dir`, as [`reconcile`]d: trained, or reused if finished, or resumed
+/// if not.
+fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
+    if !dir.join(crate::run::CONFIG_FILE).exists() {
+        let records = crate::run::train(&config, false)?;
+        return Ok((config, records));
     }
     let done = crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {

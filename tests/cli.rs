@@ -509,6 +509,23 @@ fn bad_flag_values_and_config_keys() {
     ]);
     assert_one_line_error(&out, &["layer 5 twice"]);
     assert!(!never.exists());
+    // A grid checks all its data folders before its first run: no hours of MNIST and
+    // Fashion-MNIST before it finds SVHN missing.
+    let root = tmp.path().join("data-root");
+    for present in ["mnist", "fashion-mnist"] {
+        std::fs::create_dir_all(root.join(present)).unwrap();
+    }
+    let grid = tmp.path().join("grid");
+    let out = trifecta(&[
+        "reproduce",
+        "datasets",
+        "--data-dir",
+        root.to_str().unwrap(),
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["svhn", "no such folder"]);
+    assert!(!grid.exists());
     let absent = tmp.path().join("absent");
     let out = trifecta(&[
         "train",
@@ -753,4 +770,14 @@ fn reproduce_and_report_write_tables_and_figures() {
 
     let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
     assert_one_line_error(&missing, &["nothing", "config.toml"]);
+
+    // Every folder of a grid is checked before its first run: ff-seed1, removed, is not
+    // trained again when lcp-seed2, a later run, turns out to hold another width.
+    std::fs::remove_dir_all(seeds_out.join("ff-seed1")).unwrap();
+    let config = seeds_out.join("lcp-seed2/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("width = 0.125", "width = 0.25")).unwrap();
+    let out = trifecta(&seeded);
+    assert_one_line_error(&out, &["lcp-seed2", "width 0.25 -> 0.125"]);
+    assert!(!seeds_out.join("ff-seed1").exists());
 }

@@ -30,29 +30,38 @@ pub const GOODNESS_FILE: &str = "goodness.safetensors";
 /// The trained parameters of a baseline run.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
+/// The folder a config's dataset is read from, checked as far as can be without reading it:
+/// an explicit `--data-dir` must exist (with the download command where there is one), and
+/// must not hold the other of MNIST and Fashion-MNIST.
+pub fn check_data_dir(config: &TrainConfig) -> Result<PathBuf> {
+    let dir = data::data_dir(config.dataset, config.data_dir.as_deref())?;
+    if config.data_dir.is_none() || config.dataset == DatasetKind::MnistSample {
+        return Ok(dir);
+    }
+    if !dir.exists() {
+        let fetch = match data::download::remotes(config.dataset) {
+            [] => String::new(),
+            _ => format!(
+                " (`trifecta data download --dataset {} --data-dir {}` fetches it)",
+                config.dataset.name(),
+                dir.display()
+            ),
+        };
+        return Err(Error::data(
+            &dir,
+            format!("--data-dir: no such folder{fetch}"),
+        ));
+    }
+    data::download::check_not_the_twin(config.dataset, &dir)?;
+    Ok(dir)
+}
+
 /// The training and test splits of a config's dataset, with the training split's
 /// normalisation applied to both.
 pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
-    let dir = data::data_dir(config.dataset, config.data_dir.as_deref())?;
+    let dir = check_data_dir(config)?;
     // Only the cache folder is downloaded into; an explicit folder is read as it is.
     let download = config.data_dir.is_none() && config.dataset != DatasetKind::MnistSample;
-    if !download {
-        if config.dataset != DatasetKind::MnistSample && !dir.exists() {
-            let fetch = match data::download::remotes(config.dataset) {
-                [] => String::new(),
-                _ => format!(
-                    " (`trifecta data download --dataset {} --data-dir {}` fetches it)",
-                    config.dataset.name(),
-                    dir.display()
-                ),
-            };
-            return Err(Error::data(
-                &dir,
-                format!("--data-dir: no such folder{fetch}"),
-            ));
-        }
-        data::download::check_not_the_twin(config.dataset, &dir)?;
-    }
     let mut train = data::load(config.dataset, &dir, Split::Train, download)?;
     let mut test = data::load(config.dataset, &dir, Split::Test, false)?;
     if train.shape != test.shape || train.classes != test.classes {
