@@ -192,7 +192,7 @@ type Finished = (TrainConfig, Vec<EpochRecord>);
 /// The configuration to run in `dir`: `config` itself for a new run; for a folder that holds
 /// one already, its saved configuration with the knobs a resumed run may change taken from
 /// `config`, or an error if it is another run (another width's results must not stand in for
-/// this one's).
+/// this one's, nor can a baseline's unfinished run be resumed).
 fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
         return Ok(config);
@@ -207,7 +207,26 @@ fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
             changed.join(", ")
         )));
     }
+    if config.model != Model::Ff && !finished(&config, dir) {
+        return Err(Error::Config(format!(
+            "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
+            dir.display(),
+            config.model
+        )));
+    }
     Ok(config)
+}
+
+/// The records of the run in `dir` (none if it has no readable log).
+fn records_in(dir: &Path) -> Vec<EpochRecord> {
+    crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default()
+}
+
+/// Whether the run in `dir` has trained `config`'s epochs.
+fn finished(config: &TrainConfig, dir: &Path) -> bool {
+    records_in(dir)
+        .last()
+        .is_some_and(|r| r.epoch >= config.epochs)
 }
 
 /// One run of a grid in `dir`, as [`reconcile`]d: trained, or reused if finished, or resumed
@@ -217,7 +236,7 @@ fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
         let records = crate::run::train(&config, false)?;
         return Ok((config, records));
     }
-    let done = crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default();
+    let done = records_in(dir);
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
         // A longer run stands for this one up to the epochs asked (its schedule does not depend
         // on the total), so the table is the one a run of that length would give.
@@ -236,14 +255,7 @@ fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
             .collect();
         return Ok((config, asked));
     }
-    if config.model != Model::Ff {
-        return Err(Error::Config(format!(
-            "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
-            dir.display(),
-            config.model
-        )));
-    }
-    // Records past the last checkpoint are retrained (and dropped from the log).
+    // An FF run (reconcile refused the baselines'). Records past the last checkpoint are retrained (and dropped from the log).
     let checkpointed = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
         .map_or(0, |h| h.epoch);
     let mut records: Vec<_> = done

@@ -780,4 +780,10 @@ fn reproduce_and_report_write_tables_and_figures() {
     let out = trifecta(&seeded);
     assert_one_line_error(&out, &["lcp-seed2", "width 0.25 -> 0.125"]);
     assert!(!seeds_out.join("ff-seed1").exists());
+    // Likewise a baseline's unfinished run, which cannot be resumed.
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(seeds_out.join("lcp-seed1/metrics.jsonl"), "").unwrap();
+    let out = trifecta(&seeded);
+    assert_one_line_error(&out, &["lcp-seed1", "unfinished Lcp run"]);
+    assert!(!seeds_out.join("ff-seed1").exists());
 }
