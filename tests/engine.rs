@@ -90,6 +90,60 @@ fn train_a_few(seed: u64, threads: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
     (params, losses)
 }
 
+/// With APL the last block learns every other step; on the others its convolution is skipped
+/// (nothing reads its output) and only its norm runs. That must change nothing: parameters,
+/// Adam's state, BatchNorm's running statistics, the metrics and the evaluation are bit for
+/// bit those of steps that compute every block (`train_step_observed`).
+#[test]
+fn skipping_the_idle_last_block_changes_nothing() {
+    use trifecta::layers::norm::NormKind;
+    let backend = Cpu::new(2).unwrap();
+    for norm in [NormKind::Batch, NormKind::Layer] {
+        let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
+        config.layers.truncate(3);
+        config.norm = norm;
+        let mut skipping = FfNet::new(&backend, config.clone(), 9).unwrap();
+        let mut whole = FfNet::new(&backend, config, 9).unwrap();
+        let mut rng = Rng::new(9);
+        for step in 0..5 {
+            let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
+            let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
+            let negatives = wrong_labels(&labels, 10, &mut rng);
+            let a = skipping
+                .train_step(&backend, &images, &labels, &negatives)
+                .unwrap();
+            let b = whole
+                .train_step_observed(&backend, &images, &labels, &negatives, &mut |_, _| Ok(()))
+                .unwrap();
+            assert_eq!(a, b, "{norm:?} step {step}");
+        }
+        let state = |net: &FfNet<Cpu>| -> Vec<Vec<f32>> {
+            let mut all: Vec<Vec<f32>> = net
+                .named_params()
+                .iter()
+                .map(|(_, p)| p.to_torch(&backend).unwrap())
+                .collect();
+            for block in &net.blocks {
+                for stat in [&block.norm.running_mean, &block.norm.running_var]
+                    .into_iter()
+                    .flatten()
+                {
+                    all.push(stat.to_host(&backend).unwrap());
+                }
+            }
+            all
+        };
+        assert_eq!(state(&skipping), state(&whole), "{norm:?}");
+        assert_eq!(skipping.optimizer_steps(), whole.optimizer_steps());
+        let test: Vec<f32> = (0..4 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
+        assert_eq!(
+            skipping.goodness_per_label(&backend, &test).unwrap(),
+            whole.goodness_per_label(&backend, &test).unwrap(),
+            "{norm:?}"
+        );
+    }
+}
+
 #[test]
 fn same_seed_and_threads_reproduce_exactly() {
     let (a, la) = train_a_few(3, 2);

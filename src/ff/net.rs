@@ -232,7 +232,15 @@ impl<B: Backend> FfNet<B> {
         positive: &[u32],
         negative: &[u32],
     ) -> Result<StepMetrics> {
-        self.train_step_observed(backend, images, positive, negative, &mut |_, _| Ok(()))
+        self.step(
+            backend,
+            Some(images),
+            positive,
+            negative,
+            None,
+            &mut |_, _| Ok(()),
+            false,
+        )
     }
 
     /// [`Self::train_step`], also uploading the next step's images `next` once this step's
@@ -254,12 +262,15 @@ impl<B: Backend> FfNet<B> {
             negative,
             next,
             &mut |_, _| Ok(()),
+            false,
         )
     }
 
     /// [`Self::train_step`], calling `observe(block, net)` right after each block is done
     /// (after its update, if it updated). Gradients are intact at that point; the next
-    /// block's update may zero some of them. Tests use this to read intermediate values.
+    /// block's update may zero some of them. Tests use this to read intermediate values,
+    /// so every block computes its output here, the last one too where the step does not
+    /// need it (see [`Self::step`]): the parameters and statistics are the same either way.
     pub fn train_step_observed(
         &mut self,
         backend: &B,
@@ -268,7 +279,15 @@ impl<B: Backend> FfNet<B> {
         negative: &[u32],
         observe: &mut dyn FnMut(usize, &Self) -> Result<()>,
     ) -> Result<StepMetrics> {
-        self.step(backend, Some(images), positive, negative, None, observe)
+        self.step(
+            backend,
+            Some(images),
+            positive,
+            negative,
+            None,
+            observe,
+            true,
+        )
     }
 
     /// Stages `images` `(B, H, W, C)` on the device for a step (the upload may still be in
@@ -288,6 +307,12 @@ impl<B: Backend> FfNet<B> {
         backend.write(&mut self.staged.buf, images)
     }
 
+    /// One training step. Unless `every_output`, the last block's convolution is skipped on
+    /// the steps where it does not learn (APL: every other step): nothing reads its output
+    /// then (its goodness is reported only where it learns), and only its norm runs, for
+    /// BatchNorm's running statistics. Earlier blocks always run whole, as the next block
+    /// reads their output.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         backend: &B,
@@ -296,6 +321,7 @@ impl<B: Backend> FfNet<B> {
         negative: &[u32],
         next: Option<&[f32]>,
         observe: &mut dyn FnMut(usize, &Self) -> Result<()>,
+        every_output: bool,
     ) -> Result<StepMetrics> {
         let pairs = positive.len();
         if negative.len() != pairs || pairs == 0 {
@@ -337,12 +363,18 @@ impl<B: Backend> FfNet<B> {
         let labels: Vec<u32> = [positive, negative].concat();
         self.embed_labels(backend, &labels)?;
         let t = self.iteration;
-        for i in 0..self.blocks.len() {
+        let blocks = self.blocks.len();
+        for i in 0..blocks {
             backend.profile_scope(block_scope(i));
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.input.buf, |b| b.output());
-            rest[0].forward(backend, input, n, true)?;
-            if self.config.updates(i, t) {
+            let learns = self.config.updates(i, t);
+            if learns || every_output || i + 1 < blocks {
+                rest[0].forward(backend, input, n, true)?;
+            } else {
+                rest[0].forward_norm_only(backend, input, n)?;
+            }
+            if learns {
                 self.update_block(backend, i, pairs, &labels)?;
             }
             observe(i, self)?;

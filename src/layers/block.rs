@@ -154,6 +154,14 @@ impl<B: Backend> Block<B> {
         }
     }
 
+    /// The part of a training forward that outlasts the step when nothing reads the block's
+    /// output: its norm in training mode, which moves BatchNorm's running statistics exactly
+    /// as [`Self::forward`] would (LayerNorm keeps no state, but runs the same). The block's
+    /// output and goodness are left as they were.
+    pub fn forward_norm_only(&mut self, backend: &B, input: &B::Buf, n: usize) -> Result<()> {
+        self.normalise(backend, Some(input), n, true)
+    }
+
     /// Sizes the buffers for `n` samples and normalises `input` into `normed`; None: the
     /// block before already wrote `normed` (see [`Self::norm_for_previous`]).
     fn normalise(
