@@ -165,8 +165,11 @@ pub fn run(
             }
             let config = partial.resolve()?;
             config.check_precision_for_new_run()?;
-            crate::run::check_data_dir(&config)?;
-            configs.push((reconcile(config, &dir)?, dir));
+            let config = reconcile(config, &dir)?;
+            if !finished(&config, &dir) {
+                crate::run::check_data_dir(&config)?;
+            }
+            configs.push((config, dir));
         }
         grid.push((variant, configs));
     }
@@ -222,7 +225,8 @@ fn records_in(dir: &Path) -> Vec<EpochRecord> {
     crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default()
 }
 
-/// Whether the run in `dir` has trained `config`'s epochs.
+/// Whether the run in `dir` has trained `config`'s epochs (then it is reused, and its data
+/// not read).
 fn finished(config: &TrainConfig, dir: &Path) -> bool {
     records_in(dir)
         .last()
@@ -255,7 +259,8 @@ fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
             .collect();
         return Ok((config, asked));
     }
-    // An FF run (reconcile refused the baselines'). Records past the last checkpoint are retrained (and dropped from the log).
+    // An FF run (reconcile refused the baselines'). Records past the last checkpoint are
+    // retrained (and dropped from the log).
     let checkpointed = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
         .map_or(0, |h| h.epoch);
     let mut records: Vec<_> = done
