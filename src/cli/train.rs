@@ -31,18 +31,21 @@ pub struct KnobArgs {
     /// ff (Forward-Forward), bp (backprop baseline) or lcp (local classifier proxies).
     #[arg(long, value_enum)]
     pub model: Option<Model>,
+    /// The data [default: mnist-sample for train, cifar10 for reproduce].
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetKind>,
     /// Folder with the dataset's files (default: $TRIFECTA_DATA/<dataset>, else the user cache
     /// folder, downloading on first use).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// small (6 blocks) or large (12 blocks, the thesis' 500-epoch network) [default: small].
     #[arg(long, value_enum)]
     pub arch: Option<ArchArg>,
     /// Channel multiplier: 0.25 gives 32/32/64/64/64/128 for `small` [default: 1, or 0.25
     /// for the built-in sample].
     #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub width: Option<f64>,
+    /// symba (the Trifecta's) or threshold (Hinton's) [default: symba].
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
     /// SymBa's alpha [default: 4].
@@ -57,6 +60,7 @@ pub struct KnobArgs {
     /// Every block purely local.
     #[arg(long)]
     pub no_apl: bool,
+    /// The norm before every convolution: batch (the Trifecta's) or layer [default: batch].
     #[arg(long, value_enum)]
     pub norm: Option<NormArg>,
     /// [default: 100, or 5 for the built-in sample]
@@ -65,16 +69,18 @@ pub struct KnobArgs {
     /// Positives per step; as many negatives are added [default: 512, or 128 for the sample].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
-    /// [default: 0.001]
+    /// Adam's learning rate [default: 0.001].
     #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4 (instead
     /// of --lr); epochs past the last segment keep its rate.
     #[arg(long, value_parser = schedule_arg)]
     pub lr_schedule: Option<String>,
+    /// Every random draw of the run (initial weights, shuffling, negatives, augmentation,
+    /// subsets) derives from it [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// CPU threads (0 = one per core).
+    /// CPU threads (0 = one per core, at most 4 a core) [default: 0].
     #[arg(long)]
     pub threads: Option<usize>,
     /// cpu, cuda or cuda:N.
