@@ -308,8 +308,9 @@ fn download_verifies_checksums_and_rejects_truncation() {
         vec![
             ("/good".into(), None, body.clone()),
             ("/short".into(), Some(body.len() + 100), body.clone()),
+            ("/stall".into(), Some(body.len() + 100), body.clone()),
         ],
-        3,
+        4,
     );
     let tmp = TempDir::new("download");
     let dest = tmp.path().join("file.bin");
@@ -338,6 +339,27 @@ fn download_verifies_checksums_and_rejects_truncation() {
         !short.exists() && !tmp.path().join("short.bin.part").exists(),
         "nothing is left behind"
     );
+
+    // A server that stops sending fails the download once it has been silent for the stall
+    // time (here 0.3 s; the server holds the connection for 5 s).
+    let stalled = tmp.path().join("stalled.bin");
+    let started = std::time::Instant::now();
+    let err = download::fetch_within(
+        &format!("{base}/stall"),
+        &stalled,
+        std::time::Duration::from_millis(300),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "waited for the server: {err}"
+    );
+    assert!(
+        err.contains("stalled.bin") && err.contains("failed"),
+        "{err}"
+    );
+    assert!(!stalled.exists() && !tmp.path().join("stalled.bin.part").exists());
 
     let missing = tmp.path().join("missing.bin");
     let err = download::fetch(&format!("{base}/nothing-here"), &missing)

@@ -164,12 +164,28 @@ pub fn url_of(remote: &Remote) -> String {
     }
 }
 
+/// How long a download may wait for the server, to connect, to answer, or for the next bytes
+/// of the body, before it fails (ureq waits forever by default: a stalled server hung the run).
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Downloads `url` to `dest` through a `.part` file, with a progress bar on a terminal.
-/// Fails, leaving nothing at `dest`, on an HTTP error or a body shorter than announced.
+/// Fails, leaving nothing at `dest`, on an HTTP error, a body shorter than announced, or a
+/// server silent for [`STALL`].
 pub fn fetch(url: &str, dest: &Path) -> Result<()> {
+    fetch_within(url, dest, STALL)
+}
+
+/// [`fetch`], failing after `stall` without progress.
+pub fn fetch_within(url: &str, dest: &Path, stall: std::time::Duration) -> Result<()> {
     let part = PathBuf::from(format!("{}.part", dest.display()));
     let network = |msg: String| Error::data(dest, format!("download from {url} failed: {msg}"));
-    let mut response = ureq::get(url).call().map_err(|e| network(e.to_string()))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(stall))
+        .timeout_recv_response(Some(stall))
+        .timeout_per_read(Some(stall))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().map_err(|e| network(e.to_string()))?;
     let total = response.body().content_length();
     let bar =
         indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());

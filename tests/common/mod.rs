@@ -232,6 +232,14 @@ pub fn serve(routes: Vec<(String, Option<usize>, Vec<u8>)>, connections: usize) 
                         "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
                     );
                     let _ = stream.write_all(body);
+                    if path.starts_with("/stall") {
+                        // A server that stops sending, holding the connection open (on a
+                        // thread of its own, so the next requests are served meanwhile).
+                        std::thread::spawn(move || {
+                            std::thread::sleep(std::time::Duration::from_secs(5));
+                            drop(stream);
+                        });
+                    }
                 }
                 None => {
                     let _ = write!(
