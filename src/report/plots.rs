@@ -259,6 +259,9 @@ fn draw_histograms<DB: DrawingBackend>(
         let pos = histogram(positive, lo, hi, 30);
         let neg = histogram(negative, lo, hi, 30);
         let (_, top) = bounds(pos.iter().chain(neg.iter()).map(|p| p.1));
+        // Headroom over the tallest bin for the legend (about a fifth of the panel's height),
+        // which otherwise hid the peaks it labels.
+        let top = 1.3 * top;
         let mut ctx = ChartBuilder::on(panel)
             .caption(format!("layer {layer}"), ("sans-serif", 16))
             .margin(8)
