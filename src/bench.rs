@@ -337,9 +337,10 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Convolution FLOPs of one training step: forward for every block; weight and conv-input
-/// gradients for each block that updates (and for the previous block when its output is
-/// attached). Averaged over two iterations so that APL's alternation is counted fairly.
+/// Convolution FLOPs of one training step: forward for every block but the last where it
+/// does not learn (the step skips it); weight and conv-input gradients for each block that
+/// updates (and for the previous block when its output is attached). Averaged over two
+/// iterations so that APL's alternation is counted fairly.
 pub fn step_flops(config: &FfConfig, batch: usize) -> Result<f64> {
     let specs = config.block_specs()?;
     let mut total = 0.0;
@@ -353,7 +354,9 @@ pub fn step_flops(config: &FfConfig, batch: usize) -> Result<f64> {
                 c_out: spec.c_out,
             };
             let forward = conv.forward_flops();
-            total += forward;
+            if config.updates(i, t) || i + 1 < specs.len() {
+                total += forward;
+            }
             if config.updates(i, t) {
                 total += 2.0 * forward;
                 if i > 0 && !config.updates(i - 1, t) {
@@ -493,4 +496,45 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         kernels_by_scope,
         epoch: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ff::{Arch, ImageShape};
+
+    /// Two blocks: with APL the last block's forward counts on the steps where it learns only
+    /// (the step skips it on the others), and its loss also runs block 0's backward.
+    #[test]
+    fn step_flops_count_what_the_step_runs() {
+        let image = ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let mut config = FfConfig::trifecta(Arch::Small, 0.125, image, 10).unwrap();
+        config.layers.truncate(2);
+        let f: Vec<f64> = config
+            .block_specs()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                crate::backend::ConvShape {
+                    n: 2 * 4,
+                    h: s.h,
+                    w: s.w,
+                    c_in: s.c_in,
+                    c_out: s.c_out,
+                }
+                .forward_flops()
+            })
+            .collect();
+        // Even steps: both forwards, block 1's two gradients and block 0's (attached); odd
+        // steps: block 0's forward and gradients.
+        let apl = (f[0] + f[1] + 2.0 * f[1] + 2.0 * f[0] + f[0] + 2.0 * f[0]) / 2.0;
+        assert_eq!(step_flops(&config, 4).unwrap(), apl);
+        // Without APL every block runs and learns; block 1's input is not attached.
+        config.apl = false;
+        assert_eq!(step_flops(&config, 4).unwrap(), 3.0 * (f[0] + f[1]));
+    }
 }
