@@ -526,6 +526,8 @@ fn bad_flag_values_and_config_keys() {
     ]);
     assert_one_line_error(&out, &["svhn", "no such folder"]);
     assert!(!grid.exists());
+    let out = trifecta(&["reproduce", "lcp", "--seeds", "1,2,1"]);
+    assert_one_line_error(&out, &["--seeds", "seed 1 twice"]);
     let absent = tmp.path().join("absent");
     let out = trifecta(&[
         "train",

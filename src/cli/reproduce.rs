@@ -1,7 +1,7 @@
 //! `trifecta reproduce <experiment>`: one of the thesis' experiments as one command.
 
 use super::train::KnobArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::experiments::{self, Experiment};
 use clap::Args;
 use std::path::PathBuf;
@@ -22,6 +22,15 @@ pub struct ReproduceArgs {
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
+    // A seed given twice would be one run counted twice in the mean and spread.
+    if let Some(twice) = args
+        .seeds
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| args.seeds[..i].contains(s).then_some(s))
+    {
+        return Err(Error::Config(format!("--seeds lists seed {twice} twice")));
+    }
     let flags = args.train.knobs()?;
     let out = flags.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())
