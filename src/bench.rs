@@ -64,6 +64,9 @@ pub struct BenchReport {
     /// Median seconds per training step.
     pub step_seconds: f64,
     pub step_seconds_all: Vec<f64>,
+    /// With APL: the median step where the last block learns, and where it does not (and
+    /// its convolution is skipped). None without APL, or without steps of both kinds.
+    pub step_seconds_by_parity: Option<(f64, f64)>,
     /// Median seconds a step spent queueing its work, up to its wait for the device
     /// (`FfNet::last_queue_seconds`): the whole step on the CPU, the host's share on a GPU.
     pub queue_seconds: f64,
@@ -226,6 +229,13 @@ impl BenchReport {
             self.step_flops / 1e9,
             self.step_gflops,
         );
+        if let Some((learns, idle)) = self.step_seconds_by_parity {
+            text.push_str(&format!(
+                "\nAPL: median {:.1} ms where the last block learns, {:.1} ms where it does not (its convolution skipped)",
+                learns * 1e3,
+                idle * 1e3
+            ));
+        }
         if self.sgemm_gflops.is_finite() {
             text.push_str(&format!(
                 "\nsgemm {n}x{n}x{n}: {:.1} GFLOP/s; step/sgemm ratio {:.2}",
@@ -458,13 +468,23 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
     }
     let mut times = Vec::with_capacity(config.steps);
     let mut queued = Vec::with_capacity(config.steps);
+    let last = ff.layers.len() - 1;
+    let (mut learns, mut idles) = (Vec::new(), Vec::new());
     for _ in 0..config.steps {
+        let learning = ff.updates(last, net.iteration);
         let start = Instant::now();
         step(&mut net)?;
         backend.synchronize()?;
-        times.push(start.elapsed().as_secs_f64());
+        let seconds = start.elapsed().as_secs_f64();
+        times.push(seconds);
         queued.push(net.last_queue_seconds());
+        match learning {
+            true => learns.push(seconds),
+            false => idles.push(seconds),
+        }
     }
+    let step_seconds_by_parity =
+        (!learns.is_empty() && !idles.is_empty()).then(|| (median(&learns), median(&idles)));
     let steps = config.steps as f64;
     let rows = if config.profile {
         backend.profile()?
@@ -487,6 +507,7 @@ pub fn run<B: Backend>(backend: &B, config: &BenchConfig) -> Result<BenchReport>
         device: backend.name(),
         step_seconds,
         step_seconds_all: times,
+        step_seconds_by_parity,
         queue_seconds: median(&queued),
         samples_per_second: config.batch as f64 / step_seconds,
         step_flops: flops,

@@ -400,6 +400,33 @@ fn bench_epoch_times_training_and_both_evaluations() {
     assert!(e.unshared_eval_seconds.is_some_and(|s| s > 0.0), "{e:?}");
 }
 
+/// With APL the bench also gives the two kinds of step apart (the last block learning, or
+/// skipped); without APL every step is alike.
+#[test]
+fn bench_splits_apl_steps_by_what_the_last_block_does() {
+    let b = Cpu::new(2).unwrap();
+    let mut config = trifecta::bench::BenchConfig {
+        width: 0.125,
+        image: MNIST_LIKE,
+        batch: 4,
+        warmup: 1,
+        steps: 4,
+        apl: true,
+        ..Default::default()
+    };
+    let report = trifecta::bench::run(&b, &config).unwrap();
+    let (learns, idle) = report.step_seconds_by_parity.unwrap();
+    assert!(learns > 0.0 && idle > 0.0);
+    assert!(
+        report
+            .render(&config)
+            .contains("where the last block learns")
+    );
+    config.apl = false;
+    let report = trifecta::bench::run(&b, &config).unwrap();
+    assert!(report.step_seconds_by_parity.is_none());
+}
+
 #[test]
 fn evaluation_does_not_depend_on_the_batch_size() {
     // Batches come from a thread of their own, in order: any batch size gives the same counts.
