@@ -166,7 +166,7 @@ pub fn run(
             let config = partial.resolve()?;
             config.check_precision_for_new_run()?;
             let config = reconcile(config, &dir)?;
-            if !finished(&config, &dir) {
+            if !finished(&config, &dir)? {
                 crate::run::check_data_dir(&config)?;
             }
             configs.push((config, dir));
@@ -210,7 +210,7 @@ fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
             changed.join(", ")
         )));
     }
-    if config.model != Model::Ff && !finished(&config, dir) {
+    if config.model != Model::Ff && !finished(&config, dir)? {
         return Err(Error::Config(format!(
             "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
             dir.display(),
@@ -220,17 +220,22 @@ fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
     Ok(config)
 }
 
-/// The records of the run in `dir` (none if it has no readable log).
-fn records_in(dir: &Path) -> Vec<EpochRecord> {
-    crate::run::metrics::read(&dir.join(crate::run::METRICS_FILE)).unwrap_or_default()
+/// The records of the run in `dir`: none before its log exists; a log that cannot be read is
+/// an error naming it (it is not taken for a run that has not started).
+fn records_in(dir: &Path) -> Result<Vec<EpochRecord>> {
+    let path = dir.join(crate::run::METRICS_FILE);
+    match path.exists() {
+        true => crate::run::metrics::read(&path),
+        false => Ok(Vec::new()),
+    }
 }
 
 /// Whether the run in `dir` has trained `config`'s epochs (then it is reused, and its data
 /// not read).
-fn finished(config: &TrainConfig, dir: &Path) -> bool {
-    records_in(dir)
+fn finished(config: &TrainConfig, dir: &Path) -> Result<bool> {
+    Ok(records_in(dir)?
         .last()
-        .is_some_and(|r| r.epoch >= config.epochs)
+        .is_some_and(|r| r.epoch >= config.epochs))
 }
 
 /// One run of a grid in `dir`, as [`reconcile`]d: trained, or reused if finished, or resumed
@@ -240,7 +245,7 @@ fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
         let records = crate::run::train(&config, false)?;
         return Ok((config, records));
     }
-    let done = records_in(dir);
+    let done = records_in(dir)?;
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
         // A longer run stands for this one up to the epochs asked (its schedule does not depend
         // on the total), so the table is the one a run of that length would give.

@@ -788,4 +788,8 @@ fn reproduce_and_report_write_tables_and_figures() {
     let out = trifecta(&seeded);
     assert_one_line_error(&out, &["lcp-seed1", "unfinished Lcp run"]);
     assert!(!seeds_out.join("ff-seed1").exists());
+    // A log that cannot be read is named, not taken for a run that has not started.
+    std::fs::write(seeds_out.join("lcp-seed1/metrics.jsonl"), "{bad\n").unwrap();
+    let out = trifecta(&seeded);
+    assert_one_line_error(&out, &["lcp-seed1", "metrics.jsonl", "line 1"]);
 }
