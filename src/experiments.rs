@@ -167,6 +167,7 @@ pub fn run(
             config.check_precision_for_new_run()?;
             let config = reconcile(config, &dir)?;
             if !finished(&config, &dir)? {
+                config.check_machine()?;
                 crate::run::check_data_dir(&config)?;
             }
             configs.push((config, dir));

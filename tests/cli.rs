@@ -230,6 +230,33 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     ]);
     assert_one_line_error(&shorter, &["has trained 3 epochs already", "--epochs 2"]);
     assert_eq!(std::fs::read(split.join("config.toml")).unwrap(), config);
+
+    // A run from another machine (a GPU's, a many-core's) reads and reports here, and
+    // resumes with the knobs this machine needs; without them it says which.
+    let text = String::from_utf8(config).unwrap();
+    let foreign = text
+        .replace("device = \"cpu\"", "device = \"cuda\"")
+        .replace("threads = 2", "threads = 100000");
+    assert_ne!(foreign, text);
+    std::fs::write(split.join("config.toml"), &foreign).unwrap();
+    let report = trifecta(&[
+        "report",
+        split.to_str().unwrap(),
+        "--out",
+        tmp.path().join("report").to_str().unwrap(),
+    ]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let resume = [
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--epochs",
+        "4",
+    ];
+    assert_one_line_error(&trifecta(&resume), &["threads 100000"]);
+    let here = trifecta(&[&resume[..], &["--threads", "2", "--device", "cpu"]].concat());
+    assert!(here.status.success(), "{}", stderr(&here));
+    assert!(String::from_utf8_lossy(&here.stdout).contains("epoch 4/4"));
 }
 
 #[test]

@@ -290,6 +290,9 @@ pub fn parse_schedule(text: &str) -> Result<Vec<LrSegment>> {
 }
 
 impl TrainConfig {
+    /// Checks every value that does not depend on the machine: a config written on another
+    /// one (a GPU run's folder, a 64-core machine's) still reads, reports and resumes here
+    /// with the knobs changed that this machine needs. See [`Self::check_machine`].
     pub fn validate(&self) -> Result<()> {
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
@@ -312,7 +315,6 @@ impl TrainConfig {
         if self.eval_every == 0 {
             return Err(Error::Config("eval_every must be at least 1".into()));
         }
-        crate::backend::cpu::check_threads("threads", self.threads)?;
         // Checked here, before a run folder is made (the evaluator checks it again).
         crate::ff::eval::check_ensemble_layers(
             &self.ensemble,
@@ -320,8 +322,15 @@ impl TrainConfig {
             &format!("{:?}", self.arch).to_lowercase(),
         )?;
         parse_schedule(&self.lr_schedule)?;
-        crate::cli::DeviceArg::parse(&self.device)?.check_available()?;
+        crate::cli::DeviceArg::parse(&self.device)?;
         Ok(())
+    }
+
+    /// Checks what this machine must offer to run the config: its device, and no more
+    /// threads than it can use. Run where a config is about to train or evaluate here.
+    pub fn check_machine(&self) -> Result<()> {
+        crate::backend::cpu::check_threads("threads", self.threads)?;
+        crate::cli::DeviceArg::parse(&self.device)?.check_available()
     }
 
     /// `changes` laid over this (saved) configuration, and the knobs outside

@@ -216,6 +216,7 @@ impl Progress {
 /// `config.out` from its checkpoint. Prints one block per epoch; returns every epoch's record.
 pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
     config.validate()?;
+    config.check_machine()?;
     if config.model != Model::Ff {
         return train_baseline(config, resume);
     }
@@ -485,6 +486,7 @@ pub fn evaluate_checkpoint(
     let config = config.unwrap_or(header.config);
     // A checkpoint's own config may come from another machine (its thread count, its device).
     config.validate()?;
+    config.check_machine()?;
     let eval = with_backend!(
         &config.device,
         config.threads,
