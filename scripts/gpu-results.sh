@@ -9,7 +9,8 @@
 # command), and the same command again at once, while the machine is still warm, continues
 # every run from its last checkpoint. Run scripts/gpu-check.sh in another session: this
 # needs the whole 15 minutes. What finished comes back in $OUT (or ./gpu-logs): each run's
-# metrics.jsonl, and results.md once all five are done.
+# metrics.jsonl, runs.tar.gz (every run folder without its checkpoint, for `trifecta report`
+# here), and results.md once all five are done: seven files of the tool's eight.
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
@@ -42,6 +43,11 @@ for variant in vanilla symba symba-apl symba-bn trifecta; do
     cp "$runs/$variant/metrics.jsonl" "$out/$variant.jsonl" 2>/dev/null &&
         echo "$variant: $(wc -l <"$runs/$variant/metrics.jsonl") epochs done"
 done
+# Every run's folder but its checkpoint (config, metrics, goodness samples) in one archive, so
+# that `trifecta report` draws the figures here: tar xzf runs.tar.gz, then
+# trifecta report trifecta-ablation --out report.
+(cd "$(dirname "$runs")" && tar czf - --exclude='checkpoint.*' --exclude='*.tmp' \
+    "$(basename "$runs")") >"$out/runs.tar.gz" 2>/dev/null
 echo "== results (at ${SECONDS} s)"
 if cp "$runs/results.md" "$out/" 2>/dev/null; then
     cat "$runs/results.md"
