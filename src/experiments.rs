@@ -165,20 +165,20 @@ pub fn run(
             }
             let config = partial.resolve()?;
             config.check_precision_for_new_run()?;
-            let config = reconcile(config, &dir)?;
-            if !finished(&config, &dir)? {
+            let (config, done) = reconcile(config, &dir)?;
+            if !finished(&config, &done) {
                 config.check_machine()?;
                 crate::run::check_data_dir(&config)?;
             }
-            configs.push((config, dir));
+            configs.push((config, dir, done));
         }
         grid.push((variant, configs));
     }
     let mut rows = Vec::new();
     for (variant, configs) in grid {
         let mut runs = Vec::new();
-        for (config, dir) in configs {
-            runs.push(run_one(config, &dir)?);
+        for (config, dir, done) in configs {
+            runs.push(run_one(config, &dir, done)?);
         }
         rows.push((variant, runs));
     }
@@ -193,13 +193,14 @@ pub fn run(
 /// A finished run of a grid: its configuration and every epoch's record.
 type Finished = (TrainConfig, Vec<EpochRecord>);
 
-/// The configuration to run in `dir`: `config` itself for a new run; for a folder that holds
-/// one already, its saved configuration with the knobs a resumed run may change taken from
-/// `config`, or an error if it is another run (another width's results must not stand in for
-/// this one's, nor can a baseline's unfinished run be resumed).
-fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
+/// The configuration to run in `dir` and the records already there: `config` itself and none
+/// for a new run; for a folder that holds one already, its saved configuration with the knobs
+/// a resumed run may change taken from `config`, and its log, or an error if it is another
+/// run (another width's results must not stand in for this one's, nor can a baseline's
+/// unfinished run be resumed).
+fn reconcile(config: TrainConfig, dir: &Path) -> Result<(TrainConfig, Vec<EpochRecord>)> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
-        return Ok(config);
+        return Ok((config, Vec::new()));
     }
     let mut saved = crate::run::read_config(dir)?;
     saved.out = dir.to_path_buf();
@@ -211,14 +212,15 @@ fn reconcile(config: TrainConfig, dir: &Path) -> Result<TrainConfig> {
             changed.join(", ")
         )));
     }
-    if config.model != Model::Ff && !finished(&config, dir)? {
+    let done = records_in(dir)?;
+    if config.model != Model::Ff && !finished(&config, &done) {
         return Err(Error::Config(format!(
             "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
             dir.display(),
             config.model
         )));
     }
-    Ok(config)
+    Ok((config, done))
 }
 
 /// The records of the run in `dir`: none before its log exists; a log that cannot be read is
@@ -231,22 +233,19 @@ fn records_in(dir: &Path) -> Result<Vec<EpochRecord>> {
     }
 }
 
-/// Whether the run in `dir` has trained `config`'s epochs (then it is reused, and its data
-/// not read).
-fn finished(config: &TrainConfig, dir: &Path) -> Result<bool> {
-    Ok(records_in(dir)?
-        .last()
-        .is_some_and(|r| r.epoch >= config.epochs))
+/// Whether a run with the records `done` has trained `config`'s epochs (then it is reused,
+/// and its data not read).
+fn finished(config: &TrainConfig, done: &[EpochRecord]) -> bool {
+    done.last().is_some_and(|r| r.epoch >= config.epochs)
 }
 
-/// One run of a grid in `dir`, as [`reconcile`]d: trained, or reused if finished, or resumed
-/// if not.
-fn run_one(config: TrainConfig, dir: &Path) -> Result<Finished> {
+/// One run of a grid in `dir`, as [`reconcile`]d (with the records `done` already there):
+/// trained, or reused if finished, or resumed if not.
+fn run_one(config: TrainConfig, dir: &Path, done: Vec<EpochRecord>) -> Result<Finished> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
         let records = crate::run::train(&config, false)?;
         return Ok((config, records));
     }
-    let done = records_in(dir)?;
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
         // A longer run stands for this one up to the epochs asked (its schedule does not depend
         // on the total), so the table is the one a run of that length would give.
