@@ -364,7 +364,7 @@ pub fn step_flops(config: &FfConfig, batch: usize) -> Result<f64> {
                 c_out: spec.c_out,
             };
             let forward = conv.forward_flops();
-            if config.updates(i, t) || i + 1 < specs.len() {
+            if config.needs_output(i, t) {
                 total += forward;
             }
             if config.updates(i, t) {

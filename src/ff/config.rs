@@ -192,4 +192,11 @@ impl FfConfig {
     pub fn updates(&self, block: usize, iteration: u64) -> bool {
         !self.apl || (block.is_multiple_of(2) ^ iteration.is_multiple_of(2))
     }
+
+    /// Whether a training step at `iteration` needs block `block`'s output, i.e. runs its
+    /// convolution: where the block learns, or where the next block reads it. Only the last
+    /// block, where it does not learn (APL: every other step), is left at its norm.
+    pub fn needs_output(&self, block: usize, iteration: u64) -> bool {
+        self.updates(block, iteration) || block + 1 < self.layers.len()
+    }
 }

@@ -307,11 +307,9 @@ impl<B: Backend> FfNet<B> {
         backend.write(&mut self.staged.buf, images)
     }
 
-    /// One training step. Unless `every_output`, the last block's convolution is skipped on
-    /// the steps where it does not learn (APL: every other step): nothing reads its output
-    /// then (its goodness is reported only where it learns), and only its norm runs, for
-    /// BatchNorm's running statistics. Earlier blocks always run whole, as the next block
-    /// reads their output.
+    /// One training step. Unless `every_output`, a block whose output the step does not need
+    /// ([`FfConfig::needs_output`]: the last one, where it does not learn) runs its norm only,
+    /// for BatchNorm's running statistics; its goodness is reported only where it learns.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
@@ -363,18 +361,16 @@ impl<B: Backend> FfNet<B> {
         let labels: Vec<u32> = [positive, negative].concat();
         self.embed_labels(backend, &labels)?;
         let t = self.iteration;
-        let blocks = self.blocks.len();
-        for i in 0..blocks {
+        for i in 0..self.blocks.len() {
             backend.profile_scope(block_scope(i));
             let (before, rest) = self.blocks.split_at_mut(i);
             let input = before.last().map_or(&self.input.buf, |b| b.output());
-            let learns = self.config.updates(i, t);
-            if learns || every_output || i + 1 < blocks {
+            if every_output || self.config.needs_output(i, t) {
                 rest[0].forward(backend, input, n, true)?;
             } else {
                 rest[0].forward_norm_only(backend, input, n)?;
             }
-            if learns {
+            if self.config.updates(i, t) {
                 self.update_block(backend, i, pairs, &labels)?;
             }
             observe(i, self)?;
