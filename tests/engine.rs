@@ -230,8 +230,8 @@ fn idx_errors_name_the_file_and_the_problem() {
     );
 }
 
-#[test]
-fn subsets_are_seeded_ordered_and_not_the_first_images() {
+/// 100 one-pixel images, pixel i of class i / 10 (sorted by class, as files often are).
+fn hundred_images() -> trifecta::data::Dataset {
     let shape = ImageShape {
         channels: 1,
         height: 1,
@@ -239,7 +239,12 @@ fn subsets_are_seeded_ordered_and_not_the_first_images() {
     };
     let labels: Vec<u32> = (0..100).map(|i| i / 10).collect();
     let pixels: Vec<u8> = (0..100).collect();
-    let data = trifecta::data::Dataset::new(shape, 10, pixels, labels);
+    trifecta::data::Dataset::new(shape, 10, pixels, labels)
+}
+
+#[test]
+fn subsets_are_seeded_ordered_and_not_the_first_images() {
+    let data = hundred_images();
     let mut a = data.clone();
     a.subsample(20, &mut Rng::new(5));
     let mut b = data.clone();
@@ -257,6 +262,37 @@ fn subsets_are_seeded_ordered_and_not_the_first_images() {
     for (p, l) in a.pixels.iter().zip(&a.labels) {
         assert_eq!(*l as u8, p / 10, "labels travel with their images");
     }
+}
+
+/// A validation split: the images it takes leave the training split, none is in both, none is
+/// lost, both keep their order, and the same seed takes the same images.
+#[test]
+fn a_split_off_part_leaves_the_rest_disjoint_and_whole() {
+    let mut data = hundred_images();
+    data.mean = vec![0.5];
+    let whole = data.clone();
+    let val = data.split_off(30, &mut Rng::new(7));
+    assert_eq!((val.len(), data.len()), (30, 70));
+    assert_eq!(val.mean, [0.5]);
+    let mut all: Vec<u8> = val.pixels.iter().chain(&data.pixels).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, whole.pixels, "every image in exactly one part");
+    for part in [&val, &data] {
+        assert!(part.pixels.windows(2).all(|w| w[0] < w[1]));
+        for (p, l) in part.pixels.iter().zip(&part.labels) {
+            assert_eq!(*l as u8, p / 10);
+        }
+    }
+    assert!(
+        val.pixels.iter().any(|&p| p >= 50),
+        "not just the first images"
+    );
+    let mut again = whole.clone();
+    assert_eq!(again.split_off(30, &mut Rng::new(7)).pixels, val.pixels);
+    // A subset of n is what a split of n takes.
+    let mut subset = whole.clone();
+    subset.subsample(30, &mut Rng::new(7));
+    assert_eq!(subset.pixels, val.pixels);
 }
 
 #[test]

@@ -153,17 +153,36 @@ impl Dataset {
         if n >= self.len() {
             return;
         }
+        *self = self.split_off(n, rng);
+    }
+
+    /// Moves `n` samples (all if fewer), drawn uniformly without replacement, into a dataset
+    /// of their own, as torchvision's `random_split`; both keep the original order. The two
+    /// share the shape, classes and normalisation.
+    pub fn split_off(&mut self, n: usize, rng: &mut Rng) -> Dataset {
         let mut order: Vec<usize> = (0..self.len()).collect();
         rng.shuffle(&mut order);
-        let mut keep = order[..n].to_vec();
-        keep.sort_unstable();
-        let size = self.shape.numel();
-        let mut pixels = Vec::with_capacity(n * size);
-        for &i in &keep {
-            pixels.extend_from_slice(self.image(i));
-        }
-        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
-        self.pixels = pixels;
+        let (moved, kept) = order.split_at_mut(n.min(self.len()));
+        moved.sort_unstable();
+        kept.sort_unstable();
+        let part = |indices: &[usize]| {
+            let mut pixels = Vec::with_capacity(indices.len() * self.shape.numel());
+            for &i in indices {
+                pixels.extend_from_slice(self.image(i));
+            }
+            let labels = indices.iter().map(|&i| self.labels[i]).collect();
+            Dataset {
+                pixels,
+                labels,
+                ..Dataset::new(self.shape, self.classes, Vec::new(), Vec::new())
+            }
+        };
+        let (mut moved, kept) = (part(moved), part(kept));
+        moved.mean = self.mean.clone();
+        moved.std = self.std.clone();
+        self.pixels = kept.pixels;
+        self.labels = kept.labels;
+        moved
     }
 
     /// Per-channel mean and std of the pixels on the [0, 1] scale.
