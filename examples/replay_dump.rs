@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     }
     .resolve()?;
     let cpu = Cpu::new(0)?;
-    let (train, _) = load_data(&config)?;
+    let train = load_data(&config)?.train;
     let mut net = build_net(&cpu, &config, &train)?;
     let params = |net: &trifecta::ff::FfNet<Cpu>| -> anyhow::Result<Vec<(String, Vec<f32>)>> {
         net.named_params()

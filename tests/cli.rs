@@ -143,6 +143,92 @@ fn a_run_writes_config_metrics_and_checkpoint() {
     assert_eq!(String::from_utf8_lossy(&batched.stdout), text);
 }
 
+/// `--val-split`: images held out of the training split before `--train-limit`, evaluated
+/// beside the test set at every evaluation, in the metrics, in `eval` and in the report; the
+/// split is part of the run (a resume cannot change it), and one that leaves nothing to train
+/// on is a one-line error before any folder is made.
+#[test]
+fn a_validation_split_is_held_out_and_evaluated() {
+    let tmp = TempDir::new("val");
+    let run = tmp.path().join("run");
+    let mut args = quick_args(&run, 2);
+    args.extend(["--val-split".to_string(), "200".to_string()]);
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("600 train / 200 val / 100 test images"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("val accuracy"), "{stdout}");
+    let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let last = records.last().unwrap();
+    assert!(
+        records.iter().all(|e| e.ensemble_val_accuracy.is_some()
+            && e.layers.iter().all(|l| l.val_accuracy.is_some()))
+    );
+    let eval = trifecta(&["eval", run.to_str().unwrap()]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let expected = format!(
+        "accuracy val {:.2}%, test {:.2}%",
+        100.0 * last.ensemble_val_accuracy.unwrap(),
+        100.0 * last.ensemble_accuracy.unwrap()
+    );
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(text.contains(&expected), "{expected}: {text}");
+
+    let report = tmp.path().join("report");
+    let out = trifecta(&[
+        "report",
+        run.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("## Chosen on the validation split"), "{md}");
+    assert!(report.join("val-accuracy-run.png").exists());
+    let csv = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains(",val_accuracy,"),
+        "{csv}"
+    );
+
+    let resumed = trifecta(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--val-split",
+        "100",
+    ]);
+    assert_one_line_error(&resumed, &["val_split 200 -> 100"]);
+
+    // The baselines hold out and evaluate the same split.
+    let lcp = tmp.path().join("lcp");
+    let mut args = quick_args(&lcp, 1);
+    args.extend(["--model", "lcp", "--val-split", "200"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = trifecta::run::metrics::read(&lcp.join("metrics.jsonl")).unwrap();
+    assert!(records[0].layers.iter().all(|l| l.val_accuracy.is_some()));
+
+    // Without a split the metrics carry no validation fields, as before it existed.
+    let plain = tmp.path().join("plain");
+    let out = run_quick(&plain, 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = std::fs::read_to_string(plain.join("metrics.jsonl")).unwrap();
+    assert!(!line.contains("val_accuracy"), "{line}");
+
+    let all = tmp.path().join("all");
+    let mut args = quick_args(&all, 1);
+    args.extend(["--val-split", "4000"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_one_line_error(&out, &["val_split 4000", "has 4000"]);
+    assert!(!all.exists(), "no folder for a run that cannot start");
+}
+
 #[test]
 fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     // The resumed part also evaluates only every third epoch and the last (so epoch 3, not

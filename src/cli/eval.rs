@@ -30,17 +30,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
         config.out = saved.out;
         Some(config)
     };
-    let (config, eval) = crate::run::evaluate_checkpoint(&args.checkpoint, config)?;
+    let crate::run::CheckpointEval { config, test, val } =
+        crate::run::evaluate_checkpoint(&args.checkpoint, config)?;
+    let val_images = val
+        .as_ref()
+        .map_or(String::new(), |v| format!("{} val / ", v.samples));
+    let val_part = |accuracy: Option<f64>| {
+        accuracy.map_or(String::new(), |a| format!("val {:.2}%, test ", 100.0 * a))
+    };
     println!(
-        "{} on {} ({} test images): ensemble {:?} accuracy {:.2}%",
+        "{} on {} ({val_images}{} test images): ensemble {:?} accuracy {}{:.2}%",
         args.checkpoint.display(),
         config.dataset.name(),
-        eval.samples,
-        eval.ensemble_layers,
-        100.0 * eval.ensemble_accuracy
+        test.samples,
+        test.ensemble_layers,
+        val_part(val.as_ref().map(|v| v.ensemble_accuracy)),
+        100.0 * test.ensemble_accuracy
     );
-    for (layer, accuracy) in eval.layer_accuracy.iter().enumerate() {
-        println!("  layer {layer}: {:.2}%", 100.0 * accuracy);
+    for (layer, accuracy) in test.layer_accuracy.iter().enumerate() {
+        let on_val = val.as_ref().map(|v| v.layer_accuracy[layer]);
+        println!(
+            "  layer {layer}: {}{:.2}%",
+            val_part(on_val),
+            100.0 * accuracy
+        );
     }
     Ok(())
 }

@@ -111,6 +111,11 @@ pub struct KnobArgs {
     /// Test on N images only (a random subset drawn with the seed).
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Hold out N training images (drawn with the seed, before --train-limit) as a
+    /// validation set, evaluated with the test set at every evaluation: choose epochs, layers
+    /// and settings on it, and report the test accuracy of that choice [default: 0, none].
+    #[arg(long)]
+    pub val_split: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -201,6 +206,7 @@ impl KnobArgs {
             eval_every: self.eval_every,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
+            val_split: self.val_split,
         }
     }
 }

@@ -152,10 +152,14 @@ fn file_part(name: &str) -> String {
 fn describe(c: &TrainConfig, done: Option<u64>) -> String {
     let epochs = match done {
         Some(done) if done < c.epochs => format!("{done} of {} epochs (unfinished)", c.epochs),
-        _ => format!("{} epochs", c.epochs),
+        _ => format!("{} epoch{}", c.epochs, if c.epochs == 1 { "" } else { "s" }),
+    };
+    let val = match c.val_split {
+        0 => String::new(),
+        n => format!(", {n} training images held out for validation"),
     };
     format!(
-        "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {epochs}",
+        "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {epochs}{val}",
         c.model,
         c.dataset.name(),
         c.arch,
@@ -262,6 +266,45 @@ fn across_seeds(runs: &[RunData]) -> String {
     md
 }
 
+/// For the runs with a validation split: the epoch and layer with the best validation
+/// accuracy (the first of equals), and the test accuracy there, the figure to report for a
+/// choice made on validation. Empty when no run has one.
+fn chosen_on_validation(runs: &[RunData]) -> String {
+    let mut md = String::new();
+    for r in runs {
+        let mut best: Option<(f64, u64, usize, Option<f64>)> = None;
+        for e in &r.records {
+            for l in &e.layers {
+                if let Some(v) = l.val_accuracy
+                    && best.is_none_or(|(b, ..)| v > b)
+                {
+                    best = Some((v, e.epoch, l.layer, l.test_accuracy));
+                }
+            }
+        }
+        let Some((val, epoch, layer, test)) = best else {
+            continue;
+        };
+        if md.is_empty() {
+            md.push_str(
+                "\n## Chosen on the validation split\n\nThe evaluated epoch and layer with the \
+                 best validation accuracy, and the test accuracy there.\n\n\
+                 | run | validation images | epoch | layer | validation | test |\n\
+                 |---|---|---|---|---|---|\n",
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {epoch} | {layer} | {} | {} |",
+            r.name,
+            r.config.val_split,
+            percent(Some(val)),
+            percent(test)
+        );
+    }
+    md
+}
+
 /// Writes `out/report.md` and its figures for `runs`; returns the report's path.
 pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -310,6 +353,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
         md,
         "\nEvery run's metrics, a row per epoch and layer (for pandas and the like): [{METRICS_CSV}]({METRICS_CSV})."
     );
+    md.push_str(&chosen_on_validation(runs));
     md.push_str(&across_seeds(runs));
     let side_by_side = LineChart {
         title: "Final test accuracy per layer".into(),
@@ -340,14 +384,23 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             r.name,
             describe(&r.config, r.records.last().map(|e| e.epoch))
         );
+        let has_val = r.records.iter().any(|e| e.ensemble_val_accuracy.is_some());
+        let (val_head, val_rule) = match has_val {
+            true => (" ensemble (val) |", "---|"),
+            false => ("", ""),
+        };
         let _ = writeln!(
             md,
-            "| epoch | lr | ensemble | train s | samples/s |\n|---|---|---|---|---|"
+            "| epoch | lr | ensemble |{val_head} train s | samples/s |\n|---|---|---|{val_rule}---|---|"
         );
         for e in &r.records {
+            let val = match has_val {
+                true => format!(" {} |", percent(e.ensemble_val_accuracy)),
+                false => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {:.1e} | {} | {:.1} | {:.0} |",
+                "| {} | {:.1e} | {} |{val} {:.1} | {:.0} |",
                 e.epoch,
                 e.lr,
                 percent(e.ensemble_accuracy),
@@ -370,30 +423,42 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
                     .filter(|s| !s.points.is_empty())
                     .collect()
             };
-        let stem = format!("accuracy-{}", file_part(&r.name));
-        plots::line_chart(
-            &out.join(&stem),
-            &LineChart {
-                title: format!("Test accuracy per layer: {}", r.name),
+        // A chart over the epochs of one value per layer, drawn as `<kind>-<run>`; its stem.
+        let over_epochs = |kind: &str, title: &str, y_label: &str, series| -> Result<String> {
+            let stem = format!("{kind}-{}", file_part(&r.name));
+            let chart = LineChart {
+                title: format!("{title}: {}", r.name),
                 x_label: "epoch".into(),
-                y_label: "test accuracy (%)".into(),
+                y_label: y_label.into(),
                 integer_x: true,
-                series: per_layer(&|l| l.test_accuracy.map(|a| 100.0 * a)),
-            },
+                series,
+            };
+            plots::line_chart(&out.join(&stem), &chart)?;
+            Ok(stem)
+        };
+        let stem = over_epochs(
+            "accuracy",
+            "Test accuracy per layer",
+            "test accuracy (%)",
+            per_layer(&|l| l.test_accuracy.map(|a| 100.0 * a)),
         )?;
         let _ = writeln!(md, "\n![accuracy per layer]({stem}.png)\n");
+        if has_val {
+            let stem = over_epochs(
+                "val-accuracy",
+                "Validation accuracy per layer",
+                "validation accuracy (%)",
+                per_layer(&|l| l.val_accuracy.map(|a| 100.0 * a)),
+            )?;
+            let _ = writeln!(md, "![validation accuracy per layer]({stem}.png)\n");
+        }
         let deltas = per_layer(&|l| l.delta);
         if !deltas.is_empty() {
-            let stem = format!("delta-{}", file_part(&r.name));
-            plots::line_chart(
-                &out.join(&stem),
-                &LineChart {
-                    title: format!("Delta (positive - negative goodness) per layer: {}", r.name),
-                    x_label: "epoch".into(),
-                    y_label: "delta".into(),
-                    integer_x: true,
-                    series: deltas,
-                },
+            let stem = over_epochs(
+                "delta",
+                "Delta (positive - negative goodness) per layer",
+                "delta",
+                deltas,
             )?;
             let _ = writeln!(md, "![delta per layer]({stem}.png)\n");
         }
@@ -426,7 +491,7 @@ pub const METRICS_CSV: &str = "metrics.csv";
 /// epoch not evaluated, a baseline's goodness). `pd.read_csv` reads it as it is.
 fn metrics_csv(runs: &[RunData]) -> String {
     let mut csv = String::from(
-        "run,seed,epoch,lr,layer,loss,positive,negative,delta,test_accuracy,ensemble_accuracy,train_seconds,eval_seconds\n",
+        "run,seed,epoch,lr,layer,loss,positive,negative,delta,test_accuracy,ensemble_accuracy,val_accuracy,ensemble_val_accuracy,train_seconds,eval_seconds\n",
     );
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
     for r in runs {
@@ -435,7 +500,7 @@ fn metrics_csv(runs: &[RunData]) -> String {
             for l in &e.layers {
                 let _ = writeln!(
                     csv,
-                    "{name},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    "{name},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     r.config.seed,
                     e.epoch,
                     e.lr,
@@ -446,6 +511,8 @@ fn metrics_csv(runs: &[RunData]) -> String {
                     cell(l.delta),
                     cell(l.test_accuracy),
                     cell(e.ensemble_accuracy),
+                    cell(l.val_accuracy),
+                    cell(e.ensemble_val_accuracy),
                     e.train_seconds,
                     e.eval_seconds
                 );
@@ -489,6 +556,7 @@ mod tests {
                 negative: None,
                 delta: None,
                 test_accuracy: Some(a),
+                val_accuracy: None,
             })
             .collect();
         let record = EpochRecord {
@@ -497,6 +565,7 @@ mod tests {
             layers,
             ensemble_layers: vec![1],
             ensemble_accuracy: Some(accuracies[1]),
+            ensemble_val_accuracy: None,
             train_seconds: 1.0,
             data_wait_seconds: 0.0,
             eval_seconds: 1.0,
@@ -542,16 +611,44 @@ mod tests {
         let mut a = run("grid, \"a\"", 3, 0.25, [0.5, 0.9]);
         a.records[0].layers[0].test_accuracy = None;
         a.records[0].layers[1].positive = Some(2.5);
-        let csv = metrics_csv(&[a, run("b", 1, 0.25, [0.7, 0.8])]);
+        let mut b = run("b", 1, 0.25, [0.7, 0.8]);
+        b.records[0].layers[1].val_accuracy = Some(0.75);
+        b.records[0].ensemble_val_accuracy = Some(0.75);
+        let csv = metrics_csv(&[a, b]);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 1 + 2 + 2, "{csv}");
         assert!(lines[0].starts_with("run,seed,epoch,lr,layer,loss,positive"));
-        assert_eq!(lines[1], "\"grid, \"\"a\"\"\",3,1,0.001,0,0.5,,,,,0.9,1,1");
+        assert_eq!(
+            lines[1],
+            "\"grid, \"\"a\"\"\",3,1,0.001,0,0.5,,,,,0.9,,,1,1"
+        );
         assert_eq!(
             lines[2],
-            "\"grid, \"\"a\"\"\",3,1,0.001,1,0.5,2.5,,,0.9,0.9,1,1"
+            "\"grid, \"\"a\"\"\",3,1,0.001,1,0.5,2.5,,,0.9,0.9,,,1,1"
         );
-        assert_eq!(lines[4], "b,1,1,0.001,1,0.5,,,,0.8,0.8,1,1");
+        assert_eq!(lines[4], "b,1,1,0.001,1,0.5,,,,0.8,0.8,0.75,0.75,1,1");
+    }
+
+    /// The epoch and layer with the best validation accuracy, the first of equals, with the
+    /// test accuracy there; runs without a split have no row, and no run with one no section.
+    #[test]
+    fn the_choice_on_validation_is_the_best_first_epoch_and_layer() {
+        let mut a = run("a", 0, 0.25, [0.5, 0.9]);
+        a.config.val_split = 100;
+        let mut second = a.records[0].clone();
+        second.epoch = 2;
+        a.records.push(second);
+        let vals = [[0.6, 0.8], [0.8, 0.7]];
+        for (e, vals) in a.records.iter_mut().zip(vals) {
+            for (l, v) in e.layers.iter_mut().zip(vals) {
+                l.val_accuracy = Some(v);
+            }
+        }
+        a.records[1].layers[0].test_accuracy = Some(0.55);
+        let md = chosen_on_validation(&[a, run("b", 1, 0.25, [0.7, 0.8])]);
+        assert!(md.contains("| a | 100 | 1 | 1 | 80.00% | 90.00% |"), "{md}");
+        assert!(!md.contains("| b"), "{md}");
+        assert_eq!(chosen_on_validation(&[run("b", 1, 0.25, [0.7, 0.8])]), "");
     }
 
     /// A backprop run records its last layer only: its column is that layer's.

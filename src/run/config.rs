@@ -52,6 +52,10 @@ pub struct TrainConfig {
     /// Use only N training / test images, a subset drawn with the run's seed (0 = all).
     pub train_limit: usize,
     pub test_limit: usize,
+    /// Hold out N training images, drawn with the run's seed, as a validation set that is
+    /// evaluated with the test set (0 = none; also for configurations written before it).
+    #[serde(default)]
+    pub val_split: usize,
 }
 
 /// A configuration with every knob optional: what a TOML file or the flags set.
@@ -83,6 +87,7 @@ pub struct PartialConfig {
     pub eval_every: Option<u64>,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    pub val_split: Option<usize>,
 }
 
 impl PartialConfig {
@@ -131,6 +136,7 @@ impl PartialConfig {
             eval_every,
             train_limit,
             test_limit,
+            val_split,
         } = top.clone();
         PartialConfig {
             model: model.or(self.model),
@@ -158,6 +164,7 @@ impl PartialConfig {
             eval_every: eval_every.or(self.eval_every),
             train_limit: train_limit.or(self.train_limit),
             test_limit: test_limit.or(self.test_limit),
+            val_split: val_split.or(self.val_split),
         }
     }
 
@@ -196,6 +203,7 @@ impl PartialConfig {
             eval_every: self.eval_every.unwrap_or_else(every_epoch),
             train_limit: self.train_limit.unwrap_or(0),
             test_limit: self.test_limit.unwrap_or(0),
+            val_split: self.val_split.unwrap_or(0),
         };
         config.validate()?;
         Ok(config)
@@ -234,6 +242,7 @@ impl From<&TrainConfig> for PartialConfig {
             eval_every: Some(c.eval_every),
             train_limit: Some(c.train_limit),
             test_limit: Some(c.test_limit),
+            val_split: Some(c.val_split),
         }
     }
 }
@@ -453,12 +462,16 @@ mod tests {
         assert!(zero.resolve().is_err());
     }
 
-    /// A run folder written before `eval_every` existed still reads, as every epoch.
+    /// A run folder written before `eval_every` and `val_split` existed still reads, as
+    /// every epoch and no validation split.
     #[test]
     fn configs_without_eval_every_evaluate_every_epoch() {
         let config = quick_start();
-        let old = config.to_toml().replace("eval_every = 1\n", "");
-        assert!(!old.contains("eval_every"));
+        let old = config
+            .to_toml()
+            .replace("eval_every = 1\n", "")
+            .replace("val_split = 0\n", "");
+        assert!(!old.contains("eval_every") && !old.contains("val_split"));
         let read: TrainConfig = toml::from_str(&old).unwrap();
         assert_eq!(read, config);
     }

@@ -16,6 +16,9 @@ pub struct LayerRecord {
     pub delta: Option<f64>,
     /// None (`null`) for an epoch without evaluation (`eval_every`).
     pub test_accuracy: Option<f64>,
+    /// On the validation split (`val_split`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,9 @@ pub struct EpochRecord {
     pub ensemble_layers: Vec<usize>,
     /// None (`null`) for an epoch without evaluation (`eval_every`).
     pub ensemble_accuracy: Option<f64>,
+    /// On the validation split (`val_split`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_val_accuracy: Option<f64>,
     pub train_seconds: f64,
     /// Of `train_seconds`, the time training waited for the next batch (0 in files written
     /// before it was recorded).

@@ -56,9 +56,18 @@ pub fn check_data_dir(config: &TrainConfig) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The training and test splits of a config's dataset, with the training split's
-/// normalisation applied to both.
-pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
+/// A run's data: the splits of its dataset, normalised with the training split's statistics.
+pub struct Splits {
+    pub train: Dataset,
+    /// With `val_split`: training images held out, evaluated with the test set.
+    pub val: Option<Dataset>,
+    pub test: Dataset,
+}
+
+/// The splits of a config's dataset: `val_split` images drawn out of the training split
+/// first, then the `train_limit` and `test_limit` subsets; the training split's normalisation
+/// applied to all.
+pub fn load_data(config: &TrainConfig) -> Result<Splits> {
     let dir = check_data_dir(config)?;
     // Only the cache folder is downloaded into; an explicit folder is read as it is.
     let download = config.data_dir.is_none() && config.dataset != DatasetKind::MnistSample;
@@ -70,6 +79,17 @@ pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
             "the training and test splits differ in image shape or classes",
         ));
     }
+    let val = match config.val_split {
+        0 => None,
+        n if n >= train.len() => {
+            return Err(Error::Config(format!(
+                "val_split {n} leaves no training images: the training split of {} has {}",
+                config.dataset.name(),
+                train.len()
+            )));
+        }
+        n => Some(train.split_off(n, &mut crate::rng::Rng::stream(config.seed, 6))),
+    };
     if config.train_limit > 0 {
         train.subsample(
             config.train_limit,
@@ -84,7 +104,7 @@ pub fn load_data(config: &TrainConfig) -> Result<(Dataset, Dataset)> {
     }
     test.mean = train.mean.clone();
     test.std = train.std.clone();
-    Ok((train, test))
+    Ok(Splits { train, val, test })
 }
 
 /// The network a config describes, for images of `data`'s shape.
@@ -234,7 +254,7 @@ fn train_ff<B: Backend>(
     resume: bool,
 ) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
-    let (train, test) = load_data(config)?;
+    let Splits { train, val, test } = load_data(config)?;
     let mut net = build_net(backend, config, &train)?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let metrics_path = dir.join(METRICS_FILE);
@@ -260,11 +280,10 @@ fn train_ff<B: Backend>(
     let layers = net.blocks.len();
     let ensemble = ensemble_layers(config, layers);
     println!(
-        "run {}: {} ({} train / {} test images), {}, widths {:?}, loss {:?}, apl {}, norm {:?}, batch {}",
+        "run {}: {} ({}), {}, widths {:?}, loss {:?}, apl {}, norm {:?}, batch {}",
         dir.display(),
         config.dataset.name(),
-        train.len(),
-        test.len(),
+        split_sizes(&train, val.as_ref(), &test),
         backend.name(),
         net.config.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
         config.loss,
@@ -302,21 +321,19 @@ fn train_ff<B: Backend>(
         backend.synchronize()?;
         progress.finish();
         let eval_start = Instant::now();
-        let eval = match config.evaluates(epoch) {
-            true => Some(evaluate(
-                &mut net,
-                backend,
-                &test,
-                config.eval_batch_size,
-                &ensemble,
-            )?),
-            false => None,
+        let mut evaluate_on = |data: Option<&Dataset>| match data {
+            Some(data) if config.evaluates(epoch) => {
+                evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble).map(Some)
+            }
+            _ => Ok(None),
         };
+        let eval = evaluate_on(Some(&test))?;
+        let val_eval = evaluate_on(val.as_ref())?;
         let record = epoch_record(
             epoch,
             lr,
             &stats,
-            eval.as_ref(),
+            [eval.as_ref(), val_eval.as_ref()],
             &ensemble,
             eval_start.elapsed().as_secs_f64(),
         );
@@ -359,11 +376,19 @@ fn save_goodness_samples(path: &Path, kept: &KeptGoodness, seed: u64) -> Result<
     checkpoint::save_vectors(path, &tensors)
 }
 
+/// "N train / M test images", with the validation split's between them if there is one.
+fn split_sizes(train: &Dataset, val: Option<&Dataset>, test: &Dataset) -> String {
+    let val = val.map_or(String::new(), |v| format!("{} val / ", v.len()));
+    format!("{} train / {val}{} test images", train.len(), test.len())
+}
+
+/// An epoch's record from its training statistics and its evaluations on the test and the
+/// validation split (each None where not run).
 fn epoch_record(
     epoch: u64,
     lr: f64,
     stats: &crate::ff::train::EpochStats,
-    eval: Option<&Evaluation>,
+    [eval, val]: [Option<&Evaluation>; 2],
     ensemble: &[usize],
     eval_seconds: f64,
 ) -> EpochRecord {
@@ -381,10 +406,12 @@ fn epoch_record(
                 negative: Some(s.negative),
                 delta: Some(s.delta()),
                 test_accuracy: eval.map(|e| e.layer_accuracy[layer]),
+                val_accuracy: val.map(|e| e.layer_accuracy[layer]),
             })
             .collect(),
         ensemble_layers: ensemble.to_vec(),
         ensemble_accuracy: eval.map(|e| e.ensemble_accuracy),
+        ensemble_val_accuracy: val.map(|e| e.ensemble_accuracy),
         train_seconds: stats.seconds,
         data_wait_seconds: stats.data_wait_seconds,
         eval_seconds,
@@ -432,14 +459,24 @@ fn duration_words(seconds: f64) -> String {
     }
 }
 
+/// `val accuracy X%  test accuracy Y%`, each part where measured, after `sep`.
+fn accuracies(val: Option<f64>, test: Option<f64>, sep: &str) -> String {
+    let part = |name: &str, a: Option<f64>| {
+        a.map_or(String::new(), |a| {
+            format!("{sep}{name} accuracy {:.2}%", 100.0 * a)
+        })
+    };
+    part("val", val) + &part("test", test)
+}
+
 fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
     let eval = match r.ensemble_accuracy {
         Some(accuracy) => format!(
-            "eval {:.1} s, lr {:.1e}, ensemble {:?} test accuracy {:.2}%",
+            "eval {:.1} s, lr {:.1e}, ensemble {:?}{}",
             r.eval_seconds,
             r.lr,
             r.ensemble_layers,
-            100.0 * accuracy
+            accuracies(r.ensemble_val_accuracy, Some(accuracy), " ")
         ),
         None => format!("lr {:.1e}, not evaluated (--eval-every)", r.lr),
     };
@@ -452,9 +489,7 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
             (Some(p), Some(n), Some(d)) => format!("  pos {p:.4}  neg {n:.4}  delta {d:+.4}"),
             _ => String::new(),
         };
-        let accuracy = l.test_accuracy.map_or(String::new(), |a| {
-            format!("  test accuracy {:.2}%", 100.0 * a)
-        });
+        let accuracy = accuracies(l.val_accuracy, l.test_accuracy, "  ");
         println!(
             "  layer {}: loss {:.4}{goodness}{accuracy}",
             l.layer, l.loss
@@ -465,12 +500,18 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
     }
 }
 
+/// A checkpoint's evaluation: the config it ran with, and its accuracies on the test split
+/// and on the validation split where the config has one.
+pub struct CheckpointEval {
+    pub config: TrainConfig,
+    pub test: Evaluation,
+    pub val: Option<Evaluation>,
+}
+
 /// Evaluates the checkpoint at `path` (a run folder or a `.safetensors` file) with `config`
-/// (by default the one saved in the checkpoint) on its dataset's test split.
-pub fn evaluate_checkpoint(
-    path: &Path,
-    config: Option<TrainConfig>,
-) -> Result<(TrainConfig, Evaluation)> {
+/// (by default the one saved in the checkpoint) on its dataset's test split, and on the
+/// validation split it held out if any.
+pub fn evaluate_checkpoint(path: &Path, config: Option<TrainConfig>) -> Result<CheckpointEval> {
     let file: PathBuf = if path.is_dir() {
         path.join(CHECKPOINT_FILE)
     } else {
@@ -487,19 +528,22 @@ pub fn evaluate_checkpoint(
     // A checkpoint's own config may come from another machine (its thread count, its device).
     config.validate()?;
     config.check_machine()?;
-    let eval = with_backend!(
+    let (test, val) = with_backend!(
         &config.device,
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| {
-            let (train, test) = load_data(&config)?;
+            let Splits { train, val, test } = load_data(&config)?;
             let mut net = build_net(backend, &config, &train)?;
             checkpoint::load(&file, &mut net, backend)?;
             let ensemble = ensemble_layers(&config, net.blocks.len());
-            evaluate(&mut net, backend, &test, config.eval_batch_size, &ensemble)
+            let mut on = |data: &Dataset| {
+                evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble)
+            };
+            Ok::<_, Error>((on(&test)?, val.as_ref().map(&mut on).transpose()?))
         }
     )?;
-    Ok((config, eval))
+    Ok(CheckpointEval { config, test, val })
 }
 
 /// Trains a baseline (`bp` or `lcp`) on the same data pipeline: a run folder with the config,
@@ -549,7 +593,7 @@ fn classifier_accuracy<B: Backend>(
 
 fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
-    let (train, test) = load_data(config)?;
+    let Splits { train, val, test } = load_data(config)?;
     let ff = ff_config(config, &train)?;
     ff.check_fits(
         config.batch_size.max(config.eval_batch_size),
@@ -559,12 +603,11 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
     create_run_dir(&dir, config)?;
     let layers = net.head_layers();
     println!(
-        "run {}: {:?} baseline on {} ({} train / {} test images), {}, widths {:?}, norm {:?}, batch {}",
+        "run {}: {:?} baseline on {} ({}), {}, widths {:?}, norm {:?}, batch {}",
         dir.display(),
         config.model,
         config.dataset.name(),
-        train.len(),
-        test.len(),
+        split_sizes(&train, val.as_ref(), &test),
         backend.name(),
         net.config.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
         config.norm,
@@ -606,15 +649,14 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         progress.finish();
         let train_seconds = started.elapsed().as_secs_f64();
         let eval_start = Instant::now();
-        let accuracy = match config.evaluates(epoch) {
-            true => Some(classifier_accuracy(
-                &mut net,
-                backend,
-                &test,
-                config.eval_batch_size,
-            )?),
-            false => None,
+        let mut accuracy_on = |data: Option<&Dataset>| match data {
+            Some(data) if config.evaluates(epoch) => {
+                classifier_accuracy(&mut net, backend, data, config.eval_batch_size).map(Some)
+            }
+            _ => Ok(None),
         };
+        let accuracy = accuracy_on(Some(&test))?;
+        let val_accuracy = accuracy_on(val.as_ref())?;
         let record = EpochRecord {
             epoch,
             lr,
@@ -628,10 +670,12 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
                     negative: None,
                     delta: None,
                     test_accuracy: accuracy.as_ref().map(|a| a[k]),
+                    val_accuracy: val_accuracy.as_ref().map(|a| a[k]),
                 })
                 .collect(),
             ensemble_layers: vec![*layers.last().expect("at least one head")],
             ensemble_accuracy: accuracy.as_ref().and_then(|a| a.last().copied()),
+            ensemble_val_accuracy: val_accuracy.as_ref().and_then(|a| a.last().copied()),
             train_seconds,
             data_wait_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
