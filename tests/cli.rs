@@ -205,6 +205,46 @@ fn a_validation_split_is_held_out_and_evaluated() {
     ]);
     assert_one_line_error(&resumed, &["val_split 200 -> 100"]);
 
+    // best.safetensors: the first epoch whose best layer did best on validation, and `eval`
+    // of it gives that epoch's accuracies.
+    let best = |e: &trifecta::run::metrics::EpochRecord| {
+        trifecta::run::best_val_accuracy(std::slice::from_ref(e)).unwrap()
+    };
+    let chosen = records
+        .iter()
+        .reduce(|a, b| if best(b) > best(a) { b } else { a })
+        .unwrap();
+    let best_file = run.join("best.safetensors");
+    let header = trifecta::run::checkpoint::read_header(&best_file).unwrap();
+    assert_eq!(header.epoch, chosen.epoch);
+    let eval = trifecta(&["eval", best_file.to_str().unwrap()]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let text = String::from_utf8_lossy(&eval.stdout);
+    for l in &chosen.layers {
+        let line = format!(
+            "layer {}: val {:.2}%, test {:.2}%",
+            l.layer,
+            100.0 * l.val_accuracy.unwrap(),
+            100.0 * l.test_accuracy.unwrap()
+        );
+        assert!(text.contains(&line), "{line}: {text}");
+    }
+    // A resumed run knows the best so far from the metrics: with epoch 1 made unbeatable
+    // there, epoch 3 does not replace the best checkpoint.
+    let metrics = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    let mut record: trifecta::run::metrics::EpochRecord = serde_json::from_str(first).unwrap();
+    record.layers[0].val_accuracy = Some(1.0);
+    let edited = serde_json::to_string(&record).unwrap() + "\n" + rest;
+    std::fs::write(&metrics, edited).unwrap();
+    let before = std::fs::read(&best_file).unwrap();
+    let resumed = trifecta(&["train", "--resume", run.to_str().unwrap(), "--epochs", "3"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(std::fs::read(&best_file).unwrap() == before);
+    let header = trifecta::run::checkpoint::read_header(&run.join("checkpoint.safetensors"));
+    assert_eq!(header.unwrap().epoch, 3);
+
     // The baselines hold out and evaluate the same split.
     let lcp = tmp.path().join("lcp");
     let mut args = quick_args(&lcp, 1);

@@ -238,6 +238,12 @@ fn print_next_steps(config: &crate::run::config::TrainConfig) {
             "run folder {dir}: `trifecta report {dir}` draws its curves, `trifecta eval {dir}` \
              evaluates it, `trifecta train --resume {dir} --epochs N` trains it further"
         );
+        if config.val_split > 0 {
+            println!(
+                "the epoch best on the validation split: `trifecta eval {}`",
+                config.out.join(crate::run::BEST_CHECKPOINT_FILE).display()
+            );
+        }
     } else {
         println!("run folder {dir}: `trifecta report {dir}` draws its curves");
     }

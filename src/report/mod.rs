@@ -288,7 +288,8 @@ fn chosen_on_validation(runs: &[RunData]) -> String {
         if md.is_empty() {
             md.push_str(
                 "\n## Chosen on the validation split\n\nThe evaluated epoch and layer with the \
-                 best validation accuracy, and the test accuracy there.\n\n\
+                 best validation accuracy, and the test accuracy there; an FF run keeps that \
+                 epoch's network in `best.safetensors`.\n\n\
                  | run | validation images | epoch | layer | validation | test |\n\
                  |---|---|---|---|---|---|\n",
             );

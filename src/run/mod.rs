@@ -25,6 +25,9 @@ use std::time::Instant;
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// With a validation split: the checkpoint of the epoch whose best layer did best on it (the
+/// first such epoch), as Lightning's `ModelCheckpoint(monitor=...)`.
+pub const BEST_CHECKPOINT_FILE: &str = "best.safetensors";
 /// Goodness samples of positives and negatives per layer, after the last epoch (FF runs).
 pub const GOODNESS_FILE: &str = "goodness.safetensors";
 /// The trained parameters of a baseline run.
@@ -296,6 +299,11 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
+    // The best validation accuracy so far, of any layer: the kept epochs' on resume.
+    let mut best_val = match metrics_path.exists() {
+        true => best_val_accuracy(&metrics::read(&metrics_path)?),
+        false => None,
+    };
     let pace = Pace::new(done + 1);
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
@@ -346,6 +354,12 @@ fn train_ff<B: Backend>(
             adam_steps: net.optimizer_steps(),
             config: config.clone(),
         };
+        // The best first: a run stopped between the two redoes this epoch, the same way.
+        let val = best_val_accuracy(std::slice::from_ref(&record));
+        if val.is_some_and(|v| best_val.is_none_or(|best| v > best)) {
+            checkpoint::save(&dir.join(BEST_CHECKPOINT_FILE), &mut net, backend, &header)?;
+            best_val = val;
+        }
         checkpoint::save(&checkpoint_path, &mut net, backend, &header)?;
         // The histograms follow the last evaluation, so a run stopped early has them too.
         if let Some(eval) = &eval {
@@ -374,6 +388,14 @@ fn save_goodness_samples(path: &Path, kept: &KeptGoodness, seed: u64) -> Result<
         tensors.push((format!("layer{layer}.negative"), negative));
     }
     checkpoint::save_vectors(path, &tensors)
+}
+
+/// The best validation accuracy of any layer in any of `records`, if they have one.
+pub fn best_val_accuracy(records: &[EpochRecord]) -> Option<f64> {
+    records
+        .iter()
+        .flat_map(|e| e.layers.iter().filter_map(|l| l.val_accuracy))
+        .reduce(f64::max)
 }
 
 /// "N train / M test images", with the validation split's between them if there is one.
