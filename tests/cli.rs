@@ -229,6 +229,11 @@ fn a_validation_split_is_held_out_and_evaluated() {
         );
         assert!(text.contains(&line), "{line}: {text}");
     }
+    // The split is the run's: another size or seed would take training images.
+    for change in [["--val-split", "300"], ["--seed", "8"]] {
+        let out = trifecta(&["eval", run.to_str().unwrap(), change[0], change[1]]);
+        assert_one_line_error(&out, &["eval cannot change --val-split"]);
+    }
     // A resumed run knows the best so far from the metrics: with epoch 1 made unbeatable
     // there, epoch 3 does not replace the best checkpoint.
     let metrics = run.join("metrics.jsonl");

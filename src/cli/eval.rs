@@ -1,7 +1,7 @@
 //! `trifecta eval CHECKPOINT`: per-layer and ensemble test accuracy of a saved network.
 
-use crate::error::Result;
-use crate::run::config::PartialConfig;
+use crate::error::{Error, Result};
+use crate::run::config::{PartialConfig, TrainConfig};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -27,6 +27,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         let saved = crate::run::checkpoint::read_header(&file)?.config;
         let mut config = PartialConfig::from(&saved).overlay(&overrides).resolve()?;
+        let split = |c: &TrainConfig| (c.val_split, if c.val_split > 0 { c.seed } else { 0 });
+        if split(&config) != split(&saved) {
+            // Another split would score images the network trained on as validation.
+            return Err(Error::Config(format!(
+                "{}: the validation split is the run's own ({} training images held out with \
+                 seed {}); eval cannot change --val-split, nor --seed where there is one",
+                file.display(),
+                saved.val_split,
+                saved.seed
+            )));
+        }
         config.out = saved.out;
         Some(config)
     };
