@@ -229,6 +229,17 @@ fn a_validation_split_is_held_out_and_evaluated() {
         );
         assert!(text.contains(&line), "{line}: {text}");
     }
+    // --on-train: the 600 images it trained on as well, the other splits' figures unchanged.
+    let with_train = trifecta(&["eval", run.to_str().unwrap(), "--on-train"]);
+    assert!(with_train.status.success(), "{}", stderr(&with_train));
+    let text = String::from_utf8_lossy(&with_train.stdout);
+    let ensemble = text.lines().next().unwrap();
+    assert!(
+        ensemble.contains("(600 train / 200 val / 100 test images)")
+            && ensemble.contains("accuracy train ")
+            && ensemble.ends_with(&expected.replace("accuracy val", ", val")),
+        "{ensemble}"
+    );
     // The split is the run's: another size or seed would take training images.
     for change in [["--val-split", "300"], ["--seed", "8"]] {
         let out = trifecta(&["eval", run.to_str().unwrap(), change[0], change[1]]);

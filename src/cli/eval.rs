@@ -9,6 +9,10 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     /// A run folder or a checkpoint `.safetensors` file.
     pub checkpoint: PathBuf,
+    /// Also evaluate the images the run trained on (without augmentation), for the
+    /// generalisation gap: accuracy on them against the test set's, per layer.
+    #[arg(long)]
+    pub on_train: bool,
     /// Any `train` knob (or a --config file of them) to change from the checkpoint's own
     /// config (e.g. --data-dir, --ensemble); architecture flags must match the checkpoint.
     #[command(flatten)]
@@ -41,29 +45,37 @@ pub fn run(args: EvalArgs) -> Result<()> {
         config.out = saved.out;
         Some(config)
     };
-    let crate::run::CheckpointEval { config, test, val } =
-        crate::run::evaluate_checkpoint(&args.checkpoint, config)?;
-    let val_images = val
-        .as_ref()
-        .map_or(String::new(), |v| format!("{} val / ", v.samples));
-    let val_part = |accuracy: Option<f64>| {
-        accuracy.map_or(String::new(), |a| format!("val {:.2}%, test ", 100.0 * a))
+    let crate::run::CheckpointEval { config, splits } =
+        crate::run::evaluate_checkpoint(&args.checkpoint, config, args.on_train)?;
+    // "train 99.10%, val 98.70%, test 98.60%", every split evaluated in that order; the
+    // test split's alone without a name.
+    let accuracies = |value: &dyn Fn(&crate::ff::Evaluation) -> f64| {
+        let parts: Vec<String> = splits
+            .iter()
+            .map(|(name, e)| match splits.len() {
+                1 => format!("{:.2}%", 100.0 * value(e)),
+                _ => format!("{name} {:.2}%", 100.0 * value(e)),
+            })
+            .collect();
+        parts.join(", ")
     };
+    let images: Vec<String> = splits
+        .iter()
+        .map(|(name, e)| format!("{} {name}", e.samples))
+        .collect();
+    let (_, test) = splits.last().expect("the test split is always evaluated");
     println!(
-        "{} on {} ({val_images}{} test images): ensemble {:?} accuracy {}{:.2}%",
+        "{} on {} ({} images): ensemble {:?} accuracy {}",
         args.checkpoint.display(),
         config.dataset.name(),
-        test.samples,
+        images.join(" / "),
         test.ensemble_layers,
-        val_part(val.as_ref().map(|v| v.ensemble_accuracy)),
-        100.0 * test.ensemble_accuracy
+        accuracies(&|e| e.ensemble_accuracy)
     );
-    for (layer, accuracy) in test.layer_accuracy.iter().enumerate() {
-        let on_val = val.as_ref().map(|v| v.layer_accuracy[layer]);
+    for layer in 0..test.layer_accuracy.len() {
         println!(
-            "  layer {layer}: {}{:.2}%",
-            val_part(on_val),
-            100.0 * accuracy
+            "  layer {layer}: {}",
+            accuracies(&|e| e.layer_accuracy[layer])
         );
     }
     Ok(())

@@ -522,18 +522,23 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
     }
 }
 
-/// A checkpoint's evaluation: the config it ran with, and its accuracies on the test split
-/// and on the validation split where the config has one.
+/// A checkpoint's evaluation: the config it ran with, and its accuracies on each split
+/// evaluated, named (`train`, `val`, `test`), in that order.
 pub struct CheckpointEval {
     pub config: TrainConfig,
-    pub test: Evaluation,
-    pub val: Option<Evaluation>,
+    pub splits: Vec<(&'static str, Evaluation)>,
 }
 
 /// Evaluates the checkpoint at `path` (a run folder or a `.safetensors` file) with `config`
-/// (by default the one saved in the checkpoint) on its dataset's test split, and on the
-/// validation split it held out if any.
-pub fn evaluate_checkpoint(path: &Path, config: Option<TrainConfig>) -> Result<CheckpointEval> {
+/// (by default the one saved in the checkpoint) on its dataset's test split, on the
+/// validation split it held out if any, and with `on_train` on the images it trained on
+/// (as they were drawn for training: after the validation split and `train_limit`; without
+/// augmentation), whose accuracy against the test's is the generalisation gap.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    config: Option<TrainConfig>,
+    on_train: bool,
+) -> Result<CheckpointEval> {
     let file: PathBuf = if path.is_dir() {
         path.join(CHECKPOINT_FILE)
     } else {
@@ -550,7 +555,7 @@ pub fn evaluate_checkpoint(path: &Path, config: Option<TrainConfig>) -> Result<C
     // A checkpoint's own config may come from another machine (its thread count, its device).
     config.validate()?;
     config.check_machine()?;
-    let (test, val) = with_backend!(
+    let splits = with_backend!(
         &config.device,
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
@@ -559,13 +564,23 @@ pub fn evaluate_checkpoint(path: &Path, config: Option<TrainConfig>) -> Result<C
             let mut net = build_net(backend, &config, &train)?;
             checkpoint::load(&file, &mut net, backend)?;
             let ensemble = ensemble_layers(&config, net.blocks.len());
-            let mut on = |data: &Dataset| {
-                evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble)
-            };
-            Ok::<_, Error>((on(&test)?, val.as_ref().map(&mut on).transpose()?))
+            let named = [
+                ("train", on_train.then_some(&train)),
+                ("val", val.as_ref()),
+                ("test", Some(&test)),
+            ];
+            named
+                .into_iter()
+                .filter_map(|(name, data)| Some((name, data?)))
+                .map(|(name, data)| {
+                    let eval =
+                        evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble)?;
+                    Ok((name, eval))
+                })
+                .collect::<Result<Vec<_>>>()
         }
     )?;
-    Ok(CheckpointEval { config, test, val })
+    Ok(CheckpointEval { config, splits })
 }
 
 /// Trains a baseline (`bp` or `lcp`) on the same data pipeline: a run folder with the config,
