@@ -151,7 +151,8 @@ pub fn run_epoch<B: Backend>(
             0,
             epoch,
             augment,
-            |_, _, _| {},
+            None,
+            |_, _| Ok(false),
         )?;
     }
     let stats = train_epoch(
@@ -162,8 +163,10 @@ pub fn run_epoch<B: Backend>(
         0,
         2,
         augment,
-        |_, _, _| {},
-    )?;
+        None,
+        |_, _| Ok(false),
+    )?
+    .expect("an epoch nothing stops ends");
     let last = net.blocks.len() - 1;
     // Each evaluation is timed after a one-batch warm-up of its own (the evaluation's
     // convolution plans and allocations), as the epoch is.

@@ -243,7 +243,7 @@ fn finished(config: &TrainConfig, done: &[EpochRecord]) -> bool {
 /// trained, or reused if finished, or resumed if not.
 fn run_one(config: TrainConfig, dir: &Path, done: Vec<EpochRecord>) -> Result<Finished> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
-        let records = crate::run::train(&config, false)?;
+        let records = crate::run::train(&config, false, Default::default())?;
         return Ok((config, records));
     }
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
@@ -272,7 +272,7 @@ fn run_one(config: TrainConfig, dir: &Path, done: Vec<EpochRecord>) -> Result<Fi
         .into_iter()
         .filter(|r| r.epoch <= checkpointed)
         .collect();
-    records.extend(crate::run::train(&config, true)?);
+    records.extend(crate::run::train(&config, true, Default::default())?);
     Ok((config, records))
 }
 

@@ -285,6 +285,84 @@ fn a_validation_split_is_held_out_and_evaluated() {
     assert!(!all.exists(), "no folder for a run that cannot start");
 }
 
+/// `--max-steps` stops a run inside an epoch (here after step 3 of epoch 2's 6) and saves
+/// where it stopped; `--resume` goes on from that step and ends as the run that never
+/// stopped, bit for bit: weights, statistics, Adam, and epoch 2's record (its means over
+/// steps from both processes). The progress file goes once its epoch is checkpointed. Saving
+/// after every step (`--save-every-minutes`, the same save) changes nothing either.
+#[test]
+fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
+    let tmp = TempDir::new("steps");
+    let whole = tmp.path().join("whole");
+    assert!(run_quick(&whole, 2).status.success());
+    let records = |dir: &PathBuf| -> Vec<serde_json::Value> {
+        trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|mut r| {
+                // Timings differ between processes; everything else must not.
+                r.train_seconds = 0.0;
+                r.eval_seconds = 0.0;
+                r.data_wait_seconds = 0.0;
+                r.samples_per_second = 0.0;
+                serde_json::to_value(r).unwrap()
+            })
+            .collect()
+    };
+    let same_as_whole = |run: &PathBuf| {
+        assert_eq!(
+            tensors(&whole.join("checkpoint.safetensors")),
+            tensors(&run.join("checkpoint.safetensors")),
+            "{}",
+            run.display()
+        );
+        assert_eq!(records(&whole), records(run), "{}", run.display());
+        assert!(!run.join("progress.safetensors").exists());
+        assert!(!run.join("progress.json").exists());
+    };
+
+    let run = tmp.path().join("stopped");
+    let mut args = quick_args(&run, 2);
+    args.extend(["--max-steps", "9"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stopped after step 3 of 6 of epoch 2"),
+        "{stdout}"
+    );
+    assert!(run.join("progress.safetensors").exists());
+    assert_eq!(records(&run).len(), 1, "epoch 2 is not over");
+    let out = trifecta(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resuming epoch 2 after its step 3"),
+        "{stdout}"
+    );
+    same_as_whole(&run);
+    // A limit the run has reached already trains nothing.
+    let out = trifecta(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+
+    let saved = tmp.path().join("saved");
+    let mut args = quick_args(&saved, 2);
+    args.extend(["--save-every-minutes", "1e-9"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    same_as_whole(&saved);
+
+    let bad = trifecta(&["train", "--save-every-minutes=-1"]);
+    assert_one_line_error(&bad, &["--save-every-minutes"]);
+}
+
 #[test]
 fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     // The resumed part also evaluates only every third epoch and the last (so epoch 3, not

@@ -5,7 +5,7 @@ use super::{device_arg, positive_f64};
 use crate::backend::Precision;
 use crate::baselines::Model;
 use crate::data::DatasetKind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ff::{Arch, LossKind};
 use crate::layers::norm::NormKind;
 use crate::run::config::{PartialConfig, parse_schedule};
@@ -14,9 +14,20 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
-    /// Continue the run in this folder from its last checkpoint.
+    /// Continue the run in this folder from its last checkpoint, or from where a stopped
+    /// process saved it within an epoch.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Stop once the run has trained N steps in all (counted across resumes, as Lightning's
+    /// `max_steps`), within an epoch if need be; `--resume` goes on from there. Not saved
+    /// with the run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_steps: Option<u64>,
+    /// Within an epoch, save the run's state every M minutes (0: at epoch ends only), so
+    /// that a process stopped any way loses at most M minutes of training. Not saved with
+    /// the run.
+    #[arg(long, value_name = "M", default_value_t = 10.0)]
+    pub save_every_minutes: f64,
     #[command(flatten)]
     pub knobs: KnobArgs,
 }
@@ -213,18 +224,28 @@ impl KnobArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let knobs = args.knobs.knobs()?;
+    let minutes = args.save_every_minutes;
+    if !(minutes.is_finite() && minutes >= 0.0) {
+        return Err(Error::Config(format!(
+            "--save-every-minutes must be 0 or more, got {minutes}"
+        )));
+    }
+    let control = crate::run::RunControl {
+        max_steps: args.max_steps,
+        save_every: (minutes > 0.0).then(|| std::time::Duration::from_secs_f64(60.0 * minutes)),
+    };
     if let Some(dir) = &args.resume {
         // The folder may have moved since the run began: it is where the run now lives.
         let mut saved = crate::run::read_config(dir)?;
         saved.out = dir.clone();
         let config = saved.resumed_with(&knobs)?;
-        crate::run::train(&config, true)?;
+        crate::run::train(&config, true, control)?;
         print_next_steps(&config);
         return Ok(());
     }
     let config = knobs.resolve()?;
     config.check_precision_for_new_run()?;
-    crate::run::train(&config, false)?;
+    crate::run::train(&config, false, control)?;
     print_next_steps(&config);
     Ok(())
 }

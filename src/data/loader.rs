@@ -81,13 +81,18 @@ pub fn epoch_rng(seed: u64, epoch: u64) -> Rng {
 }
 
 /// Runs `consume` on the batches of one epoch while a producer thread prepares the next ones
-/// (at most two ahead, on the loader's [`threads`]). Returns what `consume` returns.
+/// (at most two ahead, on the loader's [`threads`]). The first `skip` batches are drawn (the
+/// stream moves on as if they were used) but not handed over: an epoch resumed after `skip`
+/// steps goes on with the batches it would have had. `consume` also gets the epoch's number
+/// of batches, skipped ones included. Returns what `consume` returns.
+#[allow(clippy::too_many_arguments)]
 pub fn with_epoch_batches<R>(
     data: &Dataset,
     batch_size: usize,
     seed: u64,
     epoch: u64,
     augment: Option<Augment>,
+    skip: usize,
     consume: impl FnOnce(usize, &mut dyn Iterator<Item = Batch>) -> R,
 ) -> R {
     let steps = data.len().div_ceil(batch_size.max(1));
@@ -97,12 +102,15 @@ pub fn with_epoch_batches<R>(
             let mut rng = epoch_rng(seed, epoch);
             let mut order: Vec<usize> = (0..data.len()).collect();
             rng.shuffle(&mut order);
-            for indices in order.chunks(batch_size.max(1)) {
+            for (i, indices) in order.chunks(batch_size.max(1)).enumerate() {
                 let (images, positive) = on_loader(|| match augment.as_ref() {
                     Some(a) => data.batch(indices, Some((a, &mut rng))),
                     None => data.batch(indices, None),
                 });
                 let negative = super::wrong_labels(&positive, data.classes, &mut rng);
+                if i < skip {
+                    continue;
+                }
                 if sender
                     .send(Batch {
                         images,

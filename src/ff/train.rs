@@ -8,10 +8,12 @@ use crate::data::Dataset;
 use crate::data::augment::Augment;
 use crate::data::loader::{Waited, with_epoch_batches, with_eval_batches};
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Mean training statistics of one layer over an epoch (over the steps where it updated).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Mean training statistics of one layer over an epoch (over the steps where it updated); sums
+/// while the epoch runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerStats {
     pub loss: f64,
     pub positive: f64,
@@ -25,7 +27,9 @@ impl LayerStats {
     }
 }
 
-#[derive(Clone, Debug)]
+/// An epoch's training statistics: the means once it is over; while it runs, the sums so far
+/// (what a run stopped mid-epoch keeps, to go on from).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     pub layers: Vec<LayerStats>,
     pub seconds: f64,
@@ -58,9 +62,24 @@ impl EpochStats {
     }
 }
 
+/// Where an epoch stands after a step, for [`train_epoch`]'s `after_step`.
+pub struct StepDone<'a> {
+    /// Steps of the epoch done, this one included.
+    pub steps_done: usize,
+    /// Steps in the epoch.
+    pub steps: usize,
+    pub metrics: &'a StepMetrics,
+    /// The epoch's statistics so far (sums, and seconds so far across every process that
+    /// trained it): with `steps_done`, what resuming the epoch needs.
+    pub stats: &'a EpochStats,
+}
+
 /// Epoch `epoch` (1-based) of a run seeded with `seed`: one pass over `data` in shuffled
 /// batches of `batch_size` positives (the last may be smaller), prepared on another thread.
-/// `on_step(step, steps, metrics)` is called after each step.
+/// `after_step(net, done)` runs after each step and may stop the epoch (returning true), which
+/// then returns None. With `resume`, `(steps done, their statistics)` of an epoch stopped
+/// that way: its batches are drawn again (the same ones) and those steps skipped, so the
+/// epoch ends as it would have without the stop.
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch<B: Backend>(
     net: &mut FfNet<B>,
@@ -70,50 +89,69 @@ pub fn train_epoch<B: Backend>(
     seed: u64,
     epoch: u64,
     augment: Option<Augment>,
-    mut on_step: impl FnMut(usize, usize, &StepMetrics),
-) -> Result<EpochStats> {
+    resume: Option<(usize, EpochStats)>,
+    mut after_step: impl FnMut(&mut FfNet<B>, StepDone) -> Result<bool>,
+) -> Result<Option<EpochStats>> {
     if batch_size == 0 {
         return Err(Error::Config("batch size must be at least 1".into()));
     }
     let start = Instant::now();
-    let mut stats = EpochStats {
-        layers: vec![LayerStats::default(); net.blocks.len()],
-        seconds: 0.0,
-        data_wait_seconds: 0.0,
-        samples: 0,
-    };
-    with_epoch_batches(
+    let (skip, mut stats) = resume.unwrap_or_else(|| {
+        let stats = EpochStats {
+            layers: vec![LayerStats::default(); net.blocks.len()],
+            seconds: 0.0,
+            data_wait_seconds: 0.0,
+            samples: 0,
+        };
+        (0, stats)
+    });
+    let (seconds_before, wait_before) = (stats.seconds, stats.data_wait_seconds);
+    let finished = with_epoch_batches(
         data,
         batch_size,
         seed,
         epoch,
         augment,
-        |steps, batches| -> Result<()> {
+        skip,
+        |steps, batches| -> Result<bool> {
             let mut waited = Waited::new(batches);
-            let mut batches = waited.by_ref().peekable();
             // Each step uploads the next step's images behind its own work.
             let mut staged = false;
-            let mut step = 0;
-            while let Some(batch) = batches.next() {
-                let next = batches.peek().map(|b| b.images.as_slice());
+            let mut steps_done = skip;
+            let mut current = waited.next();
+            while let Some(batch) = current {
+                let upcoming = waited.next();
+                let next = upcoming.as_ref().map(|b| b.images.as_slice());
                 let images = (!staged).then_some(batch.images.as_slice());
                 let metrics =
                     net.train_step_ahead(backend, images, &batch.positive, &batch.negative, next)?;
                 staged = next.is_some();
                 stats.add(&metrics);
                 stats.samples += batch.positive.len();
-                on_step(step, steps, &metrics);
-                step += 1;
+                steps_done += 1;
+                stats.seconds = seconds_before + start.elapsed().as_secs_f64();
+                stats.data_wait_seconds = wait_before + waited.seconds;
+                let done = StepDone {
+                    steps_done,
+                    steps,
+                    metrics: &metrics,
+                    stats: &stats,
+                };
+                if after_step(net, done)? {
+                    return Ok(false);
+                }
+                current = upcoming;
             }
-            drop(batches);
-            stats.data_wait_seconds = waited.seconds;
-            Ok(())
+            Ok(true)
         },
     )?;
     backend.synchronize()?;
+    if !finished {
+        return Ok(None);
+    }
     stats.finish();
-    stats.seconds = start.elapsed().as_secs_f64();
-    Ok(stats)
+    stats.seconds = seconds_before + start.elapsed().as_secs_f64();
+    Ok(Some(stats))
 }
 
 /// Accuracy of every layer and of the ensemble over `ensemble_layers`, with the next batch

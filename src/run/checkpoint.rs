@@ -26,6 +26,17 @@ pub struct Header {
     /// Adam step counts per block: [previous group, own group].
     pub adam_steps: Vec<[u64; 2]>,
     pub config: TrainConfig,
+    /// A run stopped in the middle of epoch `epoch + 1` (`progress.safetensors`): how far
+    /// that epoch got. Absent in an epoch's checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// The part of an epoch trained before a stop: its steps and their statistics (sums).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub steps_done: usize,
+    pub stats: crate::ff::train::EpochStats,
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.

@@ -25,6 +25,10 @@ use std::time::Instant;
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// A run stopped in the middle of an epoch: the network and the epoch's progress at the stop
+/// (`--max-steps`, or the periodic save), which `--resume` goes on from; gone once that
+/// epoch's checkpoint is written.
+pub const PROGRESS_FILE: &str = "progress.safetensors";
 /// With a validation split: the checkpoint of the epoch whose best layer did best on it (the
 /// first such epoch), as Lightning's `ModelCheckpoint(monitor=...)`.
 pub const BEST_CHECKPOINT_FILE: &str = "best.safetensors";
@@ -182,13 +186,15 @@ enum Progress {
 }
 
 impl Progress {
-    fn new(epoch: u64, epochs: u64, steps: usize) -> Self {
+    /// The progress of epoch `epoch` of `epochs`, `steps` long, from step `done` on (a
+    /// resumed epoch's).
+    fn new(epoch: u64, epochs: u64, steps: usize, done: usize) -> Self {
         if !std::io::stderr().is_terminal() {
             return Progress::Plain {
                 epoch,
                 epochs,
                 steps,
-                done: 0,
+                done,
             };
         }
         let bar = indicatif::ProgressBar::new(steps as u64);
@@ -199,6 +205,7 @@ impl Progress {
             .expect("valid template"),
         );
         bar.set_prefix(format!("{epoch}/{epochs}"));
+        bar.set_position(done as u64);
         Progress::Bar(bar)
     }
 
@@ -235,37 +242,96 @@ impl Progress {
     }
 }
 
+/// How a training process runs, beside its run's configuration: neither changes what the run
+/// computes, so neither is saved with it.
+#[derive(Clone, Copy, Debug)]
+pub struct RunControl {
+    /// Stop once the run has trained this many steps in all (Lightning's `max_steps`), in
+    /// the middle of an epoch if need be, saving where it stopped for `--resume`.
+    pub max_steps: Option<u64>,
+    /// Within an epoch, save the run's state once this long has passed since the last
+    /// save (Lightning's `train_time_interval`), so that a stopped process loses at most
+    /// that much training; None: at the ends of epochs only.
+    pub save_every: Option<std::time::Duration>,
+}
+
+impl Default for RunControl {
+    /// No step limit; a save every 10 minutes within an epoch (which only long CPU epochs
+    /// reach).
+    fn default() -> Self {
+        RunControl {
+            max_steps: None,
+            save_every: Some(std::time::Duration::from_secs(600)),
+        }
+    }
+}
+
 /// Trains `config` from scratch into `config.out`, or, with `resume`, continues the run in
-/// `config.out` from its checkpoint. Prints one block per epoch; returns every epoch's record.
-pub fn train(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
+/// `config.out` from its checkpoint, or from the middle of an epoch where a stopped process
+/// saved its progress. Prints one block per epoch; returns every epoch's record.
+pub fn train(config: &TrainConfig, resume: bool, control: RunControl) -> Result<Vec<EpochRecord>> {
     config.validate()?;
     config.check_machine()?;
     if config.model != Model::Ff {
+        if control.max_steps.is_some() {
+            return Err(Error::Config(
+                "--max-steps stops a run for --resume, and baseline (bp/lcp) runs cannot be resumed".into(),
+            ));
+        }
         return train_baseline(config, resume);
     }
     with_backend!(
         &config.device,
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
-        |backend| train_ff(backend, config, resume)
+        |backend| train_ff(backend, config, resume, control)
     )
+}
+
+/// Removes a run's progress file and its JSON copy, if there.
+fn remove_progress(path: &Path) -> Result<()> {
+    for file in [path.to_path_buf(), path.with_extension("json")] {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&file, e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn train_ff<B: Backend>(
     backend: &B,
     config: &TrainConfig,
     resume: bool,
+    control: RunControl,
 ) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
     let Splits { train, val, test } = load_data(config)?;
     let mut net = build_net(backend, config, &train)?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let metrics_path = dir.join(METRICS_FILE);
+    let progress_path = dir.join(PROGRESS_FILE);
     let mut done = 0;
+    let mut partial = None;
     if resume {
         if checkpoint_path.exists() {
             let header = checkpoint::load(&checkpoint_path, &mut net, backend)?;
             done = header.epoch;
+        }
+        if progress_path.exists() {
+            let header = checkpoint::read_header(&progress_path)?;
+            match header.partial {
+                Some(p) if header.epoch == done && done < config.epochs => {
+                    checkpoint::load(&progress_path, &mut net, backend)?;
+                    partial = Some(p);
+                }
+                // An epoch past --epochs: kept for a resume that asks for it.
+                Some(_) if header.epoch == done => {}
+                // Its epoch finished after it was written.
+                _ => remove_progress(&progress_path)?,
+            }
         }
         if config.epochs < done {
             return Err(Error::Config(format!(
@@ -294,8 +360,24 @@ fn train_ff<B: Backend>(
         config.norm,
         config.batch_size
     );
-    if done > 0 {
-        println!("resuming after epoch {done}");
+    match &partial {
+        Some(p) => println!(
+            "resuming epoch {} after its step {} ({} steps in all)",
+            done + 1,
+            p.steps_done,
+            net.iteration
+        ),
+        None if done > 0 => println!("resuming after epoch {done}"),
+        None => {}
+    }
+    if let Some(max) = control.max_steps
+        && net.iteration >= max
+    {
+        println!(
+            "the run has trained {} steps, --max-steps {max}: nothing to do",
+            net.iteration
+        );
+        return Ok(Vec::new());
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
@@ -305,12 +387,16 @@ fn train_ff<B: Backend>(
         false => None,
     };
     let pace = Pace::new(done + 1);
+    let mut last_save = Instant::now();
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
         let steps = train.len().div_ceil(config.batch_size);
-        let mut progress = Progress::new(epoch, config.epochs, steps);
+        let resumed = partial.take().map(|p| (p.steps_done, p.stats));
+        let skipped = resumed.as_ref().map_or(0, |(k, _)| *k);
+        let mut progress = Progress::new(epoch, config.epochs, steps, skipped);
         let started = Instant::now();
+        let mut stopped_after = 0;
         let stats = train_epoch(
             &mut net,
             backend,
@@ -319,15 +405,46 @@ fn train_ff<B: Backend>(
             config.seed,
             epoch,
             augment,
-            |step, _, metrics| {
-                let last = metrics.iter().rev().flatten().next();
-                let rate =
-                    ((step + 1) * config.batch_size) as f64 / started.elapsed().as_secs_f64();
+            resumed,
+            |net, done| {
+                let last = done.metrics.iter().rev().flatten().next();
+                let rate = ((done.steps_done - skipped) * config.batch_size) as f64
+                    / started.elapsed().as_secs_f64();
                 progress.step(last.map(|m| m.loss), rate);
+                // The limit stops an epoch before its end; at the end, after its record.
+                let stop = control.max_steps.is_some_and(|m| net.iteration >= m)
+                    && done.steps_done < done.steps;
+                let due = control.save_every.is_some_and(|d| last_save.elapsed() >= d);
+                if stop || due {
+                    let header = checkpoint::Header {
+                        format: checkpoint::FORMAT.into(),
+                        epoch: epoch - 1,
+                        iteration: net.iteration,
+                        adam_steps: net.optimizer_steps(),
+                        config: config.clone(),
+                        partial: Some(checkpoint::PartialEpoch {
+                            steps_done: done.steps_done,
+                            stats: done.stats.clone(),
+                        }),
+                    };
+                    checkpoint::save(&progress_path, net, backend, &header)?;
+                    last_save = Instant::now();
+                }
+                stopped_after = done.steps_done;
+                Ok(stop)
             },
         )?;
         backend.synchronize()?;
         progress.finish();
+        let Some(stats) = stats else {
+            println!(
+                "stopped after step {stopped_after} of {steps} of epoch {epoch} ({} steps in all, \
+                 --max-steps): `trifecta train --resume {}` goes on from there",
+                net.iteration,
+                dir.display()
+            );
+            return Ok(records);
+        };
         let eval_start = Instant::now();
         let mut evaluate_on = |data: Option<&Dataset>| match data {
             Some(data) if config.evaluates(epoch) => {
@@ -353,6 +470,7 @@ fn train_ff<B: Backend>(
             iteration: net.iteration,
             adam_steps: net.optimizer_steps(),
             config: config.clone(),
+            partial: None,
         };
         // The best first: a run stopped between the two redoes this epoch, the same way.
         let val = best_val_accuracy(std::slice::from_ref(&record));
@@ -361,11 +479,25 @@ fn train_ff<B: Backend>(
             best_val = val;
         }
         checkpoint::save(&checkpoint_path, &mut net, backend, &header)?;
+        remove_progress(&progress_path)?;
+        last_save = Instant::now();
         // The histograms follow the last evaluation, so a run stopped early has them too.
         if let Some(eval) = &eval {
             save_goodness_samples(&dir.join(GOODNESS_FILE), &eval.kept, config.seed)?;
         }
         records.push(record);
+        if let Some(max) = control.max_steps
+            && net.iteration >= max
+            && epoch < config.epochs
+        {
+            println!(
+                "stopped after epoch {epoch} ({} steps in all, --max-steps): `trifecta train \
+                 --resume {}` goes on from there",
+                net.iteration,
+                dir.display()
+            );
+            break;
+        }
     }
     Ok(records)
 }
@@ -657,7 +789,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
         let steps = train.len().div_ceil(config.batch_size);
-        let mut progress = Progress::new(epoch, config.epochs, steps);
+        let mut progress = Progress::new(epoch, config.epochs, steps, 0);
         let started = Instant::now();
         let mut loss_sums = vec![0.0f64; layers.len()];
         let mut seen = 0usize;
@@ -668,6 +800,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             config.seed,
             epoch,
             augment,
+            0,
             |_, batches| -> Result<()> {
                 let mut waited = data::loader::Waited::new(batches);
                 for batch in waited.by_ref() {
