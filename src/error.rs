@@ -33,6 +33,9 @@ pub enum Error {
     /// The requested device cannot be used.
     #[error("device {device}: {msg}")]
     Device { device: String, msg: String },
+    /// Training was stopped by Ctrl-C or SIGTERM: where, and how to go on.
+    #[error("interrupted {0}")]
+    Interrupted(String),
 }
 
 impl Error {

@@ -15,8 +15,13 @@ fn main() -> ExitCode {
     match trifecta::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A run stopped by Ctrl-C or SIGTERM exits as the signal's own would (128 + 2).
+            let code = match e {
+                trifecta::error::Error::Interrupted(_) => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            };
             eprintln!("error: {:#}", anyhow::Error::from(e));
-            ExitCode::FAILURE
+            code
         }
     }
 }

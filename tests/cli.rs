@@ -77,6 +77,22 @@ fn run_quick(out: &Path, epochs: u64) -> Output {
     trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// A run's metrics records without their timings, which differ between processes where
+/// nothing else may.
+fn untimed_records(dir: &Path) -> Vec<serde_json::Value> {
+    trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|mut r| {
+            r.train_seconds = 0.0;
+            r.eval_seconds = 0.0;
+            r.data_wait_seconds = 0.0;
+            r.samples_per_second = 0.0;
+            serde_json::to_value(r).unwrap()
+        })
+        .collect()
+}
+
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -295,20 +311,6 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     let tmp = TempDir::new("steps");
     let whole = tmp.path().join("whole");
     assert!(run_quick(&whole, 2).status.success());
-    let records = |dir: &PathBuf| -> Vec<serde_json::Value> {
-        trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
-            .unwrap()
-            .into_iter()
-            .map(|mut r| {
-                // Timings differ between processes; everything else must not.
-                r.train_seconds = 0.0;
-                r.eval_seconds = 0.0;
-                r.data_wait_seconds = 0.0;
-                r.samples_per_second = 0.0;
-                serde_json::to_value(r).unwrap()
-            })
-            .collect()
-    };
     let same_as_whole = |run: &PathBuf| {
         assert_eq!(
             tensors(&whole.join("checkpoint.safetensors")),
@@ -316,7 +318,12 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
             "{}",
             run.display()
         );
-        assert_eq!(records(&whole), records(run), "{}", run.display());
+        assert_eq!(
+            untimed_records(&whole),
+            untimed_records(run),
+            "{}",
+            run.display()
+        );
         assert!(!run.join("progress.safetensors").exists());
         assert!(!run.join("progress.json").exists());
     };
@@ -332,7 +339,7 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
         "{stdout}"
     );
     assert!(run.join("progress.safetensors").exists());
-    assert_eq!(records(&run).len(), 1, "epoch 2 is not over");
+    assert_eq!(untimed_records(&run).len(), 1, "epoch 2 is not over");
     let out = trifecta(&["train", "--resume", run.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -361,6 +368,53 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
 
     let bad = trifecta(&["train", "--save-every-minutes=-1"]);
     assert_one_line_error(&bad, &["--save-every-minutes"]);
+}
+
+/// Ctrl-C while training: the run saves where it is (a step, or an evaluation, or between
+/// epochs, wherever the signal lands) and exits with 130, saying how to go on; the resumed
+/// run ends as one that never stopped, bit for bit.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_the_run_and_resume_goes_on_bit_for_bit() {
+    use std::io::BufRead;
+    let tmp = TempDir::new("sigint");
+    let whole = tmp.path().join("whole");
+    assert!(run_quick(&whole, 4).status.success());
+    let run = tmp.path().join("run");
+    let args = quick_args(&run, 30);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trifecta"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("epoch 2/30 step");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // SAFETY: kill takes the child's pid and a signal number, no pointers.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen:?} {rest:?}");
+    let last = rest.last().unwrap();
+    assert!(
+        last.starts_with("error: interrupted") && last.contains("--resume"),
+        "{rest:?}"
+    );
+    let out = trifecta(&["train", "--resume", run.to_str().unwrap(), "--epochs", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        tensors(&whole.join("checkpoint.safetensors")),
+        tensors(&run.join("checkpoint.safetensors"))
+    );
+    assert_eq!(untimed_records(&whole), untimed_records(&run));
 }
 
 #[test]
@@ -419,11 +473,8 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
         tensors(&split.join("goodness.safetensors"))
     );
     let accuracies = |dir: &PathBuf| -> Vec<Option<f64>> {
-        trifecta::run::metrics::read(&dir.join("metrics.jsonl"))
-            .unwrap()
-            .iter()
-            .map(|r| r.ensemble_accuracy)
-            .collect()
+        let records = trifecta::run::metrics::read(&dir.join("metrics.jsonl")).unwrap();
+        records.iter().map(|r| r.ensemble_accuracy).collect()
     };
     let (every, second) = (accuracies(&whole), accuracies(&split));
     assert!(every.iter().all(Option::is_some), "{every:?}");

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod interrupt;
 pub mod metrics;
 
 use crate::backend::{Backend, with_backend};
@@ -308,6 +309,7 @@ fn train_ff<B: Backend>(
     control: RunControl,
 ) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
+    interrupt::install();
     let Splits { train, val, test } = load_data(config)?;
     let mut net = build_net(backend, config, &train)?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
@@ -388,6 +390,11 @@ fn train_ff<B: Backend>(
     };
     let pace = Pace::new(done + 1);
     let mut last_save = Instant::now();
+    let go_on = format!(
+        "`trifecta train --resume {}` goes on from there",
+        dir.display()
+    );
+    interrupt::check(|| format!("before training: {go_on}"))?;
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
@@ -397,6 +404,8 @@ fn train_ff<B: Backend>(
         let mut progress = Progress::new(epoch, config.epochs, steps, skipped);
         let started = Instant::now();
         let mut stopped_after = 0;
+        // The epoch's sums after its last step: saved if its evaluation is interrupted.
+        let mut trained = None;
         let stats = train_epoch(
             &mut net,
             backend,
@@ -412,31 +421,30 @@ fn train_ff<B: Backend>(
                     / started.elapsed().as_secs_f64();
                 progress.step(last.map(|m| m.loss), rate);
                 // The limit stops an epoch before its end; at the end, after its record.
+                // An interrupt stops it anywhere.
                 let stop = control.max_steps.is_some_and(|m| net.iteration >= m)
-                    && done.steps_done < done.steps;
+                    && done.steps_done < done.steps
+                    || interrupt::requested();
                 let due = control.save_every.is_some_and(|d| last_save.elapsed() >= d);
+                let partial = checkpoint::PartialEpoch {
+                    steps_done: done.steps_done,
+                    stats: done.stats.clone(),
+                };
                 if stop || due {
-                    let header = checkpoint::Header {
-                        format: checkpoint::FORMAT.into(),
-                        epoch: epoch - 1,
-                        iteration: net.iteration,
-                        adam_steps: net.optimizer_steps(),
-                        config: config.clone(),
-                        partial: Some(checkpoint::PartialEpoch {
-                            steps_done: done.steps_done,
-                            stats: done.stats.clone(),
-                        }),
-                    };
-                    checkpoint::save(&progress_path, net, backend, &header)?;
+                    save_progress(&progress_path, net, backend, config, epoch, &partial)?;
                     last_save = Instant::now();
                 }
                 stopped_after = done.steps_done;
+                trained = Some(partial);
                 Ok(stop)
             },
         )?;
         backend.synchronize()?;
         progress.finish();
         let Some(stats) = stats else {
+            interrupt::check(|| {
+                format!("after step {stopped_after} of {steps} of epoch {epoch}: {go_on}")
+            })?;
             println!(
                 "stopped after step {stopped_after} of {steps} of epoch {epoch} ({} steps in all, \
                  --max-steps): `trifecta train --resume {}` goes on from there",
@@ -452,8 +460,19 @@ fn train_ff<B: Backend>(
             }
             _ => Ok(None),
         };
-        let eval = evaluate_on(Some(&test))?;
-        let val_eval = evaluate_on(val.as_ref())?;
+        let evals = evaluate_on(Some(&test)).and_then(|e| Ok((e, evaluate_on(val.as_ref())?)));
+        let (eval, val_eval) = match evals {
+            Err(Error::Interrupted(at)) => {
+                // The epoch's training is kept: a resume evaluates it.
+                if let Some(partial) = &trained {
+                    save_progress(&progress_path, &mut net, backend, config, epoch, partial)?;
+                }
+                return Err(Error::Interrupted(format!(
+                    "{at} after epoch {epoch}: {go_on}"
+                )));
+            }
+            other => other?,
+        };
         let record = epoch_record(
             epoch,
             lr,
@@ -486,6 +505,9 @@ fn train_ff<B: Backend>(
             save_goodness_samples(&dir.join(GOODNESS_FILE), &eval.kept, config.seed)?;
         }
         records.push(record);
+        if epoch < config.epochs {
+            interrupt::check(|| format!("after epoch {epoch}: {go_on}"))?;
+        }
         if let Some(max) = control.max_steps
             && net.iteration >= max
             && epoch < config.epochs
@@ -500,6 +522,26 @@ fn train_ff<B: Backend>(
         }
     }
     Ok(records)
+}
+
+/// Saves `net` within epoch `epoch` (1-based), `partial` of it done, as the run's progress.
+fn save_progress<B: Backend>(
+    path: &Path,
+    net: &mut FfNet<B>,
+    backend: &B,
+    config: &TrainConfig,
+    epoch: u64,
+    partial: &checkpoint::PartialEpoch,
+) -> Result<()> {
+    let header = checkpoint::Header {
+        format: checkpoint::FORMAT.into(),
+        epoch: epoch - 1,
+        iteration: net.iteration,
+        adam_steps: net.optimizer_steps(),
+        config: config.clone(),
+        partial: Some(partial.clone()),
+    };
+    checkpoint::save(path, net, backend, &header)
 }
 
 /// Goodness of every layer for the test images an evaluation kept (up to 1,000), once with the
@@ -804,6 +846,10 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             |_, batches| -> Result<()> {
                 let mut waited = data::loader::Waited::new(batches);
                 for batch in waited.by_ref() {
+                    // Installed by an FF run before it in this process (`reproduce`).
+                    interrupt::check(|| {
+                        format!("in epoch {epoch} of a baseline run, which cannot be resumed")
+                    })?;
                     let losses = net.train_step(backend, &batch.images, &batch.positive)?;
                     for (sum, l) in loss_sums.iter_mut().zip(&losses) {
                         *sum += *l as f64;

@@ -1,0 +1,48 @@
+//! Ctrl-C (SIGINT) and SIGTERM while a run trains: the first asks the run to stop where it
+//! can resume from (after the current step, or the current evaluation batch), saving its
+//! state first; a second ends the process at once. Installed by training only, so other
+//! commands stop at Ctrl-C as they always did.
+
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a stop has been asked for since [`install`].
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::Relaxed)
+}
+
+/// An [`Error::Interrupted`] if a stop has been asked for, saying `where_` it stopped.
+pub fn check(where_: impl FnOnce() -> String) -> Result<()> {
+    match requested() {
+        true => Err(Error::Interrupted(where_())),
+        false => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only async-signal-safe work here: an atomic swap, and _exit on the second signal.
+    if REQUESTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Routes SIGINT and SIGTERM to the flag (once per process; elsewhere than Unix, nothing:
+/// the signals end the process as before).
+pub fn install() {
+    #[cfg(unix)]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            // SAFETY: the handler only touches an atomic and calls _exit (async-signal-safe).
+            unsafe {
+                libc::signal(libc::SIGINT, handler);
+                libc::signal(libc::SIGTERM, handler);
+            }
+        });
+    }
+}
