@@ -1,4 +1,5 @@
-//! `trifecta eval CHECKPOINT`: per-layer and ensemble test accuracy of a saved network.
+//! `trifecta eval CHECKPOINT`: per-layer and ensemble accuracy of a saved network on the test
+//! set, the run's validation split and (asked) the images it trained on.
 
 use crate::error::{Error, Result};
 use crate::run::config::{PartialConfig, TrainConfig};

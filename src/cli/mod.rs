@@ -30,7 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Train an FF network; with no flags, a short run (5 epochs) on the built-in MNIST sample.
     Train(train::TrainArgs),
-    /// Evaluate a checkpoint: per-layer and ensemble test accuracy.
+    /// Evaluate a checkpoint: per-layer and ensemble accuracy on the test set (and on the
+    /// run's validation split if it has one).
     Eval(eval::EvalArgs),
     /// Time the FF training step on synthetic data.
     Bench(bench::BenchArgs),
