@@ -9,7 +9,7 @@
 # command), and the same command again at once, while the machine is still warm, continues
 # every run from its last checkpoint. Run scripts/gpu-check.sh in another session: this
 # needs the whole 15 minutes. What finished comes back in $OUT (or ./gpu-logs): each run's
-# metrics.jsonl, runs.tar.gz (every run folder without its checkpoint, for `trifecta report`
+# metrics.jsonl, runs.tar.gz (every run folder without its checkpoints, for `trifecta report`
 # here), and results.md once all five are done: seven files of the tool's eight.
 set -uo pipefail
 out="${OUT:-gpu-logs}"
@@ -46,7 +46,8 @@ done
 # Every run's folder but its checkpoint (config, metrics, goodness samples) in one archive, so
 # that `trifecta report` draws the figures here: tar xzf runs.tar.gz, then
 # trifecta report trifecta-ablation --out report.
-(cd "$(dirname "$runs")" && tar czf - --exclude='checkpoint.*' --exclude='*.tmp' \
+(cd "$(dirname "$runs")" && tar czf - --exclude='checkpoint.*' --exclude='progress.*' \
+    --exclude='best.*' --exclude='*.tmp' \
     "$(basename "$runs")") >"$out/runs.tar.gz" 2>/dev/null
 echo "== results (at ${SECONDS} s)"
 if cp "$runs/results.md" "$out/" 2>/dev/null; then
