@@ -25,6 +25,7 @@ pub mod data;
 pub mod error;
 pub mod experiments;
 pub mod ff;
+pub mod interrupt;
 pub mod layers;
 pub mod optim;
 pub mod profile;

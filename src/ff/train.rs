@@ -167,7 +167,7 @@ pub fn evaluate<B: Backend>(
     with_eval_batches(data, batch_size, |batches| -> Result<()> {
         for (images, labels) in batches {
             // A training run's Ctrl-C need not wait for the whole evaluation.
-            crate::run::interrupt::check(|| "during an evaluation".into())?;
+            crate::interrupt::check(|| "during an evaluation".into())?;
             evaluator.add_batch(net, backend, &images, &labels)?;
         }
         Ok(())

@@ -6,7 +6,6 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod interrupt;
 pub mod metrics;
 
 use crate::backend::{Backend, with_backend};
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::ff::eval::KeptGoodness;
 use crate::ff::train::{evaluate, train_epoch};
 use crate::ff::{Evaluation, FfConfig, FfNet};
+use crate::interrupt;
 use config::TrainConfig;
 use metrics::{EpochRecord, LayerRecord};
 use std::io::IsTerminal;
