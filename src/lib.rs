@@ -8,6 +8,8 @@
 //! - [`layers`]: parameters, saved activations, forward and backward of the label embedding,
 //!   conv 3x3, BatchNorm/LayerNorm and the FF block.
 //! - [`optim`]: the Adam optimiser.
+//! - [`interrupt`]: Ctrl-C and SIGTERM while training, a flag that training and evaluation
+//!   check to stop where a run can resume.
 //! - [`ff`]: the FF algorithm: config, training step with APL, evaluation.
 //! - [`baselines`]: backprop and local-classifier-proxy networks on the same trunk.
 //! - [`data`]: dataset formats, downloads, augmentation and the batch loader.
