@@ -233,10 +233,11 @@ fn records_in(dir: &Path) -> Result<Vec<EpochRecord>> {
     }
 }
 
-/// Whether a run with the records `done` has trained `config`'s epochs (then it is reused,
-/// and its data not read).
+/// Whether a run with the records `done` has trained `config`'s epochs, or stopped early on
+/// its validation split (then it is reused, and its data not read).
 fn finished(config: &TrainConfig, done: &[EpochRecord]) -> bool {
     done.last().is_some_and(|r| r.epoch >= config.epochs)
+        || crate::run::metrics::stopped_early(done, config.patience)
 }
 
 /// One run of a grid in `dir`, as [`reconcile`]d (with the records `done` already there):
@@ -245,6 +246,10 @@ fn run_one(config: TrainConfig, dir: &Path, done: Vec<EpochRecord>) -> Result<Fi
     if !dir.join(crate::run::CONFIG_FILE).exists() {
         let records = crate::run::train(&config, false, Default::default())?;
         return Ok((config, records));
+    }
+    if crate::run::metrics::stopped_early(&done, config.patience) {
+        println!("{}: stopped early, reusing its results", dir.display());
+        return Ok((config, done));
     }
     if let Some(last) = done.last().filter(|r| r.epoch >= config.epochs) {
         // A longer run stands for this one up to the epochs asked (its schedule does not depend

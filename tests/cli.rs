@@ -77,6 +77,18 @@ fn run_quick(out: &Path, epochs: u64) -> Output {
     trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// `trifecta report RUN --out OUT`, which must succeed; the report's text.
+fn report_md(run: &Path, out: &Path) -> String {
+    let done = trifecta(&[
+        "report",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    std::fs::read_to_string(out.join("report.md")).unwrap()
+}
+
 /// A run's metrics records without their timings, which differ between processes where
 /// nothing else may.
 fn untimed_records(dir: &Path) -> Vec<serde_json::Value> {
@@ -194,14 +206,7 @@ fn a_validation_split_is_held_out_and_evaluated() {
     assert!(text.contains(&expected), "{expected}: {text}");
 
     let report = tmp.path().join("report");
-    let out = trifecta(&[
-        "report",
-        run.to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let md = report_md(&run, &report);
     assert!(md.contains("## Chosen on the validation split"), "{md}");
     assert!(report.join("val-accuracy-run.png").exists());
     let csv = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
@@ -299,6 +304,53 @@ fn a_validation_split_is_held_out_and_evaluated() {
     let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_one_line_error(&out, &["val_split 4000", "has 4000"]);
     assert!(!all.exists(), "no folder for a run that cannot start");
+}
+
+/// `--patience N` with a validation split: the run stops once N evaluations in a row bring no
+/// better validation accuracy (a high learning rate makes it wander here), keeping the best
+/// epoch in best.safetensors; a resume of it trains nothing, one with more patience goes on;
+/// the report says it stopped early. Without a split it is an error.
+#[test]
+fn patience_stops_a_run_early_on_its_validation_split() {
+    let tmp = TempDir::new("patience");
+    let run = tmp.path().join("run");
+    let mut args = quick_args(&run, 30);
+    args.extend(["--val-split", "200", "--patience", "2", "--lr", "0.3"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopping early (--patience 2)"), "{stdout}");
+    let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert!(records.len() < 30);
+    let (since, best) = trifecta::run::metrics::since_best_val(&records).unwrap();
+    assert_eq!(since, 2);
+    let header = trifecta::run::checkpoint::read_header(&run.join("best.safetensors")).unwrap();
+    assert_eq!(header.epoch, best.epoch);
+
+    let again = trifecta(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("stopped early already"));
+    let report = tmp.path().join("report");
+    let md = report_md(&run, &report);
+    assert!(md.contains("of 30 epochs (stopped early"), "{md}");
+    let more = trifecta(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--patience",
+        "100",
+        "--epochs",
+        &(records.len() + 1).to_string(),
+    ]);
+    assert!(more.status.success(), "{}", stderr(&more));
+    let after = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(after.len(), records.len() + 1);
+
+    let plain = tmp.path().join("plain");
+    let mut args = quick_args(&plain, 2);
+    args.extend(["--patience", "2"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_one_line_error(&out, &["needs a validation split"]);
 }
 
 /// `--max-steps` stops a run inside an epoch (here after step 3 of epoch 2's 6) and saves

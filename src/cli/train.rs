@@ -127,6 +127,11 @@ pub struct KnobArgs {
     /// and settings on it, and report the test accuracy of that choice [default: 0, none].
     #[arg(long)]
     pub val_split: Option<usize>,
+    /// With --val-split: stop once N evaluations in a row bring no better validation
+    /// accuracy of any layer (Lightning's EarlyStopping); `best.safetensors` holds the best
+    /// [default: 0, never].
+    #[arg(long)]
+    pub patience: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -218,6 +223,7 @@ impl KnobArgs {
             train_limit: self.train_limit,
             test_limit: self.test_limit,
             val_split: self.val_split,
+            patience: self.patience,
         }
     }
 }

@@ -149,8 +149,13 @@ fn file_part(name: &str) -> String {
 
 /// A run's settings in words; with `done`, the epochs it has finished where that is fewer than
 /// its config asks (a run stopped, or still at work).
-fn describe(c: &TrainConfig, done: Option<u64>) -> String {
+fn describe(c: &TrainConfig, records: &[EpochRecord]) -> String {
+    let done = records.last().map(|e| e.epoch);
     let epochs = match done {
+        Some(done) if done < c.epochs && metrics::stopped_early(records, c.patience) => format!(
+            "{done} of {} epochs (stopped early: no better validation accuracy in {} evaluations)",
+            c.epochs, c.patience
+        ),
         Some(done) if done < c.epochs => format!("{done} of {} epochs (unfinished)", c.epochs),
         _ => format!("{} epoch{}", c.epochs, if c.epochs == 1 { "" } else { "s" }),
     };
@@ -261,7 +266,7 @@ fn across_seeds(runs: &[RunData]) -> String {
                 .collect();
             let _ = write!(row, " {} |", mean_sd(&values));
         }
-        let _ = writeln!(md, "{}:\n\n{head}\n{row}\n", describe(&config, None));
+        let _ = writeln!(md, "{}:\n\n{head}\n{row}\n", describe(&config, &[]));
     }
     md
 }
@@ -347,7 +352,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
             "- **{}** ({}): {}",
             r.name,
             r.dir.display(),
-            describe(&r.config, r.records.last().map(|e| e.epoch))
+            describe(&r.config, &r.records)
         );
     }
     let _ = writeln!(
@@ -379,12 +384,7 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     let _ = writeln!(md, "\n![final accuracy per layer](layers.png)\n");
 
     for r in runs {
-        let _ = writeln!(
-            md,
-            "## {}\n\n{}\n",
-            r.name,
-            describe(&r.config, r.records.last().map(|e| e.epoch))
-        );
+        let _ = writeln!(md, "## {}\n\n{}\n", r.name, describe(&r.config, &r.records));
         let has_val = r.records.iter().any(|e| e.ensemble_val_accuracy.is_some());
         let (val_head, val_rule) = match has_val {
             true => (" ensemble (val) |", "---|"),

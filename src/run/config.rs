@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// evaluated with the test set (0 = none; also for configurations written before it).
     #[serde(default)]
     pub val_split: usize,
+    /// With a validation split: stop once this many evaluations in a row bring no better
+    /// validation accuracy of any layer (Lightning's `EarlyStopping(patience=N)`); 0 = never.
+    #[serde(default)]
+    pub patience: u64,
 }
 
 /// A configuration with every knob optional: what a TOML file or the flags set.
@@ -88,6 +92,7 @@ pub struct PartialConfig {
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
     pub val_split: Option<usize>,
+    pub patience: Option<u64>,
 }
 
 impl PartialConfig {
@@ -137,6 +142,7 @@ impl PartialConfig {
             train_limit,
             test_limit,
             val_split,
+            patience,
         } = top.clone();
         PartialConfig {
             model: model.or(self.model),
@@ -165,6 +171,7 @@ impl PartialConfig {
             train_limit: train_limit.or(self.train_limit),
             test_limit: test_limit.or(self.test_limit),
             val_split: val_split.or(self.val_split),
+            patience: patience.or(self.patience),
         }
     }
 
@@ -204,6 +211,7 @@ impl PartialConfig {
             train_limit: self.train_limit.unwrap_or(0),
             test_limit: self.test_limit.unwrap_or(0),
             val_split: self.val_split.unwrap_or(0),
+            patience: self.patience.unwrap_or(0),
         };
         config.validate()?;
         Ok(config)
@@ -243,13 +251,14 @@ impl From<&TrainConfig> for PartialConfig {
             train_limit: Some(c.train_limit),
             test_limit: Some(c.test_limit),
             val_split: Some(c.val_split),
+            patience: Some(c.patience),
         }
     }
 }
 
 /// The knobs a resumed run may change, as flags.
-pub const RESUMABLE_FLAGS: &str =
-    "--epochs, --threads, --device, --precision, --data-dir, --eval-batch-size and --eval-every";
+pub const RESUMABLE_FLAGS: &str = "--epochs, --threads, --device, --precision, --data-dir, \
+     --eval-batch-size, --eval-every and --patience";
 
 /// The default of `eval_every`, also for configurations written before it existed.
 fn every_epoch() -> u64 {
@@ -324,6 +333,12 @@ impl TrainConfig {
         if self.eval_every == 0 {
             return Err(Error::Config("eval_every must be at least 1".into()));
         }
+        if self.patience > 0 && self.val_split == 0 {
+            return Err(Error::Config(
+                "patience stops on the validation accuracy: it needs a validation split (--val-split N)"
+                    .into(),
+            ));
+        }
         // Checked here, before a run folder is made (the evaluator checks it again).
         crate::ff::eval::check_ensemble_layers(
             &self.ensemble,
@@ -355,6 +370,7 @@ impl TrainConfig {
             data_dir: self.data_dir.clone(),
             eval_batch_size: self.eval_batch_size,
             eval_every: self.eval_every,
+            patience: self.patience,
             ..resumed.clone()
         };
         let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();

@@ -48,6 +48,34 @@ pub fn last_evaluated(records: &[EpochRecord]) -> Option<&EpochRecord> {
     records.iter().rev().find(|r| r.ensemble_accuracy.is_some())
 }
 
+/// Among the records with validation accuracies, the one whose best layer did best (the
+/// first of equals), and how many such records came after it.
+pub fn since_best_val(records: &[EpochRecord]) -> Option<(u64, &EpochRecord)> {
+    let best_layer = |r: &EpochRecord| {
+        r.layers
+            .iter()
+            .filter_map(|l| l.val_accuracy)
+            .reduce(f64::max)
+    };
+    let evaluated: Vec<(f64, &EpochRecord)> = records
+        .iter()
+        .filter_map(|r| Some((best_layer(r)?, r)))
+        .collect();
+    let mut best: Option<(f64, usize)> = None;
+    for (i, (v, _)) in evaluated.iter().enumerate() {
+        if best.is_none_or(|(b, _)| *v > b) {
+            best = Some((*v, i));
+        }
+    }
+    best.map(|(_, i)| ((evaluated.len() - 1 - i) as u64, evaluated[i].1))
+}
+
+/// Whether a run with these records has stopped early: `patience` evaluations in a row
+/// without a better validation accuracy (never with patience 0).
+pub fn stopped_early(records: &[EpochRecord], patience: u64) -> bool {
+    patience > 0 && since_best_val(records).is_some_and(|(since, _)| since >= patience)
+}
+
 pub fn append(path: &Path, record: &EpochRecord) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -91,4 +119,56 @@ pub fn truncate_after(path: &Path, epoch: u64) -> Result<()> {
         .map(|r| serde_json::to_string(r).expect("a record always serialises") + "\n")
         .collect();
     super::checkpoint::write_atomic(path, kept.concat().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of `epoch` with these validation accuracies per layer (none: not evaluated).
+    fn record(epoch: u64, val: &[Option<f64>]) -> EpochRecord {
+        let layers = val
+            .iter()
+            .enumerate()
+            .map(|(layer, &v)| LayerRecord {
+                layer,
+                loss: 0.5,
+                positive: None,
+                negative: None,
+                delta: None,
+                test_accuracy: v,
+                val_accuracy: v,
+            })
+            .collect();
+        EpochRecord {
+            epoch,
+            lr: 1e-3,
+            layers,
+            ensemble_layers: vec![1],
+            ensemble_accuracy: None,
+            ensemble_val_accuracy: None,
+            train_seconds: 1.0,
+            data_wait_seconds: 0.0,
+            eval_seconds: 1.0,
+            samples_per_second: 1.0,
+        }
+    }
+
+    /// The best is the first of equals over any layer; epochs not evaluated do not count.
+    #[test]
+    fn early_stopping_counts_evaluations_since_the_best() {
+        let records = [
+            record(1, &[Some(0.2), Some(0.5)]),
+            record(2, &[Some(0.6), Some(0.3)]),
+            record(3, &[None, None]),
+            record(4, &[Some(0.6), Some(0.1)]),
+            record(5, &[Some(0.4), Some(0.5)]),
+        ];
+        let (since, best) = since_best_val(&records).unwrap();
+        assert_eq!((since, best.epoch), (2, 2));
+        assert!(stopped_early(&records, 2));
+        assert!(!stopped_early(&records, 3));
+        assert!(!stopped_early(&records, 0));
+        assert!(since_best_val(&records[2..3]).is_none());
+    }
 }

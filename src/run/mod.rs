@@ -383,11 +383,19 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    // The best validation accuracy so far, of any layer: the kept epochs' on resume.
-    let mut best_val = match metrics_path.exists() {
-        true => best_val_accuracy(&metrics::read(&metrics_path)?),
-        false => None,
+    // The epochs kept on resume, and the best validation accuracy so far among them.
+    let mut history = match metrics_path.exists() {
+        true => metrics::read(&metrics_path)?,
+        false => Vec::new(),
     };
+    let mut best_val = best_val_accuracy(&history);
+    if metrics::stopped_early(&history, config.patience) {
+        println!(
+            "{}",
+            early_stop_words(&history, config.patience, "stopped early already")
+        );
+        return Ok(Vec::new());
+    }
     let pace = Pace::new(done + 1);
     let mut last_save = Instant::now();
     let go_on = format!(
@@ -504,7 +512,15 @@ fn train_ff<B: Backend>(
         if let Some(eval) = &eval {
             save_goodness_samples(&dir.join(GOODNESS_FILE), &eval.kept, config.seed)?;
         }
+        history.push(record.clone());
         records.push(record);
+        if epoch < config.epochs && metrics::stopped_early(&history, config.patience) {
+            println!(
+                "{}",
+                early_stop_words(&history, config.patience, "stopping early")
+            );
+            break;
+        }
         if epoch < config.epochs {
             interrupt::check(|| format!("after epoch {epoch}: {go_on}"))?;
         }
@@ -562,6 +578,26 @@ fn save_goodness_samples(path: &Path, kept: &KeptGoodness, seed: u64) -> Result<
         tensors.push((format!("layer{layer}.negative"), negative));
     }
     checkpoint::save_vectors(path, &tensors)
+}
+
+/// "`lead`: no better validation accuracy in N evaluations; the best, X% (layer L), was epoch
+/// E's, in best.safetensors".
+fn early_stop_words(history: &[EpochRecord], patience: u64, lead: &str) -> String {
+    let Some((_, best)) = metrics::since_best_val(history) else {
+        return lead.to_string();
+    };
+    let (layer, accuracy) = best
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.layer, l.val_accuracy?)))
+        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    format!(
+        "{lead} (--patience {patience}): no better validation accuracy in {patience} \
+         evaluations; the best, {:.2}% (layer {layer}), was epoch {}'s, in {BEST_CHECKPOINT_FILE} \
+         (`--resume` with a larger --patience goes on)",
+        100.0 * accuracy,
+        best.epoch
+    )
 }
 
 /// The best validation accuracy of any layer in any of `records`, if they have one.
