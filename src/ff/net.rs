@@ -270,7 +270,7 @@ impl<B: Backend> FfNet<B> {
     /// (after its update, if it updated). Gradients are intact at that point; the next
     /// block's update may zero some of them. Tests use this to read intermediate values,
     /// so every block computes its output here, the last one too where the step does not
-    /// need it (see [`Self::step`]): the parameters and statistics are the same either way.
+    /// need it (see `step`): the parameters and statistics are the same either way.
     pub fn train_step_observed(
         &mut self,
         backend: &B,
