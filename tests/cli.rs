@@ -392,6 +392,8 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     );
     assert!(run.join("progress.safetensors").exists());
     assert_eq!(untimed_records(&run).len(), 1, "epoch 2 is not over");
+    let md = report_md(&run, &tmp.path().join("report"));
+    assert!(md.contains("epoch 2 under way, 3 steps done"), "{md}");
     let out = trifecta(&["train", "--resume", run.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

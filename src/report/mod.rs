@@ -21,6 +21,8 @@ pub struct RunData {
     pub records: Vec<EpochRecord>,
     /// (layer, positives, negatives), for FF runs.
     pub goodness: Vec<(usize, Vec<f32>, Vec<f32>)>,
+    /// A run stopped within an epoch: that epoch and its steps done (`progress.safetensors`).
+    pub under_way: Option<(u64, usize)>,
 }
 
 /// Reads a run folder.
@@ -52,6 +54,19 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
             layer += 1;
         }
     }
+    let progress = dir.join(run::PROGRESS_FILE);
+    let under_way = match progress.exists() {
+        true => {
+            let header = checkpoint::read_header(&progress)?;
+            let last = records.last().map_or(0, |e| e.epoch);
+            // One whose epoch has finished since is stale (a resume removes it).
+            header
+                .partial
+                .filter(|_| header.epoch >= last)
+                .map(|p| (header.epoch + 1, p.steps_done))
+        }
+        false => None,
+    };
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -62,6 +77,7 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
         config,
         records,
         goodness,
+        under_way,
     })
 }
 
@@ -349,10 +365,13 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<PathBuf> {
     for r in runs {
         let _ = writeln!(
             md,
-            "- **{}** ({}): {}",
+            "- **{}** ({}): {}{}",
             r.name,
             r.dir.display(),
-            describe(&r.config, &r.records)
+            describe(&r.config, &r.records),
+            r.under_way.map_or(String::new(), |(epoch, steps)| format!(
+                "; epoch {epoch} under way, {steps} steps done (`train --resume` goes on)"
+            ))
         );
     }
     let _ = writeln!(
@@ -578,6 +597,7 @@ mod tests {
             config,
             records: vec![record],
             goodness: Vec::new(),
+            under_way: None,
         }
     }
 
