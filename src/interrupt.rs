@@ -38,10 +38,16 @@ pub fn install() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            // SAFETY: the handler only touches an atomic and calls _exit (async-signal-safe).
-            unsafe {
-                libc::signal(libc::SIGINT, handler);
-                libc::signal(libc::SIGTERM, handler);
+            for signal in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: the handler only touches an atomic and calls _exit (async-signal-
+                // safe); signal() takes no pointers.
+                unsafe {
+                    // A signal the process was started ignoring (a background job of a
+                    // script, `nohup`-like launchers) stays ignored, as shells expect.
+                    if libc::signal(signal, handler) == libc::SIG_IGN {
+                        libc::signal(signal, libc::SIG_IGN);
+                    }
+                }
             }
         });
     }
