@@ -269,7 +269,9 @@ impl Default for RunControl {
 
 /// Trains `config` from scratch into `config.out`, or, with `resume`, continues the run in
 /// `config.out` from its checkpoint, or from the middle of an epoch where a stopped process
-/// saved its progress. Prints one block per epoch; returns every epoch's record.
+/// saved its progress. Prints one block per epoch; returns every epoch's record. An FF run
+/// routes SIGINT and SIGTERM to a stop it can resume from ([`crate::interrupt`]), returning
+/// [`Error::Interrupted`].
 pub fn train(config: &TrainConfig, resume: bool, control: RunControl) -> Result<Vec<EpochRecord>> {
     config.validate()?;
     config.check_machine()?;
