@@ -592,6 +592,51 @@ impl<B: Backend> FfNet<B> {
         out
     }
 
+    /// A model summary, as Lightning prints one when training starts: the label embedding and
+    /// each block (its input, convolution, pool and parameters), then the total.
+    pub fn summary(&self) -> String {
+        let count = |params: &[&Param<B>]| -> usize {
+            params
+                .iter()
+                .map(|p| p.torch_shape.iter().product::<usize>())
+                .sum()
+        };
+        let mut lines = vec![format!(
+            "  {:<10}{:>14}{:>14}{:>6}{:>12}",
+            "", "input", "conv 3x3", "pool", "parameters"
+        )];
+        let embedding = count(&[&self.embedding.table]);
+        lines.push(format!(
+            "  {:<10}{:>14}{:>14}{:>6}{:>12}",
+            "labels",
+            "",
+            "",
+            "",
+            thousands(embedding)
+        ));
+        let mut total = embedding;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let s = block.spec;
+            let params = count(&block.params());
+            total += params;
+            lines.push(format!(
+                "  {:<10}{:>14}{:>14}{:>6}{:>12}",
+                format!("block {i}"),
+                format!("{}x{}x{}", s.h, s.w, s.c_in),
+                format!("{} -> {}", s.c_in, s.c_out),
+                if s.pool { "2x2" } else { "-" },
+                thousands(params)
+            ));
+        }
+        lines.push(format!(
+            "  {} parameters, {:.1} MB in f32 ({:.1} MB with their gradients and Adam's moments)",
+            thousands(total),
+            4.0 * total as f64 / 1e6,
+            16.0 * total as f64 / 1e6
+        ));
+        lines.join("\n")
+    }
+
     /// Adam step counts per block: [previous group, own group].
     pub fn optimizer_steps(&self) -> Vec<[u64; 2]> {
         self.optimizers
@@ -637,4 +682,60 @@ fn block_scope(i: usize) -> &'static str {
         "block 8", "block 9", "block 10", "block 11",
     ];
     NAMES.get(i).copied().unwrap_or("blocks 12 and up")
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_in_thousands() {
+        let cases = [(0, "0"), (999, "999"), (1000, "1,000"), (184036, "184,036")];
+        for (n, text) in cases {
+            assert_eq!(thousands(n), text);
+        }
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    /// The summary's total is every parameter the checkpoint holds (PyTorch's count).
+    #[test]
+    fn the_summary_counts_every_parameter() {
+        let cpu = crate::backend::cpu::Cpu::new(1).unwrap();
+        let config = FfConfig::trifecta(
+            crate::ff::Arch::Small,
+            0.25,
+            crate::ff::ImageShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            10,
+        )
+        .unwrap();
+        let net = FfNet::new(&cpu, config, 0).unwrap();
+        let total: usize = net
+            .named_params()
+            .iter()
+            .map(|(_, p)| p.torch_shape.iter().product::<usize>())
+            .sum();
+        let summary = net.summary();
+        assert!(
+            summary.contains(&format!("{} parameters", thousands(total))),
+            "{summary}"
+        );
+        assert_eq!(summary.lines().count(), 2 + net.blocks.len() + 1);
+    }
 }

@@ -364,6 +364,7 @@ fn train_ff<B: Backend>(
         config.norm,
         config.batch_size
     );
+    println!("{}", net.summary());
     match &partial {
         Some(p) => println!(
             "resuming epoch {} after its step {} ({} steps in all)",
