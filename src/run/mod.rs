@@ -540,6 +540,7 @@ fn train_ff<B: Backend>(
             break;
         }
     }
+    print_totals(&records);
     Ok(records)
 }
 
@@ -679,6 +680,23 @@ impl Pace {
             duration_words(seconds)
         ))
     }
+}
+
+/// "5 epochs in 21 s (training 16 s, evaluation 5 s)": this process' epochs, if any.
+fn print_totals(records: &[EpochRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    let train: f64 = records.iter().map(|r| r.train_seconds).sum();
+    let eval: f64 = records.iter().map(|r| r.eval_seconds).sum();
+    println!(
+        "{} epoch{} in {} (training {}, evaluation {})",
+        records.len(),
+        if records.len() == 1 { "" } else { "s" },
+        duration_words(train + eval),
+        duration_words(train),
+        duration_words(eval)
+    );
 }
 
 /// `2 h 05 min`, `7 min 30 s` or `42 s`.
@@ -941,6 +959,7 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, backend, epoch, config)?;
         records.push(record);
     }
+    print_totals(&records);
     Ok(records)
 }
 
