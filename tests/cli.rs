@@ -420,8 +420,10 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     assert!(out.status.success(), "{}", stderr(&out));
     same_as_whole(&saved);
 
-    let bad = trifecta(&["train", "--save-every-minutes=-1"]);
-    assert_one_line_error(&bad, &["--save-every-minutes"]);
+    for value in ["-1", "nan", "1e300"] {
+        let bad = trifecta(&["train", &format!("--save-every-minutes={value}")]);
+        assert_one_line_error(&bad, &["--save-every-minutes"]);
+    }
 }
 
 /// Ctrl-C while training: the run saves where it is (a step, or an evaluation, or between

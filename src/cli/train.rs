@@ -231,14 +231,19 @@ impl KnobArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let knobs = args.knobs.knobs()?;
     let minutes = args.save_every_minutes;
-    if !(minutes.is_finite() && minutes >= 0.0) {
-        return Err(Error::Config(format!(
+    let bad = || {
+        Error::Config(format!(
             "--save-every-minutes must be 0 or more, got {minutes}"
-        )));
-    }
+        ))
+    };
+    let save_every = match minutes {
+        0.0 => None,
+        m if m > 0.0 => Some(std::time::Duration::try_from_secs_f64(60.0 * m).map_err(|_| bad())?),
+        _ => return Err(bad()),
+    };
     let control = crate::run::RunControl {
         max_steps: args.max_steps,
-        save_every: (minutes > 0.0).then(|| std::time::Duration::from_secs_f64(60.0 * minutes)),
+        save_every,
     };
     if let Some(dir) = &args.resume {
         // The folder may have moved since the run began: it is where the run now lives.
