@@ -8,6 +8,7 @@
 //! - [`layers`]: parameters, saved activations, forward and backward of the label embedding,
 //!   conv 3x3, BatchNorm/LayerNorm and the FF block.
 //! - [`optim`]: the Adam optimiser.
+//! - [`json`]: NaN in the JSON of logs and checkpoint headers.
 //! - [`interrupt`]: Ctrl-C and SIGTERM while training, a flag that training and evaluation
 //!   check to stop where a run can resume.
 //! - [`ff`]: the FF algorithm: config, training step with APL, evaluation.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod experiments;
 pub mod ff;
 pub mod interrupt;
+pub mod json;
 pub mod layers;
 pub mod optim;
 pub mod profile;

@@ -306,6 +306,29 @@ fn a_validation_split_is_held_out_and_evaluated() {
     assert!(!all.exists(), "no folder for a run that cannot start");
 }
 
+/// A run that diverges (NaN losses, which JSON writes as null) says so, and its folder still
+/// reports and resumes: its log and progress read null back as NaN.
+#[test]
+fn a_diverged_run_says_so_and_still_reports_and_resumes() {
+    let tmp = TempDir::new("nan");
+    let run = tmp.path().join("run");
+    let mut args = quick_args(&run, 1);
+    args.extend(["--lr", "1e30", "--max-steps", "3"].map(String::from));
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Stopped within epoch 1: its progress holds NaN sums.
+    let progress = std::fs::read_to_string(run.join("progress.json")).unwrap();
+    assert!(progress.contains("null"), "{progress}");
+    let out = trifecta(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("the run has diverged"), "{stdout}");
+    let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert!(records[0].layers.iter().any(|l| l.loss.is_nan()));
+    let md = report_md(&run, &tmp.path().join("report"));
+    assert!(md.contains("| run |"), "{md}");
+}
+
 /// `--patience N` with a validation split: the run stops once N evaluations in a row bring no
 /// better validation accuracy (a high learning rate makes it wander here), keeping the best
 /// epoch in best.safetensors; a resume of it trains nothing, one with more patience goes on;

@@ -15,8 +15,11 @@ use std::time::Instant;
 /// while the epoch runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerStats {
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub loss: f64,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub positive: f64,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub negative: f64,
     pub updates: usize,
 }
@@ -32,9 +35,11 @@ impl LayerStats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     pub layers: Vec<LayerStats>,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub seconds: f64,
     /// Of `seconds`, the time the training loop waited for the next batch (the feeder thread
     /// not keeping up).
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub data_wait_seconds: f64,
     /// Positive samples seen.
     pub samples: usize,

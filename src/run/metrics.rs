@@ -9,6 +9,7 @@ use std::path::Path;
 pub struct LayerRecord {
     pub layer: usize,
     /// Mean training loss over the steps where the layer updated.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub loss: f64,
     /// Mean goodness of positives and negatives, and their difference (FF only).
     pub positive: Option<f64>,
@@ -24,6 +25,7 @@ pub struct LayerRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: u64,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub lr: f64,
     pub layers: Vec<LayerRecord>,
     pub ensemble_layers: Vec<usize>,
@@ -32,13 +34,16 @@ pub struct EpochRecord {
     /// On the validation split (`val_split`); absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble_val_accuracy: Option<f64>,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub train_seconds: f64,
     /// Of `train_seconds`, the time training waited for the next batch (0 in files written
     /// before it was recorded).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::f64_or_nan")]
     pub data_wait_seconds: f64,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub eval_seconds: f64,
     /// Training samples (positives) per second.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub samples_per_second: f64,
 }
 

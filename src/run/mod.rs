@@ -748,6 +748,18 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
             l.layer, l.loss
         );
     }
+    let diverged: Vec<String> = r
+        .layers
+        .iter()
+        .filter(|l| !l.loss.is_finite())
+        .map(|l| l.layer.to_string())
+        .collect();
+    if !diverged.is_empty() {
+        println!(
+            "  warning: layer {} trained to a non-finite loss: the run has diverged (a lower --lr?)",
+            diverged.join(", ")
+        );
+    }
     if let Some(left) = pace.left_after(r.epoch, epochs) {
         println!("{left}");
     }
