@@ -756,7 +756,7 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
         .collect();
     if !diverged.is_empty() {
         println!(
-            "  warning: layer {} trained to a non-finite loss: the run has diverged (a lower --lr?)",
+            "  warning: layer {} trained to a non-finite loss: the run has diverged (too high a --lr, or --alpha or --tau out of range?)",
             diverged.join(", ")
         );
     }
