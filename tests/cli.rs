@@ -369,6 +369,31 @@ fn patience_stops_a_run_early_on_its_validation_split() {
     let after = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(after.len(), records.len() + 1);
 
+    // A baseline stops the same way (it keeps its last weights, no best checkpoint).
+    let lcp = tmp.path().join("lcp");
+    let mut args = quick_args(&lcp, 30);
+    args.extend(
+        [
+            "--model",
+            "lcp",
+            "--val-split",
+            "200",
+            "--patience",
+            "1",
+            "--lr",
+            "0.3",
+        ]
+        .map(String::from),
+    );
+    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopping early (--patience 1)"));
+    let records = trifecta::run::metrics::read(&lcp.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        trifecta::run::metrics::since_best_val(&records).unwrap().0,
+        1
+    );
+
     let plain = tmp.path().join("plain");
     let mut args = quick_args(&plain, 2);
     args.extend(["--patience", "2"].map(String::from));

@@ -395,7 +395,7 @@ fn train_ff<B: Backend>(
     if metrics::stopped_early(&history, config.patience) {
         println!(
             "{}",
-            early_stop_words(&history, config.patience, "stopped early already")
+            early_stop_words(&history, config.patience, "stopped early already") + EARLY_STOP_FF
         );
         return Ok(Vec::new());
     }
@@ -520,7 +520,7 @@ fn train_ff<B: Backend>(
         if epoch < config.epochs && metrics::stopped_early(&history, config.patience) {
             println!(
                 "{}",
-                early_stop_words(&history, config.patience, "stopping early")
+                early_stop_words(&history, config.patience, "stopping early") + EARLY_STOP_FF
             );
             break;
         }
@@ -597,12 +597,14 @@ fn early_stop_words(history: &[EpochRecord], patience: u64, lead: &str) -> Strin
         .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
     format!(
         "{lead} (--patience {patience}): no better validation accuracy in {patience} \
-         evaluations; the best, {:.2}% (layer {layer}), was epoch {}'s, in {BEST_CHECKPOINT_FILE} \
-         (`--resume` with a larger --patience goes on)",
+         evaluations; the best, {:.2}% (layer {layer}), was epoch {}'s",
         100.0 * accuracy,
         best.epoch
     )
 }
+
+/// Where an FF run that stopped early keeps its best epoch, and how it goes on.
+const EARLY_STOP_FF: &str = ", in best.safetensors (`--resume` with a larger --patience goes on)";
 
 /// The best validation accuracy of any layer in any of `records`, if they have one.
 pub fn best_val_accuracy(records: &[EpochRecord]) -> Option<f64> {
@@ -970,6 +972,14 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         metrics::append(&dir.join(METRICS_FILE), &record)?;
         checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, backend, epoch, config)?;
         records.push(record);
+        if epoch < config.epochs && metrics::stopped_early(&records, config.patience) {
+            // Its weights are the last epoch's: a baseline keeps no best checkpoint.
+            println!(
+                "{}",
+                early_stop_words(&records, config.patience, "stopping early")
+            );
+            break;
+        }
     }
     print_totals(&records);
     Ok(records)
