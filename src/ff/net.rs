@@ -232,15 +232,7 @@ impl<B: Backend> FfNet<B> {
         positive: &[u32],
         negative: &[u32],
     ) -> Result<StepMetrics> {
-        self.step(
-            backend,
-            Some(images),
-            positive,
-            negative,
-            None,
-            &mut |_, _| Ok(()),
-            false,
-        )
+        self.train_step_ahead(backend, Some(images), positive, negative, None)
     }
 
     /// [`Self::train_step`], also uploading the next step's images `next` once this step's
@@ -601,31 +593,23 @@ impl<B: Backend> FfNet<B> {
                 .map(|p| p.torch_shape.iter().product::<usize>())
                 .sum()
         };
-        let mut lines = vec![format!(
-            "  {:<10}{:>14}{:>14}{:>6}{:>12}",
-            "", "input", "conv 3x3", "pool", "parameters"
-        )];
+        let row = |name: &str, input: &str, conv: &str, pool: &str, params: &str| {
+            format!("  {name:<10}{input:>14}{conv:>14}{pool:>6}{params:>12}")
+        };
+        let mut lines = vec![row("", "input", "conv 3x3", "pool", "parameters")];
         let embedding = count(&[&self.embedding.table]);
-        lines.push(format!(
-            "  {:<10}{:>14}{:>14}{:>6}{:>12}",
-            "labels",
-            "",
-            "",
-            "",
-            thousands(embedding)
-        ));
+        lines.push(row("labels", "", "", "", &thousands(embedding)));
         let mut total = embedding;
         for (i, block) in self.blocks.iter().enumerate() {
             let s = block.spec;
             let params = count(&block.params());
             total += params;
-            lines.push(format!(
-                "  {:<10}{:>14}{:>14}{:>6}{:>12}",
-                format!("block {i}"),
-                format!("{}x{}x{}", s.h, s.w, s.c_in),
-                format!("{} -> {}", s.c_in, s.c_out),
+            lines.push(row(
+                &format!("block {i}"),
+                &format!("{}x{}x{}", s.h, s.w, s.c_in),
+                &format!("{} -> {}", s.c_in, s.c_out),
                 if s.pool { "2x2" } else { "-" },
-                thousands(params)
+                &thousands(params),
             ));
         }
         lines.push(format!(
