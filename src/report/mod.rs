@@ -163,8 +163,8 @@ fn file_part(name: &str) -> String {
         .collect()
 }
 
-/// A run's settings in words; with `done`, the epochs it has finished where that is fewer than
-/// its config asks (a run stopped, or still at work).
+/// A run's settings in words; from its `records`, the epochs it has finished where that is
+/// fewer than its config asks (a run stopped early, or unfinished).
 fn describe(c: &TrainConfig, records: &[EpochRecord]) -> String {
     let done = records.last().map(|e| e.epoch);
     let epochs = match done {
@@ -293,17 +293,7 @@ fn across_seeds(runs: &[RunData]) -> String {
 fn chosen_on_validation(runs: &[RunData]) -> String {
     let mut md = String::new();
     for r in runs {
-        let mut best: Option<(f64, u64, usize, Option<f64>)> = None;
-        for e in &r.records {
-            for l in &e.layers {
-                if let Some(v) = l.val_accuracy
-                    && best.is_none_or(|(b, ..)| v > b)
-                {
-                    best = Some((v, e.epoch, l.layer, l.test_accuracy));
-                }
-            }
-        }
-        let Some((val, epoch, layer, test)) = best else {
+        let Some((best, layer)) = metrics::best_val(&r.records) else {
             continue;
         };
         if md.is_empty() {
@@ -317,11 +307,13 @@ fn chosen_on_validation(runs: &[RunData]) -> String {
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {epoch} | {layer} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.name,
             r.config.val_split,
-            percent(Some(val)),
-            percent(test)
+            best.epoch,
+            layer.layer,
+            percent(layer.val_accuracy),
+            percent(layer.test_accuracy)
         );
     }
     md

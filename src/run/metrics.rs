@@ -53,26 +53,34 @@ pub fn last_evaluated(records: &[EpochRecord]) -> Option<&EpochRecord> {
     records.iter().rev().find(|r| r.ensemble_accuracy.is_some())
 }
 
-/// Among the records with validation accuracies, the one whose best layer did best (the
-/// first of equals), and how many such records came after it.
-pub fn since_best_val(records: &[EpochRecord]) -> Option<(u64, &EpochRecord)> {
-    let best_layer = |r: &EpochRecord| {
-        r.layers
-            .iter()
-            .filter_map(|l| l.val_accuracy)
-            .reduce(f64::max)
-    };
-    let evaluated: Vec<(f64, &EpochRecord)> = records
-        .iter()
-        .filter_map(|r| Some((best_layer(r)?, r)))
-        .collect();
-    let mut best: Option<(f64, usize)> = None;
-    for (i, (v, _)) in evaluated.iter().enumerate() {
-        if best.is_none_or(|(b, _)| *v > b) {
-            best = Some((*v, i));
+/// The index of the record, and its layer, with the best validation accuracy: the first of
+/// equals, in epoch order and then layer order.
+fn best_val_at(records: &[EpochRecord]) -> Option<(usize, &LayerRecord)> {
+    let mut best: Option<(f64, usize, &LayerRecord)> = None;
+    for (i, e) in records.iter().enumerate() {
+        for l in &e.layers {
+            if let Some(v) = l.val_accuracy
+                && best.is_none_or(|(b, ..)| v > b)
+            {
+                best = Some((v, i, l));
+            }
         }
     }
-    best.map(|(_, i)| ((evaluated.len() - 1 - i) as u64, evaluated[i].1))
+    best.map(|(_, i, l)| (i, l))
+}
+
+/// The epoch and layer with the best validation accuracy (the first of equals): the report's
+/// choice, the epoch `best.safetensors` keeps, and the one early stopping counts from.
+pub fn best_val(records: &[EpochRecord]) -> Option<(&EpochRecord, &LayerRecord)> {
+    best_val_at(records).map(|(i, l)| (&records[i], l))
+}
+
+/// The record of [`best_val`], and how many records with validation accuracies came after it.
+pub fn since_best_val(records: &[EpochRecord]) -> Option<(u64, &EpochRecord)> {
+    let (i, _) = best_val_at(records)?;
+    let evaluated = |r: &&EpochRecord| r.layers.iter().any(|l| l.val_accuracy.is_some());
+    let after = records[i + 1..].iter().filter(evaluated).count();
+    Some((after as u64, &records[i]))
 }
 
 /// Whether a run with these records has stopped early: `patience` evaluations in a row

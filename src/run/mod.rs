@@ -386,12 +386,11 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    // The epochs kept on resume, and the best validation accuracy so far among them.
+    // The epochs kept on resume, then this process' as they end.
     let mut history = match metrics_path.exists() {
         true => metrics::read(&metrics_path)?,
         false => Vec::new(),
     };
-    let mut best_val = best_val_accuracy(&history);
     if metrics::stopped_early(&history, config.patience) {
         println!(
             "{}",
@@ -494,6 +493,7 @@ fn train_ff<B: Backend>(
         );
         print_epoch(&record, config.epochs, &pace);
         metrics::append(&metrics_path, &record)?;
+        history.push(record.clone());
         let header = checkpoint::Header {
             format: checkpoint::FORMAT.into(),
             epoch,
@@ -503,10 +503,8 @@ fn train_ff<B: Backend>(
             partial: None,
         };
         // The best first: a run stopped between the two redoes this epoch, the same way.
-        let val = best_val_accuracy(std::slice::from_ref(&record));
-        if val.is_some_and(|v| best_val.is_none_or(|best| v > best)) {
+        if metrics::best_val(&history).is_some_and(|(best, _)| best.epoch == epoch) {
             checkpoint::save(&dir.join(BEST_CHECKPOINT_FILE), &mut net, backend, &header)?;
-            best_val = val;
         }
         checkpoint::save(&checkpoint_path, &mut net, backend, &header)?;
         remove_progress(&progress_path)?;
@@ -515,7 +513,6 @@ fn train_ff<B: Backend>(
         if let Some(eval) = &eval {
             save_goodness_samples(&dir.join(GOODNESS_FILE), &eval.kept, config.seed)?;
         }
-        history.push(record.clone());
         records.push(record);
         if epoch < config.epochs && metrics::stopped_early(&history, config.patience) {
             println!(
@@ -587,32 +584,20 @@ fn save_goodness_samples(path: &Path, kept: &KeptGoodness, seed: u64) -> Result<
 /// "`lead`: no better validation accuracy in N evaluations; the best, X% (layer L), was epoch
 /// E's, in best.safetensors".
 fn early_stop_words(history: &[EpochRecord], patience: u64, lead: &str) -> String {
-    let Some((_, best)) = metrics::since_best_val(history) else {
+    let Some((best, layer)) = metrics::best_val(history) else {
         return lead.to_string();
     };
-    let (layer, accuracy) = best
-        .layers
-        .iter()
-        .filter_map(|l| Some((l.layer, l.val_accuracy?)))
-        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
     format!(
         "{lead} (--patience {patience}): no better validation accuracy in {patience} \
-         evaluations; the best, {:.2}% (layer {layer}), was epoch {}'s",
-        100.0 * accuracy,
+         evaluations; the best, {:.2}% (layer {}), was epoch {}'s",
+        100.0 * layer.val_accuracy.unwrap_or(f64::NAN),
+        layer.layer,
         best.epoch
     )
 }
 
 /// Where an FF run that stopped early keeps its best epoch, and how it goes on.
 const EARLY_STOP_FF: &str = ", in best.safetensors (`--resume` with a larger --patience goes on)";
-
-/// The best validation accuracy of any layer in any of `records`, if they have one.
-pub fn best_val_accuracy(records: &[EpochRecord]) -> Option<f64> {
-    records
-        .iter()
-        .flat_map(|e| e.layers.iter().filter_map(|l| l.val_accuracy))
-        .reduce(f64::max)
-}
 
 /// "N train / M test images", with the validation split's between them if there is one.
 fn split_sizes(train: &Dataset, val: Option<&Dataset>, test: &Dataset) -> String {
