@@ -457,9 +457,8 @@ fn train_ff<B: Backend>(
             })?;
             println!(
                 "stopped after step {stopped_after} of {steps} of epoch {epoch} ({} steps in all, \
-                 --max-steps): `trifecta train --resume {}` goes on from there",
-                net.iteration,
-                dir.display()
+                 --max-steps): {go_on}",
+                net.iteration
             );
             return Ok(records);
         };
@@ -494,14 +493,7 @@ fn train_ff<B: Backend>(
         print_epoch(&record, config.epochs, &pace);
         metrics::append(&metrics_path, &record)?;
         history.push(record.clone());
-        let header = checkpoint::Header {
-            format: checkpoint::FORMAT.into(),
-            epoch,
-            iteration: net.iteration,
-            adam_steps: net.optimizer_steps(),
-            config: config.clone(),
-            partial: None,
-        };
+        let header = run_header(&net, config, epoch, None);
         // The best first: a run stopped between the two redoes this epoch, the same way.
         if metrics::best_val(&history).is_some_and(|(best, _)| best.epoch == epoch) {
             checkpoint::save(&dir.join(BEST_CHECKPOINT_FILE), &mut net, backend, &header)?;
@@ -529,10 +521,8 @@ fn train_ff<B: Backend>(
             && epoch < config.epochs
         {
             println!(
-                "stopped after epoch {epoch} ({} steps in all, --max-steps): `trifecta train \
-                 --resume {}` goes on from there",
-                net.iteration,
-                dir.display()
+                "stopped after epoch {epoch} ({} steps in all, --max-steps): {go_on}",
+                net.iteration
             );
             break;
         }
@@ -550,15 +540,25 @@ fn save_progress<B: Backend>(
     epoch: u64,
     partial: &checkpoint::PartialEpoch,
 ) -> Result<()> {
-    let header = checkpoint::Header {
+    let header = run_header(net, config, epoch - 1, Some(partial.clone()));
+    checkpoint::save(path, net, backend, &header)
+}
+
+/// The header of a checkpoint of `net` after `epochs` epochs, and `partial` of the next.
+fn run_header<B: Backend>(
+    net: &FfNet<B>,
+    config: &TrainConfig,
+    epochs: u64,
+    partial: Option<checkpoint::PartialEpoch>,
+) -> checkpoint::Header {
+    checkpoint::Header {
         format: checkpoint::FORMAT.into(),
-        epoch: epoch - 1,
+        epoch: epochs,
         iteration: net.iteration,
         adam_steps: net.optimizer_steps(),
         config: config.clone(),
-        partial: Some(partial.clone()),
-    };
-    checkpoint::save(path, net, backend, &header)
+        partial,
+    }
 }
 
 /// Goodness of every layer for the test images an evaluation kept (up to 1,000), once with the
