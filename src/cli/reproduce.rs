@@ -23,12 +23,7 @@ pub struct ReproduceArgs {
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
     // A seed given twice would be one run counted twice in the mean and spread.
-    if let Some(twice) = args
-        .seeds
-        .iter()
-        .enumerate()
-        .find_map(|(i, s)| args.seeds[..i].contains(s).then_some(s))
-    {
+    if let Some(twice) = crate::ff::eval::first_repeat(&args.seeds) {
         return Err(Error::Config(format!("--seeds lists seed {twice} twice")));
     }
     let flags = args.train.knobs()?;

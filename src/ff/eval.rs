@@ -90,14 +90,18 @@ pub fn check_ensemble_layers(ensemble: &[usize], layers: usize, network: &str) -
         )));
     }
     // A layer listed twice would count twice in the average, silently.
-    if let Some(twice) = ensemble
-        .iter()
-        .enumerate()
-        .find_map(|(i, l)| ensemble[..i].contains(l).then_some(l))
-    {
+    if let Some(twice) = first_repeat(ensemble) {
         return Err(Error::Config(format!("ensemble lists layer {twice} twice")));
     }
     Ok(())
+}
+
+/// The first item of `items` that an earlier one equals (a layer or a seed listed twice).
+pub(crate) fn first_repeat<T: PartialEq>(items: &[T]) -> Option<&T> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, x)| items[..i].contains(x).then_some(x))
 }
 
 impl Evaluator {
