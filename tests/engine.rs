@@ -74,9 +74,7 @@ fn train_a_few(seed: u64, threads: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
     let mut rng = Rng::new(seed);
     let mut losses = Vec::new();
     for _ in 0..3 {
-        let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
-        let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
-        let negatives = wrong_labels(&labels, 10, &mut rng);
+        let (images, labels, negatives) = random_batch(&mut rng);
         let metrics = net
             .train_step(&backend, &images, &labels, &negatives)
             .unwrap();
@@ -88,6 +86,15 @@ fn train_a_few(seed: u64, threads: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
         .map(|(_, p)| p.to_torch(&backend).unwrap())
         .collect();
     (params, losses)
+}
+
+/// A batch of 8 MNIST-shaped images of noise, their labels and wrong labels, drawn from `rng`
+/// in that order.
+fn random_batch(rng: &mut Rng) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
+    let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
+    let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
+    let negatives = wrong_labels(&labels, 10, rng);
+    (images, labels, negatives)
 }
 
 /// With APL the last block learns every other step; on the others its convolution is skipped
@@ -106,9 +113,7 @@ fn skipping_the_idle_last_block_changes_nothing() {
         let mut whole = FfNet::new(&backend, config, 9).unwrap();
         let mut rng = Rng::new(9);
         for step in 0..5 {
-            let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
-            let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
-            let negatives = wrong_labels(&labels, 10, &mut rng);
+            let (images, labels, negatives) = random_batch(&mut rng);
             let a = skipping
                 .train_step(&backend, &images, &labels, &negatives)
                 .unwrap();
@@ -510,14 +515,8 @@ fn staging_the_next_images_ahead_changes_nothing() {
     let mut config = FfConfig::trifecta(Arch::Small, 0.125, MNIST_LIKE, 10).unwrap();
     config.layers.truncate(3);
     let mut rng = Rng::new(9);
-    let steps: Vec<(Vec<f32>, Vec<u32>, Vec<u32>)> = (0..3)
-        .map(|_| {
-            let images: Vec<f32> = (0..8 * MNIST_LIKE.numel()).map(|_| rng.normal()).collect();
-            let labels: Vec<u32> = (0..8).map(|_| rng.below(10)).collect();
-            let negatives = wrong_labels(&labels, 10, &mut rng);
-            (images, labels, negatives)
-        })
-        .collect();
+    let steps: Vec<(Vec<f32>, Vec<u32>, Vec<u32>)> =
+        (0..3).map(|_| random_batch(&mut rng)).collect();
     let params = |net: &FfNet<Cpu>| -> Vec<Vec<f32>> {
         net.named_params()
             .iter()
