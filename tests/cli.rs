@@ -8,12 +8,13 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn trifecta(args: &[&str]) -> Output {
+/// The binary run with `args` (`&str`s or `String`s).
+fn trifecta<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     trifecta_with(args, &[])
 }
 
 /// `trifecta` with environment variables set (the loader's thread count, say).
-fn trifecta_with(args: &[&str], vars: &[(&str, &str)]) -> Output {
+fn trifecta_with<S: AsRef<std::ffi::OsStr>>(args: &[S], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trifecta"))
         .args(args)
         .env_remove("TRIFECTA_DATA")
@@ -74,7 +75,7 @@ fn quick_args(out: &Path, epochs: u64) -> Vec<String> {
 
 fn run_quick(out: &Path, epochs: u64) -> Output {
     let args = quick_args(out, epochs);
-    trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    trifecta(&args)
 }
 
 /// `trifecta report RUN --out OUT`, which must succeed; the report's text.
@@ -181,7 +182,7 @@ fn a_validation_split_is_held_out_and_evaluated() {
     let run = tmp.path().join("run");
     let mut args = quick_args(&run, 2);
     args.extend(["--val-split".to_string(), "200".to_string()]);
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -287,7 +288,7 @@ fn a_validation_split_is_held_out_and_evaluated() {
     let lcp = tmp.path().join("lcp");
     let mut args = quick_args(&lcp, 1);
     args.extend(["--model", "lcp", "--val-split", "200"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let records = trifecta::run::metrics::read(&lcp.join("metrics.jsonl")).unwrap();
     assert!(records[0].layers.iter().all(|l| l.val_accuracy.is_some()));
@@ -302,7 +303,7 @@ fn a_validation_split_is_held_out_and_evaluated() {
     let all = tmp.path().join("all");
     let mut args = quick_args(&all, 1);
     args.extend(["--val-split", "4000"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert_one_line_error(&out, &["val_split 4000", "has 4000"]);
     assert!(!all.exists(), "no folder for a run that cannot start");
 }
@@ -315,7 +316,7 @@ fn a_diverged_run_says_so_and_still_reports_and_resumes() {
     let run = tmp.path().join("run");
     let mut args = quick_args(&run, 1);
     args.extend(["--lr", "1e30", "--max-steps", "3"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     // Stopped within epoch 1: its progress holds NaN sums.
     let progress = std::fs::read_to_string(run.join("progress.json")).unwrap();
@@ -340,7 +341,7 @@ fn patience_stops_a_run_early_on_its_validation_split() {
     let run = tmp.path().join("run");
     let mut args = quick_args(&run, 30);
     args.extend(["--val-split", "200", "--patience", "2", "--lr", "0.3"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("stopping early (--patience 2)"), "{stdout}");
@@ -386,7 +387,7 @@ fn patience_stops_a_run_early_on_its_validation_split() {
         ]
         .map(String::from),
     );
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("stopping early (--patience 1)"));
     let records = trifecta::run::metrics::read(&lcp.join("metrics.jsonl")).unwrap();
@@ -398,7 +399,7 @@ fn patience_stops_a_run_early_on_its_validation_split() {
     let plain = tmp.path().join("plain");
     let mut args = quick_args(&plain, 2);
     args.extend(["--patience", "2"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert_one_line_error(&out, &["needs a validation split"]);
 }
 
@@ -432,7 +433,7 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     let run = tmp.path().join("stopped");
     let mut args = quick_args(&run, 2);
     args.extend(["--max-steps", "9"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -465,7 +466,7 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     let saved = tmp.path().join("saved");
     let mut args = quick_args(&saved, 2);
     args.extend(["--save-every-minutes", "1e-9"].map(String::from));
-    let out = trifecta(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = trifecta(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     same_as_whole(&saved);
 
