@@ -43,7 +43,7 @@ for variant in vanilla symba symba-apl symba-bn trifecta; do
     cp "$runs/$variant/metrics.jsonl" "$out/$variant.jsonl" 2>/dev/null &&
         echo "$variant: $(wc -l <"$runs/$variant/metrics.jsonl") epochs done"
 done
-# Every run's folder but its checkpoint (config, metrics, goodness samples) in one archive, so
+# Every run's folder but its checkpoints (config, metrics, goodness samples) in one archive, so
 # that `trifecta report` draws the figures here: tar xzf runs.tar.gz, then
 # trifecta report trifecta-ablation --out report.
 (cd "$(dirname "$runs")" && tar czf - --exclude='checkpoint.*' --exclude='progress.*' \

@@ -122,16 +122,19 @@ pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
 }
 
 /// Keeps only the records of epochs up to `epoch` (after a resume), rewriting atomically.
-pub fn truncate_after(path: &Path, epoch: u64) -> Result<()> {
+/// Returns the records kept (none if there is no file).
+pub fn truncate_after(path: &Path, epoch: u64) -> Result<Vec<EpochRecord>> {
     if !path.exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let kept: Vec<String> = read(path)?
+    let mut kept = read(path)?;
+    kept.retain(|r| r.epoch <= epoch);
+    let lines: Vec<String> = kept
         .iter()
-        .filter(|r| r.epoch <= epoch)
         .map(|r| serde_json::to_string(r).expect("a record always serialises") + "\n")
         .collect();
-    super::checkpoint::write_atomic(path, kept.concat().as_bytes())
+    super::checkpoint::write_atomic(path, lines.concat().as_bytes())?;
+    Ok(kept)
 }
 
 #[cfg(test)]

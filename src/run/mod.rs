@@ -319,6 +319,8 @@ fn train_ff<B: Backend>(
     let progress_path = dir.join(PROGRESS_FILE);
     let mut done = 0;
     let mut partial = None;
+    // The epochs kept on resume, then this process' as they end.
+    let mut history = Vec::new();
     if resume {
         if checkpoint_path.exists() {
             let header = checkpoint::load(&checkpoint_path, &mut net, backend)?;
@@ -344,7 +346,7 @@ fn train_ff<B: Backend>(
                 config.epochs
             )));
         }
-        metrics::truncate_after(&metrics_path, done)?;
+        history = metrics::truncate_after(&metrics_path, done)?;
         // A longer --epochs is allowed on resume: the folder's config follows it.
         checkpoint::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
     } else {
@@ -386,11 +388,6 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    // The epochs kept on resume, then this process' as they end.
-    let mut history = match metrics_path.exists() {
-        true => metrics::read(&metrics_path)?,
-        false => Vec::new(),
-    };
     if metrics::stopped_early(&history, config.patience) {
         println!(
             "{}",
