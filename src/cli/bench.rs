@@ -11,8 +11,10 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// The network: small (6 blocks, the thesis' 100-epoch one) or large (12 blocks).
     #[arg(long, value_enum, default_value = "small")]
     pub arch: ArchArg,
+    /// Channel multiplier (0.25 gives 32/32/64/64/64/128 for `small`).
     #[arg(long, default_value = "1", value_parser = positive_f64)]
     pub width: f64,
     /// Positives per step (as many negatives are added) [default: 32 on the CPU, 512 on CUDA].
@@ -27,10 +29,13 @@ pub struct BenchArgs {
     /// Alternating pairwise updates (off by default: every block local).
     #[arg(long)]
     pub apl: bool,
+    /// The norm before every convolution: batch (the Trifecta's) or layer.
     #[arg(long, value_enum, default_value = "batch")]
     pub norm: NormArg,
+    /// Timed steps; the median is reported.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: u64,
+    /// Untimed steps before them (allocation, cuDNN's choices, caches).
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// Worker threads (0 = one per core).
@@ -47,8 +52,10 @@ pub struct BenchArgs {
     /// on the CPU].
     #[arg(long)]
     pub epoch_images: Option<usize>,
+    /// Images of the evaluation timed after the epoch, each under all ten labels (0: skip).
     #[arg(long, default_value_t = 10_000)]
     pub eval_images: usize,
+    /// Images per batch of that evaluation.
     #[arg(long, default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_batch_size: u64,
     /// CUDA: run every op of a block on its own and convert each convolution's inputs (no

@@ -24,6 +24,7 @@ pub enum DataAction {
 
 #[derive(Args, Debug)]
 pub struct DataTarget {
+    /// The dataset (`folder`: an image folder at --data-dir, verified only).
     #[arg(long, value_enum)]
     pub dataset: DatasetKind,
     /// Folder for the files (default: $TRIFECTA_DATA/<dataset>, else the user cache folder).

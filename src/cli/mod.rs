@@ -156,4 +156,25 @@ mod tests {
             );
         }
     }
+
+    /// Every flag of every subcommand says what it does in `--help` (clap prints a flag
+    /// without a doc comment as a bare name).
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, bare: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), bare);
+            }
+        }
+        let mut bare = Vec::new();
+        walk(&Cli::command(), "trifecta", &mut bare);
+        assert!(bare.is_empty(), "flags without help: {bare:?}");
+    }
 }

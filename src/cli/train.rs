@@ -94,7 +94,7 @@ pub struct KnobArgs {
     /// CPU threads (0 = one per core, at most 4 a core) [default: 0].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N [default: cpu].
     #[arg(long, value_parser = device_arg)]
     pub device: Option<String>,
     /// Convolution arithmetic on the GPU [default: bf16 on CUDA; the CPU is always f32].
@@ -106,20 +106,23 @@ pub struct KnobArgs {
     /// Training augmentation (random crop, rotation) [default: on, off for the sample].
     #[arg(long, conflicts_with = "no_augment")]
     pub augment: bool,
+    /// No training augmentation.
     #[arg(long)]
     pub no_augment: bool,
     /// Layers whose goodness the ensemble averages, e.g. 3,4,5 [default: the last].
     #[arg(long, value_delimiter = ',')]
     pub ensemble: Option<Vec<usize>>,
+    /// Images per evaluation batch, each scored under all ten labels: a matter of speed and
+    /// memory [default: 1000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_batch_size: Option<u64>,
     /// Evaluate after every N-th epoch and after the last [default: 1, every epoch].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_every: Option<u64>,
-    /// Train on N images only (a random subset drawn with the seed).
+    /// Train on N images only (a random subset drawn with the seed) [default: 0, all].
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Test on N images only (a random subset drawn with the seed).
+    /// Test on N images only (a random subset drawn with the seed) [default: 0, all].
     #[arg(long)]
     pub test_limit: Option<usize>,
     /// Hold out N training images (drawn with the seed, before --train-limit) as a

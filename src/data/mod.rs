@@ -38,9 +38,13 @@ pub struct Dataset {
 pub enum DatasetKind {
     /// 4,000 training and 1,000 test images of real MNIST, built into the binary.
     MnistSample,
+    /// Handwritten digits: 60,000 training and 10,000 test images, 28 x 28 gray (IDX files).
     Mnist,
+    /// Zalando's images of 10 kinds of clothing, in MNIST's format and sizes.
     FashionMnist,
+    /// 50,000 training and 10,000 test photos of 10 classes, 32 x 32 colour (binary version).
     Cifar10,
+    /// Street View house numbers, cropped digits: 73,257 training and 26,032 test images, 32 x 32 colour (.mat).
     Svhn,
     /// Any `split/<class>/*.{png,jpg}` folder, or a `.tar.gz` of one.
     Folder,
