@@ -607,6 +607,19 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
     ]);
     assert_one_line_error(&shorter, &["has trained 3 epochs already", "--epochs 2"]);
     assert_eq!(std::fs::read(split.join("config.toml")).unwrap(), config);
+    // A finished run resumed as it is says so and trains nothing.
+    let weights = std::fs::read(split.join("checkpoint.safetensors")).unwrap();
+    let again = trifecta(&["train", "--resume", split.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("has trained epoch 3 of 3: nothing to do"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(split.join("checkpoint.safetensors")).unwrap(),
+        weights
+    );
 
     // A run from another machine (a GPU's, a many-core's) reads and reports here, and
     // resumes with the knobs this machine needs; without them it says which.
@@ -996,6 +1009,20 @@ fn unusable_output_folders_and_existing_runs() {
     let out = run_quick(&blocker.join("run"), 1);
     assert_one_line_error(&out, &["a-file"]);
     assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me");
+    let out = run_quick(&blocker, 1);
+    assert_one_line_error(&out, &["a-file", "names a file, not a folder"]);
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me");
+    for (resumed, says) in [
+        (&blocker, "not a run folder: a file"),
+        (&tmp.path().join("nowhere"), "no such run folder"),
+        (
+            &tmp.path().to_path_buf(),
+            "not a run folder: it has no config.toml",
+        ),
+    ] {
+        let out = trifecta(&["train", "--resume", resumed.to_str().unwrap()]);
+        assert_one_line_error(&out, &[says]);
+    }
 
     let run = tmp.path().join("run");
     assert!(run_quick(&run, 1).status.success());
@@ -1175,7 +1202,7 @@ fn reproduce_and_report_write_tables_and_figures() {
     assert!(md.contains("2 of 5 epochs (unfinished)"), "{md}");
 
     let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
-    assert_one_line_error(&missing, &["nothing", "config.toml"]);
+    assert_one_line_error(&missing, &["nothing", "no such run folder"]);
 
     // Every folder of a grid is checked before its first run: ff-seed1, removed, is not
     // trained again when lcp-seed2, a later run, turns out to hold another width.

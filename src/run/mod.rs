@@ -160,6 +160,12 @@ fn create_run_dir(dir: &Path, config: &TrainConfig) -> Result<()> {
             dir.display()
         )));
     }
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::data(
+            dir,
+            "--out names a file, not a folder: choose another --out",
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     checkpoint::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())
 }
@@ -167,6 +173,18 @@ fn create_run_dir(dir: &Path, config: &TrainConfig) -> Result<()> {
 /// Reads the resolved config of an existing run folder.
 pub fn read_config(dir: &Path) -> Result<TrainConfig> {
     let path = dir.join(CONFIG_FILE);
+    if !dir.exists() {
+        return Err(Error::data(dir, "no such run folder"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::data(dir, "not a run folder: a file"));
+    }
+    if !path.exists() {
+        return Err(Error::data(
+            dir,
+            format!("not a run folder: it has no {CONFIG_FILE}"),
+        ));
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let config: TrainConfig =
         toml::from_str(&text).map_err(|e| Error::data(&path, e.message().to_string()))?;
@@ -383,6 +401,12 @@ fn train_ff<B: Backend>(
         println!(
             "the run has trained {} steps, --max-steps {max}: nothing to do",
             net.iteration
+        );
+        return Ok(Vec::new());
+    }
+    if done > 0 && done == config.epochs {
+        println!(
+            "the run has trained epoch {done} of {done}: nothing to do (`--epochs N` with N above {done} trains it further)"
         );
         return Ok(Vec::new());
     }
