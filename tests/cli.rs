@@ -905,7 +905,10 @@ fn bad_flag_values_and_config_keys() {
     assert_one_line_error(&out, &["run.toml", "width"]);
     std::fs::write(&config, "width = -2.0\n").unwrap();
     let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
-    assert_one_line_error(&out, &["width must be a positive number"]);
+    assert_one_line_error(&out, &["width must be a positive number", "run.toml"]);
+    std::fs::write(&config, "threads = 100000\n").unwrap();
+    let out = trifecta(&["train", "--config", config.to_str().unwrap()]);
+    assert_one_line_error(&out, &["threads 100000", "run.toml"]);
     // Refused before the run folder is made.
     let never = tmp.path().join("never");
     let out = trifecta(&[

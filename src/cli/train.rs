@@ -252,16 +252,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // The folder may have moved since the run began: it is where the run now lives.
         let mut saved = crate::run::read_config(dir)?;
         saved.out = dir.clone();
-        let config = saved.resumed_with(&knobs)?;
+        let config = name_the_file(args.knobs.config.as_deref(), saved.resumed_with(&knobs))?;
         crate::run::train(&config, true, control)?;
         print_next_steps(&config);
         return Ok(());
     }
-    let config = knobs.resolve()?;
+    let config = name_the_file(
+        args.knobs.config.as_deref(),
+        knobs.resolve().and_then(|c| c.check_machine().map(|()| c)),
+    )?;
     config.check_precision_for_new_run()?;
     crate::run::train(&config, false, control)?;
     print_next_steps(&config);
     Ok(())
+}
+
+/// A configuration error of knobs that came partly from `--config`'s file names the file.
+fn name_the_file<T>(file: Option<&std::path::Path>, result: Result<T>) -> Result<T> {
+    match (file, result) {
+        (Some(path), Err(Error::Config(msg))) => Err(Error::Config(format!(
+            "{msg} (the flags laid over {})",
+            path.display()
+        ))),
+        (_, result) => result,
+    }
 }
 
 /// Where the run is, and the commands that read or continue it (a baseline's run keeps no
