@@ -119,19 +119,8 @@ pub fn run_epoch<B: Backend>(
         backend.available_memory(),
     )?;
     let mut net = FfNet::new(backend, ff, 0)?;
-    let synthetic = |n: usize, seed: u64| {
-        let mut rng = Rng::new(seed);
-        Dataset {
-            shape: config.image,
-            classes,
-            pixels: (0..n * config.image.numel())
-                .map(|_| rng.below(256) as u8)
-                .collect(),
-            labels: (0..n).map(|_| rng.below(classes as u32)).collect(),
-            mean: vec![0.5; config.image.channels],
-            std: vec![0.25; config.image.channels],
-        }
-    };
+    let synthetic =
+        |n: usize, seed: u64| Dataset::noise(config.image, classes, n, &mut Rng::new(seed));
     let (train, test) = (synthetic(train_images, 2), synthetic(test_images, 3));
     let augment = Some(crate::data::augment::Augment::default());
     // Two short warm-up epochs on a slice (plans, allocations, kernel loading), each ending in

@@ -1227,3 +1227,193 @@ fn reproduce_and_report_write_tables_and_figures() {
     let out = trifecta(&seeded);
     assert_one_line_error(&out, &["lcp-seed1", "metrics.jsonl", "line 1"]);
 }
+
+/// The labels `trifecta predict` printed, in its order: the second column of its lines.
+fn predicted(out: &Output) -> Vec<String> {
+    assert!(out.status.success(), "{}", stderr(out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect()
+}
+
+/// `predict` on image files gives each the class evaluation gives the same pixels: 40 test
+/// images of the sample written as PNG files, against the library's goodness of the
+/// dataset's own images.
+#[test]
+fn predict_gives_the_classes_evaluation_gives() {
+    use trifecta::backend::cpu::Cpu;
+    use trifecta::data::{DatasetKind, Split};
+    let tmp = TempDir::new("predict");
+    let run = tmp.path().join("run");
+    assert!(run_quick(&run, 2).status.success());
+    let mut test =
+        trifecta::data::load(DatasetKind::MnistSample, tmp.path(), Split::Test, false).unwrap();
+    let n = 40;
+    test.pixels.truncate(n * test.shape.numel());
+    test.labels.truncate(n);
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..n {
+        image::GrayImage::from_raw(28, 28, test.image(i).to_vec())
+            .unwrap()
+            .save(images.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    // A hidden file is not an image of the folder.
+    std::fs::write(images.join(".notes.png"), b"not an image").unwrap();
+    let out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--scores",
+    ]);
+    let got = predicted(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("epoch 2; 28x28 gray images; layer 5's goodness"),
+        "{stdout}"
+    );
+
+    let backend = Cpu::new(2).unwrap();
+    let config = trifecta::run::read_config(&run).unwrap();
+    let mut net = trifecta::run::build_net(&backend, &config, &test).unwrap();
+    let file = run.join("checkpoint.safetensors");
+    let header = trifecta::run::checkpoint::load(&file, &mut net, &backend).unwrap();
+    let (batch, _) = test.batch(&(0..n).collect::<Vec<_>>(), None);
+    let goodness = net.goodness_per_label(&backend, &batch).unwrap();
+    let want: Vec<String> = trifecta::ff::eval::predict(&goodness, 10, 6, n, &[5])
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    assert_eq!(got, want);
+    // The checkpoint says what it takes.
+    let inputs = header.inputs.expect("a new checkpoint records its inputs");
+    assert_eq!((inputs.height, inputs.width, inputs.channels), (28, 28, 1));
+    assert_eq!(
+        (inputs.mean.clone(), inputs.std.clone()),
+        (vec![0.1307], vec![0.3081])
+    );
+    assert_eq!(inputs.class_names.len(), 10);
+
+    // A colour image twice the size is made gray and resized: a note says so.
+    let big = image::imageops::resize(
+        &image::DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(28, 28, test.image(0).to_vec()).unwrap(),
+        )
+        .into_rgb8(),
+        56,
+        56,
+        image::imageops::FilterType::Nearest,
+    );
+    let big_path = tmp.path().join("big.png");
+    big.save(&big_path).unwrap();
+    let out = trifecta(&["predict", run.to_str().unwrap(), big_path.to_str().unwrap()]);
+    assert_eq!(predicted(&out).len(), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(resized from 56x56)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Bad input: one line naming the file.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let out = trifecta(&["predict", run.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_one_line_error(&out, &["bad.png", "cannot decode image"]);
+    let missing = tmp.path().join("missing.png");
+    let out = trifecta(&["predict", run.to_str().unwrap(), missing.to_str().unwrap()]);
+    assert_one_line_error(&out, &["missing.png", "no such image"]);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = trifecta(&["predict", run.to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_one_line_error(&out, &["empty", "no .png or .jpg"]);
+    let out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        big_path.to_str().unwrap(),
+        "--ensemble",
+        "6",
+    ]);
+    assert_one_line_error(&out, &["ensemble layer 6"]);
+}
+
+/// An image folder's run names its classes, takes RGB at its own size, and a checkpoint
+/// written before checkpoints recorded their inputs takes them from the run's data.
+#[test]
+fn predict_names_an_image_folders_classes() {
+    let tmp = TempDir::new("predict-folder");
+    let data = tmp.path().join("data");
+    let mut rng = trifecta::rng::Rng::new(3);
+    for (split, count) in [("train", 12), ("test", 4)] {
+        for (class, base) in [("cat", 40u8), ("dog", 200u8)] {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let img = image::RgbImage::from_fn(12, 12, |_, _| {
+                    let v = base.saturating_add(rng.below(40) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let run = tmp.path().join("run");
+    let out = trifecta(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--width",
+        "0.125",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = [data.join("test/cat/0.png"), data.join("test/dog/0.png")];
+    let args = |run: &Path| -> Vec<String> {
+        ["predict", run.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(files.iter().map(|f| f.to_str().unwrap().to_string()))
+            .collect()
+    };
+    let got = predicted(&trifecta(&args(&run)));
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|c| c == "cat" || c == "dog"), "{got:?}");
+    let header =
+        trifecta::run::checkpoint::read_header(&run.join("checkpoint.safetensors")).unwrap();
+    let inputs = header.inputs.unwrap();
+    assert_eq!(inputs.class_names, ["cat", "dog"]);
+    assert_eq!((inputs.height, inputs.width, inputs.channels), (12, 12, 3));
+    assert!(inputs.mean.iter().all(|m| *m > 0.0 && *m < 1.0));
+
+    // The same checkpoint without the record, as an older build wrote it.
+    use trifecta::backend::cpu::Cpu;
+    let backend = Cpu::new(2).unwrap();
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let config = trifecta::run::read_config(&run).unwrap();
+    let splits = trifecta::run::load_data(&config).unwrap();
+    let mut net = trifecta::run::build_net(&backend, &config, &splits.train).unwrap();
+    let file = run.join("checkpoint.safetensors");
+    let mut header = trifecta::run::checkpoint::load(&file, &mut net, &backend).unwrap();
+    header.inputs = None;
+    let old_file = old.join("checkpoint.safetensors");
+    trifecta::run::checkpoint::save(&old_file, &mut net, &backend, &header).unwrap();
+    assert_eq!(predicted(&trifecta(&args(&old_file))), got);
+    // Its data gone, it says where it looked.
+    std::fs::rename(data.join("train"), data.join("gone")).unwrap();
+    let out = trifecta(&args(&old_file));
+    assert_one_line_error(&out, &["data", "no image folder here"]);
+}

@@ -347,16 +347,7 @@ fn augmented_batches_do_not_depend_on_the_thread_count() {
     };
     let mut rng = Rng::new(5);
     let n = 40;
-    let data = Dataset {
-        shape,
-        classes: 10,
-        pixels: (0..n * shape.numel())
-            .map(|_| rng.below(256) as u8)
-            .collect(),
-        labels: (0..n).map(|_| rng.below(10)).collect(),
-        mean: vec![0.5; 3],
-        std: vec![0.25; 3],
-    };
+    let data = Dataset::noise(shape, 10, n, &mut rng);
     let indices: Vec<usize> = (0..n).rev().collect();
     let batch = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -477,16 +468,7 @@ fn evaluation_does_not_depend_on_the_batch_size() {
     let mut net = FfNet::new(&backend, config, 5).unwrap();
     let mut rng = Rng::new(6);
     let n = 37;
-    let data = trifecta::data::Dataset {
-        shape: MNIST_LIKE,
-        classes: 10,
-        pixels: (0..n * MNIST_LIKE.numel())
-            .map(|_| rng.below(256) as u8)
-            .collect(),
-        labels: (0..n).map(|_| rng.below(10)).collect(),
-        mean: vec![0.5],
-        std: vec![0.25],
-    };
+    let data = trifecta::data::Dataset::noise(MNIST_LIKE, 10, n, &mut rng);
     let whole = trifecta::ff::train::evaluate(&mut net, &backend, &data, 100, &[1, 2]).unwrap();
     assert_eq!(whole.samples, n);
     for batch in [1, 7, 36] {

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod predict;
 pub mod report;
 pub mod reproduce;
 pub mod train;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Evaluate a checkpoint: per-layer and ensemble accuracy on the test set (and on the
     /// run's validation split if it has one).
     Eval(eval::EvalArgs),
+    /// The class a trained network gives image files (PNG, JPEG), with each class' goodness.
+    Predict(predict::PredictArgs),
     /// Time the FF training step on synthetic data.
     Bench(bench::BenchArgs),
     /// Download and verify datasets.
@@ -104,12 +107,16 @@ pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     // The commands that load batches report a bad TRIFECTA_LOADER_THREADS before any work.
-    if !matches!(cli.command, Command::Data(_) | Command::Report(_)) {
+    if !matches!(
+        cli.command,
+        Command::Data(_) | Command::Report(_) | Command::Predict(_)
+    ) {
         crate::data::loader::threads()?;
     }
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Reproduce(args) => reproduce::run(args),

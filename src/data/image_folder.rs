@@ -31,7 +31,7 @@ fn is_hidden(name: &str) -> bool {
 }
 
 /// The image files of a class folder, sorted.
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = item.map_err(|e| Error::io(dir, e))?.path();
@@ -228,6 +228,7 @@ pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
         width,
     };
     let mut data = Dataset::new(shape, classes.len(), decoded.concat(), labels);
+    data.class_names = classes;
     let (mean, std) = data.measure_mean_std();
     data.mean = mean;
     data.std = std;

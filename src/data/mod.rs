@@ -30,6 +30,32 @@ pub struct Dataset {
     /// Per-channel normalisation, on the [0, 1] scale.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// What each label means ("0".."9" for digits, CIFAR-10's and Fashion-MNIST's class
+    /// names, an image folder's class folders).
+    pub class_names: Vec<String>,
+}
+
+/// What a network trained on a dataset takes and gives, saved with its checkpoints (as
+/// torchvision's weights carry their transforms and categories): the image shape, the
+/// normalisation, and the name of each class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub class_names: Vec<String>,
+}
+
+impl InputSpec {
+    pub fn shape(&self) -> ImageShape {
+        ImageShape {
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
 }
 
 /// The datasets the tool knows.
@@ -78,6 +104,40 @@ impl DatasetKind {
         }
     }
 
+    /// The names of the classes, by label, as torchvision lists them (folders: their class
+    /// folders, known only once loaded).
+    pub fn class_names(&self) -> Option<&'static [&'static str]> {
+        const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        match self {
+            DatasetKind::Mnist | DatasetKind::MnistSample | DatasetKind::Svhn => Some(&DIGITS),
+            DatasetKind::FashionMnist => Some(&[
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ]),
+            DatasetKind::Cifar10 => Some(&[
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ]),
+            DatasetKind::Folder => None,
+        }
+    }
+
     /// The name used on the command line and in folder names.
     pub fn name(&self) -> &'static str {
         match self {
@@ -122,6 +182,9 @@ pub fn load(kind: DatasetKind, dir: &Path, split: Split, download: bool) -> Resu
         data.mean = mean.to_vec();
         data.std = std.to_vec();
     }
+    if let Some(names) = kind.class_names() {
+        data.class_names = names.iter().map(|n| n.to_string()).collect();
+    }
     Ok(data)
 }
 
@@ -135,6 +198,33 @@ impl Dataset {
             labels,
             mean: vec![0.0; shape.channels],
             std: vec![1.0; shape.channels],
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// `n` images of uniform noise with uniform labels (pixels drawn first, then labels),
+    /// normalised with mean 0.5 and std 0.25: the benchmark's synthetic data.
+    pub fn noise(shape: ImageShape, classes: usize, n: usize, rng: &mut Rng) -> Self {
+        let pixels = (0..n * shape.numel())
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let labels = (0..n).map(|_| rng.below(classes as u32)).collect();
+        Dataset {
+            mean: vec![0.5; shape.channels],
+            std: vec![0.25; shape.channels],
+            ..Dataset::new(shape, classes, pixels, labels)
+        }
+    }
+
+    /// The shape, normalisation and class names a network trained on this data takes.
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            height: self.shape.height,
+            width: self.shape.width,
+            channels: self.shape.channels,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            class_names: self.class_names.clone(),
         }
     }
 
@@ -184,6 +274,7 @@ impl Dataset {
         let (mut moved, kept) = (part(moved), part(kept));
         moved.mean = self.mean.clone();
         moved.std = self.std.clone();
+        moved.class_names = self.class_names.clone();
         self.pixels = kept.pixels;
         self.labels = kept.labels;
         moved

@@ -41,6 +41,21 @@ impl KeptGoodness {
     }
 }
 
+/// Sample `i`'s goodness under `label`, summed over the layers `pick`, from
+/// `goodness[label][layer][sample]` of `layers` layers and `n` samples.
+pub fn ensemble_goodness(
+    goodness: &[f32],
+    layers: usize,
+    n: usize,
+    pick: &[usize],
+    label: usize,
+    i: usize,
+) -> f32 {
+    pick.iter()
+        .map(|l| goodness[(label * layers + l) * n + i])
+        .sum::<f32>()
+}
+
 /// argmax over labels of `goodness[label][layer][sample]` summed over `layers`; ties go to the
 /// lowest label, like `torch.argmax`.
 pub fn predict(
@@ -52,11 +67,7 @@ pub fn predict(
 ) -> Vec<u32> {
     (0..n)
         .map(|i| {
-            let score = |label: usize| -> f32 {
-                pick.iter()
-                    .map(|l| goodness[(label * layers + l) * n + i])
-                    .sum::<f32>()
-            };
+            let score = |label: usize| ensemble_goodness(goodness, layers, n, pick, label, i);
             let mut best = 0;
             let mut best_score = score(0);
             for label in 1..classes {

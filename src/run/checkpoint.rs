@@ -30,6 +30,10 @@ pub struct Header {
     /// that epoch got. Absent in an epoch's checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<PartialEpoch>,
+    /// The images the network takes and what its labels mean (`trifecta predict` reads
+    /// them); absent in checkpoints written before it was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<crate::data::InputSpec>,
 }
 
 /// The part of an epoch trained before a stop: its steps and their statistics (sums).

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod metrics;
+pub mod predict;
 
 use crate::backend::{Backend, with_backend};
 use crate::baselines::{ClassifierNet, Model};
@@ -332,6 +333,7 @@ fn train_ff<B: Backend>(
     interrupt::install();
     let Splits { train, val, test } = load_data(config)?;
     let mut net = build_net(backend, config, &train)?;
+    let inputs = train.input_spec();
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let metrics_path = dir.join(METRICS_FILE);
     let progress_path = dir.join(PROGRESS_FILE);
@@ -462,7 +464,15 @@ fn train_ff<B: Backend>(
                     stats: done.stats.clone(),
                 };
                 if stop || due {
-                    save_progress(&progress_path, net, backend, config, epoch, &partial)?;
+                    save_progress(
+                        &progress_path,
+                        net,
+                        backend,
+                        config,
+                        &inputs,
+                        epoch,
+                        &partial,
+                    )?;
                     last_save = Instant::now();
                 }
                 stopped_after = done.steps_done;
@@ -495,7 +505,15 @@ fn train_ff<B: Backend>(
             Err(Error::Interrupted(at)) => {
                 // The epoch's training is kept: a resume evaluates it.
                 if let Some(partial) = &trained {
-                    save_progress(&progress_path, &mut net, backend, config, epoch, partial)?;
+                    save_progress(
+                        &progress_path,
+                        &mut net,
+                        backend,
+                        config,
+                        &inputs,
+                        epoch,
+                        partial,
+                    )?;
                 }
                 return Err(Error::Interrupted(format!(
                     "{at} after epoch {epoch}: {go_on}"
@@ -514,7 +532,7 @@ fn train_ff<B: Backend>(
         print_epoch(&record, config.epochs, &pace);
         metrics::append(&metrics_path, &record)?;
         history.push(record.clone());
-        let header = run_header(&net, config, epoch, None);
+        let header = run_header(&net, config, &inputs, epoch, None);
         // The best first: a run stopped between the two redoes this epoch, the same way.
         if metrics::best_val(&history).is_some_and(|(best, _)| best.epoch == epoch) {
             checkpoint::save(&dir.join(BEST_CHECKPOINT_FILE), &mut net, backend, &header)?;
@@ -558,10 +576,11 @@ fn save_progress<B: Backend>(
     net: &mut FfNet<B>,
     backend: &B,
     config: &TrainConfig,
+    inputs: &data::InputSpec,
     epoch: u64,
     partial: &checkpoint::PartialEpoch,
 ) -> Result<()> {
-    let header = run_header(net, config, epoch - 1, Some(partial.clone()));
+    let header = run_header(net, config, inputs, epoch - 1, Some(partial.clone()));
     checkpoint::save(path, net, backend, &header)
 }
 
@@ -569,6 +588,7 @@ fn save_progress<B: Backend>(
 fn run_header<B: Backend>(
     net: &FfNet<B>,
     config: &TrainConfig,
+    inputs: &data::InputSpec,
     epochs: u64,
     partial: Option<checkpoint::PartialEpoch>,
 ) -> checkpoint::Header {
@@ -579,6 +599,7 @@ fn run_header<B: Backend>(
         adam_steps: net.optimizer_steps(),
         config: config.clone(),
         partial,
+        inputs: Some(inputs.clone()),
     }
 }
 

@@ -1,0 +1,99 @@
+//! `trifecta predict CHECKPOINT IMAGE...`: the class a trained network gives image files.
+
+use super::device_arg;
+use crate::error::Result;
+use crate::run::predict::{PredictOptions, image_files, predict_files};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A run folder or a checkpoint `.safetensors` file (such as a run's best.safetensors).
+    pub checkpoint: PathBuf,
+    /// Image files (.png, .jpg), or folders of them; each is turned gray or RGB, resized and
+    /// normalised as the network's training data was.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Layers whose goodness is averaged, e.g. 3,4,5 [default: the run's ensemble, by default
+    /// its last layer].
+    #[arg(long, value_delimiter = ',')]
+    pub ensemble: Option<Vec<usize>>,
+    /// Also print the goodness of every class.
+    #[arg(long)]
+    pub scores: bool,
+    /// cpu, cuda or cuda:N [default: the run's].
+    #[arg(long, value_parser = device_arg)]
+    pub device: Option<String>,
+    /// CPU threads (0 = one per core) [default: the run's].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Images per batch, each run under every label [default: the run's evaluation batch].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: Option<u64>,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let files = image_files(&args.images)?;
+    let options = PredictOptions {
+        device: args.device.clone(),
+        threads: args.threads,
+        ensemble: args.ensemble.clone(),
+        batch_size: args.batch_size.map(|b| b as usize),
+    };
+    let predictions = predict_files(&args.checkpoint, &files, &options)?;
+    let inputs = &predictions.inputs;
+    let layers = match predictions.ensemble.as_slice() {
+        [one] => format!("layer {one}'s goodness"),
+        many => format!("mean goodness of layers {many:?}"),
+    };
+    println!(
+        "{} (epoch {}; {}x{} {} images; {layers}): {} image{}",
+        args.checkpoint.display(),
+        predictions.epoch,
+        inputs.width,
+        inputs.height,
+        if inputs.channels == 1 { "gray" } else { "RGB" },
+        predictions.items.len(),
+        if predictions.items.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    let names = &inputs.class_names;
+    let path_width = predictions
+        .items
+        .iter()
+        .map(|p| p.path.display().to_string().chars().count())
+        .max()
+        .unwrap_or(0);
+    let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for p in &predictions.items {
+        // The runner-up: how far ahead the winner is.
+        let second = (0..names.len())
+            .filter(|&c| c != p.label as usize)
+            .max_by(|&a, &b| p.goodness[a].total_cmp(&p.goodness[b]));
+        let mut line = format!(
+            "  {:<path_width$}  {:<name_width$}  goodness {:.3}",
+            p.path.display().to_string(),
+            names[p.label as usize],
+            p.goodness[p.label as usize]
+        );
+        if let Some(c) = second {
+            line += &format!(", next {} at {:.3}", names[c], p.goodness[c]);
+        }
+        if let Some((w, h)) = p.resized_from {
+            line += &format!(" (resized from {w}x{h})");
+        }
+        println!("{line}");
+        if args.scores {
+            let all: Vec<String> = names
+                .iter()
+                .zip(&p.goodness)
+                .map(|(n, g)| format!("{n} {g:.3}"))
+                .collect();
+            println!("    {}", all.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The class a trained FF network gives each of a set of image files: every image runs under
+//! every label, as in evaluation, and the label of the highest goodness (of the run's ensemble
+//! layers, by default the last) wins.
+//!
+//! The images are made what the network takes, as torchvision's weights' `transforms()` do:
+//! decoded, turned gray or RGB as the training data was, resized (bilinear) where their size
+//! differs, and normalised with the training data's mean and std. Those, and the class names,
+//! come from the checkpoint; a checkpoint older than that record takes them from the run's
+//! dataset (which must then be readable).
+
+use super::{CHECKPOINT_FILE, Splits, build_net, checkpoint, ensemble_layers, load_data};
+use crate::backend::{Backend, with_backend};
+use crate::data::{Dataset, InputSpec, image_folder};
+use crate::error::{Error, Result};
+use crate::ff::eval::{check_ensemble_layers, ensemble_goodness, predict};
+use std::path::{Path, PathBuf};
+
+/// What may differ from the checkpoint's own configuration when it predicts.
+#[derive(Clone, Debug, Default)]
+pub struct PredictOptions {
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    /// Layers whose goodness is averaged [default: the run's ensemble].
+    pub ensemble: Option<Vec<usize>>,
+    pub batch_size: Option<usize>,
+}
+
+/// One image's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub path: PathBuf,
+    /// The winning label.
+    pub label: u32,
+    /// The goodness of every label, averaged over the ensemble's layers.
+    pub goodness: Vec<f32>,
+    /// The file's own width and height, where it was resized to the network's.
+    pub resized_from: Option<(u32, u32)>,
+}
+
+/// The predictions of a checkpoint, with what they were made with.
+#[derive(Clone, Debug)]
+pub struct Predictions {
+    pub inputs: InputSpec,
+    pub ensemble: Vec<usize>,
+    /// Epochs the checkpoint had trained.
+    pub epoch: u64,
+    pub items: Vec<Prediction>,
+}
+
+/// The image files `paths` name: files as given, folders' `.png` and `.jpg` files (sorted,
+/// hidden ones left out, not recursing).
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let found = image_folder::images_in(path)?;
+            if found.is_empty() {
+                return Err(Error::data(path, "folder holds no .png or .jpg images"));
+            }
+            files.extend(found);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            return Err(Error::data(path, "no such image file or folder"));
+        }
+    }
+    Ok(files)
+}
+
+/// An image file made what a network takes.
+pub struct LoadedImage {
+    /// `(H, W, C)`, unnormalised.
+    pub pixels: Vec<u8>,
+    /// The file's own width and height, where it was resized.
+    pub resized_from: Option<(u32, u32)>,
+}
+
+/// Decodes `path` as `spec` takes it.
+pub fn load_image(path: &Path, spec: &InputSpec) -> Result<LoadedImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?;
+    let (w, h) = (spec.width as u32, spec.height as u32);
+    let resized_from = ((img.width(), img.height()) != (w, h)).then(|| (img.width(), img.height()));
+    let img = match resized_from {
+        Some(_) => img.resize_exact(w, h, image::imageops::FilterType::Triangle),
+        None => img,
+    };
+    let pixels = match spec.channels {
+        1 => img.into_luma8().into_raw(),
+        3 => img.into_rgb8().into_raw(),
+        c => {
+            return Err(Error::data(
+                path,
+                format!("the network takes {c}-channel images; only gray and RGB are read"),
+            ));
+        }
+    };
+    Ok(LoadedImage {
+        pixels,
+        resized_from,
+    })
+}
+
+/// Predicts the class of every image of `files` with the checkpoint at `path` (a run folder
+/// or a `.safetensors` file).
+pub fn predict_files(
+    path: &Path,
+    files: &[PathBuf],
+    options: &PredictOptions,
+) -> Result<Predictions> {
+    let file = if path.is_dir() {
+        path.join(CHECKPOINT_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let header = checkpoint::read_header(&file)?;
+    let mut config = header.config;
+    if let Some(device) = &options.device {
+        config.device = device.clone();
+    }
+    if let Some(threads) = options.threads {
+        config.threads = threads;
+    }
+    if let Some(ensemble) = &options.ensemble {
+        config.ensemble = ensemble.clone();
+    }
+    if let Some(batch) = options.batch_size {
+        config.eval_batch_size = batch;
+    }
+    config.validate()?;
+    config.check_machine()?;
+    let inputs = match header.inputs {
+        Some(inputs) => inputs,
+        None => {
+            let Splits { train, .. } = load_data(&config)?;
+            train.input_spec()
+        }
+    };
+    if files.is_empty() {
+        return Err(Error::Config("no images to predict".into()));
+    }
+    let mut pixels = Vec::with_capacity(files.len() * inputs.shape().numel());
+    let mut resized = Vec::with_capacity(files.len());
+    for f in files {
+        let image = load_image(f, &inputs)?;
+        pixels.extend(image.pixels);
+        resized.push(image.resized_from);
+    }
+    let classes = inputs.class_names.len();
+    let data = Dataset {
+        mean: inputs.mean.clone(),
+        std: inputs.std.clone(),
+        class_names: inputs.class_names.clone(),
+        ..Dataset::new(inputs.shape(), classes, pixels, vec![0; files.len()])
+    };
+    let (ensemble, scored) = with_backend!(
+        &config.device,
+        config.threads,
+        crate::backend::GpuOptions::new(config.gpu_precision()),
+        |backend| {
+            let mut net = build_net(backend, &config, &data)?;
+            checkpoint::load(&file, &mut net, backend)?;
+            let layers = net.blocks.len();
+            let ensemble = ensemble_layers(&config, layers);
+            check_ensemble_layers(&ensemble, layers, "the network")?;
+            let scored = score(backend, &mut net, &data, config.eval_batch_size, &ensemble)?;
+            Ok::<_, Error>((ensemble, scored))
+        }
+    )?;
+    let items = files
+        .iter()
+        .zip(resized)
+        .zip(scored)
+        .map(|((path, resized_from), (label, goodness))| Prediction {
+            path: path.clone(),
+            label,
+            goodness,
+            resized_from,
+        })
+        .collect();
+    Ok(Predictions {
+        inputs,
+        ensemble,
+        epoch: header.epoch,
+        items,
+    })
+}
+
+/// Each image's winning label and the ensemble's goodness of every label, batch by batch.
+fn score<B: Backend>(
+    backend: &B,
+    net: &mut crate::ff::FfNet<B>,
+    data: &Dataset,
+    batch_size: usize,
+    ensemble: &[usize],
+) -> Result<Vec<(u32, Vec<f32>)>> {
+    let (classes, layers) = (data.classes, net.blocks.len());
+    let mut out = Vec::with_capacity(data.len());
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (images, _) = data.batch(chunk, None);
+        let goodness = net.goodness_per_label(backend, &images)?;
+        let n = chunk.len();
+        let labels = predict(&goodness, classes, layers, n, ensemble);
+        for (i, label) in labels.into_iter().enumerate() {
+            let mean = (0..classes)
+                .map(|c| {
+                    ensemble_goodness(&goodness, layers, n, ensemble, c, i) / ensemble.len() as f32
+                })
+                .collect();
+            out.push((label, mean));
+        }
+    }
+    Ok(out)
+}
