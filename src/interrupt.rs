@@ -52,3 +52,14 @@ pub fn install() {
         });
     }
 }
+
+/// Writing to a closed pipe (`trifecta eval RUN | head -1`) ends the process quietly, as it
+/// does any Unix tool, instead of a panic in `println!` (Rust's runtime ignores SIGPIPE, so
+/// that every write to a closed pipe fails instead).
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: signal() takes no pointers, and SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

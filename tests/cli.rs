@@ -1319,6 +1319,18 @@ fn predict_gives_the_classes_evaluation_gives() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // Its reader gone (`| head`), the command ends quietly, not in a panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trifecta"))
+        .args(["predict", run.to_str().unwrap(), images.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out), "");
+
     // Bad input: one line naming the file.
     let bad = tmp.path().join("bad.png");
     std::fs::write(&bad, b"not an image").unwrap();
