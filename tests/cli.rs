@@ -1180,6 +1180,19 @@ fn reproduce_and_report_write_tables_and_figures() {
 
     let baseline = trifecta(&["eval", out.join("lcp").to_str().unwrap()]);
     assert_one_line_error(&baseline, &["lcp", "baseline"]);
+    // Its weights file named instead: the same, in words (not a missing header field).
+    let weights = out.join("lcp").join("weights.safetensors");
+    let baseline = trifecta(&["eval", weights.to_str().unwrap()]);
+    assert_one_line_error(
+        &baseline,
+        &["weights.safetensors", "baseline", "not an FF checkpoint"],
+    );
+    let image = tmp.path().join("blank.png");
+    image::GrayImage::new(28, 28).save(&image).unwrap();
+    for named in [out.join("lcp"), weights] {
+        let out = trifecta(&["predict", named.to_str().unwrap(), image.to_str().unwrap()]);
+        assert_one_line_error(&out, &["lcp", "baseline"]);
+    }
 
     // A run stopped before its last epoch says so.
     let partial = tmp.path().join("partial");

@@ -166,8 +166,15 @@ fn header_of(path: &Path, bytes: &[u8]) -> Result<Header> {
         .as_ref()
         .and_then(|m| m.get(HEADER_KEY))
         .ok_or_else(|| bad("no trifecta header: not a trifecta checkpoint".into()))?;
-    let header: Header =
-        serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    let header: Header = serde_json::from_str(json).map_err(|e| {
+        // A baseline's weights carry a header of their own: the epoch and the config.
+        let baseline = serde_json::from_str::<serde_json::Value>(json)
+            .is_ok_and(|v| v.get("config").is_some() && v.get("format").is_none());
+        match baseline {
+            true => bad("holds a baseline (bp/lcp) model's weights, not an FF checkpoint".into()),
+            false => bad(format!("unreadable header: {e}")),
+        }
+    })?;
     if header.format != FORMAT {
         return Err(bad(format!("format {} is not {FORMAT}", header.format)));
     }

@@ -801,6 +801,22 @@ pub struct CheckpointEval {
     pub splits: Vec<(&'static str, Evaluation)>,
 }
 
+/// The FF checkpoint `path` names: a file, or a run folder's checkpoint (a baseline's run
+/// folder has none: an error that says so).
+pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let file = path.join(CHECKPOINT_FILE);
+    if !file.exists() && path.join(WEIGHTS_FILE).exists() {
+        return Err(Error::Config(format!(
+            "{} is a baseline (bp/lcp) run: its test accuracy per epoch is in {METRICS_FILE}; eval and predict read FF checkpoints",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
 /// Evaluates the checkpoint at `path` (a run folder or a `.safetensors` file) with `config`
 /// (by default the one saved in the checkpoint) on its dataset's test split, on the
 /// validation split it held out if any, and with `on_train` on the images it trained on
@@ -811,17 +827,7 @@ pub fn evaluate_checkpoint(
     config: Option<TrainConfig>,
     on_train: bool,
 ) -> Result<CheckpointEval> {
-    let file: PathBuf = if path.is_dir() {
-        path.join(CHECKPOINT_FILE)
-    } else {
-        path.to_path_buf()
-    };
-    if !file.exists() && path.join(WEIGHTS_FILE).exists() {
-        return Err(Error::Config(format!(
-            "{} is a baseline (bp/lcp) run: its test accuracy per epoch is in {METRICS_FILE}; eval reads FF checkpoints",
-            path.display()
-        )));
-    }
+    let file = checkpoint_file(path)?;
     let header = checkpoint::read_header(&file)?;
     let config = config.unwrap_or(header.config);
     // A checkpoint's own config may come from another machine (its thread count, its device).

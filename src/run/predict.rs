@@ -8,7 +8,7 @@
 //! come from the checkpoint; a checkpoint older than that record takes them from the run's
 //! dataset (which must then be readable).
 
-use super::{CHECKPOINT_FILE, Splits, build_net, checkpoint, ensemble_layers, load_data};
+use super::{Splits, build_net, checkpoint, checkpoint_file, ensemble_layers, load_data};
 use crate::backend::{Backend, with_backend};
 use crate::data::{Dataset, InputSpec, image_folder};
 use crate::error::{Error, Result};
@@ -109,11 +109,7 @@ pub fn predict_files(
     files: &[PathBuf],
     options: &PredictOptions,
 ) -> Result<Predictions> {
-    let file = if path.is_dir() {
-        path.join(CHECKPOINT_FILE)
-    } else {
-        path.to_path_buf()
-    };
+    let file = checkpoint_file(path)?;
     let header = checkpoint::read_header(&file)?;
     let mut config = header.config;
     if let Some(device) = &options.device {
