@@ -1312,6 +1312,29 @@ fn predict_gives_the_classes_evaluation_gives() {
     );
     assert_eq!(inputs.class_names.len(), 10);
 
+    // eval --per-class: the test images by class, the right ones adding up to the accuracy.
+    let out = trifecta(&["eval", run.to_str().unwrap(), "--per-class"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<(usize, f64)> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("most often taken for"))
+        .skip(1)
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let accuracy = fields[2]
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .unwrap_or(0.0);
+            (fields[1].parse().unwrap(), accuracy)
+        })
+        .collect();
+    assert_eq!(rows.len(), 10, "{stdout}");
+    assert_eq!(rows.iter().map(|r| r.0).sum::<usize>(), 100, "{stdout}");
+    let right: f64 = rows.iter().map(|(n, a)| *n as f64 * a / 100.0).sum();
+    let ensemble = format!("accuracy {:.2}%", 100.0 * right / 100.0);
+    assert!(stdout.contains(&ensemble), "{ensemble} not in {stdout}");
+
     // A colour image twice the size is made gray and resized: a note says so.
     let big = image::imageops::resize(
         &image::DynamicImage::ImageLuma8(

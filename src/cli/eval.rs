@@ -14,6 +14,10 @@ pub struct EvalArgs {
     /// generalisation gap: accuracy on them against the test set's, per layer.
     #[arg(long)]
     pub on_train: bool,
+    /// Also the ensemble's accuracy on each class of the test set, and the class each was
+    /// most often taken for.
+    #[arg(long)]
+    pub per_class: bool,
     /// Any `train` knob (or a --config file of them) to change from the checkpoint's own
     /// config (e.g. --data-dir, --ensemble); architecture flags must match the checkpoint.
     #[command(flatten)]
@@ -46,8 +50,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         config.out = saved.out;
         Some(config)
     };
-    let crate::run::CheckpointEval { config, splits } =
-        crate::run::evaluate_checkpoint(&args.checkpoint, config, args.on_train)?;
+    let crate::run::CheckpointEval {
+        config,
+        splits,
+        class_names,
+    } = crate::run::evaluate_checkpoint(&args.checkpoint, config, args.on_train)?;
     // "train 99.10%, val 98.70%, test 98.60%", every split evaluated in that order; the
     // test split's alone without a name.
     let accuracies = |value: &dyn Fn(&crate::ff::Evaluation) -> f64| {
@@ -79,5 +86,36 @@ pub fn run(args: EvalArgs) -> Result<()> {
             accuracies(&|e| e.layer_accuracy[layer])
         );
     }
+    if args.per_class {
+        print_per_class(test, &class_names);
+    }
     Ok(())
+}
+
+/// The ensemble's accuracy on each class, and the class it was most often taken for.
+fn print_per_class(eval: &crate::ff::Evaluation, names: &[String]) {
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    println!(
+        "per class (ensemble {:?}, test):\n  {:<width$}  images  accuracy  most often taken for",
+        eval.ensemble_layers, "class"
+    );
+    for (class, record) in eval.per_class().into_iter().enumerate() {
+        let taken = match record.mistaken {
+            Some((other, count)) => format!("{} ({count})", names[other]),
+            None => "-".into(),
+        };
+        let accuracy = match record.images {
+            0 => "-".into(),
+            _ => format!("{:.2}%", 100.0 * record.accuracy),
+        };
+        println!(
+            "  {:<width$}  {:>6}  {accuracy:>8}  {taken}",
+            names[class], record.images
+        );
+    }
 }

@@ -15,8 +15,44 @@ pub struct Evaluation {
     /// The layers the ensemble averages.
     pub ensemble_layers: Vec<usize>,
     pub samples: usize,
+    pub classes: usize,
+    /// The ensemble's confusion matrix: `confusion[true * classes + predicted]` images.
+    pub confusion: Vec<usize>,
     /// The goodness of the first test images, for the separation histograms.
     pub kept: KeptGoodness,
+}
+
+/// The ensemble's record on one class' images.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassRecord {
+    pub images: usize,
+    /// The share predicted right (NaN without images).
+    pub accuracy: f64,
+    /// The other class they were most often taken for, with how many (the lowest label of
+    /// equals; None where none was mistaken).
+    pub mistaken: Option<(usize, usize)>,
+}
+
+impl Evaluation {
+    /// Per class, the ensemble's record on its images.
+    pub fn per_class(&self) -> Vec<ClassRecord> {
+        let classes = self.classes;
+        (0..classes)
+            .map(|t| {
+                let row = &self.confusion[t * classes..(t + 1) * classes];
+                let images: usize = row.iter().sum();
+                let mistaken = (0..classes)
+                    .filter(|&p| p != t && row[p] > 0)
+                    .max_by_key(|&p| (row[p], std::cmp::Reverse(p)))
+                    .map(|p| (p, row[p]));
+                ClassRecord {
+                    images,
+                    accuracy: row[t] as f64 / images as f64,
+                    mistaken,
+                }
+            })
+            .collect()
+    }
 }
 
 /// How many test images an evaluation keeps the goodness of.
@@ -88,6 +124,7 @@ pub struct Evaluator {
     correct_ensemble: usize,
     samples: usize,
     ensemble_layers: Vec<usize>,
+    confusion: Vec<usize>,
     kept: KeptGoodness,
 }
 
@@ -128,6 +165,7 @@ impl Evaluator {
             correct_ensemble: 0,
             samples: 0,
             ensemble_layers: ensemble_layers.to_vec(),
+            confusion: Vec::new(),
             kept: KeptGoodness {
                 layers,
                 ..KeptGoodness::default()
@@ -159,6 +197,10 @@ impl Evaluator {
             .zip(labels)
             .filter(|(p, y)| p == y)
             .count();
+        self.confusion.resize(classes * classes, 0);
+        for (&p, &y) in predictions.iter().zip(labels) {
+            self.confusion[y as usize * classes + p as usize] += 1;
+        }
         self.samples += n;
         self.kept.classes = classes;
         for (i, &label) in labels.iter().enumerate() {
@@ -188,7 +230,45 @@ impl Evaluator {
             ensemble_accuracy: self.correct_ensemble as f64 / total,
             ensemble_layers: self.ensemble_layers,
             samples: self.samples,
+            classes: self.kept.classes,
+            confusion: self.confusion,
             kept: self.kept,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per class: its images, the share right, and the class most often taken instead (the
+    /// lowest of equals); a class without images has no accuracy.
+    #[test]
+    fn per_class_reads_the_confusion_matrix() {
+        // Rows: the true class; columns: the predicted one.
+        let confusion = vec![
+            8, 1, 1, //
+            0, 3, 0, //
+            0, 0, 0, //
+        ];
+        let eval = Evaluation {
+            layer_accuracy: vec![],
+            ensemble_accuracy: 11.0 / 13.0,
+            ensemble_layers: vec![0],
+            samples: 13,
+            classes: 3,
+            confusion,
+            kept: KeptGoodness::default(),
+        };
+        let per_class = eval.per_class();
+        let record = |images, accuracy, mistaken| ClassRecord {
+            images,
+            accuracy,
+            mistaken,
+        };
+        assert_eq!(per_class[0], record(10, 0.8, Some((1, 1))));
+        assert_eq!(per_class[1], record(3, 1.0, None));
+        assert_eq!(per_class[2].images, 0);
+        assert!(per_class[2].accuracy.is_nan());
     }
 }

@@ -799,6 +799,8 @@ fn print_epoch(r: &EpochRecord, epochs: u64, pace: &Pace) {
 pub struct CheckpointEval {
     pub config: TrainConfig,
     pub splits: Vec<(&'static str, Evaluation)>,
+    /// What each label means.
+    pub class_names: Vec<String>,
 }
 
 /// The FF checkpoint `path` names: a file, or a run folder's checkpoint (a baseline's run
@@ -833,7 +835,7 @@ pub fn evaluate_checkpoint(
     // A checkpoint's own config may come from another machine (its thread count, its device).
     config.validate()?;
     config.check_machine()?;
-    let splits = with_backend!(
+    let (splits, class_names) = with_backend!(
         &config.device,
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
@@ -847,7 +849,7 @@ pub fn evaluate_checkpoint(
                 ("val", val.as_ref()),
                 ("test", Some(&test)),
             ];
-            named
+            let splits = named
                 .into_iter()
                 .filter_map(|(name, data)| Some((name, data?)))
                 .map(|(name, data)| {
@@ -855,10 +857,15 @@ pub fn evaluate_checkpoint(
                         evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble)?;
                     Ok((name, eval))
                 })
-                .collect::<Result<Vec<_>>>()
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, Error>((splits, train.class_names.clone()))
         }
     )?;
-    Ok(CheckpointEval { config, splits })
+    Ok(CheckpointEval {
+        config,
+        splits,
+        class_names,
+    })
 }
 
 /// Trains a baseline (`bp` or `lcp`) on the same data pipeline: a run folder with the config,
