@@ -854,6 +854,7 @@ fn image_of_the_wrong_size() {
         stdout.contains("train: 2 images, 1x8x8 (channels x height x width), 2 classes, 1 each"),
         "{stdout}"
     );
+    assert!(stdout.contains("classes, by label: a, b"), "{stdout}");
 }
 
 #[test]

@@ -54,10 +54,15 @@ pub fn run(args: DataArgs) -> Result<()> {
             println!("{line}");
         }
     }
+    let mut names = Vec::new();
     for split in [Split::Train, Split::Test] {
         let set = data::load(target.dataset, &dir, split, false)?;
         println!("{}: {}", split.name(), summary(&set));
+        if split == Split::Train {
+            names = set.class_names;
+        }
     }
+    println!("classes, by label: {}", names.join(", "));
     Ok(())
 }
 
