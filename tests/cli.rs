@@ -1462,7 +1462,17 @@ fn predict_names_an_image_folders_classes() {
     trifecta::run::checkpoint::save(&old_file, &mut net, &backend, &header).unwrap();
     assert_eq!(predicted(&trifecta(&args(&old_file))), got);
     // Its data gone, it says where it looked.
-    std::fs::rename(data.join("train"), data.join("gone")).unwrap();
-    let out = trifecta(&args(&old_file));
-    assert_one_line_error(&out, &["data", "no image folder here"]);
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let files = [moved.join("test/cat/0.png"), moved.join("test/dog/0.png")];
+    let mut told: Vec<String> = ["predict", old_file.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    told.extend(files.iter().map(|f| f.to_str().unwrap().to_string()));
+    let out = trifecta(&told);
+    assert_one_line_error(&out, &["data", "no such folder"]);
+    // Told where it went, it finds it.
+    told.extend(["--data-dir".into(), moved.to_str().unwrap().into()]);
+    assert_eq!(predicted(&trifecta(&told)), got);
 }

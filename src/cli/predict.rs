@@ -30,6 +30,10 @@ pub struct PredictArgs {
     /// Images per batch, each run under every label [default: the run's evaluation batch].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
+    /// Where the run's dataset is now, for a checkpoint from before checkpoints recorded
+    /// their inputs (it takes them from the training split) [default: the run's].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -39,6 +43,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         threads: args.threads,
         ensemble: args.ensemble.clone(),
         batch_size: args.batch_size.map(|b| b as usize),
+        data_dir: args.data_dir.clone(),
     };
     let predictions = predict_files(&args.checkpoint, &files, &options)?;
     let inputs = &predictions.inputs;

@@ -23,6 +23,9 @@ pub struct PredictOptions {
     /// Layers whose goodness is averaged [default: the run's ensemble].
     pub ensemble: Option<Vec<usize>>,
     pub batch_size: Option<usize>,
+    /// Where the run's dataset now is: a checkpoint older than the record of its inputs
+    /// takes them from the training split.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// One image's prediction.
@@ -123,6 +126,9 @@ pub fn predict_files(
     }
     if let Some(batch) = options.batch_size {
         config.eval_batch_size = batch;
+    }
+    if let Some(dir) = &options.data_dir {
+        config.data_dir = Some(dir.clone());
     }
     config.validate()?;
     config.check_machine()?;
