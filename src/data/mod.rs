@@ -70,7 +70,8 @@ pub enum DatasetKind {
     FashionMnist,
     /// 50,000 training and 10,000 test photos of 10 classes, 32 x 32 colour (binary version).
     Cifar10,
-    /// Street View house numbers, cropped digits: 73,257 training and 26,032 test images, 32 x 32 colour (.mat).
+    /// Street View house numbers, cropped digits: 73,257 training and 26,032 test images,
+    /// 32 x 32 colour (.mat).
     Svhn,
     /// Any `split/<class>/*.{png,jpg}` folder, or a `.tar.gz` of one.
     Folder,
@@ -104,8 +105,9 @@ impl DatasetKind {
         }
     }
 
-    /// The names of the classes, by label, as torchvision lists them (folders: their class
-    /// folders, known only once loaded).
+    /// The names of the classes, by label: digits for the digit sets, CIFAR-10's and
+    /// Fashion-MNIST's as torchvision lists them (folders: their class folders, known only
+    /// once loaded).
     pub fn class_names(&self) -> Option<&'static [&'static str]> {
         const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         match self {
