@@ -78,14 +78,12 @@ fn run_quick(out: &Path, epochs: u64) -> Output {
     trifecta(&args)
 }
 
-/// `trifecta report RUN --out OUT`, which must succeed; the report's text.
-fn report_md(run: &Path, out: &Path) -> String {
-    let done = trifecta(&[
-        "report",
-        run.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+/// `trifecta report RUN... --out OUT`, which must succeed; the report's text.
+fn report_md(runs: &[&Path], out: &Path) -> String {
+    let mut args: Vec<&str> = vec!["report"];
+    args.extend(runs.iter().map(|r| r.to_str().unwrap()));
+    args.extend(["--out", out.to_str().unwrap()]);
+    let done = trifecta(&args);
     assert!(done.status.success(), "{}", stderr(&done));
     std::fs::read_to_string(out.join("report.md")).unwrap()
 }
@@ -207,7 +205,7 @@ fn a_validation_split_is_held_out_and_evaluated() {
     assert!(text.contains(&expected), "{expected}: {text}");
 
     let report = tmp.path().join("report");
-    let md = report_md(&run, &report);
+    let md = report_md(&[&run], &report);
     assert!(md.contains("## Chosen on the validation split"), "{md}");
     assert!(report.join("val-accuracy-run.png").exists());
     let csv = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
@@ -327,7 +325,7 @@ fn a_diverged_run_says_so_and_still_reports_and_resumes() {
     assert!(stdout.contains("the run has diverged"), "{stdout}");
     let records = trifecta::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert!(records[0].layers.iter().any(|l| l.loss.is_nan()));
-    let md = report_md(&run, &tmp.path().join("report"));
+    let md = report_md(&[&run], &tmp.path().join("report"));
     assert!(md.contains("| run |"), "{md}");
 }
 
@@ -356,7 +354,7 @@ fn patience_stops_a_run_early_on_its_validation_split() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("stopped early already"));
     let report = tmp.path().join("report");
-    let md = report_md(&run, &report);
+    let md = report_md(&[&run], &report);
     assert!(md.contains("of 30 epochs (stopped early"), "{md}");
     let more = trifecta(&[
         "train",
@@ -442,7 +440,7 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     );
     assert!(run.join("progress.safetensors").exists());
     assert_eq!(untimed_records(&run).len(), 1, "epoch 2 is not over");
-    let md = report_md(&run, &tmp.path().join("report"));
+    let md = report_md(&[&run], &tmp.path().join("report"));
     assert!(md.contains("epoch 2 under way, 3 steps done"), "{md}");
     let out = trifecta(&["train", "--resume", run.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -629,13 +627,7 @@ fn resume_matches_an_uninterrupted_run_bit_for_bit() {
         .replace("threads = 2", "threads = 100000");
     assert_ne!(foreign, text);
     std::fs::write(split.join("config.toml"), &foreign).unwrap();
-    let report = trifecta(&[
-        "report",
-        split.to_str().unwrap(),
-        "--out",
-        tmp.path().join("report").to_str().unwrap(),
-    ]);
-    assert!(report.status.success(), "{}", stderr(&report));
+    report_md(&[&split], &tmp.path().join("report"));
     let resume = [
         "train",
         "--resume",
@@ -1111,15 +1103,7 @@ fn reproduce_and_report_write_tables_and_figures() {
     );
 
     let report = tmp.path().join("report");
-    let out_report = trifecta(&[
-        "report",
-        out.join("ff").to_str().unwrap(),
-        out.join("lcp").to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-    ]);
-    assert!(out_report.status.success(), "{}", stderr(&out_report));
-    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let md = report_md(&[&out.join("ff"), &out.join("lcp")], &report);
     for figure in [
         "layers",
         "accuracy-ff",
@@ -1161,15 +1145,7 @@ fn reproduce_and_report_write_tables_and_figures() {
     )
     .unwrap();
     let grid_report = tmp.path().join("grid-report");
-    let grid = trifecta(&[
-        "report",
-        out.to_str().unwrap(),
-        seeds_out.to_str().unwrap(),
-        "--out",
-        grid_report.to_str().unwrap(),
-    ]);
-    assert!(grid.status.success(), "{}", stderr(&grid));
-    let grid_md = std::fs::read_to_string(grid_report.join("report.md")).unwrap();
+    let grid_md = report_md(&[&out, &seeds_out], &grid_report);
     assert!(
         grid_md.contains("## ff\n") && grid_md.contains("## lcp-seed2\n"),
         "{grid_md}"
@@ -1208,14 +1184,7 @@ fn reproduce_and_report_write_tables_and_figures() {
     )
     .unwrap();
     let partial_report = tmp.path().join("partial-report");
-    let out_partial = trifecta(&[
-        "report",
-        partial.to_str().unwrap(),
-        "--out",
-        partial_report.to_str().unwrap(),
-    ]);
-    assert!(out_partial.status.success(), "{}", stderr(&out_partial));
-    let md = std::fs::read_to_string(partial_report.join("report.md")).unwrap();
+    let md = report_md(&[&partial], &partial_report);
     assert!(md.contains("2 of 5 epochs (unfinished)"), "{md}");
 
     let missing = trifecta(&["report", tmp.path().join("nothing").to_str().unwrap()]);
