@@ -2,7 +2,8 @@
 
 use super::device_arg;
 use crate::error::Result;
-use crate::run::predict::{PredictOptions, image_files, predict_files};
+use crate::run::config::PartialConfig;
+use crate::run::predict::{image_files, predict_files};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -38,14 +39,15 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     let files = image_files(&args.images)?;
-    let options = PredictOptions {
+    let overrides = PartialConfig {
         device: args.device.clone(),
         threads: args.threads,
         ensemble: args.ensemble.clone(),
-        batch_size: args.batch_size.map(|b| b as usize),
+        eval_batch_size: args.batch_size.map(|b| b as usize),
         data_dir: args.data_dir.clone(),
+        ..PartialConfig::default()
     };
-    let predictions = predict_files(&args.checkpoint, &files, &options)?;
+    let predictions = predict_files(&args.checkpoint, &files, &overrides)?;
     let inputs = &predictions.inputs;
     let layers = match predictions.ensemble.as_slice() {
         [one] => format!("layer {one}'s goodness"),

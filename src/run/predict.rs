@@ -8,25 +8,13 @@
 //! come from the checkpoint; a checkpoint older than that record takes them from the run's
 //! dataset (which must then be readable).
 
+use super::config::PartialConfig;
 use super::{Splits, build_net, checkpoint, checkpoint_file, ensemble_layers, load_data};
 use crate::backend::{Backend, with_backend};
 use crate::data::{Dataset, InputSpec, image_folder};
 use crate::error::{Error, Result};
-use crate::ff::eval::{check_ensemble_layers, ensemble_goodness, predict};
+use crate::ff::eval::{ensemble_goodness, predict};
 use std::path::{Path, PathBuf};
-
-/// What may differ from the checkpoint's own configuration when it predicts.
-#[derive(Clone, Debug, Default)]
-pub struct PredictOptions {
-    pub device: Option<String>,
-    pub threads: Option<usize>,
-    /// Layers whose goodness is averaged [default: the run's ensemble].
-    pub ensemble: Option<Vec<usize>>,
-    pub batch_size: Option<usize>,
-    /// Where the run's dataset now is: a checkpoint older than the record of its inputs
-    /// takes them from the training split.
-    pub data_dir: Option<PathBuf>,
-}
 
 /// One image's prediction.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,31 +94,19 @@ pub fn load_image(path: &Path, spec: &InputSpec) -> Result<LoadedImage> {
 }
 
 /// Predicts the class of every image of `files` with the checkpoint at `path` (a run folder
-/// or a `.safetensors` file).
+/// or a `.safetensors` file), its configuration changed by `overrides` (where it runs:
+/// device, threads, `eval_batch_size`; the `ensemble`; the `data_dir` a checkpoint older
+/// than the record of its inputs takes them from).
 pub fn predict_files(
     path: &Path,
     files: &[PathBuf],
-    options: &PredictOptions,
+    overrides: &PartialConfig,
 ) -> Result<Predictions> {
     let file = checkpoint_file(path)?;
     let header = checkpoint::read_header(&file)?;
-    let mut config = header.config;
-    if let Some(device) = &options.device {
-        config.device = device.clone();
-    }
-    if let Some(threads) = options.threads {
-        config.threads = threads;
-    }
-    if let Some(ensemble) = &options.ensemble {
-        config.ensemble = ensemble.clone();
-    }
-    if let Some(batch) = options.batch_size {
-        config.eval_batch_size = batch;
-    }
-    if let Some(dir) = &options.data_dir {
-        config.data_dir = Some(dir.clone());
-    }
-    config.validate()?;
+    let config = PartialConfig::from(&header.config)
+        .overlay(overrides)
+        .resolve()?;
     config.check_machine()?;
     let inputs = match header.inputs {
         Some(inputs) => inputs,
@@ -163,9 +139,7 @@ pub fn predict_files(
         |backend| {
             let mut net = build_net(backend, &config, &data)?;
             checkpoint::load(&file, &mut net, backend)?;
-            let layers = net.blocks.len();
-            let ensemble = ensemble_layers(&config, layers);
-            check_ensemble_layers(&ensemble, layers, "the network")?;
+            let ensemble = ensemble_layers(&config, net.blocks.len());
             let scored = score(backend, &mut net, &data, config.eval_batch_size, &ensemble)?;
             Ok::<_, Error>((ensemble, scored))
         }
