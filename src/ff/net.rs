@@ -587,12 +587,7 @@ impl<B: Backend> FfNet<B> {
     /// A model summary, as Lightning prints one when training starts: the label embedding and
     /// each block (its input, convolution, pool and parameters), then the total.
     pub fn summary(&self) -> String {
-        let count = |params: &[&Param<B>]| -> usize {
-            params
-                .iter()
-                .map(|p| p.torch_shape.iter().product::<usize>())
-                .sum()
-        };
+        let count = |params: &[&Param<B>]| -> usize { params.iter().map(|p| p.numel()).sum() };
         let row = |name: &str, input: &str, conv: &str, pool: &str, params: &str| {
             format!("  {name:<10}{input:>14}{conv:>14}{pool:>6}{params:>12}")
         };
