@@ -1380,23 +1380,7 @@ fn predict_names_an_image_folders_classes() {
         }
     }
     let run = tmp.path().join("run");
-    let out = trifecta(&[
-        "train",
-        "--dataset",
-        "folder",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--width",
-        "0.125",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--threads",
-        "2",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = train_on("folder", &data, &run);
     assert!(out.status.success(), "{}", stderr(&out));
     let files = [data.join("test/cat/0.png"), data.join("test/dog/0.png")];
     let args = |run: &Path| -> Vec<String> {
