@@ -693,6 +693,19 @@ fn data_download_from_a_mirror_verifies_the_real_files() {
         tmp.path().to_str().unwrap(),
     ]);
     assert_one_line_error(&twin, &["this is mnist's file, not fashion-mnist's"]);
+    // Checked as another format, it names the one it holds and its flag.
+    let other = trifecta(&[
+        "data",
+        "verify",
+        "--dataset",
+        "svhn",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &other,
+        &["holds mnist's files, not svhn's: --dataset mnist"],
+    );
 
     // A corrupted file on disk fails verification with its name.
     let victim = tmp.path().join("t10k-labels-idx1-ubyte.gz");

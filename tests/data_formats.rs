@@ -68,6 +68,60 @@ fn mnist_and_fashion_mnist_are_not_mistaken_for_each_other() {
     download::check_not_the_twin(DatasetKind::Mnist, tmp.path()).unwrap();
 }
 
+/// A folder is known by the files its format keeps (IDX twins by their labels), and loading it
+/// as another dataset says which it holds and the flag that reads it, in place of the
+/// first file the wrong format missed.
+#[test]
+fn a_folder_of_another_dataset_names_the_dataset_it_holds() {
+    let shared = shared_dir().join("datasets");
+    let cases = [
+        ("mnist", DatasetKind::Mnist),
+        ("fashion-mnist", DatasetKind::FashionMnist),
+        ("cifar10-jpeg", DatasetKind::Folder),
+    ];
+    for (name, kind) in cases {
+        assert_eq!(data::detect(&shared.join(name)), Some(kind), "{name}");
+    }
+    let cifar = TempDir::new("detect-cifar");
+    write_cifar_folder(cifar.path());
+    let svhn_dir = TempDir::new("detect-svhn");
+    std::fs::write(svhn_dir.path().join(svhn::file_name(Split::Train)), b"").unwrap();
+    let images = TempDir::new("detect-images");
+    std::fs::create_dir_all(images.path().join("train/cat")).unwrap();
+    let empty = TempDir::new("detect-empty");
+    assert_eq!(data::detect(cifar.path()), Some(DatasetKind::Cifar10));
+    assert_eq!(data::detect(svhn_dir.path()), Some(DatasetKind::Svhn));
+    assert_eq!(data::detect(images.path()), Some(DatasetKind::Folder));
+    assert_eq!(data::detect(empty.path()), None);
+
+    let err = |kind, dir: &std::path::Path| {
+        data::load(kind, dir, Split::Test, false)
+            .unwrap_err()
+            .to_string()
+    };
+    let msg = err(DatasetKind::Cifar10, &shared.join("cifar10-jpeg"));
+    assert!(
+        msg.contains("cifar10-jpeg: this folder holds an image folder")
+            && msg.ends_with("not cifar10's: --dataset folder reads it"),
+        "{msg}"
+    );
+    let msg = err(DatasetKind::Folder, &shared.join("mnist"));
+    assert!(
+        msg.ends_with("holds mnist's files, not an image folder: --dataset mnist reads it"),
+        "{msg}"
+    );
+    let msg = err(DatasetKind::Svhn, &shared.join("fashion-mnist"));
+    assert!(msg.ends_with("--dataset fashion-mnist reads it"), "{msg}");
+    let msg = err(DatasetKind::Mnist, cifar.path());
+    assert!(msg.ends_with("--dataset cifar10 reads it"), "{msg}");
+    // A folder of nothing known keeps the format's own error, naming the missing file.
+    let msg = err(DatasetKind::Svhn, empty.path());
+    assert!(msg.contains("test_32x32.mat"), "{msg}");
+    // So does a folder of the asked-for format that lacks a file.
+    let msg = err(DatasetKind::Svhn, svhn_dir.path());
+    assert!(msg.contains("test_32x32.mat"), "{msg}");
+}
+
 #[test]
 fn cifar_binary_from_folder_and_from_archive() {
     let tmp = TempDir::new("cifar");

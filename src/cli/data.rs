@@ -50,7 +50,8 @@ pub fn run(args: DataArgs) -> Result<()> {
     }
     if official {
         download::check_not_the_twin(target.dataset, &dir)?;
-        for line in download::check_all(target.dataset, &dir)? {
+        let checked = download::check_all(target.dataset, &dir);
+        for line in checked.map_err(|e| data::another_dataset(target.dataset, &dir).unwrap_or(e))? {
             println!("{line}");
         }
     }

@@ -267,21 +267,29 @@ pub fn check_not_the_twin(kind: DatasetKind, dir: &Path) -> Result<()> {
         DatasetKind::FashionMnist => DatasetKind::Mnist,
         _ => return Ok(()),
     };
-    for remote in remotes(twin).iter().filter(|r| r.file.contains("labels")) {
+    match official_labels(twin, dir)? {
+        Some(path) => Err(Error::data(
+            &path,
+            format!(
+                "this is {}'s file, not {}'s (--dataset {}, or another --data-dir)",
+                twin.name(),
+                kind.name(),
+                twin.name()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first of `kind`'s official label files that `dir` holds, byte for byte.
+pub fn official_labels(kind: DatasetKind, dir: &Path) -> Result<Option<PathBuf>> {
+    for remote in remotes(kind).iter().filter(|r| r.file.contains("labels")) {
         let path = dir.join(remote.file);
         if path.exists() && md5_of(&path, remote.content)? == remote.md5 {
-            return Err(Error::data(
-                &path,
-                format!(
-                    "this is {}'s file, not {}'s (--dataset {}, or another --data-dir)",
-                    twin.name(),
-                    kind.name(),
-                    twin.name()
-                ),
-            ));
+            return Ok(Some(path));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Checks every official file of `kind` in `dir`; returns one line per file.

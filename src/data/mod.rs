@@ -173,13 +173,14 @@ pub fn load(kind: DatasetKind, dir: &Path, split: Split, download: bool) -> Resu
     if download {
         download::ensure(kind, dir)?;
     }
-    let mut data = match kind {
-        DatasetKind::MnistSample => sample::load(split)?,
-        DatasetKind::Mnist | DatasetKind::FashionMnist => idx::load_split(dir, split)?,
-        DatasetKind::Cifar10 => cifar::load(dir, split)?,
-        DatasetKind::Svhn => svhn::load(dir, split)?,
-        DatasetKind::Folder => image_folder::load(dir, split)?,
+    let loaded = match kind {
+        DatasetKind::MnistSample => sample::load(split),
+        DatasetKind::Mnist | DatasetKind::FashionMnist => idx::load_split(dir, split),
+        DatasetKind::Cifar10 => cifar::load(dir, split),
+        DatasetKind::Svhn => svhn::load(dir, split),
+        DatasetKind::Folder => image_folder::load(dir, split),
     };
+    let mut data = loaded.map_err(|e| another_dataset(kind, dir).unwrap_or(e))?;
     if let Some((mean, std)) = kind.mean_std() {
         data.mean = mean.to_vec();
         data.std = std.to_vec();
@@ -188,6 +189,65 @@ pub fn load(kind: DatasetKind, dir: &Path, split: Split, download: bool) -> Resu
         data.class_names = names.iter().map(|n| n.to_string()).collect();
     }
     Ok(data)
+}
+
+/// Which dataset a folder holds, judged by the names of the files each format keeps there
+/// (IDX files are told apart by their training labels: Fashion-MNIST's official ones, else
+/// MNIST). `None` for a folder that holds none of them, or cannot be read.
+pub fn detect(dir: &Path) -> Option<DatasetKind> {
+    let (images, _) = idx::file_names(Split::Train);
+    if [images.to_string(), format!("{images}.gz")]
+        .iter()
+        .any(|name| dir.join(name).is_file())
+    {
+        let fashion = download::official_labels(DatasetKind::FashionMnist, dir);
+        return Some(if matches!(fashion, Ok(Some(_))) {
+            DatasetKind::FashionMnist
+        } else {
+            DatasetKind::Mnist
+        });
+    }
+    if dir.join(cifar::FOLDER).is_dir()
+        || dir.join(cifar::ARCHIVE).is_file()
+        || dir.join("test_batch.bin").is_file()
+    {
+        return Some(DatasetKind::Cifar10);
+    }
+    if dir.join(svhn::file_name(Split::Train)).is_file() {
+        return Some(DatasetKind::Svhn);
+    }
+    let holds_archive = std::fs::read_dir(dir)
+        .ok()?
+        .any(|entry| entry.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tar.gz")));
+    (dir.join(Split::Train.name()).is_dir() || holds_archive).then_some(DatasetKind::Folder)
+}
+
+/// When `kind` could not be loaded from `dir` and the folder holds another dataset, an error
+/// that says which and names the flag that reads it (a `--dataset` slip is the likeliest cause
+/// of a load that finds nothing it expects).
+pub fn another_dataset(kind: DatasetKind, dir: &Path) -> Option<Error> {
+    let found = detect(dir)?;
+    let twins = |k: DatasetKind| matches!(k, DatasetKind::Mnist | DatasetKind::FashionMnist);
+    if found == kind || kind == DatasetKind::MnistSample || (twins(kind) && twins(found)) {
+        return None;
+    }
+    let holds = match found {
+        DatasetKind::Folder => {
+            "an image folder (train/<class>/ and test/<class>/, or a .tar.gz of them)".to_string()
+        }
+        other => format!("{}'s files", other.name()),
+    };
+    let wanted = match kind {
+        DatasetKind::Folder => "an image folder".to_string(),
+        other => format!("{}'s", other.name()),
+    };
+    Some(Error::data(
+        dir,
+        format!(
+            "this folder holds {holds}, not {wanted}: --dataset {} reads it",
+            found.name()
+        ),
+    ))
 }
 
 impl Dataset {
