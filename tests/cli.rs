@@ -1004,6 +1004,15 @@ fn checkpoint_of_another_architecture() {
         run.to_str().unwrap(),
     ]);
     assert_one_line_error(&out, &["unexpected argument '--resume'"]);
+    // A file of the run folder that is not its checkpoint says what to pass.
+    let out = trifecta(&["eval", run.join("config.toml").to_str().unwrap()]);
+    assert_one_line_error(
+        &out,
+        &[
+            "config.toml: not a checkpoint",
+            "pass a run folder or the .safetensors file",
+        ],
+    );
     assert_eq!(
         std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
         before

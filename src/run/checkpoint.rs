@@ -159,8 +159,11 @@ fn header_of(path: &Path, bytes: &[u8]) -> Result<Header> {
         path: path.to_path_buf(),
         msg,
     };
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+        bad(format!(
+            "not a checkpoint ({e}): pass a run folder or the .safetensors file train wrote"
+        ))
+    })?;
     let json = metadata
         .metadata()
         .as_ref()
