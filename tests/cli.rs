@@ -1295,6 +1295,68 @@ fn predict_gives_the_classes_evaluation_gives() {
         .map(u32::to_string)
         .collect();
     assert_eq!(got, want);
+    // --csv: the same labels and the goodness --scores printed, a row per image.
+    let csv = tmp.path().join("predictions.csv");
+    let csv_out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(predicted(&csv_out), want);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("path,label,class,goodness_0,goodness_1,"),
+        "{text}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), n);
+    let scores: Vec<&str> = stdout.lines().filter(|l| l.starts_with("    ")).collect();
+    for (i, row) in rows.iter().enumerate() {
+        assert!(row[0].ends_with(&format!("{i:02}.png")), "{row:?}");
+        assert_eq!((row[1], row[2]), (want[i].as_str(), want[i].as_str()));
+        let goodness: Vec<f32> = row[3..].iter().map(|g| g.parse().unwrap()).collect();
+        assert_eq!(goodness.len(), 10);
+        let best = (0..10).max_by(|&a, &b| goodness[a].total_cmp(&goodness[b]));
+        assert_eq!(best.unwrap().to_string(), want[i]);
+        let printed: Vec<String> = (0..10).map(|c| format!("{c} {:.3}", goodness[c])).collect();
+        assert_eq!(scores[i].trim(), printed.join(", "));
+    }
+    // A CSV that cannot be written is found out before any image is scored; a prediction
+    // that fails leaves the CSV already there as it was.
+    let no_folder = tmp.path().join("no-such-folder/p.csv");
+    let out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--csv",
+        no_folder.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["no-such-folder/p.csv", "its folder does not exist"]);
+    let out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--csv",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["is a folder: --csv names the file"]);
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let out = trifecta(&[
+        "predict",
+        run.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["bad.png", "cannot decode image"]);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), text);
     // The checkpoint says what it takes.
     let inputs = header.inputs.expect("a new checkpoint records its inputs");
     assert_eq!((inputs.height, inputs.width, inputs.channels), (28, 28, 1));
@@ -1360,8 +1422,6 @@ fn predict_gives_the_classes_evaluation_gives() {
     assert_eq!(stderr(&out), "");
 
     // Bad input: one line naming the file.
-    let bad = tmp.path().join("bad.png");
-    std::fs::write(&bad, b"not an image").unwrap();
     let out = trifecta(&["predict", run.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_one_line_error(&out, &["bad.png", "cannot decode image"]);
     let missing = tmp.path().join("missing.png");

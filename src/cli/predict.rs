@@ -1,7 +1,8 @@
 //! `trifecta predict CHECKPOINT IMAGE...`: the class a trained network gives image files.
 
 use super::device_arg;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::run::checkpoint::write_atomic;
 use crate::run::config::PartialConfig;
 use crate::run::predict::{image_files, predict_files};
 use clap::Args;
@@ -31,6 +32,10 @@ pub struct PredictArgs {
     /// Images per batch, each run under every label [default: the run's evaluation batch].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
+    /// Also write every prediction to this CSV file: path, label, class and the goodness of
+    /// every class (`pd.read_csv` reads it).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
     /// Where the run's dataset is now, for a checkpoint from before checkpoints recorded
     /// their inputs (it takes them from the training split) [default: the run's].
     #[arg(long)]
@@ -38,6 +43,20 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    if let Some(csv) = &args.csv {
+        // Found out before the images are scored, not after.
+        let folder = csv.parent().filter(|p| !p.as_os_str().is_empty());
+        let problem = if csv.is_dir() {
+            Some("is a folder: --csv names the file to write")
+        } else if folder.is_some_and(|f| !f.is_dir()) {
+            Some("its folder does not exist")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::io(csv, std::io::Error::other(problem)));
+        }
+    }
     let files = image_files(&args.images)?;
     let overrides = PartialConfig {
         device: args.device.clone(),
@@ -101,6 +120,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 .collect();
             println!("    {}", all.join(", "));
         }
+    }
+    if let Some(csv) = &args.csv {
+        write_atomic(csv, predictions.to_csv().as_bytes())?;
+        println!("wrote {}", csv.display());
     }
     Ok(())
 }

@@ -535,7 +535,7 @@ fn metrics_csv(runs: &[RunData]) -> String {
 }
 
 /// A CSV text cell: quoted (quotes doubled) where it holds a comma, a quote or a line break.
-fn csv_text(text: &str) -> String {
+pub fn csv_text(text: &str) -> String {
     match text.contains([',', '"', '\n', '\r']) {
         true => format!("\"{}\"", text.replace('"', "\"\"")),
         false => text.to_string(),

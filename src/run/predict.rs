@@ -14,6 +14,8 @@ use crate::backend::{Backend, with_backend};
 use crate::data::{Dataset, InputSpec, image_folder};
 use crate::error::{Error, Result};
 use crate::ff::eval::{ensemble_goodness, predict};
+use crate::report::csv_text;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// One image's prediction.
@@ -36,6 +38,32 @@ pub struct Predictions {
     /// Epochs the checkpoint had trained.
     pub epoch: u64,
     pub items: Vec<Prediction>,
+}
+
+impl Predictions {
+    /// A row per image, for pandas and the like: `path,label,class`, then the goodness of
+    /// every class (columns `goodness_<class>`), as `--scores` prints them.
+    pub fn to_csv(&self) -> String {
+        let names = &self.inputs.class_names;
+        let mut csv = String::from("path,label,class");
+        for name in names {
+            csv += &format!(",{}", csv_text(&format!("goodness_{name}")));
+        }
+        csv.push('\n');
+        for p in &self.items {
+            csv += &format!(
+                "{},{},{}",
+                csv_text(&p.path.display().to_string()),
+                p.label,
+                csv_text(&names[p.label as usize])
+            );
+            for g in &p.goodness {
+                csv += &format!(",{g}");
+            }
+            csv.push('\n');
+        }
+        csv
+    }
 }
 
 /// The image files `paths` name: files as given, folders' `.png` and `.jpg` files (sorted,
@@ -118,10 +146,13 @@ pub fn predict_files(
     if files.is_empty() {
         return Err(Error::Config("no images to predict".into()));
     }
+    let images: Vec<LoadedImage> = files
+        .par_iter()
+        .map(|f| load_image(f, &inputs))
+        .collect::<Result<_>>()?;
     let mut pixels = Vec::with_capacity(files.len() * inputs.shape().numel());
     let mut resized = Vec::with_capacity(files.len());
-    for f in files {
-        let image = load_image(f, &inputs)?;
+    for image in images {
         pixels.extend(image.pixels);
         resized.push(image.resized_from);
     }
