@@ -1511,3 +1511,58 @@ fn predict_names_an_image_folders_classes() {
     told.extend(["--data-dir".into(), moved.to_str().unwrap().into()]);
     assert_eq!(predicted(&trifecta(&told)), got);
 }
+
+/// `train --print-config` prints the resolved configuration as TOML and trains nothing: fed
+/// back as `--config` it prints the same, a run trained from it has it as its config.toml,
+/// and with `--resume` it shows what the resumed run would take.
+#[test]
+fn print_config_is_the_config_a_run_would_take() {
+    let tmp = TempDir::new("print-config");
+    let run = tmp.path().join("run");
+    let mut args = quick_args(&run, 1);
+    args.extend(["--lr", "5e-4", "--print-config"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = trifecta(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        printed.contains("lr = 0.0005\n") && printed.contains("epochs = 1\n"),
+        "{printed}"
+    );
+    assert!(!run.exists(), "--print-config made the run folder");
+    let file = tmp.path().join("printed.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let again = trifecta(&[
+        "train",
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
+    let trained = trifecta(&["train", "--config", file.to_str().unwrap()]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    assert_eq!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        printed
+    );
+    let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let resumed = trifecta(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--print-config",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout),
+        printed.replace("epochs = 1\n", "epochs = 3\n")
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        before
+    );
+    // A bad knob is the same one-line error as without the flag.
+    let out = trifecta(&["train", "--print-config", "--ensemble", "9"]);
+    assert_one_line_error(&out, &["ensemble layer 9 does not exist"]);
+}

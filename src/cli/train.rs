@@ -28,6 +28,11 @@ pub struct TrainArgs {
     /// the run.
     #[arg(long, value_name = "M", default_value_t = 10.0)]
     pub save_every_minutes: f64,
+    /// Print the run's whole configuration as TOML (defaults, `--config`'s file and the
+    /// flags laid over each other; with `--resume`, the run's) and exit without training.
+    /// Saved to a file, it is a `--config` for the same run.
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     pub knobs: KnobArgs,
 }
@@ -253,6 +258,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mut saved = crate::run::read_config(dir)?;
         saved.out = dir.clone();
         let config = name_the_file(args.knobs.config.as_deref(), saved.resumed_with(&knobs))?;
+        if args.print_config {
+            print!("{}", config.to_toml());
+            return Ok(());
+        }
         crate::run::train(&config, true, control)?;
         print_next_steps(&config);
         return Ok(());
@@ -262,6 +271,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         knobs.resolve().and_then(|c| c.check_machine().map(|()| c)),
     )?;
     config.check_precision_for_new_run()?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
     crate::run::train(&config, false, control)?;
     print_next_steps(&config);
     Ok(())
