@@ -389,10 +389,10 @@ fn train_ff<B: Backend>(
     println!("{}", net.summary());
     match &partial {
         Some(p) => println!(
-            "resuming epoch {} after its step {} ({} steps in all)",
+            "resuming epoch {} after its step {} ({})",
             done + 1,
             p.steps_done,
-            net.iteration
+            steps_in_all(net.iteration)
         ),
         None if done > 0 => println!("resuming after epoch {done}"),
         None => {}
@@ -487,9 +487,9 @@ fn train_ff<B: Backend>(
                 format!("after step {stopped_after} of {steps} of epoch {epoch}: {go_on}")
             })?;
             println!(
-                "stopped after step {stopped_after} of {steps} of epoch {epoch} ({} steps in all, \
+                "stopped after step {stopped_after} of {steps} of epoch {epoch} ({}, \
                  --max-steps): {go_on}",
-                net.iteration
+                steps_in_all(net.iteration)
             );
             return Ok(records);
         };
@@ -560,8 +560,8 @@ fn train_ff<B: Backend>(
             && epoch < config.epochs
         {
             println!(
-                "stopped after epoch {epoch} ({} steps in all, --max-steps): {go_on}",
-                net.iteration
+                "stopped after epoch {epoch} ({}, --max-steps): {go_on}",
+                steps_in_all(net.iteration)
             );
             break;
         }
@@ -819,6 +819,14 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
+/// "1 step in all", "N steps in all".
+fn steps_in_all(steps: u64) -> String {
+    match steps {
+        1 => "1 step in all".into(),
+        n => format!("{n} steps in all"),
+    }
+}
+
 /// Evaluates the checkpoint at `path` (a run folder or a `.safetensors` file) with `config`
 /// (by default the one saved in the checkpoint) on its dataset's test split, on the
 /// validation split it held out if any, and with `on_train` on the images it trained on
@@ -1028,6 +1036,13 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_step_is_not_steps() {
+        assert_eq!(steps_in_all(1), "1 step in all");
+        assert_eq!(steps_in_all(0), "0 steps in all");
+        assert_eq!(steps_in_all(163), "163 steps in all");
+    }
 
     #[test]
     fn time_left_reads_as_words() {
