@@ -79,7 +79,8 @@ pub struct KnobArgs {
     /// The norm before every convolution: batch (the Trifecta's) or layer [default: batch].
     #[arg(long, value_enum)]
     pub norm: Option<NormArg>,
-    /// [default: 100, or 5 for the built-in sample]
+    /// [default: the --lr-schedule's epochs where one is given, else 100, or 5 for the
+    /// built-in sample]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
     /// Positives per step; as many negatives are added [default: 512, or 128 for the sample].
@@ -89,7 +90,8 @@ pub struct KnobArgs {
     #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Learning rate by epoch segments, e.g. the thesis' 200:1e-3,200:5e-4,100:1e-4 (instead
-    /// of --lr); epochs past the last segment keep its rate.
+    /// of --lr); without --epochs the run lasts the schedule's epochs, and epochs past the
+    /// last segment keep its rate.
     #[arg(long, value_parser = schedule_arg)]
     pub lr_schedule: Option<String>,
     /// Every random draw of the run (initial weights, shuffling, negatives, augmentation,

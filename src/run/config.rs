@@ -192,7 +192,20 @@ impl PartialConfig {
             tau: self.tau.unwrap_or(2.0),
             apl: self.apl.unwrap_or(true),
             norm: self.norm.unwrap_or(NormKind::Batch),
-            epochs: self.epochs.unwrap_or(if quick { 5 } else { 100 }),
+            epochs: self.epochs.unwrap_or_else(|| {
+                // A schedule says how long the run is meant to last (the thesis' 500
+                // epochs would otherwise stop at 100, before its lower rates).
+                let scheduled: u64 = parse_schedule(self.lr_schedule.as_deref().unwrap_or(""))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.epochs)
+                    .sum();
+                match (scheduled, quick) {
+                    (0, true) => 5,
+                    (0, false) => 100,
+                    (n, _) => n,
+                }
+            }),
             batch_size: self.batch_size.unwrap_or(if quick { 128 } else { 512 }),
             lr: self.lr.unwrap_or(1e-3),
             lr_schedule: self.lr_schedule.clone().unwrap_or_default(),
@@ -545,5 +558,20 @@ mod tests {
         for bad in ["2:1e-3,", "0:1e-3", "2:-1", "2", "x:1e-3", "2:nan"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");
         }
+        // Without epochs of its own, a run lasts its schedule; given, they win.
+        let thesis = |epochs| PartialConfig {
+            dataset: Some(DatasetKind::Mnist),
+            lr_schedule: Some("200:1e-3,200:5e-4,100:1e-4".into()),
+            epochs,
+            ..PartialConfig::default()
+        };
+        assert_eq!(thesis(None).resolve().unwrap().epochs, 500);
+        assert_eq!(thesis(Some(7)).resolve().unwrap().epochs, 7);
+        let sample = PartialConfig {
+            lr_schedule: Some("3:1e-3".into()),
+            ..PartialConfig::default()
+        };
+        assert_eq!(sample.resolve().unwrap().epochs, 3);
+        assert_eq!(PartialConfig::default().resolve().unwrap().epochs, 5);
     }
 }
