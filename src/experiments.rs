@@ -213,13 +213,6 @@ fn reconcile(config: TrainConfig, dir: &Path) -> Result<(TrainConfig, Vec<EpochR
         )));
     }
     let done = records_in(dir)?;
-    if config.model != Model::Ff && !finished(&config, &done) {
-        return Err(Error::Config(format!(
-            "{} holds an unfinished {:?} run, which cannot be resumed: remove it to start over",
-            dir.display(),
-            config.model
-        )));
-    }
     Ok((config, done))
 }
 
@@ -269,10 +262,12 @@ fn run_one(config: TrainConfig, dir: &Path, done: Vec<EpochRecord>) -> Result<Fi
             .collect();
         return Ok((config, asked));
     }
-    // An FF run (reconcile refused the baselines'). Records past the last checkpoint are
-    // retrained (and dropped from the log).
-    let checkpointed = crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE))
-        .map_or(0, |h| h.epoch);
+    // Records past the last saved state are retrained (and dropped from the log).
+    let checkpointed = match config.model {
+        Model::Ff => crate::run::checkpoint::read_header(&dir.join(crate::run::CHECKPOINT_FILE)),
+        _ => crate::run::checkpoint::read_weights_header(&dir.join(crate::run::WEIGHTS_FILE)),
+    }
+    .map_or(0, |h| h.epoch);
     let mut records: Vec<_> = done
         .into_iter()
         .filter(|r| r.epoch <= checkpointed)

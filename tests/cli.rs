@@ -1221,12 +1221,42 @@ fn reproduce_and_report_write_tables_and_figures() {
     let out = trifecta(&seeded);
     assert_one_line_error(&out, &["lcp-seed2", "width 0.25 -> 0.125"]);
     assert!(!seeds_out.join("ff-seed1").exists());
-    // Likewise a baseline's unfinished run, which cannot be resumed.
+    // An unfinished baseline run is resumed as an FF one is: lcp-seed1 set back to its first
+    // epoch (a 1-epoch run's weights, its log's first line) ends in the same table as
+    // before (ff-seed1, removed above, is trained again).
     std::fs::write(&config, text).unwrap();
-    std::fs::write(seeds_out.join("lcp-seed1/metrics.jsonl"), "").unwrap();
+    let table = std::fs::read_to_string(seeds_out.join("results.md")).unwrap();
+    let lcp1 = seeds_out.join("lcp-seed1");
+    let one = tmp.path().join("lcp-seed1-one-epoch");
+    let out = trifecta(&[
+        "train",
+        "--config",
+        lcp1.join("config.toml").to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(
+        one.join("weights.safetensors"),
+        lcp1.join("weights.safetensors"),
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(lcp1.join("metrics.jsonl")).unwrap();
+    let first = log.lines().next().unwrap();
+    std::fs::write(lcp1.join("metrics.jsonl"), format!("{first}\n")).unwrap();
     let out = trifecta(&seeded);
-    assert_one_line_error(&out, &["lcp-seed1", "unfinished Lcp run"]);
-    assert!(!seeds_out.join("ff-seed1").exists());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(seeds_out.join("results.md")).unwrap(),
+        table
+    );
     // A log that cannot be read is named, not taken for a run that has not started.
     std::fs::write(seeds_out.join("lcp-seed1/metrics.jsonl"), "{bad\n").unwrap();
     let out = trifecta(&seeded);
@@ -1565,4 +1595,106 @@ fn print_config_is_the_config_a_run_would_take() {
     // A bad knob is the same one-line error as without the flag.
     let out = trifecta(&["train", "--print-config", "--ensemble", "9"]);
     assert_one_line_error(&out, &["ensemble layer 9 does not exist"]);
+}
+
+/// A baseline run saves its whole state after every epoch (parameters, BatchNorm's running
+/// statistics, Adam's moments and steps) and `--resume` goes on from there, ending as the run
+/// that never stopped, bit for bit. An epoch logged but not saved (a process killed between
+/// the two) is trained again.
+#[test]
+fn a_baseline_run_resumes_from_its_last_epoch_bit_for_bit() {
+    let tmp = TempDir::new("baseline-resume");
+    for model in ["bp", "lcp"] {
+        let run_of = |name: &str, epochs: u64| {
+            let run = tmp.path().join(format!("{model}-{name}"));
+            let mut args = quick_args(&run, epochs);
+            args.extend(["--model", model].map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = trifecta(&args);
+            assert!(out.status.success(), "{}", stderr(&out));
+            run
+        };
+        let whole = run_of("whole", 3);
+        let names: Vec<String> = tensors(&whole.join("weights.safetensors"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for wanted in [
+            "block0.norm.running_mean",
+            "block5.norm.running_var",
+            "block5.conv.weight",
+            "optimizer.block5.own.0.exp_avg_sq",
+            "optimizer.block5.head.0.exp_avg",
+        ] {
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{model}: {wanted} in {names:?}"
+            );
+        }
+        let header =
+            trifecta::run::checkpoint::read_weights_header(&whole.join("weights.safetensors"))
+                .unwrap();
+        assert_eq!(header.epoch, 3);
+        assert_eq!(header.iteration, 3 * 6);
+
+        let stopped = run_of("stopped", 1);
+        let resume = |epochs: &str| {
+            let out = trifecta(&[
+                "train",
+                "--resume",
+                stopped.to_str().unwrap(),
+                "--epochs",
+                epochs,
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(resume("2").contains("resuming after epoch 1"));
+        // Epoch 3 logged, its state not saved: the log loses it and the epoch is redone.
+        let log = stopped.join("metrics.jsonl");
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        let last = text
+            .lines()
+            .last()
+            .unwrap()
+            .replace("\"epoch\":2", "\"epoch\":3");
+        text += &format!("{last}\n");
+        std::fs::write(&log, text).unwrap();
+        assert!(resume("3").contains("resuming after epoch 2"));
+        assert_eq!(
+            tensors(&whole.join("weights.safetensors")),
+            tensors(&stopped.join("weights.safetensors")),
+            "{model}"
+        );
+        assert_eq!(
+            untimed_records(&whole),
+            untimed_records(&stopped),
+            "{model}"
+        );
+        assert!(resume("3").contains("nothing to do"));
+    }
+    // --max-steps would stop within an epoch, which a baseline cannot resume from.
+    let mut args = quick_args(&tmp.path().join("bp-steps"), 2);
+    args.extend(["--model", "bp", "--max-steps", "3"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = trifecta(&args);
+    assert_one_line_error(&out, &["--max-steps", "resume only from an epoch's end"]);
+    // An FF checkpoint is not a baseline's state, and a baseline's is not an FF checkpoint.
+    let ff = tmp.path().join("ff");
+    assert!(run_quick(&ff, 1).status.success());
+    let err = trifecta::run::checkpoint::read_weights_header(&ff.join("checkpoint.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds an FF checkpoint, not a baseline"),
+        "{err}"
+    );
+    let weights = tmp.path().join("bp-whole/weights.safetensors");
+    let err = trifecta::run::checkpoint::read_header(&weights)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("baseline (bp/lcp) model's weights, not an FF"),
+        "{err}"
+    );
 }

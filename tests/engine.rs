@@ -8,6 +8,7 @@ use trifecta::data::{idx, wrong_labels};
 use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
 use trifecta::layers::ParamLayout;
 use trifecta::rng::Rng;
+use trifecta::run::checkpoint::Saved;
 
 const MNIST_LIKE: ImageShape = ImageShape {
     channels: 1,

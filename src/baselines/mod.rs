@@ -40,6 +40,8 @@ pub struct ClassifierNet<B: Backend> {
     /// Per block: its own parameters and (LCP) its head's; for BP the last entry also holds
     /// the head.
     optimizers: Vec<(AdamGroup<B>, AdamGroup<B>)>,
+    /// Training steps taken (across resumes).
+    pub iteration: u64,
     /// (N, H, W, C)
     images: Tensor<B>,
     grad_output: Tensor<B>,
@@ -95,6 +97,7 @@ impl<B: Backend> ClassifierNet<B> {
             blocks,
             heads,
             optimizers,
+            iteration: 0,
             images: Tensor::zeros(backend, &[0])?,
             grad_output: Tensor::zeros(backend, &[0])?,
             grad_input: Tensor::zeros(backend, &[0])?,
@@ -172,10 +175,12 @@ impl<B: Backend> ClassifierNet<B> {
             return Err(Error::Config("empty batch".into()));
         }
         self.upload(backend, images, labels.len())?;
-        match self.model {
+        let losses = match self.model {
             Model::Bp => self.backprop_step(backend, labels),
             _ => self.local_step(backend, labels),
-        }
+        }?;
+        self.iteration += 1;
+        Ok(losses)
     }
 
     /// The loss of every head in training mode, without any update (for gradient checks).
@@ -206,6 +211,34 @@ impl<B: Backend> ClassifierNet<B> {
             }
         }
         out
+    }
+
+    /// BatchNorm's running statistics with their PyTorch names.
+    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            out.extend(block.named_buffers_mut(i));
+        }
+        out
+    }
+
+    /// The Adam moments: block i's own group (`optimizer.block{i}.own`) and its head's
+    /// (`optimizer.block{i}.head`, empty where the block has no head).
+    pub fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        let mut out = Vec::new();
+        for (i, (own, head)) in self.optimizers.iter_mut().enumerate() {
+            out.extend(own.named_buffers_mut(&format!("optimizer.block{i}.own")));
+            out.extend(head.named_buffers_mut(&format!("optimizer.block{i}.head")));
+        }
+        out
+    }
+
+    /// Each block's Adam step counts: [own group, head group].
+    pub fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
+        self.optimizers
+            .iter_mut()
+            .map(|(own, head)| [&mut own.step, &mut head.step])
+            .collect()
     }
 
     fn backprop_step(&mut self, backend: &B, labels: &[u32]) -> Result<Vec<f32>> {

@@ -571,15 +571,16 @@ impl<B: Backend> FfNet<B> {
     pub fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
         let mut out = Vec::new();
         for (i, optimizer) in self.optimizers.iter_mut().enumerate() {
-            for (group, state) in [
-                ("previous", &mut optimizer.previous),
-                ("own", &mut optimizer.own),
-            ] {
-                for (k, (m, v)) in state.m.iter_mut().zip(state.v.iter_mut()).enumerate() {
-                    out.push((format!("optimizer.block{i}.{group}.{k}.exp_avg"), m));
-                    out.push((format!("optimizer.block{i}.{group}.{k}.exp_avg_sq"), v));
-                }
-            }
+            out.extend(
+                optimizer
+                    .previous
+                    .named_buffers_mut(&format!("optimizer.block{i}.previous")),
+            );
+            out.extend(
+                optimizer
+                    .own
+                    .named_buffers_mut(&format!("optimizer.block{i}.own")),
+            );
         }
         out
     }
@@ -616,39 +617,19 @@ impl<B: Backend> FfNet<B> {
         lines.join("\n")
     }
 
-    /// Adam step counts per block: [previous group, own group].
-    pub fn optimizer_steps(&self) -> Vec<[u64; 2]> {
+    /// Each block's Adam step counts: [previous group, own group].
+    pub fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
         self.optimizers
-            .iter()
-            .map(|o| [o.previous.step, o.own.step])
+            .iter_mut()
+            .map(|o| [&mut o.previous.step, &mut o.own.step])
             .collect()
-    }
-
-    pub fn set_optimizer_steps(&mut self, steps: &[[u64; 2]]) -> Result<()> {
-        if steps.len() != self.optimizers.len() {
-            return Err(Error::Config(format!(
-                "{} optimiser step counts for {} blocks",
-                steps.len(),
-                self.optimizers.len()
-            )));
-        }
-        for (o, s) in self.optimizers.iter_mut().zip(steps) {
-            o.previous.step = s[0];
-            o.own.step = s[1];
-        }
-        Ok(())
     }
 
     /// BatchNorm running statistics with their PyTorch names.
     pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
         let mut out = Vec::new();
         for (i, block) in self.blocks.iter_mut().enumerate() {
-            let norm = &mut block.norm;
-            if let (Some(mean), Some(var)) = (norm.running_mean.as_mut(), norm.running_var.as_mut())
-            {
-                out.push((format!("block{i}.norm.running_mean"), mean));
-                out.push((format!("block{i}.norm.running_var"), var));
-            }
+            out.extend(block.named_buffers_mut(i));
         }
         out
     }

@@ -111,6 +111,18 @@ impl<B: Backend> Block<B> {
         ]
     }
 
+    /// BatchNorm's running statistics with their PyTorch names (none under LayerNorm).
+    pub fn named_buffers_mut(&mut self, index: usize) -> Vec<(String, &mut Tensor<B>)> {
+        let norm = &mut self.norm;
+        match (norm.running_mean.as_mut(), norm.running_var.as_mut()) {
+            (Some(mean), Some(var)) => vec![
+                (format!("block{index}.norm.running_mean"), mean),
+                (format!("block{index}.norm.running_var"), var),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// The block's output after the last forward: `(N, H', W', Cout)`.
     pub fn output(&self) -> &B::Buf {
         if self.spec.pool {

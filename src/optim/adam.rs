@@ -30,6 +30,17 @@ impl<B: Backend> AdamGroup<B> {
         })
     }
 
+    /// The moments with PyTorch's names (`exp_avg`, `exp_avg_sq`), as `{prefix}.{k}.exp_avg`
+    /// for the group's parameter k.
+    pub fn named_buffers_mut(&mut self, prefix: &str) -> Vec<(String, &mut B::Buf)> {
+        let mut out = Vec::new();
+        for (k, (m, v)) in self.m.iter_mut().zip(self.v.iter_mut()).enumerate() {
+            out.push((format!("{prefix}.{k}.exp_avg"), m));
+            out.push((format!("{prefix}.{k}.exp_avg_sq"), v));
+        }
+        out
+    }
+
     /// One step over `params`, which must be the group's parameters in its order.
     pub fn step(
         &mut self,

@@ -1,13 +1,17 @@
 //! Checkpoints: one safetensors file with every parameter (PyTorch names and layouts, so that
-//! PyTorch can read them), the BatchNorm running statistics and the Adam moments, plus a JSON
+//! PyTorch can read them), the BatchNorm running statistics and the Adam moments (an FF
+//! network's `checkpoint.safetensors`, a baseline's `weights.safetensors`), plus a JSON
 //! header in its metadata (format, epoch, iteration, Adam step counts, the run's config). A
 //! copy of the header is written beside it as `checkpoint.json` for people. Files are written
 //! to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
 
 use super::config::TrainConfig;
 use crate::backend::Backend;
+use crate::baselines::{ClassifierNet, Model};
 use crate::error::{Error, Result};
 use crate::ff::FfNet;
+use crate::layers::Param;
+use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,6 +45,82 @@ pub struct Header {
 pub struct PartialEpoch {
     pub steps_done: usize,
     pub stats: crate::ff::train::EpochStats,
+}
+
+/// A network whose whole training state a checkpoint holds: its parameters (PyTorch names
+/// and layouts), BatchNorm's running statistics, the Adam moments and step counts, and the
+/// steps trained. FF networks (`checkpoint.safetensors`) and the baselines
+/// (`weights.safetensors`) are saved and resumed alike.
+pub trait Saved<B: Backend> {
+    /// Whether this is an FF network (else a baseline's classifier).
+    const FF: bool;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)>;
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)>;
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)>;
+    /// Each block's two Adam groups' step counts.
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]>;
+    fn iteration_mut(&mut self) -> &mut u64;
+
+    /// The Adam step counts per block, as the header keeps them.
+    fn optimizer_steps(&mut self) -> Vec<[u64; 2]> {
+        self.step_counts_mut()
+            .into_iter()
+            .map(|[a, b]| [*a, *b])
+            .collect()
+    }
+
+    fn set_optimizer_steps(&mut self, steps: &[[u64; 2]]) -> Result<()> {
+        let mut counts = self.step_counts_mut();
+        if steps.len() != counts.len() {
+            return Err(Error::Config(format!(
+                "{} optimiser step counts for {} blocks",
+                steps.len(),
+                counts.len()
+            )));
+        }
+        for ([a, b], s) in counts.iter_mut().zip(steps) {
+            (**a, **b) = (s[0], s[1]);
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Saved<B> for FfNet<B> {
+    const FF: bool = true;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
+        FfNet::named_params_mut(self)
+    }
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        FfNet::named_buffers_mut(self)
+    }
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        FfNet::named_optimizer_buffers_mut(self)
+    }
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
+        FfNet::step_counts_mut(self)
+    }
+    fn iteration_mut(&mut self) -> &mut u64 {
+        &mut self.iteration
+    }
+}
+
+impl<B: Backend> Saved<B> for ClassifierNet<B> {
+    const FF: bool = false;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
+        ClassifierNet::named_params_mut(self)
+    }
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        ClassifierNet::named_buffers_mut(self)
+    }
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        ClassifierNet::named_optimizer_buffers_mut(self)
+    }
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
+        ClassifierNet::step_counts_mut(self)
+    }
+    fn iteration_mut(&mut self) -> &mut u64 {
+        &mut self.iteration
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
@@ -85,41 +165,15 @@ fn serialize(
     })
 }
 
-/// Saves a baseline's parameters (PyTorch names and layouts) with the epoch and config in the
-/// metadata. Baselines keep no optimiser state: their runs are not resumable.
-pub fn save_weights<B: Backend>(
-    path: &Path,
-    net: &mut crate::baselines::ClassifierNet<B>,
-    backend: &B,
-    epoch: u64,
-    config: &TrainConfig,
-) -> Result<()> {
-    let mut tensors = Vec::new();
-    for (name, param) in net.named_params_mut() {
-        tensors.push((
-            name,
-            param.torch_shape.clone(),
-            to_bytes(&param.to_torch(backend)?),
-        ));
-    }
-    let json = serde_json::json!({ "epoch": epoch, "config": config }).to_string();
-    let bytes = serialize(
-        path,
-        &tensors,
-        HashMap::from([(HEADER_KEY.to_string(), json)]),
-    )?;
-    write_atomic(path, &bytes)
-}
-
 /// Saves `net` to `path` (and the header to `path` with extension `.json`).
-pub fn save<B: Backend>(
+pub fn save<B: Backend, N: Saved<B>>(
     path: &Path,
-    net: &mut FfNet<B>,
+    net: &mut N,
     backend: &B,
     header: &Header,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, param) in net.named_params() {
+    for (name, param) in net.named_params_mut() {
         tensors.push((
             name,
             param.torch_shape.clone(),
@@ -148,13 +202,20 @@ pub fn save<B: Backend>(
     write_atomic(&path.with_extension("json"), pretty.as_bytes())
 }
 
-/// Reads only the header of a checkpoint.
+/// Reads only the header of an FF checkpoint.
 pub fn read_header(path: &Path) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    header_of(path, &bytes)
+    header_of(path, &bytes, true)
 }
 
-fn header_of(path: &Path, bytes: &[u8]) -> Result<Header> {
+/// Reads only the header of a baseline's `weights.safetensors`.
+pub fn read_weights_header(path: &Path) -> Result<Header> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    header_of(path, &bytes, false)
+}
+
+/// The header of `bytes`, which must be an FF checkpoint (`ff`) or a baseline's weights.
+fn header_of(path: &Path, bytes: &[u8], ff: bool) -> Result<Header> {
     let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
@@ -169,26 +230,38 @@ fn header_of(path: &Path, bytes: &[u8]) -> Result<Header> {
         .as_ref()
         .and_then(|m| m.get(HEADER_KEY))
         .ok_or_else(|| bad("no trifecta header: not a trifecta checkpoint".into()))?;
+    const BASELINE: &str = "holds a baseline (bp/lcp) model's weights, not an FF checkpoint";
     let header: Header = serde_json::from_str(json).map_err(|e| {
-        // A baseline's weights carry a header of their own: the epoch and the config.
-        let baseline = serde_json::from_str::<serde_json::Value>(json)
+        // Baselines' weights used to carry a header of their own: the epoch and the config.
+        let old_baseline = serde_json::from_str::<serde_json::Value>(json)
             .is_ok_and(|v| v.get("config").is_some() && v.get("format").is_none());
-        match baseline {
-            true => bad("holds a baseline (bp/lcp) model's weights, not an FF checkpoint".into()),
-            false => bad(format!("unreadable header: {e}")),
+        match (old_baseline, ff) {
+            (true, true) => bad(BASELINE.into()),
+            (true, false) => bad(
+                "written by an earlier trifecta, which kept no optimiser state with a baseline's \
+                 weights: the run cannot be resumed (train it again)"
+                    .into(),
+            ),
+            (false, _) => bad(format!("unreadable header: {e}")),
         }
     })?;
     if header.format != FORMAT {
         return Err(bad(format!("format {} is not {FORMAT}", header.format)));
     }
-    Ok(header)
+    match (header.config.model == Model::Ff, ff) {
+        (false, true) => Err(bad(BASELINE.into())),
+        (true, false) => Err(bad(
+            "holds an FF checkpoint, not a baseline (bp/lcp) model's weights".into(),
+        )),
+        _ => Ok(header),
+    }
 }
 
 /// Loads every tensor of the checkpoint at `path` into `net`, which must have the same
 /// architecture; returns the header.
-pub fn load<B: Backend>(path: &Path, net: &mut FfNet<B>, backend: &B) -> Result<Header> {
+pub fn load<B: Backend, N: Saved<B>>(path: &Path, net: &mut N, backend: &B) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let header = header_of(path, &bytes)?;
+    let header = header_of(path, &bytes, N::FF)?;
     let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
@@ -214,7 +287,7 @@ pub fn load<B: Backend>(path: &Path, net: &mut FfNet<B>, backend: &B) -> Result<
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect())
     };
-    let expected = net.named_params().len()
+    let expected = net.named_params_mut().len()
         + net.named_buffers_mut().len()
         + net.named_optimizer_buffers_mut().len();
     if file.len() != expected {
@@ -236,7 +309,7 @@ pub fn load<B: Backend>(path: &Path, net: &mut FfNet<B>, backend: &B) -> Result<
         backend.write(buffer, &values)?;
     }
     net.set_optimizer_steps(&header.adam_steps)?;
-    net.iteration = header.iteration;
+    *net.iteration_mut() = header.iteration;
     Ok(header)
 }
 

@@ -18,6 +18,7 @@ use crate::ff::eval::KeptGoodness;
 use crate::ff::train::{evaluate, train_epoch};
 use crate::ff::{Evaluation, FfConfig, FfNet};
 use crate::interrupt;
+use checkpoint::Saved;
 use config::TrainConfig;
 use metrics::{EpochRecord, LayerRecord};
 use std::io::IsTerminal;
@@ -297,7 +298,7 @@ pub fn train(config: &TrainConfig, resume: bool, control: RunControl) -> Result<
     if config.model != Model::Ff {
         if control.max_steps.is_some() {
             return Err(Error::Config(
-                "--max-steps stops a run for --resume, and baseline (bp/lcp) runs cannot be resumed".into(),
+                "--max-steps stops a run within an epoch, and baseline (bp/lcp) runs resume only from an epoch's end".into(),
             ));
         }
         return train_baseline(config, resume);
@@ -339,8 +340,6 @@ fn train_ff<B: Backend>(
     let progress_path = dir.join(PROGRESS_FILE);
     let mut done = 0;
     let mut partial = None;
-    // The epochs kept on resume, then this process' as they end.
-    let mut history = Vec::new();
     if resume {
         if checkpoint_path.exists() {
             let header = checkpoint::load(&checkpoint_path, &mut net, backend)?;
@@ -359,19 +358,8 @@ fn train_ff<B: Backend>(
                 _ => remove_progress(&progress_path)?,
             }
         }
-        if config.epochs < done {
-            return Err(Error::Config(format!(
-                "{} has trained {done} epochs already: --epochs {} would end before that (ask for more to continue it)",
-                dir.display(),
-                config.epochs
-            )));
-        }
-        history = metrics::truncate_after(&metrics_path, done)?;
-        // A longer --epochs is allowed on resume: the folder's config follows it.
-        checkpoint::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-    } else {
-        create_run_dir(&dir, config)?;
     }
+    let mut history = open_run_dir(config, resume, done)?;
     let layers = net.blocks.len();
     let ensemble = ensemble_layers(config, layers);
     println!(
@@ -406,21 +394,11 @@ fn train_ff<B: Backend>(
         );
         return Ok(Vec::new());
     }
-    if done > 0 && done == config.epochs {
-        println!(
-            "the run has trained epoch {done} of {done}: nothing to do (`--epochs N` with N above {done} trains it further)"
-        );
+    if nothing_left(config, done, &history, EARLY_STOP_FF) {
         return Ok(Vec::new());
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    if metrics::stopped_early(&history, config.patience) {
-        println!(
-            "{}",
-            early_stop_words(&history, config.patience, "stopped early already") + EARLY_STOP_FF
-        );
-        return Ok(Vec::new());
-    }
     let pace = Pace::new(done + 1);
     let mut last_save = Instant::now();
     let go_on = format!(
@@ -532,7 +510,7 @@ fn train_ff<B: Backend>(
         print_epoch(&record, config.epochs, &pace);
         metrics::append(&metrics_path, &record)?;
         history.push(record.clone());
-        let header = run_header(&net, config, &inputs, epoch, None);
+        let header = run_header(&mut net, config, &inputs, epoch, None);
         // The best first: a run stopped between the two redoes this epoch, the same way.
         if metrics::best_val(&history).is_some_and(|(best, _)| best.epoch == epoch) {
             checkpoint::save(&dir.join(BEST_CHECKPOINT_FILE), &mut net, backend, &header)?;
@@ -570,6 +548,48 @@ fn train_ff<B: Backend>(
     Ok(records)
 }
 
+/// Makes `config.out` a fresh run folder, or, on `resume` of a run that has trained `done`
+/// epochs, checks that `--epochs` asks for no fewer and saves the config (a longer
+/// `--epochs` is allowed: the folder's config follows it). Returns the run's records kept
+/// (up to epoch `done`: those of an epoch whose state was never saved are dropped, to be
+/// trained again), to which the epochs of this process are added as they end.
+fn open_run_dir(config: &TrainConfig, resume: bool, done: u64) -> Result<Vec<EpochRecord>> {
+    let dir = &config.out;
+    if !resume {
+        create_run_dir(dir, config)?;
+        return Ok(Vec::new());
+    }
+    if config.epochs < done {
+        return Err(Error::Config(format!(
+            "{} has trained {done} epochs already: --epochs {} would end before that (ask for more to continue it)",
+            dir.display(),
+            config.epochs
+        )));
+    }
+    let history = metrics::truncate_after(&dir.join(METRICS_FILE), done)?;
+    checkpoint::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+    Ok(history)
+}
+
+/// Whether a resumed run has nothing left to train (its epochs done, or stopped early on its
+/// validation split, where `kept` says what it kept): prints why.
+fn nothing_left(config: &TrainConfig, done: u64, history: &[EpochRecord], kept: &str) -> bool {
+    if done > 0 && done == config.epochs {
+        println!(
+            "the run has trained epoch {done} of {done}: nothing to do (`--epochs N` with N above {done} trains it further)"
+        );
+        return true;
+    }
+    if metrics::stopped_early(history, config.patience) {
+        println!(
+            "{}",
+            early_stop_words(history, config.patience, "stopped early already") + kept
+        );
+        return true;
+    }
+    false
+}
+
 /// Saves `net` within epoch `epoch` (1-based), `partial` of it done, as the run's progress.
 fn save_progress<B: Backend>(
     path: &Path,
@@ -585,8 +605,8 @@ fn save_progress<B: Backend>(
 }
 
 /// The header of a checkpoint of `net` after `epochs` epochs, and `partial` of the next.
-fn run_header<B: Backend>(
-    net: &FfNet<B>,
+fn run_header<B: Backend, N: Saved<B>>(
+    net: &mut N,
     config: &TrainConfig,
     inputs: &data::InputSpec,
     epochs: u64,
@@ -595,7 +615,7 @@ fn run_header<B: Backend>(
     checkpoint::Header {
         format: checkpoint::FORMAT.into(),
         epoch: epochs,
-        iteration: net.iteration,
+        iteration: *net.iteration_mut(),
         adam_steps: net.optimizer_steps(),
         config: config.clone(),
         partial,
@@ -877,21 +897,15 @@ pub fn evaluate_checkpoint(
 }
 
 /// Trains a baseline (`bp` or `lcp`) on the same data pipeline: a run folder with the config,
-/// the metrics (one record per head: its loss and test accuracy) and the trained parameters in
-/// `weights.safetensors`. Baseline runs cannot be resumed.
+/// the metrics (one record per head: its loss and test accuracy) and, after every epoch, the
+/// network's state in `weights.safetensors` (parameters, running statistics, Adam), from
+/// which `resume` goes on after the last epoch it saved.
 fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>> {
-    if resume {
-        return Err(Error::Config(format!(
-            "{}: only FF runs can be resumed; this is a {:?} run",
-            config.out.display(),
-            config.model
-        )));
-    }
     with_backend!(
         &config.device,
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
-        |backend| train_classifier(backend, config)
+        |backend| train_classifier(backend, config, resume)
     )
 }
 
@@ -921,8 +935,13 @@ fn classifier_accuracy<B: Backend>(
         .collect())
 }
 
-fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
+fn train_classifier<B: Backend>(
+    backend: &B,
+    config: &TrainConfig,
+    resume: bool,
+) -> Result<Vec<EpochRecord>> {
     let dir = config.out.clone();
+    interrupt::install();
     let Splits { train, val, test } = load_data(config)?;
     let ff = ff_config(config, &train)?;
     ff.check_fits(
@@ -930,7 +949,13 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         backend.available_memory(),
     )?;
     let mut net = ClassifierNet::new(backend, ff, config.model, config.seed)?;
-    create_run_dir(&dir, config)?;
+    let inputs = train.input_spec();
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let mut done = 0;
+    if resume && weights_path.exists() {
+        done = checkpoint::load(&weights_path, &mut net, backend)?.epoch;
+    }
+    let mut history = open_run_dir(config, resume, done)?;
     let layers = net.head_layers();
     println!(
         "run {}: {:?} baseline on {} ({}), {}, widths {:?}, norm {:?}, batch {}",
@@ -943,10 +968,16 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         config.norm,
         config.batch_size
     );
+    if done > 0 {
+        println!("resuming after epoch {done}");
+    }
+    if nothing_left(config, done, &history, "") {
+        return Ok(Vec::new());
+    }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    let pace = Pace::new(1);
-    for epoch in 1..=config.epochs {
+    let pace = Pace::new(done + 1);
+    for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
         let steps = train.len().div_ceil(config.batch_size);
@@ -965,9 +996,12 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
             |_, batches| -> Result<()> {
                 let mut waited = data::loader::Waited::new(batches);
                 for batch in waited.by_ref() {
-                    // Installed by an FF run before it in this process (`reproduce`).
                     interrupt::check(|| {
-                        format!("in epoch {epoch} of a baseline run, which cannot be resumed")
+                        format!(
+                            "in epoch {epoch}: `trifecta train --resume {}` goes on from its start \
+                             (a baseline saves at epoch ends)",
+                            dir.display()
+                        )
                     })?;
                     let losses = net.train_step(backend, &batch.images, &batch.positive)?;
                     for (sum, l) in loss_sums.iter_mut().zip(&losses) {
@@ -1018,9 +1052,11 @@ fn train_classifier<B: Backend>(backend: &B, config: &TrainConfig) -> Result<Vec
         };
         print_epoch(&record, config.epochs, &pace);
         metrics::append(&dir.join(METRICS_FILE), &record)?;
-        checkpoint::save_weights(&dir.join(WEIGHTS_FILE), &mut net, backend, epoch, config)?;
+        let header = run_header(&mut net, config, &inputs, epoch, None);
+        checkpoint::save(&weights_path, &mut net, backend, &header)?;
+        history.push(record.clone());
         records.push(record);
-        if epoch < config.epochs && metrics::stopped_early(&records, config.patience) {
+        if epoch < config.epochs && metrics::stopped_early(&history, config.patience) {
             // Its weights are the last epoch's: a baseline keeps no best checkpoint.
             println!(
                 "{}",
