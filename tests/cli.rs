@@ -1177,15 +1177,30 @@ fn reproduce_and_report_write_tables_and_figures() {
         "{grid_md}"
     );
 
-    let baseline = trifecta(&["eval", out.join("lcp").to_str().unwrap()]);
-    assert_one_line_error(&baseline, &["lcp", "baseline"]);
-    // Its weights file named instead: the same, in words (not a missing header field).
+    // A baseline's run folder, or its weights file, evaluates as an FF run does: each head's
+    // test accuracy at its layer, as its last epoch's record has them.
+    let last = trifecta::run::metrics::read(&out.join("lcp/metrics.jsonl"))
+        .unwrap()
+        .pop()
+        .unwrap();
     let weights = out.join("lcp").join("weights.safetensors");
-    let baseline = trifecta(&["eval", weights.to_str().unwrap()]);
-    assert_one_line_error(
-        &baseline,
-        &["weights.safetensors", "baseline", "not an FF checkpoint"],
-    );
+    for named in [out.join("lcp"), weights.clone()] {
+        let eval = trifecta(&["eval", named.to_str().unwrap(), "--per-class"]);
+        assert!(eval.status.success(), "{}", stderr(&eval));
+        let stdout = String::from_utf8_lossy(&eval.stdout);
+        assert!(stdout.contains("lcp head on layer 5 accuracy"), "{stdout}");
+        assert!(
+            stdout.contains("per class (lcp head on layer 5, test)"),
+            "{stdout}"
+        );
+        assert_eq!(last.layers.len(), 6);
+        for record in &last.layers {
+            let accuracy = 100.0 * record.test_accuracy.unwrap();
+            let line = format!("  layer {}: {accuracy:.2}%\n", record.layer);
+            assert!(stdout.contains(&line), "{line} not in {stdout}");
+        }
+    }
+    // Predicting takes an FF network's goodness: a baseline's state is refused in words.
     let image = tmp.path().join("blank.png");
     image::GrayImage::new(28, 28).save(&image).unwrap();
     for named in [out.join("lcp"), weights] {
@@ -1696,5 +1711,23 @@ fn a_baseline_run_resumes_from_its_last_epoch_bit_for_bit() {
     assert!(
         err.contains("baseline (bp/lcp) model's weights, not an FF"),
         "{err}"
+    );
+    // Backprop has one head, on the last layer: eval prints that layer alone, on every split
+    // asked, the test's as its last record has it.
+    let bp = tmp.path().join("bp-whole");
+    let out = trifecta(&["eval", bp.to_str().unwrap(), "--on-train"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let layers: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  layer"))
+        .collect();
+    let last = untimed_records(&bp).pop().unwrap();
+    let test = 100.0 * last["ensemble_accuracy"].as_f64().unwrap();
+    assert_eq!(layers.len(), 1, "{stdout}");
+    assert!(
+        layers[0].starts_with("  layer 5: train ")
+            && layers[0].ends_with(&format!(", test {test:.2}%")),
+        "{stdout}"
     );
 }

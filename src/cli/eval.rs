@@ -1,6 +1,8 @@
-//! `trifecta eval CHECKPOINT`: per-layer and ensemble accuracy of a saved network on the test
-//! set, the run's validation split and (asked) the images it trained on.
+//! `trifecta eval CHECKPOINT`: per-layer and ensemble accuracy of a saved network (an FF
+//! network, or a baseline's heads) on the test set, the run's validation split and (asked)
+//! the images it trained on.
 
+use crate::baselines::Model;
 use crate::error::{Error, Result};
 use crate::run::config::{PartialConfig, TrainConfig};
 use clap::Args;
@@ -8,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A run folder or a checkpoint `.safetensors` file.
+    /// A run folder, an FF checkpoint `.safetensors` file, or a baseline's (bp/lcp)
+    /// `weights.safetensors`.
     pub checkpoint: PathBuf,
     /// Also evaluate the images the run trained on (without augmentation), for the
     /// generalisation gap: accuracy on them against the test set's, per layer.
@@ -29,12 +32,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let config = if overrides == PartialConfig::default() {
         None
     } else {
-        let file = if args.checkpoint.is_dir() {
-            args.checkpoint.join(crate::run::CHECKPOINT_FILE)
-        } else {
-            args.checkpoint.clone()
-        };
-        let saved = crate::run::checkpoint::read_header(&file)?.config;
+        let file = crate::run::saved_state_file(&args.checkpoint)?;
+        let saved = crate::run::checkpoint::read_any_header(&file)?.config;
         let mut config = PartialConfig::from(&saved).overlay(&overrides).resolve()?;
         let split = |c: &TrainConfig| (c.val_split, if c.val_split > 0 { c.seed } else { 0 });
         if split(&config) != split(&saved) {
@@ -72,28 +71,34 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|(name, e)| format!("{} {name}", e.samples))
         .collect();
     let (_, test) = splits.last().expect("the test split is always evaluated");
+    // A baseline's last head stands where an FF network's ensemble does.
+    let predictor = match config.model {
+        Model::Ff => format!("ensemble {:?}", test.ensemble_layers),
+        model => format!("{model:?} head on layer {}", test.ensemble_layers[0]).to_lowercase(),
+    };
     println!(
-        "{} on {} ({} images): ensemble {:?} accuracy {}",
+        "{} on {} ({} images): {predictor} accuracy {}",
         args.checkpoint.display(),
         config.dataset.name(),
         images.join(" / "),
-        test.ensemble_layers,
         accuracies(&|e| e.ensemble_accuracy)
     );
-    for layer in 0..test.layer_accuracy.len() {
+    // A baseline's layers without a head have no accuracy.
+    for layer in (0..test.layer_accuracy.len()).filter(|&l| !test.layer_accuracy[l].is_nan()) {
         println!(
             "  layer {layer}: {}",
             accuracies(&|e| e.layer_accuracy[layer])
         );
     }
     if args.per_class {
-        print_per_class(test, &class_names);
+        print_per_class(test, &class_names, &predictor);
     }
     Ok(())
 }
 
-/// The ensemble's accuracy on each class, and the class it was most often taken for.
-fn print_per_class(eval: &crate::ff::Evaluation, names: &[String]) {
+/// The ensemble's (a baseline's last head's) accuracy on each class, and the class it was
+/// most often taken for.
+fn print_per_class(eval: &crate::ff::Evaluation, names: &[String], predictor: &str) {
     let width = names
         .iter()
         .map(|n| n.chars().count())
@@ -101,8 +106,8 @@ fn print_per_class(eval: &crate::ff::Evaluation, names: &[String]) {
         .unwrap_or(0)
         .max(5);
     println!(
-        "per class (ensemble {:?}, test):\n  {:<width$}  images  accuracy  most often taken for",
-        eval.ensemble_layers, "class"
+        "per class ({predictor}, test):\n  {:<width$}  images  accuracy  most often taken for",
+        "class"
     );
     for (class, record) in eval.per_class().into_iter().enumerate() {
         let taken = match record.mistaken {

@@ -205,17 +205,24 @@ pub fn save<B: Backend, N: Saved<B>>(
 /// Reads only the header of an FF checkpoint.
 pub fn read_header(path: &Path) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    header_of(path, &bytes, true)
+    header_of(path, &bytes, Some(true))
 }
 
 /// Reads only the header of a baseline's `weights.safetensors`.
 pub fn read_weights_header(path: &Path) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    header_of(path, &bytes, false)
+    header_of(path, &bytes, Some(false))
 }
 
-/// The header of `bytes`, which must be an FF checkpoint (`ff`) or a baseline's weights.
-fn header_of(path: &Path, bytes: &[u8], ff: bool) -> Result<Header> {
+/// Reads only the header of an FF checkpoint or a baseline's weights, whichever `path` is.
+pub fn read_any_header(path: &Path) -> Result<Header> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    header_of(path, &bytes, None)
+}
+
+/// The header of `bytes`, which must be an FF checkpoint (`ff` true) or a baseline's weights
+/// (false), or either (None).
+fn header_of(path: &Path, bytes: &[u8], ff: Option<bool>) -> Result<Header> {
     let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
@@ -236,8 +243,8 @@ fn header_of(path: &Path, bytes: &[u8], ff: bool) -> Result<Header> {
         let old_baseline = serde_json::from_str::<serde_json::Value>(json)
             .is_ok_and(|v| v.get("config").is_some() && v.get("format").is_none());
         match (old_baseline, ff) {
-            (true, true) => bad(BASELINE.into()),
-            (true, false) => bad(
+            (true, Some(true)) => bad(BASELINE.into()),
+            (true, _) => bad(
                 "written by an earlier trifecta, which kept no optimiser state with a baseline's \
                  weights: the run cannot be resumed (train it again)"
                     .into(),
@@ -249,8 +256,8 @@ fn header_of(path: &Path, bytes: &[u8], ff: bool) -> Result<Header> {
         return Err(bad(format!("format {} is not {FORMAT}", header.format)));
     }
     match (header.config.model == Model::Ff, ff) {
-        (false, true) => Err(bad(BASELINE.into())),
-        (true, false) => Err(bad(
+        (false, Some(true)) => Err(bad(BASELINE.into())),
+        (true, Some(false)) => Err(bad(
             "holds an FF checkpoint, not a baseline (bp/lcp) model's weights".into(),
         )),
         _ => Ok(header),
@@ -261,7 +268,7 @@ fn header_of(path: &Path, bytes: &[u8], ff: bool) -> Result<Header> {
 /// architecture; returns the header.
 pub fn load<B: Backend, N: Saved<B>>(path: &Path, net: &mut N, backend: &B) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let header = header_of(path, &bytes, N::FF)?;
+    let header = header_of(path, &bytes, Some(N::FF))?;
     let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,

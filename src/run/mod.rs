@@ -823,6 +823,16 @@ pub struct CheckpointEval {
     pub class_names: Vec<String>,
 }
 
+/// The saved state `path` names: a file, or a run folder's FF checkpoint or, in a
+/// baseline's run folder, its weights.
+pub fn saved_state_file(path: &Path) -> Result<PathBuf> {
+    let weights = path.join(WEIGHTS_FILE);
+    match path.is_dir() && !path.join(CHECKPOINT_FILE).exists() && weights.exists() {
+        true => Ok(weights),
+        false => checkpoint_file(path),
+    }
+}
+
 /// The FF checkpoint `path` names: a file, or a run folder's checkpoint (a baseline's run
 /// folder has none: an error that says so).
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
@@ -832,7 +842,7 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
     let file = path.join(CHECKPOINT_FILE);
     if !file.exists() && path.join(WEIGHTS_FILE).exists() {
         return Err(Error::Config(format!(
-            "{} is a baseline (bp/lcp) run: its test accuracy per epoch is in {METRICS_FILE}; eval and predict read FF checkpoints",
+            "{} is a baseline (bp/lcp) run: `trifecta eval` evaluates it; predict reads FF checkpoints",
             path.display()
         )));
     }
@@ -857,8 +867,8 @@ pub fn evaluate_checkpoint(
     config: Option<TrainConfig>,
     on_train: bool,
 ) -> Result<CheckpointEval> {
-    let file = checkpoint_file(path)?;
-    let header = checkpoint::read_header(&file)?;
+    let file = saved_state_file(path)?;
+    let header = checkpoint::read_any_header(&file)?;
     let config = config.unwrap_or(header.config);
     // A checkpoint's own config may come from another machine (its thread count, its device).
     config.validate()?;
@@ -869,23 +879,37 @@ pub fn evaluate_checkpoint(
         crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| {
             let Splits { train, val, test } = load_data(&config)?;
-            let mut net = build_net(backend, &config, &train)?;
-            checkpoint::load(&file, &mut net, backend)?;
-            let ensemble = ensemble_layers(&config, net.blocks.len());
             let named = [
                 ("train", on_train.then_some(&train)),
                 ("val", val.as_ref()),
                 ("test", Some(&test)),
             ];
-            let splits = named
+            let named = named
                 .into_iter()
-                .filter_map(|(name, data)| Some((name, data?)))
-                .map(|(name, data)| {
-                    let eval =
-                        evaluate(&mut net, backend, data, config.eval_batch_size, &ensemble)?;
-                    Ok((name, eval))
-                })
-                .collect::<Result<Vec<_>>>()?;
+                .filter_map(|(name, data)| Some((name, data?)));
+            let batch = config.eval_batch_size;
+            let splits = match config.model {
+                Model::Ff => {
+                    let mut net = build_net(backend, &config, &train)?;
+                    checkpoint::load(&file, &mut net, backend)?;
+                    let ensemble = ensemble_layers(&config, net.blocks.len());
+                    named
+                        .map(|(name, data)| {
+                            Ok((name, evaluate(&mut net, backend, data, batch, &ensemble)?))
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                }
+                model => {
+                    let ff = ff_config(&config, &train)?;
+                    let mut net = ClassifierNet::new(backend, ff, model, config.seed)?;
+                    checkpoint::load(&file, &mut net, backend)?;
+                    named
+                        .map(|(name, data)| {
+                            Ok((name, evaluate_classifier(&mut net, backend, data, batch)?))
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                }
+            };
             Ok::<_, Error>((splits, train.class_names.clone()))
         }
     )?;
@@ -909,30 +933,50 @@ fn train_baseline(config: &TrainConfig, resume: bool) -> Result<Vec<EpochRecord>
     )
 }
 
-/// Test accuracy of each of a baseline's heads.
-fn classifier_accuracy<B: Backend>(
+/// A baseline's evaluation on `data`: each head's accuracy at the layer it sits on (NaN at
+/// layers without one), the last head standing for the ensemble, with its confusion matrix.
+pub fn evaluate_classifier<B: Backend>(
     net: &mut ClassifierNet<B>,
     backend: &B,
-    test: &Dataset,
+    data: &Dataset,
     batch_size: usize,
-) -> Result<Vec<f64>> {
-    let mut correct = vec![0usize; net.head_layers().len()];
-    data::loader::with_eval_batches(test, batch_size, |batches| -> Result<()> {
+) -> Result<Evaluation> {
+    let heads = net.head_layers();
+    let classes = data.classes;
+    let mut correct = vec![0usize; heads.len()];
+    let mut confusion = vec![0usize; classes * classes];
+    data::loader::with_eval_batches(data, batch_size, |batches| -> Result<()> {
         for (images, labels) in batches {
-            for (c, predictions) in correct.iter_mut().zip(net.predict(backend, &images)?) {
-                *c += predictions
+            let predictions = net.predict(backend, &images)?;
+            for (c, predicted) in correct.iter_mut().zip(&predictions) {
+                *c += predicted
                     .iter()
                     .zip(&labels)
                     .filter(|(p, y)| p == y)
                     .count();
             }
+            let last = predictions.last().expect("at least one head");
+            for (&p, &y) in last.iter().zip(&labels) {
+                confusion[y as usize * classes + p as usize] += 1;
+            }
         }
         Ok(())
     })?;
-    Ok(correct
-        .iter()
-        .map(|c| *c as f64 / test.len().max(1) as f64)
-        .collect())
+    let total = data.len().max(1) as f64;
+    let mut layer_accuracy = vec![f64::NAN; net.blocks.len()];
+    for (&layer, c) in heads.iter().zip(&correct) {
+        layer_accuracy[layer] = *c as f64 / total;
+    }
+    let last = *heads.last().expect("at least one head");
+    Ok(Evaluation {
+        ensemble_accuracy: layer_accuracy[last],
+        layer_accuracy,
+        ensemble_layers: vec![last],
+        samples: data.len(),
+        classes,
+        confusion,
+        kept: Default::default(),
+    })
 }
 
 fn train_classifier<B: Backend>(
@@ -1020,7 +1064,9 @@ fn train_classifier<B: Backend>(
         let eval_start = Instant::now();
         let mut accuracy_on = |data: Option<&Dataset>| match data {
             Some(data) if config.evaluates(epoch) => {
-                classifier_accuracy(&mut net, backend, data, config.eval_batch_size).map(Some)
+                let eval = evaluate_classifier(&mut net, backend, data, config.eval_batch_size)?;
+                let heads: Vec<f64> = layers.iter().map(|&l| eval.layer_accuracy[l]).collect();
+                Ok(Some(heads))
             }
             _ => Ok(None),
         };
