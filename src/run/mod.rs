@@ -1066,7 +1066,7 @@ fn train_classifier<B: Backend>(
             Some(data) if config.evaluates(epoch) => {
                 let eval = evaluate_classifier(&mut net, backend, data, config.eval_batch_size)?;
                 let heads: Vec<f64> = layers.iter().map(|&l| eval.layer_accuracy[l]).collect();
-                Ok(Some(heads))
+                Ok::<_, Error>(Some(heads))
             }
             _ => Ok(None),
         };
