@@ -1627,6 +1627,14 @@ fn a_baseline_run_resumes_from_its_last_epoch_bit_for_bit() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = trifecta(&args);
             assert!(out.status.success(), "{}", stderr(&out));
+            // The closing line names the commands that read and continue it.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let eval = format!("`trifecta eval {}`", run.display());
+            let resume = format!("`trifecta train --resume {} --epochs N`", run.display());
+            assert!(
+                stdout.contains(&eval) && stdout.contains(&resume),
+                "{stdout}"
+            );
             run
         };
         let whole = run_of("whole", 3);

@@ -293,22 +293,18 @@ fn name_the_file<T>(file: Option<&std::path::Path>, result: Result<T>) -> Result
     }
 }
 
-/// Where the run is, and the commands that read or continue it (a baseline's run keeps no
-/// checkpoint to evaluate or resume).
+/// Where the run is, and the commands that read or continue it.
 fn print_next_steps(config: &crate::run::config::TrainConfig) {
     let dir = config.out.display();
-    if config.model == Model::Ff {
+    println!(
+        "run folder {dir}: `trifecta report {dir}` draws its curves, `trifecta eval {dir}` \
+         evaluates it, `trifecta train --resume {dir} --epochs N` trains it further"
+    );
+    // A baseline keeps its last epoch only.
+    if config.model == Model::Ff && config.val_split > 0 {
         println!(
-            "run folder {dir}: `trifecta report {dir}` draws its curves, `trifecta eval {dir}` \
-             evaluates it, `trifecta train --resume {dir} --epochs N` trains it further"
+            "the epoch best on the validation split: `trifecta eval {}`",
+            config.out.join(crate::run::BEST_CHECKPOINT_FILE).display()
         );
-        if config.val_split > 0 {
-            println!(
-                "the epoch best on the validation split: `trifecta eval {}`",
-                config.out.join(crate::run::BEST_CHECKPOINT_FILE).display()
-            );
-        }
-    } else {
-        println!("run folder {dir}: `trifecta report {dir}` draws its curves");
     }
 }
