@@ -1200,13 +1200,6 @@ fn reproduce_and_report_write_tables_and_figures() {
             assert!(stdout.contains(&line), "{line} not in {stdout}");
         }
     }
-    // Predicting takes an FF network's goodness: a baseline's state is refused in words.
-    let image = tmp.path().join("blank.png");
-    image::GrayImage::new(28, 28).save(&image).unwrap();
-    for named in [out.join("lcp"), weights] {
-        let out = trifecta(&["predict", named.to_str().unwrap(), image.to_str().unwrap()]);
-        assert_one_line_error(&out, &["lcp", "baseline"]);
-    }
 
     // A run stopped before its last epoch says so.
     let partial = tmp.path().join("partial");
@@ -1288,29 +1281,35 @@ fn predicted(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// The first `n` test images of the built-in sample, written as `00.png`... into `dir`; returns
+/// them as a dataset.
+fn sample_pngs(dir: &Path, n: usize) -> trifecta::data::Dataset {
+    use trifecta::data::{DatasetKind, Split};
+    let mut test = trifecta::data::load(DatasetKind::MnistSample, dir, Split::Test, false).unwrap();
+    test.pixels.truncate(n * test.shape.numel());
+    test.labels.truncate(n);
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        image::GrayImage::from_raw(28, 28, test.image(i).to_vec())
+            .unwrap()
+            .save(dir.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    test
+}
+
 /// `predict` on image files gives each the class evaluation gives the same pixels: 40 test
 /// images of the sample written as PNG files, against the library's goodness of the
 /// dataset's own images.
 #[test]
 fn predict_gives_the_classes_evaluation_gives() {
     use trifecta::backend::cpu::Cpu;
-    use trifecta::data::{DatasetKind, Split};
     let tmp = TempDir::new("predict");
     let run = tmp.path().join("run");
     assert!(run_quick(&run, 2).status.success());
-    let mut test =
-        trifecta::data::load(DatasetKind::MnistSample, tmp.path(), Split::Test, false).unwrap();
     let n = 40;
-    test.pixels.truncate(n * test.shape.numel());
-    test.labels.truncate(n);
     let images = tmp.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for i in 0..n {
-        image::GrayImage::from_raw(28, 28, test.image(i).to_vec())
-            .unwrap()
-            .save(images.join(format!("{i:02}.png")))
-            .unwrap();
-    }
+    let test = sample_pngs(&images, n);
     // A hidden file is not an image of the folder.
     std::fs::write(images.join(".notes.png"), b"not an image").unwrap();
     let out = trifecta(&[
@@ -1720,9 +1719,111 @@ fn a_baseline_run_resumes_from_its_last_epoch_bit_for_bit() {
         err.contains("baseline (bp/lcp) model's weights, not an FF"),
         "{err}"
     );
+    let bp = tmp.path().join("bp-whole");
+    // predict gives the classes of the library's last head, with its softmax probabilities;
+    // an ensemble must name layers that have heads.
+    let n = 12;
+    let images = tmp.path().join("digits");
+    let test = sample_pngs(&images, n);
+    for model in ["bp", "lcp"] {
+        let run = tmp.path().join(format!("{model}-whole"));
+        let csv = tmp.path().join(format!("{model}.csv"));
+        let out = trifecta(&[
+            "predict",
+            run.to_str().unwrap(),
+            images.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+        ]);
+        let got = predicted(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("{model} head on layer 5)")),
+            "{stdout}"
+        );
+        let backend = trifecta::backend::cpu::Cpu::new(2).unwrap();
+        let config = trifecta::run::read_config(&run).unwrap();
+        let ff = trifecta::run::ff_config(&config, &test).unwrap();
+        let kind = if model == "bp" {
+            trifecta::baselines::Model::Bp
+        } else {
+            trifecta::baselines::Model::Lcp
+        };
+        let mut net = trifecta::baselines::ClassifierNet::new(&backend, ff, kind, 0).unwrap();
+        trifecta::run::checkpoint::load(&run.join("weights.safetensors"), &mut net, &backend)
+            .unwrap();
+        let (batch, _) = test.batch(&(0..n).collect::<Vec<_>>(), None);
+        let want: Vec<String> = net
+            .predict(&backend, &batch)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        assert_eq!(got, want, "{model}");
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(
+            text.starts_with("path,label,class,probability_0,"),
+            "{text}"
+        );
+        for row in text.lines().skip(1) {
+            let sum: f32 = row
+                .split(',')
+                .skip(3)
+                .map(|p| p.parse::<f32>().unwrap())
+                .sum();
+            assert!((sum - 1.0).abs() < 1e-4, "{row}");
+        }
+    }
+    let lcp = tmp.path().join("lcp-whole");
+    let out = trifecta(&[
+        "predict",
+        lcp.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--ensemble",
+        "3,5",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("lcp heads on layers [3, 5], mean probability")
+    );
+    let out = trifecta(&[
+        "predict",
+        bp.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--ensemble",
+        "3",
+    ]);
+    assert_one_line_error(
+        &out,
+        &["layer 3 has no head", "bp network has heads on layers [5]"],
+    );
+    // A baseline run of an earlier build saved its parameters alone, under a header without
+    // a format: reading it says so, whatever the command.
+    let old = tmp.path().join("old-bp");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(bp.join("config.toml"), old.join("config.toml")).unwrap();
+    std::fs::copy(bp.join("metrics.jsonl"), old.join("metrics.jsonl")).unwrap();
+    let value = [0u8; 4];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &value).unwrap();
+    let metadata = std::collections::HashMap::from([(
+        "trifecta".to_string(),
+        r#"{"epoch":3,"config":{}}"#.to_string(),
+    )]);
+    let bytes = safetensors::serialize([("head0.linear.bias", view)], Some(metadata)).unwrap();
+    std::fs::write(old.join("weights.safetensors"), bytes).unwrap();
+    for args in [
+        vec!["eval", old.to_str().unwrap()],
+        vec!["train", "--resume", old.to_str().unwrap(), "--epochs", "4"],
+        vec!["predict", old.to_str().unwrap(), images.to_str().unwrap()],
+    ] {
+        let out = trifecta(&args);
+        assert_one_line_error(&out, &["weights.safetensors", "from an earlier trifecta"]);
+    }
     // Backprop has one head, on the last layer: eval prints that layer alone, on every split
     // asked, the test's as its last record has it.
-    let bp = tmp.path().join("bp-whole");
     let out = trifecta(&["eval", bp.to_str().unwrap(), "--on-train"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -300,34 +300,49 @@ impl<B: Backend> ClassifierNet<B> {
         Ok(losses)
     }
 
-    /// Predicted classes of every head for `images` `(n, H, W, C)`, in eval mode.
-    pub fn predict(&mut self, backend: &B, images: &[f32]) -> Result<Vec<Vec<u32>>> {
+    /// The logits `(n, classes)` of every head for `images` `(n, H, W, C)`, in eval mode.
+    pub fn logits(&mut self, backend: &B, images: &[f32]) -> Result<Vec<Vec<f32>>> {
         let n = images.len() / self.config.image.numel().max(1);
         self.upload(backend, images, n)?;
         for i in 0..self.blocks.len() {
             self.forward_block(backend, i, n, false)?;
         }
-        let classes = self.config.classes;
         let layers = self.head_layers();
         let mut out = Vec::with_capacity(layers.len());
         for (k, &layer) in layers.iter().enumerate() {
             self.heads[k].forward(backend, self.blocks[layer].output(), n)?;
-            let logits = self.heads[k].logits.to_host(backend)?;
-            out.push(
-                logits
-                    .chunks(classes)
-                    .map(|z| {
-                        let mut best = 0;
-                        for c in 1..classes {
-                            if z[c] > z[best] {
-                                best = c;
-                            }
-                        }
-                        best as u32
-                    })
-                    .collect(),
-            );
+            out.push(self.heads[k].logits.to_host(backend)?);
         }
         Ok(out)
     }
+
+    /// Predicted classes of every head for `images` `(n, H, W, C)`, in eval mode (the first
+    /// of equal logits).
+    pub fn predict(&mut self, backend: &B, images: &[f32]) -> Result<Vec<Vec<u32>>> {
+        let classes = self.config.classes;
+        Ok(self
+            .logits(backend, images)?
+            .iter()
+            .map(|logits| logits.chunks(classes).map(argmax).collect())
+            .collect())
+    }
+}
+
+/// The index of the largest value (the first of equals).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (c, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = c;
+        }
+    }
+    best as u32
+}
+
+/// Softmax of `logits`, in f64 for the sums.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|z| ((z - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / sum) as f32).collect()
 }

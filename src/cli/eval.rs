@@ -32,7 +32,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let config = if overrides == PartialConfig::default() {
         None
     } else {
-        let file = crate::run::saved_state_file(&args.checkpoint)?;
+        let file = crate::run::saved_state_file(&args.checkpoint);
         let saved = crate::run::checkpoint::read_any_header(&file)?.config;
         let mut config = PartialConfig::from(&saved).overlay(&overrides).resolve()?;
         let split = |c: &TrainConfig| (c.val_split, if c.val_split > 0 { c.seed } else { 0 });

@@ -1,6 +1,7 @@
 //! `trifecta predict CHECKPOINT IMAGE...`: the class a trained network gives image files.
 
 use super::device_arg;
+use crate::baselines::Model;
 use crate::error::{Error, Result};
 use crate::run::checkpoint::write_atomic;
 use crate::run::config::PartialConfig;
@@ -10,17 +11,18 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A run folder or a checkpoint `.safetensors` file (such as a run's best.safetensors).
+    /// A run folder or a checkpoint `.safetensors` file (such as a run's best.safetensors), or
+    /// a baseline's (bp/lcp) `weights.safetensors`.
     pub checkpoint: PathBuf,
     /// Image files (.png, .jpg), or folders of them; each is turned gray or RGB, resized and
     /// normalised as the network's training data was.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Layers whose goodness is averaged, e.g. 3,4,5 [default: the run's ensemble, by default
-    /// its last layer].
+    /// Layers whose goodness is averaged, e.g. 3,4,5 (a baseline's: whose heads' probabilities)
+    /// [default: the run's ensemble, by default its last layer].
     #[arg(long, value_delimiter = ',')]
     pub ensemble: Option<Vec<usize>>,
-    /// Also print the goodness of every class.
+    /// Also print every class' goodness (a baseline's: probability).
     #[arg(long)]
     pub scores: bool,
     /// cpu, cuda or cuda:N [default: the run's].
@@ -32,8 +34,8 @@ pub struct PredictArgs {
     /// Images per batch, each run under every label [default: the run's evaluation batch].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
-    /// Also write every prediction to this CSV file: path, label, class and the goodness of
-    /// every class (`pd.read_csv` reads it).
+    /// Also write every prediction to this CSV file: path, label, class and every class'
+    /// goodness or probability (`pd.read_csv` reads it).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
     /// Where the run's dataset is now, for a checkpoint from before checkpoints recorded
@@ -68,9 +70,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
     };
     let predictions = predict_files(&args.checkpoint, &files, &overrides)?;
     let inputs = &predictions.inputs;
-    let layers = match predictions.ensemble.as_slice() {
-        [one] => format!("layer {one}'s goodness"),
-        many => format!("mean goodness of layers {many:?}"),
+    let score = predictions.score_name();
+    let layers = match (predictions.model, predictions.ensemble.as_slice()) {
+        (Model::Ff, [one]) => format!("layer {one}'s goodness"),
+        (Model::Ff, many) => format!("mean goodness of layers {many:?}"),
+        (model, [one]) => format!("{model:?} head on layer {one}").to_lowercase(),
+        (model, many) => {
+            format!("{model:?} heads on layers {many:?}, mean probability").to_lowercase()
+        }
     };
     println!(
         "{} (epoch {}; {}x{} {} images; {layers}): {} image{}",
@@ -98,15 +105,15 @@ pub fn run(args: PredictArgs) -> Result<()> {
         // The runner-up: how far ahead the winner is.
         let second = (0..names.len())
             .filter(|&c| c != p.label as usize)
-            .max_by(|&a, &b| p.goodness[a].total_cmp(&p.goodness[b]));
+            .max_by(|&a, &b| p.scores[a].total_cmp(&p.scores[b]));
         let mut line = format!(
-            "  {:<path_width$}  {:<name_width$}  goodness {:.3}",
+            "  {:<path_width$}  {:<name_width$}  {score} {:.3}",
             p.path.display().to_string(),
             names[p.label as usize],
-            p.goodness[p.label as usize]
+            p.scores[p.label as usize]
         );
         if let Some(c) = second {
-            line += &format!(", next {} at {:.3}", names[c], p.goodness[c]);
+            line += &format!(", next {} at {:.3}", names[c], p.scores[c]);
         }
         if let Some((w, h)) = p.resized_from {
             line += &format!(" (resized from {w}x{h})");
@@ -115,7 +122,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         if args.scores {
             let all: Vec<String> = names
                 .iter()
-                .zip(&p.goodness)
+                .zip(&p.scores)
                 .map(|(n, g)| format!("{n} {g:.3}"))
                 .collect();
             println!("    {}", all.join(", "));

@@ -245,8 +245,9 @@ fn header_of(path: &Path, bytes: &[u8], ff: Option<bool>) -> Result<Header> {
         match (old_baseline, ff) {
             (true, Some(true)) => bad(BASELINE.into()),
             (true, _) => bad(
-                "written by an earlier trifecta, which kept no optimiser state with a baseline's \
-                 weights: the run cannot be resumed (train it again)"
+                "a baseline's weights from an earlier trifecta, without BatchNorm's running \
+                 statistics or Adam's state: it cannot be evaluated, predicted with or resumed \
+                 (train the run again)"
                     .into(),
             ),
             (false, _) => bad(format!("unreadable header: {e}")),

@@ -825,28 +825,15 @@ pub struct CheckpointEval {
 
 /// The saved state `path` names: a file, or a run folder's FF checkpoint or, in a
 /// baseline's run folder, its weights.
-pub fn saved_state_file(path: &Path) -> Result<PathBuf> {
-    let weights = path.join(WEIGHTS_FILE);
-    match path.is_dir() && !path.join(CHECKPOINT_FILE).exists() && weights.exists() {
-        true => Ok(weights),
-        false => checkpoint_file(path),
-    }
-}
-
-/// The FF checkpoint `path` names: a file, or a run folder's checkpoint (a baseline's run
-/// folder has none: an error that says so).
-pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
+pub fn saved_state_file(path: &Path) -> PathBuf {
     if !path.is_dir() {
-        return Ok(path.to_path_buf());
+        return path.to_path_buf();
     }
-    let file = path.join(CHECKPOINT_FILE);
-    if !file.exists() && path.join(WEIGHTS_FILE).exists() {
-        return Err(Error::Config(format!(
-            "{} is a baseline (bp/lcp) run: `trifecta eval` evaluates it; predict reads FF checkpoints",
-            path.display()
-        )));
+    let (checkpoint, weights) = (path.join(CHECKPOINT_FILE), path.join(WEIGHTS_FILE));
+    match !checkpoint.exists() && weights.exists() {
+        true => weights,
+        false => checkpoint,
     }
-    Ok(file)
 }
 
 /// "1 step in all", "N steps in all".
@@ -867,7 +854,7 @@ pub fn evaluate_checkpoint(
     config: Option<TrainConfig>,
     on_train: bool,
 ) -> Result<CheckpointEval> {
-    let file = saved_state_file(path)?;
+    let file = saved_state_file(path);
     let header = checkpoint::read_any_header(&file)?;
     let config = config.unwrap_or(header.config);
     // A checkpoint's own config may come from another machine (its thread count, its device).

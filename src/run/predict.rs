@@ -9,8 +9,11 @@
 //! dataset (which must then be readable).
 
 use super::config::PartialConfig;
-use super::{Splits, build_net, checkpoint, checkpoint_file, ensemble_layers, load_data};
+use super::{
+    Splits, build_net, checkpoint, ensemble_layers, ff_config, load_data, saved_state_file,
+};
 use crate::backend::{Backend, with_backend};
+use crate::baselines::{ClassifierNet, Model, argmax, softmax};
 use crate::data::{Dataset, InputSpec, image_folder};
 use crate::error::{Error, Result};
 use crate::ff::eval::{ensemble_goodness, predict};
@@ -24,8 +27,9 @@ pub struct Prediction {
     pub path: PathBuf,
     /// The winning label.
     pub label: u32,
-    /// The goodness of every label, averaged over the ensemble's layers.
-    pub goodness: Vec<f32>,
+    /// Every class' score: for an FF network its goodness, averaged over the ensemble's
+    /// layers; for a baseline its probability (softmax), averaged over the ensemble's heads.
+    pub scores: Vec<f32>,
     /// The file's own width and height, where it was resized to the network's.
     pub resized_from: Option<(u32, u32)>,
 }
@@ -33,6 +37,8 @@ pub struct Prediction {
 /// The predictions of a checkpoint, with what they were made with.
 #[derive(Clone, Debug)]
 pub struct Predictions {
+    /// What made them: an FF network or a baseline's classifier.
+    pub model: Model,
     pub inputs: InputSpec,
     pub ensemble: Vec<usize>,
     /// Epochs the checkpoint had trained.
@@ -41,13 +47,22 @@ pub struct Predictions {
 }
 
 impl Predictions {
-    /// A row per image, for pandas and the like: `path,label,class`, then the goodness of
-    /// every class (columns `goodness_<class>`), as `--scores` prints them.
+    /// What the scores are: "goodness" (FF) or "probability" (a baseline).
+    pub fn score_name(&self) -> &'static str {
+        match self.model {
+            Model::Ff => "goodness",
+            _ => "probability",
+        }
+    }
+
+    /// A row per image, for pandas and the like: `path,label,class`, then the score of every
+    /// class (columns `goodness_<class>`, a baseline's `probability_<class>`), as `--scores`
+    /// prints them.
     pub fn to_csv(&self) -> String {
         let names = &self.inputs.class_names;
         let mut csv = String::from("path,label,class");
         for name in names {
-            csv += &format!(",{}", csv_text(&format!("goodness_{name}")));
+            csv += &format!(",{}", csv_text(&format!("{}_{name}", self.score_name())));
         }
         csv.push('\n');
         for p in &self.items {
@@ -57,7 +72,7 @@ impl Predictions {
                 p.label,
                 csv_text(&names[p.label as usize])
             );
-            for g in &p.goodness {
+            for g in &p.scores {
                 csv += &format!(",{g}");
             }
             csv.push('\n');
@@ -130,8 +145,8 @@ pub fn predict_files(
     files: &[PathBuf],
     overrides: &PartialConfig,
 ) -> Result<Predictions> {
-    let file = checkpoint_file(path)?;
-    let header = checkpoint::read_header(&file)?;
+    let file = saved_state_file(path);
+    let header = checkpoint::read_any_header(&file)?;
     let config = PartialConfig::from(&header.config)
         .overlay(overrides)
         .resolve()?;
@@ -168,25 +183,39 @@ pub fn predict_files(
         config.threads,
         crate::backend::GpuOptions::new(config.gpu_precision()),
         |backend| {
-            let mut net = build_net(backend, &config, &data)?;
-            checkpoint::load(&file, &mut net, backend)?;
-            let ensemble = ensemble_layers(&config, net.blocks.len());
-            let scored = score(backend, &mut net, &data, config.eval_batch_size, &ensemble)?;
-            Ok::<_, Error>((ensemble, scored))
+            let batch = config.eval_batch_size;
+            match config.model {
+                Model::Ff => {
+                    let mut net = build_net(backend, &config, &data)?;
+                    checkpoint::load(&file, &mut net, backend)?;
+                    let ensemble = ensemble_layers(&config, net.blocks.len());
+                    let scored = score(backend, &mut net, &data, batch, &ensemble)?;
+                    Ok::<_, Error>((ensemble, scored))
+                }
+                model => {
+                    let ff = ff_config(&config, &data)?;
+                    let mut net = ClassifierNet::new(backend, ff, model, config.seed)?;
+                    checkpoint::load(&file, &mut net, backend)?;
+                    let ensemble = ensemble_layers(&config, net.blocks.len());
+                    let scored = score_classifier(backend, &mut net, &data, batch, &ensemble)?;
+                    Ok((ensemble, scored))
+                }
+            }
         }
     )?;
     let items = files
         .iter()
         .zip(resized)
         .zip(scored)
-        .map(|((path, resized_from), (label, goodness))| Prediction {
+        .map(|((path, resized_from), (label, scores))| Prediction {
             path: path.clone(),
             label,
-            goodness,
+            scores,
             resized_from,
         })
         .collect();
     Ok(Predictions {
+        model: config.model,
         inputs,
         ensemble,
         epoch: header.epoch,
@@ -217,6 +246,47 @@ fn score<B: Backend>(
                 })
                 .collect();
             out.push((label, mean));
+        }
+    }
+    Ok(out)
+}
+
+/// Each image's winning class and its probability of every class, averaged over the heads on
+/// the `ensemble`'s layers (by default the last), batch by batch.
+fn score_classifier<B: Backend>(
+    backend: &B,
+    net: &mut ClassifierNet<B>,
+    data: &Dataset,
+    batch_size: usize,
+    ensemble: &[usize],
+) -> Result<Vec<(u32, Vec<f32>)>> {
+    let heads = net.head_layers();
+    let chosen = ensemble
+        .iter()
+        .map(|layer| {
+            heads.iter().position(|h| h == layer).ok_or_else(|| {
+                let model = format!("{:?}", net.model).to_lowercase();
+                Error::Config(format!(
+                    "layer {layer} has no head: this {model} network has heads on layers {heads:?}"
+                ))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let classes = data.classes;
+    let mut out = Vec::with_capacity(data.len());
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (images, _) = data.batch(chunk, None);
+        let logits = net.logits(backend, &images)?;
+        for i in 0..chunk.len() {
+            let mut mean = vec![0.0f32; classes];
+            for &k in &chosen {
+                let probabilities = softmax(&logits[k][i * classes..(i + 1) * classes]);
+                for (m, p) in mean.iter_mut().zip(probabilities) {
+                    *m += p / chosen.len() as f32;
+                }
+            }
+            out.push((argmax(&mean), mean));
         }
     }
     Ok(out)
