@@ -5,6 +5,7 @@
 
 pub mod plots;
 
+use crate::baselines::Model;
 use crate::error::{Error, Result};
 use crate::run::config::TrainConfig;
 use crate::run::metrics::EpochRecord;
@@ -179,14 +180,17 @@ fn describe(c: &TrainConfig, records: &[EpochRecord]) -> String {
         0 => String::new(),
         n => format!(", {n} training images held out for validation"),
     };
+    // The FF rule's knobs; a baseline trains with cross-entropy, its own way.
+    let rule = match c.model {
+        Model::Ff => format!(", loss {:?}, APL {}", c.loss, c.apl),
+        _ => String::new(),
+    };
     format!(
-        "{:?} on {}, {:?} x{}, loss {:?}, APL {}, norm {:?}, batch {}, {epochs}{val}",
+        "{:?} on {}, {:?} x{}{rule}, norm {:?}, batch {}, {epochs}{val}",
         c.model,
         c.dataset.name(),
         c.arch,
         c.width,
-        c.loss,
-        c.apl,
         c.norm,
         c.batch_size,
     )
@@ -591,6 +595,25 @@ mod tests {
             goodness: Vec::new(),
             under_way: None,
         }
+    }
+
+    /// A run in words: the FF rule's loss and APL for FF, not for a baseline, which has none.
+    #[test]
+    fn describe_names_the_rule_of_ff_runs_only() {
+        let ff = run("ff", 0, 0.25, [0.5, 0.6]);
+        assert_eq!(
+            describe(&ff.config, &ff.records),
+            "ff on mnist-sample, small x0.25, loss symba, apl true, norm batch, batch 128, \
+             1 of 5 epochs (unfinished)"
+        );
+        let bp = TrainConfig {
+            model: Model::Bp,
+            ..ff.config.clone()
+        };
+        assert_eq!(
+            describe(&bp, &[]),
+            "bp on mnist-sample, small x0.25, norm batch, batch 128, 5 epochs"
+        );
     }
 
     #[test]
