@@ -1824,6 +1824,8 @@ fn a_baseline_run_resumes_from_its_last_epoch_bit_for_bit() {
     }
     // Backprop has one head, on the last layer: eval prints that layer alone, on every split
     // asked, the test's as its last record has it.
+    let out = trifecta(&["eval", bp.to_str().unwrap(), "--ensemble", "5"]);
+    assert_one_line_error(&out, &["a baseline's eval reports every head"]);
     let out = trifecta(&["eval", bp.to_str().unwrap(), "--on-train"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

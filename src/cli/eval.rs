@@ -34,6 +34,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         let file = crate::run::saved_state_file(&args.checkpoint);
         let saved = crate::run::checkpoint::read_any_header(&file)?.config;
+        if saved.model != Model::Ff && overrides.ensemble.is_some() {
+            return Err(Error::Config(format!(
+                "{}: a baseline's eval reports every head on its own; --ensemble averages an FF \
+                 network's layers (predict takes it for a baseline's heads)",
+                file.display()
+            )));
+        }
         let mut config = PartialConfig::from(&saved).overlay(&overrides).resolve()?;
         let split = |c: &TrainConfig| (c.val_split, if c.val_split > 0 { c.seed } else { 0 });
         if split(&config) != split(&saved) {
