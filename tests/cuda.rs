@@ -1481,3 +1481,77 @@ fn bench_profile_times_every_kernel_and_library_call() {
 fn every_op_refuses_buffers_of_the_wrong_size() {
     common::check_ops_refuse_wrong_sizes(gpu());
 }
+
+/// A backprop baseline trained two steps on the GPU (f32), saved as `trifecta train` saves a
+/// baseline's state, loads into a CPU network: the same tensors, and logits that agree with
+/// the GPU's to f32 rounding (the state a run moved from a GPU machine resumes from).
+#[test]
+fn a_baseline_saved_on_the_gpu_loads_on_the_cpu() {
+    use trifecta::baselines::{ClassifierNet, Model};
+    use trifecta::ff::{Arch, FfConfig, ImageShape};
+    use trifecta::run::checkpoint::{self, Saved};
+    let image = ImageShape {
+        channels: 3,
+        height: 16,
+        width: 16,
+    };
+    let ff = FfConfig::trifecta(Arch::Small, 0.25, image, 10).unwrap();
+    let mut on_gpu = ClassifierNet::new(gpu(), ff.clone(), Model::Bp, 3).unwrap();
+    let batch = 12;
+    for step in 0..2u64 {
+        let images = random(400 + step, batch * image.numel());
+        let mut rng = Rng::new(500 + step);
+        let labels: Vec<u32> = (0..batch).map(|_| rng.below(10)).collect();
+        on_gpu.train_step(gpu(), &images, &labels).unwrap();
+    }
+    let config = trifecta::run::config::PartialConfig {
+        model: Some(Model::Bp),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let header = checkpoint::Header {
+        format: checkpoint::FORMAT.into(),
+        epoch: 1,
+        iteration: on_gpu.iteration,
+        adam_steps: on_gpu.optimizer_steps(),
+        config,
+        partial: None,
+        inputs: None,
+    };
+    let tmp = common::TempDir::new("cuda-baseline");
+    let path = tmp.path().join("weights.safetensors");
+    checkpoint::save(&path, &mut on_gpu, gpu(), &header).unwrap();
+    let cpu = cpu();
+    let mut on_cpu = ClassifierNet::new(&cpu, ff, Model::Bp, 99).unwrap();
+    let loaded = checkpoint::load(&path, &mut on_cpu, &cpu).unwrap();
+    assert_eq!(loaded.iteration, 2);
+    assert_eq!(on_cpu.optimizer_steps(), on_gpu.optimizer_steps());
+    for ((name, g), (_, c)) in on_gpu
+        .named_params_mut()
+        .into_iter()
+        .zip(on_cpu.named_params_mut())
+    {
+        assert_eq!(
+            g.to_torch(gpu()).unwrap(),
+            c.to_torch(&cpu).unwrap(),
+            "{name}"
+        );
+    }
+    let images = random(600, 5 * image.numel());
+    let gpu_logits = on_gpu.logits(gpu(), &images).unwrap().concat();
+    let cpu_logits: Vec<f64> = on_cpu
+        .logits(&cpu, &images)
+        .unwrap()
+        .concat()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    assert_close(
+        "baseline logits, GPU vs its state on the CPU",
+        &gpu_logits,
+        &cpu_logits,
+        1e-4,
+        1e-5,
+    );
+}
