@@ -399,7 +399,11 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    let pace = Pace::new(done + 1);
+    let steps = train.len().div_ceil(config.batch_size).max(1);
+    let skipped = partial
+        .as_ref()
+        .map_or(0.0, |p| p.steps_done as f64 / steps as f64);
+    let pace = Pace::new(done + 1, skipped);
     let mut last_save = Instant::now();
     let go_on = format!(
         "`trifecta train --resume {}` goes on from there",
@@ -708,25 +712,46 @@ fn epoch_record(
 struct Pace {
     started: Instant,
     first_epoch: u64,
+    /// The share of the first epoch trained before this process (a resume within it).
+    skipped: f64,
+    /// When the first epoch ended: later epochs are timed from there.
+    first_ended: std::cell::Cell<Option<Instant>>,
 }
 
 impl Pace {
-    fn new(first_epoch: u64) -> Pace {
+    /// The pace of a process that trains from epoch `first_epoch` on, `skipped` of which an
+    /// earlier process trained.
+    fn new(first_epoch: u64, skipped: f64) -> Pace {
         Pace {
             started: Instant::now(),
             first_epoch,
+            skipped,
+            first_ended: Default::default(),
         }
     }
 
     /// "N epochs left, about T at this pace" after `epoch`; none after the last.
     fn left_after(&self, epoch: u64, epochs: u64) -> Option<String> {
-        let done = (epoch + 1).checked_sub(self.first_epoch)?;
+        self.left_after_at(Instant::now(), epoch, epochs)
+    }
+
+    /// [`Pace::left_after`] at time `now`: after the first epoch from its own time (the part
+    /// of it this process trained, scaled up to a whole), later from the epochs since.
+    fn left_after_at(&self, now: Instant, epoch: u64, epochs: u64) -> Option<String> {
         let left = epochs.checked_sub(epoch).filter(|&n| n > 0)?;
-        let seconds = self.started.elapsed().as_secs_f64() / done.max(1) as f64 * left as f64;
+        let since_first = epoch.checked_sub(self.first_epoch)?;
+        let per_epoch = match (since_first, self.first_ended.get()) {
+            (0, _) | (_, None) => {
+                self.first_ended.set(Some(now));
+                let trained = (1.0 - self.skipped).max(0.01);
+                (now - self.started).as_secs_f64() / trained / (since_first + 1) as f64
+            }
+            (n, Some(ended)) => (now - ended).as_secs_f64() / n as f64,
+        };
         Some(format!(
             "  {left} epoch{} left, about {} at this pace",
             if left == 1 { "" } else { "s" },
-            duration_words(seconds)
+            duration_words(per_epoch * left as f64)
         ))
     }
 }
@@ -1007,7 +1032,7 @@ fn train_classifier<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    let pace = Pace::new(done + 1);
+    let pace = Pace::new(done + 1, 0.0);
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
@@ -1120,18 +1145,22 @@ mod tests {
         assert_eq!(duration_words(450.0), "7 min 30 s");
         assert_eq!(duration_words(3599.6), "1 h 00 min");
         assert_eq!(duration_words(7529.0), "2 h 05 min");
-        // A resumed run counts its own epochs only; nothing is left after the last.
-        let pace = Pace::new(35);
-        assert!(
-            pace.left_after(35, 100)
-                .unwrap()
-                .starts_with("  65 epochs left, about")
+        // A run resumed a quarter into epoch 35: that epoch's 30 s are three quarters of one,
+        // so 65 epochs left take 65 x 40 s; from then on, the epochs since it ended count.
+        let pace = Pace::new(35, 0.25);
+        let at = |s: u64| pace.started + std::time::Duration::from_secs(s);
+        assert_eq!(
+            pace.left_after_at(at(30), 35, 100).unwrap(),
+            "  65 epochs left, about 43 min 20 s at this pace"
         );
-        assert!(
-            pace.left_after(99, 100)
-                .unwrap()
-                .starts_with("  1 epoch left")
+        assert_eq!(
+            pace.left_after_at(at(30 + 2 * 50), 37, 100).unwrap(),
+            "  63 epochs left, about 52 min 30 s at this pace"
         );
-        assert_eq!(pace.left_after(100, 100), None);
+        assert_eq!(
+            pace.left_after_at(at(30 + 64 * 50), 99, 100).unwrap(),
+            "  1 epoch left, about 50 s at this pace"
+        );
+        assert_eq!(pace.left_after_at(at(3300), 100, 100), None);
     }
 }
