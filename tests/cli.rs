@@ -1340,15 +1340,17 @@ fn predict_gives_the_classes_evaluation_gives() {
         .collect();
     assert_eq!(got, want);
     // --csv: the same labels and the goodness --scores printed, a row per image.
+    let predict_csv = |image: &Path, csv: &Path| {
+        trifecta(&[
+            "predict",
+            run.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+        ])
+    };
     let csv = tmp.path().join("predictions.csv");
-    let csv_out = trifecta(&[
-        "predict",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert_eq!(predicted(&csv_out), want);
+    assert_eq!(predicted(&predict_csv(&images, &csv)), want);
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert!(
@@ -1373,33 +1375,16 @@ fn predict_gives_the_classes_evaluation_gives() {
     }
     // A CSV that cannot be written is found out before any image is scored; a prediction
     // that fails leaves the CSV already there as it was.
-    let no_folder = tmp.path().join("no-such-folder/p.csv");
-    let out = trifecta(&[
-        "predict",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--csv",
-        no_folder.to_str().unwrap(),
-    ]);
+    let out = predict_csv(&images, &tmp.path().join("no-such-folder/p.csv"));
     assert_one_line_error(&out, &["no-such-folder/p.csv", "its folder does not exist"]);
-    let out = trifecta(&[
-        "predict",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--csv",
-        tmp.path().to_str().unwrap(),
-    ]);
+    let out = predict_csv(&images, tmp.path());
     assert_one_line_error(&out, &["is a folder: --csv names the file"]);
     let bad = tmp.path().join("bad.png");
     std::fs::write(&bad, b"not an image").unwrap();
-    let out = trifecta(&[
-        "predict",
-        run.to_str().unwrap(),
-        bad.to_str().unwrap(),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert_one_line_error(&out, &["bad.png", "cannot decode image"]);
+    assert_one_line_error(
+        &predict_csv(&bad, &csv),
+        &["bad.png", "cannot decode image"],
+    );
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), text);
     // The checkpoint says what it takes.
     let inputs = header.inputs.expect("a new checkpoint records its inputs");
