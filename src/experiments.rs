@@ -25,6 +25,7 @@ pub enum Experiment {
 }
 
 /// One run of a grid.
+#[derive(Debug)]
 pub struct Variant {
     pub name: String,
     /// Knobs the grid fixes; they win over the user's flags.
@@ -134,8 +135,10 @@ pub fn run(
     flags: &PartialConfig,
     out: &Path,
     seeds: &[u64],
+    only: &[String],
 ) -> Result<PathBuf> {
     let dataset = flags.dataset.unwrap_or(DatasetKind::Cifar10);
+    let variants = chosen(variants(experiment, dataset), only)?;
     let seeds: Vec<Option<u64>> = match seeds {
         [] => vec![None],
         _ => seeds.iter().copied().map(Some).collect(),
@@ -144,7 +147,7 @@ pub fn run(
     // grid reads four) or a folder holding another run fails before any run starts, not
     // after hours of the others.
     let mut grid = Vec::new();
-    for variant in variants(experiment, dataset) {
+    for variant in variants {
         let mut configs = Vec::new();
         for &seed in &seeds {
             let dir = match seed {
@@ -190,14 +193,32 @@ pub fn run(
     Ok(path)
 }
 
+/// The variants named in `only` (all where it is empty), in the grid's order; a name that is
+/// none of them is an error that lists them.
+pub fn chosen(variants: Vec<Variant>, only: &[String]) -> Result<Vec<Variant>> {
+    if let Some(twice) = crate::ff::eval::first_repeat(only) {
+        return Err(Error::Config(format!("--only lists {twice} twice")));
+    }
+    let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    if let Some(unknown) = only.iter().find(|o| !names.contains(&o.as_str())) {
+        return Err(Error::Config(format!(
+            "--only: this grid has no variant {unknown}; its variants are {}",
+            names.join(", ")
+        )));
+    }
+    Ok(variants
+        .into_iter()
+        .filter(|v| only.is_empty() || only.contains(&v.name))
+        .collect())
+}
+
 /// A finished run of a grid: its configuration and every epoch's record.
 type Finished = (TrainConfig, Vec<EpochRecord>);
 
 /// The configuration to run in `dir` and the records already there: `config` itself and none
 /// for a new run; for a folder that holds one already, its saved configuration with the knobs
 /// a resumed run may change taken from `config`, and its log, or an error if it is another
-/// run (another width's results must not stand in for this one's, nor can a baseline's
-/// unfinished run be resumed).
+/// run (another width's results must not stand in for this one's).
 fn reconcile(config: TrainConfig, dir: &Path) -> Result<(TrainConfig, Vec<EpochRecord>)> {
     if !dir.join(crate::run::CONFIG_FILE).exists() {
         return Ok((config, Vec::new()));
@@ -332,7 +353,7 @@ fn results_table(experiment: Experiment, rows: &[(Variant, Vec<Finished>)]) -> S
             n => format!(" ({n} seeds)"),
         };
         let mut row = format!(
-            "| {} | {} | {} | {thesis} | {}{seeds} |  {best} |",
+            "| {} | {} | {} | {thesis} | {}{seeds} | {best} |",
             variant.name,
             config.dataset.name(),
             first.epoch,
@@ -354,4 +375,35 @@ fn results_table(experiment: Experiment, rows: &[(Variant, Vec<Finished>)]) -> S
         "\nThe thesis column is the thesis' own figure for that setting where it has one; ours come from the runs in this folder (same seed, epochs and width as given on the command line, or mean +- sample standard deviation over --seeds), so they are comparable only when those match the thesis' settings."
     );
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--only` keeps the named variants in the grid's order; an unknown or repeated name is
+    /// an error (the unknown one lists the grid's names).
+    #[test]
+    fn only_chooses_variants_by_name() {
+        let all = || variants(Experiment::Datasets, DatasetKind::Cifar10);
+        let names = |v: Vec<Variant>| v.into_iter().map(|v| v.name).collect::<Vec<_>>();
+        assert_eq!(names(chosen(all(), &[]).unwrap()).len(), 8);
+        let only = ["bp-fashion-mnist".to_string(), "ff-mnist".to_string()];
+        assert_eq!(
+            names(chosen(all(), &only).unwrap()),
+            ["ff-mnist", "bp-fashion-mnist"]
+        );
+        let err = chosen(all(), &["bp-cifar".into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("no variant bp-cifar") && err.contains("ff-mnist, bp-mnist,"),
+            "{err}"
+        );
+        let twice = ["ff-mnist".to_string(), "ff-mnist".to_string()];
+        assert!(
+            chosen(all(), &twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
 }

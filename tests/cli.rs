@@ -954,6 +954,8 @@ fn bad_flag_values_and_config_keys() {
     assert!(!grid.exists());
     let out = trifecta(&["reproduce", "lcp", "--seeds", "1,2,1"]);
     assert_one_line_error(&out, &["--seeds", "seed 1 twice"]);
+    let out = trifecta(&["reproduce", "datasets", "--only", "ff-mnist,bp-cifar"]);
+    assert_one_line_error(&out, &["no variant bp-cifar", "bp-cifar10"]);
     let absent = tmp.path().join("absent");
     let out = trifecta(&[
         "train",

@@ -15,6 +15,10 @@ pub struct ReproduceArgs {
     /// mean and standard deviation over them [default: one run, of --seed].
     #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
     pub seeds: Vec<u64>,
+    /// Run only these variants of the grid, e.g. ff-mnist,bp-mnist (a name it does not have
+    /// is an error that lists its names); the table has their rows alone [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "VARIANTS")]
+    pub only: Vec<String>,
     /// Any `train` flag (epochs, device, data dir, width...); the grid's own knobs win. With
     /// `datasets`, --data-dir is a folder holding mnist/, fashion-mnist/, svhn/ and cifar10/.
     #[command(flatten)]
@@ -30,7 +34,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let out = flags.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/reproduce-{:?}", args.experiment).to_lowercase())
     });
-    let path = experiments::run(args.experiment, &flags, &out, &args.seeds)?;
+    let path = experiments::run(args.experiment, &flags, &out, &args.seeds, &args.only)?;
     println!("wrote {}", path.display());
     Ok(())
 }
