@@ -1,6 +1,7 @@
 //! The class a trained FF network gives each of a set of image files: every image runs under
 //! every label, as in evaluation, and the label of the highest goodness (of the run's ensemble
-//! layers, by default the last) wins.
+//! layers, by default the last) wins. A baseline's (bp/lcp) classifier predicts with its last
+//! head, or the mean softmax of the heads the ensemble names.
 //!
 //! The images are made what the network takes, as torchvision's weights' `transforms()` do:
 //! decoded, turned gray or RGB as the training data was, resized (bilinear) where their size
@@ -136,8 +137,9 @@ pub fn load_image(path: &Path, spec: &InputSpec) -> Result<LoadedImage> {
     })
 }
 
-/// Predicts the class of every image of `files` with the checkpoint at `path` (a run folder
-/// or a `.safetensors` file), its configuration changed by `overrides` (where it runs:
+/// Predicts the class of every image of `files` with the saved network at `path` (a run
+/// folder, an FF checkpoint or a baseline's weights), its configuration changed by
+/// `overrides` (where it runs:
 /// device, threads, `eval_batch_size`; the `ensemble`; the `data_dir` a checkpoint older
 /// than the record of its inputs takes them from).
 pub fn predict_files(
