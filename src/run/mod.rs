@@ -869,8 +869,9 @@ fn steps_in_all(steps: u64) -> String {
     }
 }
 
-/// Evaluates the checkpoint at `path` (a run folder or a `.safetensors` file) with `config`
-/// (by default the one saved in the checkpoint) on its dataset's test split, on the
+/// Evaluates the saved network at `path` (a run folder, an FF checkpoint or a baseline's
+/// weights; a baseline per head, [`evaluate_classifier`]) with `config` (by default the one
+/// saved with it) on its dataset's test split, on the
 /// validation split it held out if any, and with `on_train` on the images it trained on
 /// (as they were drawn for training: after the validation split and `train_limit`; without
 /// augmentation), whose accuracy against the test's is the generalisation gap.
