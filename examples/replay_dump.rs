@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use trifecta::backend::cpu::Cpu;
 use trifecta::data::{DatasetKind, loader::epoch_rng, wrong_labels};
+use trifecta::layers::Saved;
 use trifecta::run::{build_net, checkpoint::save_vectors, config::PartialConfig, load_data};
 
 const BATCH: usize = 128;

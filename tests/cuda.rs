@@ -14,6 +14,7 @@ use trifecta::backend::{
     AdamParams, AdamTensor, Backend, ChannelShape, ConvShape, EmbedShape, FfLoss, GpuOptions,
     PoolShape, Precision, SampleShape,
 };
+use trifecta::layers::Saved;
 use trifecta::rng::Rng;
 
 /// Opens GPU 0, with the compiled kernels cached in a temporary folder (tests write nowhere
@@ -1489,7 +1490,7 @@ fn every_op_refuses_buffers_of_the_wrong_size() {
 fn a_baseline_saved_on_the_gpu_loads_on_the_cpu() {
     use trifecta::baselines::{ClassifierNet, Model};
     use trifecta::ff::{Arch, FfConfig, ImageShape};
-    use trifecta::run::checkpoint::{self, Saved};
+    use trifecta::run::checkpoint;
     let image = ImageShape {
         channels: 3,
         height: 16,

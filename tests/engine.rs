@@ -7,8 +7,8 @@ use trifecta::backend::cpu::Cpu;
 use trifecta::data::{idx, wrong_labels};
 use trifecta::ff::{Arch, FfConfig, FfNet, ImageShape};
 use trifecta::layers::ParamLayout;
+use trifecta::layers::Saved;
 use trifecta::rng::Rng;
-use trifecta::run::checkpoint::Saved;
 
 const MNIST_LIKE: ImageShape = ImageShape {
     channels: 1,

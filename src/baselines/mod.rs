@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ff::FfConfig;
 use crate::layers::block::Block;
 use crate::layers::head::Head;
-use crate::layers::{Param, zero_grads};
+use crate::layers::{Param, Saved, zero_grads};
 use crate::optim::AdamGroup;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -213,34 +213,6 @@ impl<B: Backend> ClassifierNet<B> {
         out
     }
 
-    /// BatchNorm's running statistics with their PyTorch names.
-    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
-        let mut out = Vec::new();
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            out.extend(block.named_buffers_mut(i));
-        }
-        out
-    }
-
-    /// The Adam moments: block i's own group (`optimizer.block{i}.own`) and its head's
-    /// (`optimizer.block{i}.head`, empty where the block has no head).
-    pub fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
-        let mut out = Vec::new();
-        for (i, (own, head)) in self.optimizers.iter_mut().enumerate() {
-            out.extend(own.named_buffers_mut(&format!("optimizer.block{i}.own")));
-            out.extend(head.named_buffers_mut(&format!("optimizer.block{i}.head")));
-        }
-        out
-    }
-
-    /// Each block's Adam step counts: [own group, head group].
-    pub fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
-        self.optimizers
-            .iter_mut()
-            .map(|(own, head)| [&mut own.step, &mut head.step])
-            .collect()
-    }
-
     fn backprop_step(&mut self, backend: &B, labels: &[u32]) -> Result<Vec<f32>> {
         let n = labels.len();
         let last = self.blocks.len() - 1;
@@ -325,6 +297,43 @@ impl<B: Backend> ClassifierNet<B> {
             .iter()
             .map(|logits| logits.chunks(classes).map(argmax).collect())
             .collect())
+    }
+}
+
+/// The whole training state, for checkpoints (`run::checkpoint`), under PyTorch's names.
+impl<B: Backend> Saved<B> for ClassifierNet<B> {
+    const FF: bool = false;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
+        ClassifierNet::named_params_mut(self)
+    }
+
+    /// BatchNorm's running statistics.
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        let blocks = self.blocks.iter_mut().enumerate();
+        blocks.flat_map(|(i, b)| b.named_buffers_mut(i)).collect()
+    }
+
+    /// Adam's moments: block i's own group (`optimizer.block{i}.own`) and its head's
+    /// (`optimizer.block{i}.head`, empty where the block has no head).
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        let mut out = Vec::new();
+        for (i, (own, head)) in self.optimizers.iter_mut().enumerate() {
+            out.extend(own.named_buffers_mut(&format!("optimizer.block{i}.own")));
+            out.extend(head.named_buffers_mut(&format!("optimizer.block{i}.head")));
+        }
+        out
+    }
+
+    /// [own group, head group] per block.
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
+        let groups = self.optimizers.iter_mut();
+        groups
+            .map(|(own, head)| [&mut own.step, &mut head.step])
+            .collect()
+    }
+
+    fn iteration_mut(&mut self) -> &mut u64 {
+        &mut self.iteration
     }
 }
 

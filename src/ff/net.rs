@@ -19,7 +19,7 @@ use crate::backend::{Backend, EmbedShape};
 use crate::error::{Error, Result};
 use crate::layers::block::Block;
 use crate::layers::embedding::LabelEmbedding;
-use crate::layers::{Param, zero_grads};
+use crate::layers::{Param, Saved, zero_grads};
 use crate::optim::AdamGroup;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -566,25 +566,6 @@ impl<B: Backend> FfNet<B> {
         out
     }
 
-    /// Every optimiser moment buffer, named `optimizer.block{i}.{previous|own}.{k}.{exp_avg|exp_avg_sq}`
-    /// (PyTorch's names for Adam's m and v), with its length.
-    pub fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
-        let mut out = Vec::new();
-        for (i, optimizer) in self.optimizers.iter_mut().enumerate() {
-            out.extend(
-                optimizer
-                    .previous
-                    .named_buffers_mut(&format!("optimizer.block{i}.previous")),
-            );
-            out.extend(
-                optimizer
-                    .own
-                    .named_buffers_mut(&format!("optimizer.block{i}.own")),
-            );
-        }
-        out
-    }
-
     /// A model summary, as Lightning prints one when training starts: the label embedding and
     /// each block (its input, convolution, pool and parameters), then the total.
     pub fn summary(&self) -> String {
@@ -616,22 +597,44 @@ impl<B: Backend> FfNet<B> {
         ));
         lines.join("\n")
     }
+}
 
-    /// Each block's Adam step counts: [previous group, own group].
-    pub fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
-        self.optimizers
-            .iter_mut()
+/// The whole training state, for checkpoints (`run::checkpoint`), under PyTorch's names.
+impl<B: Backend> Saved<B> for FfNet<B> {
+    const FF: bool = true;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
+        FfNet::named_params_mut(self)
+    }
+
+    /// BatchNorm's running statistics.
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
+        let blocks = self.blocks.iter_mut().enumerate();
+        blocks.flat_map(|(i, b)| b.named_buffers_mut(i)).collect()
+    }
+
+    /// Adam's moments, `optimizer.block{i}.{previous|own}.{k}.{exp_avg|exp_avg_sq}`.
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        let mut out = Vec::new();
+        for (i, o) in self.optimizers.iter_mut().enumerate() {
+            out.extend(
+                o.previous
+                    .named_buffers_mut(&format!("optimizer.block{i}.previous")),
+            );
+            out.extend(o.own.named_buffers_mut(&format!("optimizer.block{i}.own")));
+        }
+        out
+    }
+
+    /// [previous group, own group] per block.
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
+        let groups = self.optimizers.iter_mut();
+        groups
             .map(|o| [&mut o.previous.step, &mut o.own.step])
             .collect()
     }
 
-    /// BatchNorm running statistics with their PyTorch names.
-    pub fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
-        let mut out = Vec::new();
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            out.extend(block.named_buffers_mut(i));
-        }
-        out
+    fn iteration_mut(&mut self) -> &mut u64 {
+        &mut self.iteration
     }
 }
 

@@ -13,7 +13,7 @@ pub mod linear;
 pub mod norm;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// How a parameter's backend layout relates to PyTorch's.
@@ -137,4 +137,43 @@ pub fn zero_grads<'a, B: Backend + 'a>(
 ) -> Result<()> {
     let mut grads: Vec<&mut B::Buf> = params.into_iter().map(|p| &mut p.grad.buf).collect();
     backend.fill_many(&mut grads, 0.0)
+}
+
+/// A network whose whole training state a checkpoint holds (`run::checkpoint`): its
+/// parameters (PyTorch names and layouts), BatchNorm's running statistics, the Adam moments
+/// and step counts, and the steps trained. FF networks (`checkpoint.safetensors`) and the
+/// baselines (`weights.safetensors`) are saved and resumed alike; each implements it beside
+/// its private optimiser state.
+pub trait Saved<B: Backend> {
+    /// Whether this is an FF network (else a baseline's classifier).
+    const FF: bool;
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)>;
+    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)>;
+    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)>;
+    /// Each block's two Adam groups' step counts.
+    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]>;
+    fn iteration_mut(&mut self) -> &mut u64;
+
+    /// The Adam step counts per block, as the header keeps them.
+    fn optimizer_steps(&mut self) -> Vec<[u64; 2]> {
+        self.step_counts_mut()
+            .into_iter()
+            .map(|[a, b]| [*a, *b])
+            .collect()
+    }
+
+    fn set_optimizer_steps(&mut self, steps: &[[u64; 2]]) -> Result<()> {
+        let mut counts = self.step_counts_mut();
+        if steps.len() != counts.len() {
+            return Err(Error::Config(format!(
+                "{} optimiser step counts for {} blocks",
+                steps.len(),
+                counts.len()
+            )));
+        }
+        for ([a, b], s) in counts.iter_mut().zip(steps) {
+            (**a, **b) = (s[0], s[1]);
+        }
+        Ok(())
+    }
 }

@@ -7,11 +7,9 @@
 
 use super::config::TrainConfig;
 use crate::backend::Backend;
-use crate::baselines::{ClassifierNet, Model};
+use crate::baselines::Model;
 use crate::error::{Error, Result};
-use crate::ff::FfNet;
-use crate::layers::Param;
-use crate::tensor::Tensor;
+pub use crate::layers::Saved;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -45,82 +43,6 @@ pub struct Header {
 pub struct PartialEpoch {
     pub steps_done: usize,
     pub stats: crate::ff::train::EpochStats,
-}
-
-/// A network whose whole training state a checkpoint holds: its parameters (PyTorch names
-/// and layouts), BatchNorm's running statistics, the Adam moments and step counts, and the
-/// steps trained. FF networks (`checkpoint.safetensors`) and the baselines
-/// (`weights.safetensors`) are saved and resumed alike.
-pub trait Saved<B: Backend> {
-    /// Whether this is an FF network (else a baseline's classifier).
-    const FF: bool;
-    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)>;
-    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)>;
-    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)>;
-    /// Each block's two Adam groups' step counts.
-    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]>;
-    fn iteration_mut(&mut self) -> &mut u64;
-
-    /// The Adam step counts per block, as the header keeps them.
-    fn optimizer_steps(&mut self) -> Vec<[u64; 2]> {
-        self.step_counts_mut()
-            .into_iter()
-            .map(|[a, b]| [*a, *b])
-            .collect()
-    }
-
-    fn set_optimizer_steps(&mut self, steps: &[[u64; 2]]) -> Result<()> {
-        let mut counts = self.step_counts_mut();
-        if steps.len() != counts.len() {
-            return Err(Error::Config(format!(
-                "{} optimiser step counts for {} blocks",
-                steps.len(),
-                counts.len()
-            )));
-        }
-        for ([a, b], s) in counts.iter_mut().zip(steps) {
-            (**a, **b) = (s[0], s[1]);
-        }
-        Ok(())
-    }
-}
-
-impl<B: Backend> Saved<B> for FfNet<B> {
-    const FF: bool = true;
-    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
-        FfNet::named_params_mut(self)
-    }
-    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
-        FfNet::named_buffers_mut(self)
-    }
-    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
-        FfNet::named_optimizer_buffers_mut(self)
-    }
-    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
-        FfNet::step_counts_mut(self)
-    }
-    fn iteration_mut(&mut self) -> &mut u64 {
-        &mut self.iteration
-    }
-}
-
-impl<B: Backend> Saved<B> for ClassifierNet<B> {
-    const FF: bool = false;
-    fn named_params_mut(&mut self) -> Vec<(String, &mut Param<B>)> {
-        ClassifierNet::named_params_mut(self)
-    }
-    fn named_buffers_mut(&mut self) -> Vec<(String, &mut Tensor<B>)> {
-        ClassifierNet::named_buffers_mut(self)
-    }
-    fn named_optimizer_buffers_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
-        ClassifierNet::named_optimizer_buffers_mut(self)
-    }
-    fn step_counts_mut(&mut self) -> Vec<[&mut u64; 2]> {
-        ClassifierNet::step_counts_mut(self)
-    }
-    fn iteration_mut(&mut self) -> &mut u64 {
-        &mut self.iteration
-    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.

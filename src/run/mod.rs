@@ -399,10 +399,11 @@ fn train_ff<B: Backend>(
     }
     let augment = config.augment.then(Augment::default);
     let mut records = Vec::new();
-    let steps = train.len().div_ceil(config.batch_size).max(1);
+    // Steps per epoch, and the share of the first that a resumed run trained before.
+    let steps = train.len().div_ceil(config.batch_size);
     let skipped = partial
         .as_ref()
-        .map_or(0.0, |p| p.steps_done as f64 / steps as f64);
+        .map_or(0.0, |p| p.steps_done as f64 / steps.max(1) as f64);
     let pace = Pace::new(done + 1, skipped);
     let mut last_save = Instant::now();
     let go_on = format!(
@@ -413,7 +414,6 @@ fn train_ff<B: Backend>(
     for epoch in done + 1..=config.epochs {
         let lr = config.lr_at(epoch);
         net.config.adam.lr = lr as f32;
-        let steps = train.len().div_ceil(config.batch_size);
         let resumed = partial.take().map(|p| (p.steps_done, p.stats));
         let skipped = resumed.as_ref().map_or(0, |(k, _)| *k);
         let mut progress = Progress::new(epoch, config.epochs, steps, skipped);

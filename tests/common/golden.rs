@@ -12,6 +12,7 @@ use super::*;
 use std::collections::HashMap;
 use trifecta::backend::Backend;
 use trifecta::ff::{FfConfig, FfNet, ImageShape, LossKind};
+use trifecta::layers::Saved;
 use trifecta::layers::norm::NormKind;
 
 const REL: f64 = 1e-4;
